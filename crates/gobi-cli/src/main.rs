@@ -1,0 +1,201 @@
+//! `gobi`: the command-line front end. It parses arguments, opens a session and prints
+//! what the engine returns; everything else lives in the library crates.
+
+mod demo;
+mod output;
+mod repl;
+
+use std::io::{IsTerminal as _, Read as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use gobi_engine::{GobiError, Lakehouse, Output, Session};
+use gobi_lang::parse_script;
+
+use crate::output::{Format, Printer};
+
+#[derive(Parser)]
+#[command(
+    name = "gobi",
+    version,
+    about = "An embedded lakehouse: Delta tables in a folder, SQL on top.",
+    after_help = "Examples:\n  gobi demo                               # TPC-H in ./gobi-demo, a few queries\n  gobi init sales && cd sales             # a new lakehouse\n  gobi query \"CREATE TABLE t AS SELECT 1 AS x\"\n  gobi query \"FROM t\" --format json\n  gobi repl"
+)]
+struct Cli {
+    /// The lakehouse folder (default: the current folder).
+    #[arg(long, short = 'l', global = true, env = "GOBI_LAKEHOUSE", value_name = "DIR")]
+    lakehouse: Option<PathBuf>,
+
+    /// How results are printed: table (default on a terminal), csv (default otherwise), json.
+    #[arg(long, short = 'f', global = true, value_enum)]
+    format: Option<Format>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a lakehouse folder (gobi.toml, tables/, _gobi/).
+    #[command(after_help = "Example:\n  gobi init my-lakehouse")]
+    Init {
+        /// Where to create it (default: the current folder).
+        dir: Option<PathBuf>,
+    },
+    /// Run statements given on the command line, on stdin (`-`) or in a file.
+    #[command(after_help = "Examples:\n  gobi query \"SELECT count(*) FROM orders\"\n  echo \"SHOW TABLES\" | gobi query -\n  gobi query --file q1.sql --data tpch-parquet/ --summary json")]
+    Query(QueryArgs),
+    /// Run a script file of statements separated by `;`.
+    #[command(after_help = "Example:\n  gobi run setup.sql")]
+    Run {
+        /// The script.
+        file: PathBuf,
+    },
+    /// An interactive shell: statements end at `;`, `.help` lists the dot commands.
+    #[command(after_help = "Example:\n  gobi --lakehouse gobi-demo repl")]
+    Repl,
+    /// Generate TPC-H data into a new lakehouse and run a few TPC-H queries on it.
+    #[command(after_help = "Example:\n  gobi demo              # scale 0.1 (~100 MB) in ./gobi-demo\n  gobi demo big --scale 1")]
+    Demo {
+        /// Where to put the lakehouse (default: ./gobi-demo).
+        dir: Option<PathBuf>,
+        /// TPC-H scale factor: 1 is about 1 GB of raw data, 6 million lineitem rows.
+        #[arg(long, default_value_t = 0.1)]
+        scale: f64,
+    },
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    /// The statements; `-` reads them from stdin.
+    sql: Option<String>,
+    /// Read the statements from this file instead.
+    #[arg(long, conflicts_with = "sql", value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Query the NAME.parquet files in DIR as read-only tables NAME; no lakehouse needed.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// After the results, print one line `{"rows": N, "seconds": S}` (S: engine time).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    summary: Option<SummaryFormat>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SummaryFormat {
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let format = cli.format.unwrap_or(if std::io::stdout().is_terminal() { Format::Table } else { Format::Csv });
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
+    let printer = Printer::new(format);
+    let result = match cli.command {
+        Command::Init { dir } => init(dir.or(cli.lakehouse)),
+        Command::Query(args) => runtime.block_on(query(cli.lakehouse, args, &printer)),
+        Command::Run { file } => runtime.block_on(run_file(cli.lakehouse, &file, &printer)),
+        Command::Repl => match open_lakehouse(cli.lakehouse) {
+            Ok(lakehouse) => repl::run(&runtime, Session::open(lakehouse), &printer),
+            Err(error) => Err(error.into()),
+        },
+        Command::Demo { dir, scale } => runtime.block_on(demo::run(dir.unwrap_or_else(|| "gobi-demo".into()), scale, &printer)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprint!("{}", failure.error.render(failure.source.as_deref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error together with the script it points into, so it can show the offending line.
+pub struct Failure {
+    error: GobiError,
+    source: Option<String>,
+}
+
+impl From<GobiError> for Failure {
+    fn from(error: GobiError) -> Self {
+        Self { error, source: None }
+    }
+}
+
+type CliResult = Result<(), Failure>;
+
+fn init(dir: Option<PathBuf>) -> CliResult {
+    let dir = dir.unwrap_or_else(|| ".".into());
+    Lakehouse::init(&dir)?;
+    eprintln!("created a gobi lakehouse in {}", dir.display());
+    eprintln!("next: gobi --lakehouse {} query \"CREATE TABLE t (id BIGINT NOT NULL, name STRING)\"", dir.display());
+    Ok(())
+}
+
+fn open_lakehouse(dir: Option<PathBuf>) -> Result<Lakehouse, GobiError> {
+    Lakehouse::open(&dir.unwrap_or_else(|| ".".into()))
+}
+
+async fn query(lakehouse: Option<PathBuf>, args: QueryArgs, printer: &Printer) -> CliResult {
+    let source = match (&args.sql, &args.file) {
+        (_, Some(file)) => read_file(file)?,
+        (Some(sql), None) if sql == "-" => {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text).map_err(GobiError::from)?;
+            text
+        }
+        (Some(sql), None) => sql.clone(),
+        (None, None) => {
+            return Err(GobiError::plan("no statements given")
+                .with_hint("gobi query \"SELECT 1\", gobi query - < script.sql, or gobi query --file script.sql")
+                .into())
+        }
+    };
+    let session = match &args.data {
+        Some(dir) => {
+            let session = Session::in_memory();
+            session.register_data_dir(dir).await?;
+            session
+        }
+        None => Session::open(open_lakehouse(lakehouse)?),
+    };
+    let summary = run_statements(&session, &source, printer).await?;
+    if args.summary.is_some() {
+        println!("{}", serde_json::json!({ "rows": summary.rows, "seconds": summary.seconds }));
+    }
+    Ok(())
+}
+
+async fn run_file(lakehouse: Option<PathBuf>, file: &Path, printer: &Printer) -> CliResult {
+    let source = read_file(file)?;
+    let session = Session::open(open_lakehouse(lakehouse)?);
+    run_statements(&session, &source, printer).await.map(|_| ())
+}
+
+fn read_file(file: &Path) -> Result<String, GobiError> {
+    std::fs::read_to_string(file).map_err(|e| GobiError::plan(format!("cannot read {}: {e}", file.display())))
+}
+
+pub struct Summary {
+    rows: usize,
+    seconds: f64,
+}
+
+/// Parses the whole script first (a syntax error anywhere stops it before anything runs),
+/// then runs and prints each statement in turn.
+pub async fn run_statements(session: &Session, source: &str, printer: &Printer) -> Result<Summary, Failure> {
+    let with_source = |error: GobiError| Failure { error, source: Some(source.to_string()) };
+    let statements = parse_script(source).map_err(|e| with_source(e.into()))?;
+    let mut summary = Summary { rows: 0, seconds: 0.0 };
+    for statement in &statements {
+        let started = Instant::now();
+        let output = session.execute(statement).await.map_err(with_source)?;
+        summary.seconds += started.elapsed().as_secs_f64();
+        if let Output::Rows { .. } = output {
+            summary.rows = output.row_count();
+        }
+        printer.print(&output).map_err(with_source)?;
+    }
+    Ok(summary)
+}

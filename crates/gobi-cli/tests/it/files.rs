@@ -1,0 +1,46 @@
+//! Querying files: Parquet, CSV, JSON and Delta folders, and `--data` for benchmarks.
+
+use crate::rows;
+use crate::support::{gobi, parse_json_rows, Lakehouse};
+
+#[test]
+fn parquet_csv_json_and_delta_folders_are_tables() {
+    let lh = Lakehouse::new();
+    lh.run("CREATE TABLE t (a INT, b STRING); INSERT INTO t VALUES (1, 'x'), (2, 'y')").ok();
+    lh.run("COPY (SELECT * FROM t) TO 'out.parquet'; COPY (SELECT * FROM t) TO 'out.csv'; COPY (SELECT * FROM t) TO 'out.json'").ok();
+    for file in ["out.parquet", "out.csv", "out.json"] {
+        assert_eq!(lh.values(&format!("SELECT a, b FROM '{file}' ORDER BY a")), rows![[1, "x"], [2, "y"]], "{file}");
+    }
+    lh.run("DELETE FROM t WHERE a = 1").ok();
+    // A Delta folder is read through its log: the deleted row's file is not read.
+    assert_eq!(lh.values("SELECT a, b FROM 'tables/t'"), rows![[2, "y"]]);
+}
+
+#[test]
+fn insert_from_a_file() {
+    let lh = Lakehouse::new();
+    std::fs::write(lh.path().join("more.csv"), "id,name\n7,Gus\n8,Hal\n").unwrap();
+    lh.run("CREATE TABLE users (id BIGINT, name STRING); INSERT INTO users SELECT * FROM 'more.csv'").ok();
+    assert_eq!(lh.values("SELECT * FROM users ORDER BY id"), rows![[7, "Gus"], [8, "Hal"]]);
+}
+
+#[test]
+fn data_mode_reads_parquet_files_without_a_lakehouse_and_prints_a_summary() {
+    let lh = Lakehouse::new();
+    let data = tempfile::tempdir().unwrap();
+    let target = data.path().join("nums.parquet");
+    lh.run(&format!("COPY (SELECT * FROM (VALUES (1), (2), (3)) v(n)) TO '{}'", target.display())).ok();
+    let query = data.path().join("q.sql");
+    std::fs::write(&query, "create view big as select n from nums where n > 1;\nselect n from big order by n;\ndrop view big;").unwrap();
+    let run = gobi(
+        &["query", "--file", query.to_str().unwrap(), "--data", data.path().to_str().unwrap(), "--summary", "json", "--format", "json"],
+        data.path(),
+    )
+    .ok();
+    let last: serde_json::Value = serde_json::from_str(run.stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["rows"], 2);
+    assert!(last["seconds"].as_f64().unwrap() > 0.0);
+    let results: Vec<&str> = run.stdout.lines().filter(|l| l.starts_with('[')).collect();
+    assert_eq!(parse_json_rows(results[0]), rows![[2], [3]]);
+    assert!(!data.path().join("gobi.toml").exists());
+}

@@ -1,0 +1,99 @@
+//! Delta tables both ways: gobi's read by Python deltalake and Polars, theirs read by gobi.
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::rows;
+use crate::support::{require, Lakehouse};
+
+fn python_has(modules: &str) -> bool {
+    Command::new("python3").args(["-c", &format!("import {modules}")]).output().is_ok_and(|o| o.status.success())
+}
+
+/// Runs a Python script that prints one JSON value. It leaves through `os._exit`: with both
+/// deltalake and polars loaded, their Rust runtimes can abort at interpreter shutdown
+/// ("terminate called without an active exception") after all the work is done.
+fn python(script: &str) -> Value {
+    let script = format!("{script}\nimport os, sys\nsys.stdout.flush()\nos._exit(0)\n");
+    let output = Command::new("python3").args(["-c", &script]).output().expect("python3 runs");
+    assert!(output.status.success(), "python failed:\n{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn tables_written_by_gobi_read_identically_in_deltalake_and_polars() {
+    if !require(python_has("deltalake, polars, pyarrow"), "Python deltalake, polars and pyarrow") {
+        return;
+    }
+    let lh = Lakehouse::new();
+    lh.run(
+        "CREATE TABLE t (id BIGINT NOT NULL, name STRING, price DECIMAL(10,2), ratio DOUBLE, ok BOOLEAN, day DATE, small INT);
+         INSERT INTO t VALUES (1, 'a', 1.50, 0.25, true, DATE '2026-01-02', 7), (2, NULL, NULL, NULL, NULL, NULL, NULL);
+         UPDATE t SET name = 'b' WHERE id = 2;
+         DELETE FROM t WHERE id = 99",
+    )
+    .ok();
+    let path = lh.path().join("tables/t");
+    let from_deltalake = python(&format!(
+        r#"
+import json, deltalake
+t = deltalake.DeltaTable({path:?}).to_pyarrow_table().sort_by("id")
+print(json.dumps({{"types": [str(f.type) for f in t.schema], "rows": [[None if v is None else str(v) for v in r.values()] for r in t.to_pylist()]}}))
+"#
+    ));
+    assert_eq!(from_deltalake["types"], json!(["int64", "string", "decimal128(10, 2)", "double", "bool", "date32[day]", "int32"]));
+    assert_eq!(
+        from_deltalake["rows"],
+        json!([["1", "a", "1.50", "0.25", "True", "2026-01-02", "7"], ["2", "b", null, null, null, null, null]])
+    );
+    let from_polars = python(&format!(
+        r#"
+import json, polars as pl
+df = pl.read_delta({path:?}).sort("id")
+print(json.dumps({{"types": [str(t) for t in df.dtypes], "rows": [[None if v is None else str(v) for v in r] for r in df.rows()]}}))
+"#
+    ));
+    assert_eq!(from_polars["types"], json!(["Int64", "String", "Decimal(precision=10, scale=2)", "Float64", "Boolean", "Date", "Int32"]));
+    assert_eq!(
+        from_polars["rows"],
+        json!([["1", "a", "1.50", "0.25", "True", "2026-01-02", "7"], ["2", "b", null, null, null, null, null]])
+    );
+}
+
+#[test]
+fn tables_written_by_deltalake_and_polars_are_queried_by_gobi() {
+    if !require(python_has("deltalake, polars, pyarrow"), "Python deltalake, polars and pyarrow") {
+        return;
+    }
+    let lh = Lakehouse::new();
+    let tables = lh.path().join("tables");
+    python(&format!(
+        r#"
+import json, datetime, pyarrow as pa, polars as pl
+from deltalake import write_deltalake
+t = pa.table({{"id": pa.array([1, 2, 3], pa.int64()), "name": ["x", None, "z"], "day": [datetime.date(2026, 1, 1), None, datetime.date(2026, 2, 3)]}})
+write_deltalake({py:?}, t)
+write_deltalake({py:?}, pa.table({{"id": pa.array([4], pa.int64()), "name": ["w"], "day": pa.array([None], pa.date32())}}), mode="append")
+pl.DataFrame({{"k": ["a", "b"], "v": [1.5, 2.5]}}).write_delta({pl:?})
+print(json.dumps(True))
+"#,
+        py = tables.join("from_py").to_str().unwrap(),
+        pl = lh.path().join("outside").to_str().unwrap(),
+    ));
+    assert_eq!(
+        lh.values("SELECT id, name, day FROM from_py ORDER BY id"),
+        rows![[1, "x", "2026-01-01"], [2, null, null], [3, "z", "2026-02-03"], [4, "w", null]]
+    );
+    assert_eq!(lh.values("SELECT count(*) FROM from_py AS OF VERSION 0"), rows![[3]]);
+    assert_eq!(lh.values("SELECT k, v FROM 'outside' ORDER BY k"), rows![["a", 1.5], ["b", 2.5]]);
+    lh.run("INSERT INTO from_py VALUES (5, 'gobi', DATE '2026-05-05')").ok();
+    let back = python(&format!(
+        r#"
+import json, deltalake
+print(json.dumps(deltalake.DeltaTable({:?}).to_pyarrow_table().num_rows))
+"#,
+        tables.join("from_py").to_str().unwrap()
+    ));
+    assert_eq!(back, json!(5));
+}

@@ -1,0 +1,11 @@
+//! gobi's integration tests: one binary (each test binary links the whole engine), one
+//! module per area. They drive the real `gobi` binary on real lakehouse folders.
+
+mod cli;
+mod concurrency;
+mod conformance;
+mod errors;
+mod files;
+mod interop;
+mod support;
+mod tables;

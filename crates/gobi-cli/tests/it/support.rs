@@ -1,0 +1,159 @@
+//! A temporary lakehouse and a way to run the real `gobi` binary in it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+pub const GOBI: &str = env!("CARGO_BIN_EXE_gobi");
+
+pub struct Lakehouse {
+    pub dir: tempfile::TempDir,
+}
+
+/// What one `gobi` run did.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(output: Output) -> Self {
+        Self {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "gobi failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    /// Asserts a clean user error: exit code 1, a message, no panic or backtrace.
+    #[track_caller]
+    pub fn user_error(self) -> Self {
+        assert_eq!(self.code, 1, "expected exit code 1:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert!(self.stderr.starts_with("error: ") || self.stderr.contains("\nerror: "), "stderr: {}", self.stderr);
+        for bad in ["panicked", "RUST_BACKTRACE", "stack backtrace"] {
+            assert!(!self.stderr.contains(bad), "stderr has {bad}: {}", self.stderr);
+        }
+        self
+    }
+}
+
+pub fn gobi(args: &[&str], cwd: &Path) -> Run {
+    Run::from(Command::new(GOBI).args(args).current_dir(cwd).env_remove("GOBI_LAKEHOUSE").output().expect("gobi runs"))
+}
+
+pub fn gobi_stdin(args: &[&str], cwd: &Path, stdin: &str) -> Run {
+    use std::io::Write as _;
+    let mut child = Command::new(GOBI)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("GOBI_LAKEHOUSE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gobi runs");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    Run::from(child.wait_with_output().unwrap())
+}
+
+impl Lakehouse {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        gobi(&["init", dir.path().to_str().unwrap()], dir.path()).ok();
+        Self { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn table_log(&self, table: &str) -> PathBuf {
+        self.path().join("tables").join(table).join("_delta_log")
+    }
+
+    /// Runs statements in the lakehouse (as its working directory).
+    pub fn run(&self, sql: &str) -> Run {
+        gobi(&["query", sql], self.path())
+    }
+
+    /// Runs statements that must succeed; the rows of the last result, values in column order.
+    #[track_caller]
+    pub fn values(&self, sql: &str) -> Vec<Vec<Value>> {
+        let run = gobi(&["query", sql, "--format", "json"], self.path()).ok();
+        parse_json_rows(&run.stdout)
+    }
+
+    /// Number of commits in a table's Delta log.
+    pub fn commits(&self, table: &str) -> usize {
+        std::fs::read_dir(self.table_log(table))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .count()
+    }
+}
+
+/// The rows of the last JSON array printed, each row's values in column order.
+pub fn parse_json_rows(stdout: &str) -> Vec<Vec<Value>> {
+    let line = stdout.lines().rev().find(|l| l.starts_with('[')).unwrap_or_else(|| panic!("no JSON result in {stdout}"));
+    serde_json::from_str::<Vec<OrderedRow>>(line).unwrap().into_iter().map(|r| r.0).collect()
+}
+
+/// A JSON object read as its values in the order they were written (serde_json's own map
+/// sorts keys).
+struct OrderedRow(Vec<Value>);
+
+impl<'de> serde::Deserialize<'de> for OrderedRow {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = OrderedRow;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<OrderedRow, A::Error> {
+                let mut values = vec![];
+                while let Some((_, value)) = map.next_entry::<String, Value>()? {
+                    values.push(value);
+                }
+                Ok(OrderedRow(values))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+/// Expected rows, each a list of JSON values; `null` stands for SQL NULL.
+#[macro_export]
+macro_rules! rows {
+    ($([$($value:expr),* $(,)?]),* $(,)?) => {{
+        #[allow(non_upper_case_globals, unused)]
+        const null: serde_json::Value = serde_json::Value::Null;
+        vec![$(vec![$(serde_json::json!($value)),*]),*] as Vec<Vec<serde_json::Value>>
+    }};
+}
+
+/// The shared folder beside the project (data and corpora for tests), if present.
+pub fn shared_dir() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
+    dir.is_dir().then(|| dir.canonicalize().unwrap())
+}
+
+/// Tests that need something outside the Rust toolchain (Python packages, the shared corpus)
+/// must run in CI; elsewhere they say why they did not run.
+pub fn require(available: bool, what: &str) -> bool {
+    if available {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "{what} is missing in CI: .ci/run must install it");
+    eprintln!("not run: {what} is missing (bash .ci/run installs it)");
+    false
+}

@@ -1,0 +1,330 @@
+//! Name resolution: what `FROM name` means.
+//!
+//! ```text
+//!  FROM users                 ──► LakehouseSchema ──► tables/users (Delta, latest version)
+//!  FROM users AS OF VERSION 3 ──► LakehouseSchema ──► tables/users (Delta, version 3)
+//!  FROM top_users             ──► LakehouseSchema ──► _gobi/views/top_users.sql, planned
+//!  FROM ext  (CREATE EXTERNAL TABLE, --data)      ──► session tables, in memory
+//!  FROM 'dir/x.parquet'       ──► FileTableFactory ──► DataFusion listing table
+//!  FROM 'path/to/delta_dir'   ──► FileTableFactory ──► Delta table written by any tool
+//! ```
+//!
+//! Delta tables are opened once per session and brought up to date (one listing of the
+//! `_delta_log` folder) each time a statement names them, so a commit by another process is
+//! seen by the next statement.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, OnceLock, Weak};
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use datafusion::catalog::{SchemaProvider, TableProvider, UrlTableFactory};
+use datafusion::datasource::dynamic_file::DynamicListTableFactory;
+use datafusion::datasource::view::ViewTable;
+use datafusion::datasource::TableType;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::session_state::SessionState;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use deltalake::{DeltaTable, DeltaTableBuilder};
+use gobi_lang::{TableVersion, VersionedName};
+use parking_lot::RwLock;
+
+use crate::error::{GobiError, Result};
+use crate::lakehouse::{directory_url, Lakehouse};
+
+/// The `public` schema of a lakehouse session: Delta tables, persisted views, and tables
+/// that live only as long as the session (external tables).
+pub struct LakehouseSchema {
+    lakehouse: Lakehouse,
+    state: OnceLock<Weak<RwLock<SessionState>>>,
+    open_tables: tokio::sync::Mutex<HashMap<String, DeltaTable>>,
+    session_tables: RwLock<HashMap<String, Arc<dyn TableProvider>>>,
+}
+
+impl std::fmt::Debug for LakehouseSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LakehouseSchema").field("root", &self.lakehouse.root()).finish()
+    }
+}
+
+impl LakehouseSchema {
+    pub fn new(lakehouse: Lakehouse) -> Self {
+        Self {
+            lakehouse,
+            state: OnceLock::new(),
+            open_tables: Default::default(),
+            session_tables: Default::default(),
+        }
+    }
+
+    pub fn lakehouse(&self) -> &Lakehouse {
+        &self.lakehouse
+    }
+
+    /// Views are planned with the session's state; the session hands it over once built.
+    pub fn attach(&self, state: Weak<RwLock<SessionState>>) {
+        let _ = self.state.set(state);
+    }
+
+    fn session_state(&self) -> DfResult<SessionState> {
+        self.state
+            .get()
+            .and_then(Weak::upgrade)
+            .map(|state| state.read().clone())
+            .ok_or_else(|| DataFusionError::Internal("the session has ended".into()))
+    }
+
+    pub fn is_session_table(&self, name: &str) -> bool {
+        self.session_tables.read().contains_key(name)
+    }
+
+    /// The table at its latest version, opened once and then refreshed.
+    pub async fn delta_table(&self, name: &str) -> Result<DeltaTable> {
+        if !self.lakehouse.table_exists(name) {
+            return Err(unknown_table(name, &self.table_names()));
+        }
+        let cached = self.open_tables.lock().await.get(name).cloned();
+        let table = match cached {
+            Some(mut table) => {
+                table.update_incremental(None).await?;
+                table
+            }
+            None => deltalake::open_table(self.lakehouse.table_url(name)?).await?,
+        };
+        self.remember(name, table.clone()).await;
+        Ok(table)
+    }
+
+    /// Keeps the table a write returned, so the next read starts from it.
+    pub async fn remember(&self, name: &str, table: DeltaTable) {
+        self.open_tables.lock().await.insert(name.to_string(), table);
+    }
+
+    pub async fn forget(&self, name: &str) {
+        self.open_tables.lock().await.remove(name);
+    }
+
+    async fn versioned_table(&self, name: &VersionedName) -> Result<DeltaTable> {
+        if !self.lakehouse.table_exists(&name.table) {
+            return Err(unknown_table(&name.table, &self.table_names()));
+        }
+        let builder = DeltaTableBuilder::from_url(self.lakehouse.table_url(&name.table)?)?;
+        match &name.version {
+            TableVersion::Version(version) => {
+                let loaded = match u64::try_from(*version) {
+                    Ok(v) => builder.with_version(v).load().await.ok(),
+                    Err(_) => None,
+                };
+                match loaded {
+                    Some(table) => Ok(table),
+                    None => {
+                        let latest = self.delta_table(&name.table).await?.version().unwrap_or(0);
+                        Err(GobiError::plan(format!(
+                            "table {} has no version {version} (versions 0 to {latest} exist)",
+                            name.table
+                        )))
+                    }
+                }
+            }
+            TableVersion::Timestamp(text) => {
+                let timestamp = parse_timestamp(text)?;
+                builder.with_timestamp(timestamp).load().await.map_err(|_| {
+                    GobiError::plan(format!("table {} did not exist yet at {text}", name.table))
+                })
+            }
+        }
+    }
+}
+
+/// `'2026-11-20 10:00:00'`, `'2026-11-20T10:00:00Z'`, `'2026-11-20'`; without a zone, UTC.
+fn parse_timestamp(text: &str) -> Result<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S"]
+        .iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+        .or_else(|| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| {
+            GobiError::plan(format!("cannot read {text:?} as a timestamp"))
+                .with_hint("write it as 'YYYY-MM-DD HH:MM:SS' (UTC) or RFC 3339, e.g. '2026-11-20T10:00:00+01:00'")
+        })
+}
+
+/// "table x not found", with the closest existing name when one is close.
+pub fn unknown_table(name: &str, known: &[String]) -> GobiError {
+    let error = GobiError::plan(format!("table {name} not found"));
+    match closest_name(name, known) {
+        Some(close) => error.with_hint(format!("did you mean {close}?")),
+        None => error,
+    }
+}
+
+/// The known name within a small edit distance of `name`, if any.
+pub fn closest_name<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
+    let limit = (name.chars().count() / 3).max(1);
+    known
+        .iter()
+        .map(|k| (edit_distance(&name.to_lowercase(), &k.to_lowercase()), k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k.as_str())
+}
+
+/// Edits (insert, delete, replace, swap of neighbours) that turn `a` into `b`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+fn to_datafusion(error: GobiError) -> DataFusionError {
+    DataFusionError::External(Box::new(error))
+}
+
+#[async_trait]
+impl SchemaProvider for LakehouseSchema {
+    fn table_names(&self) -> Vec<String> {
+        let mut names = self.lakehouse.table_names();
+        names.extend(self.lakehouse.view_names());
+        names.extend(self.session_tables.read().keys().cloned());
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        if let Some(table) = self.session_tables.read().get(name) {
+            return Ok(Some(Arc::clone(table)));
+        }
+        let table = if let Some(versioned) = VersionedName::parse(name) {
+            self.versioned_table(&versioned).await.map_err(to_datafusion)?
+        } else if self.lakehouse.table_exists(name) {
+            self.delta_table(name).await.map_err(to_datafusion)?
+        } else if let Some(sql) = self.lakehouse.view_sql(name) {
+            return Ok(Some(Arc::new(plan_view(&self.session_state()?, &sql).await?)));
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(table.table_provider().await?))
+    }
+
+    async fn table_type(&self, name: &str) -> DfResult<Option<TableType>> {
+        if self.session_tables.read().contains_key(name) || self.lakehouse.table_exists(name) {
+            Ok(Some(TableType::Base))
+        } else if self.lakehouse.view_sql(name).is_some() {
+            Ok(Some(TableType::View))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn register_table(&self, name: String, table: Arc<dyn TableProvider>) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        if self.lakehouse.table_exists(&name) || self.lakehouse.view_sql(&name).is_some() {
+            return Err(DataFusionError::Plan(format!("a table or view named {name} already exists")));
+        }
+        Ok(self.session_tables.write().insert(name, table))
+    }
+
+    fn deregister_table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        Ok(self.session_tables.write().remove(name))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.session_tables.read().contains_key(name)
+            || self.lakehouse.table_exists(name)
+            || self.lakehouse.view_sql(name).is_some()
+    }
+}
+
+/// A persisted view is its `CREATE VIEW` statement; planning it again yields the view's query.
+pub async fn plan_view(state: &SessionState, create_view_sql: &str) -> DfResult<ViewTable> {
+    match state.create_logical_plan(create_view_sql).await? {
+        LogicalPlan::Ddl(DdlStatement::CreateView(view)) => {
+            Ok(ViewTable::new(Arc::unwrap_or_clone(view.input), Some(create_view_sql.to_string())))
+        }
+        other => Err(DataFusionError::Internal(format!(
+            "a stored view is not a CREATE VIEW statement: {}",
+            other.display()
+        ))),
+    }
+}
+
+/// Resolves `FROM 'path'`: a folder with a `_delta_log` is read as a Delta table (at its latest
+/// version, whoever wrote it); anything else goes to DataFusion's file reader.
+#[derive(Debug, Default)]
+pub struct FileTableFactory {
+    files: DynamicListTableFactory,
+}
+
+impl FileTableFactory {
+    pub fn attach(&self, state: Weak<RwLock<SessionState>>) {
+        self.files.session_store().with_state(state);
+    }
+}
+
+#[async_trait]
+impl UrlTableFactory for FileTableFactory {
+    async fn try_new(&self, url: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let path = Path::new(url);
+        if path.join("_delta_log").is_dir() {
+            let table = deltalake::open_table(directory_url(path).map_err(to_datafusion)?)
+                .await
+                .map_err(|e| to_datafusion(e.into()))?;
+            return Ok(Some(table.table_provider().await?));
+        }
+        let looks_like_a_path = url.contains('/') || path.extension().is_some();
+        let is_remote = url.contains("://");
+        if looks_like_a_path && !is_remote && !path.exists() {
+            return Err(to_datafusion(GobiError::plan(format!("no such file or folder: {url}"))));
+        }
+        if !looks_like_a_path {
+            return Ok(None);
+        }
+        match self.files.try_new(url).await? {
+            Some(table) => Ok(Some(table)),
+            None => Err(to_datafusion(
+                GobiError::plan(format!("cannot read {url}: not a Parquet, CSV, JSON or Delta source"))
+                    .with_hint("name files by their format (.parquet, .csv, .json) or point at a Delta table folder"),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closest_name_finds_typos_only() {
+        let known = vec!["users".to_string(), "orders".to_string()];
+        assert_eq!(closest_name("usres", &known), Some("users"));
+        assert_eq!(closest_name("ORDER", &known), Some("orders"));
+        assert_eq!(closest_name("lineitem", &known), None);
+    }
+
+    #[test]
+    fn timestamps_in_common_shapes() {
+        for text in ["2026-11-20 10:00:00", "2026-11-20T10:00:00Z", "2026-11-20T11:00:00+01:00", "2026-11-20 10:00"] {
+            assert_eq!(parse_timestamp(text).unwrap().to_rfc3339(), "2026-11-20T10:00:00+00:00", "{text}");
+        }
+        assert!(parse_timestamp("yesterday").is_err());
+    }
+}

@@ -1,0 +1,205 @@
+//! The lakehouse folder: where tables, views and settings live on disk.
+//!
+//! ```text
+//! my-lakehouse/
+//! ├── gobi.toml          settings (memory pool limits, …), commented
+//! ├── tables/<name>/     one Delta table per folder: readable by Spark, DuckDB, Polars, …
+//! └── _gobi/             gobi's own state
+//!     ├── views/<name>.sql   one persisted view per file: its query text
+//!     └── trash/             dropped tables on their way out (a rename, then a delete)
+//! ```
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use gobi_memory::PoolLimits;
+use serde::Deserialize;
+use url::Url;
+
+use crate::error::{ErrorKind, GobiError, Result};
+
+pub const CONFIG_FILE: &str = "gobi.toml";
+const TABLES_DIR: &str = "tables";
+const STATE_DIR: &str = "_gobi";
+
+/// Settings read from `gobi.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub memory: PoolLimits,
+}
+
+const CONFIG_TEMPLATE: &str = r#"# gobi lakehouse settings.
+#
+# This folder is a gobi lakehouse: tables/ holds one Delta Lake table per folder (any Delta
+# reader — Spark, Trino, DuckDB, Polars, Python deltalake — can read them), _gobi/ holds
+# gobi's own state (views). Sizes take B, KiB, MiB, GiB (powers of 1024) or KB, MB, GB.
+
+[memory]
+# The three memory pools. gobi validates and reports these limits; the memory manager that
+# enforces them (reservations, spilling to disk, admission) is not built yet.
+query = "50MiB"   # execution memory of running queries: hash tables, sorts, aggregations
+cache = "100MiB"  # what is kept for reuse between queries
+temp = "25MiB"    # session values, such as `let` tables
+"#;
+
+/// An opened lakehouse folder.
+#[derive(Debug, Clone)]
+pub struct Lakehouse {
+    root: PathBuf,
+    config: Config,
+}
+
+impl Lakehouse {
+    /// Creates a lakehouse in `dir` (created if missing). An existing lakehouse is an error,
+    /// and so is a folder that already holds a `tables/` folder of something else.
+    pub fn init(dir: &Path) -> Result<Self> {
+        if dir.join(CONFIG_FILE).exists() {
+            return Err(GobiError::new(
+                ErrorKind::Lakehouse,
+                format!("{} is already a gobi lakehouse", dir.display()),
+            ));
+        }
+        fs::create_dir_all(dir)?;
+        fs::create_dir_all(dir.join(TABLES_DIR))?;
+        fs::create_dir_all(dir.join(STATE_DIR).join("views"))?;
+        write_atomically(&dir.join(CONFIG_FILE), CONFIG_TEMPLATE.as_bytes())?;
+        Self::open(dir)
+    }
+
+    /// Opens the lakehouse in `dir`; a folder without `gobi.toml` is refused with a hint.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let config_path = dir.join(CONFIG_FILE);
+        if !config_path.is_file() {
+            return Err(GobiError::new(
+                ErrorKind::Lakehouse,
+                format!("{} is not a gobi lakehouse (no {CONFIG_FILE})", dir.display()),
+            )
+            .with_hint(format!(
+                "run `gobi init {}` to create one, or pass --lakehouse DIR",
+                dir.display()
+            )));
+        }
+        let text = fs::read_to_string(&config_path)?;
+        let config: Config = toml::from_str(&text).map_err(|e| {
+            GobiError::new(ErrorKind::Lakehouse, format!("{}: {}", config_path.display(), e.message()))
+        })?;
+        let root = dir.canonicalize()?;
+        Ok(Self { root, config })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn table_path(&self, name: &str) -> PathBuf {
+        self.root.join(TABLES_DIR).join(name)
+    }
+
+    pub fn table_url(&self, name: &str) -> Result<Url> {
+        directory_url(&self.table_path(name))
+    }
+
+    /// Names of the tables on disk: every folder under `tables/` with a Delta log.
+    pub fn table_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.root.join(TABLES_DIR))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| entry.path().join("_delta_log").is_dir())
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub fn table_exists(&self, name: &str) -> bool {
+        self.table_path(name).join("_delta_log").is_dir()
+    }
+
+    /// Removes a table's folder: first renamed into `_gobi/trash` (one atomic step, after
+    /// which the table is gone for every reader), then deleted.
+    pub fn remove_table(&self, name: &str) -> Result<()> {
+        let trash = self.root.join(STATE_DIR).join("trash");
+        fs::create_dir_all(&trash)?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let target = trash.join(format!("{name}-{stamp}"));
+        fs::rename(self.table_path(name), &target)?;
+        fs::remove_dir_all(&target)?;
+        Ok(())
+    }
+
+    fn view_path(&self, name: &str) -> PathBuf {
+        self.root.join(STATE_DIR).join("views").join(format!("{name}.sql"))
+    }
+
+    pub fn view_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.root.join(STATE_DIR).join("views"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .filter_map(|file| file.strip_suffix(".sql").map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub fn view_sql(&self, name: &str) -> Option<String> {
+        fs::read_to_string(self.view_path(name)).ok()
+    }
+
+    pub fn save_view(&self, name: &str, sql: &str) -> Result<()> {
+        write_atomically(&self.view_path(name), sql.as_bytes())
+    }
+
+    pub fn remove_view(&self, name: &str) -> Result<bool> {
+        match fs::remove_file(self.view_path(name)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// A `file://` URL for a local folder, as delta-rs wants it.
+pub fn directory_url(path: &Path) -> Result<Url> {
+    let absolute = std::path::absolute(path)?;
+    Url::from_directory_path(&absolute)
+        .map_err(|()| GobiError::internal(format!("cannot make a URL of {}", absolute.display())))
+}
+
+/// Writes a file so that readers see either the old content or the new, never a part.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().expect("files live in folders");
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    file.write_all(bytes)?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| GobiError::from(e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_writes_default_limits_and_open_refuses_other_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let lakehouse = Lakehouse::init(dir.path()).unwrap();
+        assert_eq!(lakehouse.config().memory, PoolLimits::default());
+        assert!(Lakehouse::init(dir.path()).is_err());
+        let other = tempfile::tempdir().unwrap();
+        let error = Lakehouse::open(other.path()).unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Lakehouse);
+        assert!(error.hint.unwrap().contains("gobi init"));
+        assert!(!other.path().join(CONFIG_FILE).exists());
+    }
+}

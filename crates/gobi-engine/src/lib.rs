@@ -1,0 +1,28 @@
+//! gobi-engine: plans and runs statements over a lakehouse.
+//!
+//! ```text
+//!  gobi-lang (statements) ──► Session ──► DataFusion (plan, optimize, execute)
+//!                                │             │
+//!                                │             └── LakehouseSchema / FileTableFactory (catalog.rs)
+//!                                └── writes.rs ──► delta-rs ──► tables/<name>/ (one commit per write)
+//! ```
+//!
+//! The engine owns the meaning of names (catalog), the lakehouse folder (lakehouse), the
+//! write paths (writes) and the user-facing error type (error). It does not parse text
+//! (gobi-lang does) and does not print anything (the CLI does).
+
+mod catalog;
+mod error;
+mod lakehouse;
+mod session;
+mod writes;
+
+pub use catalog::closest_name;
+pub use error::{ErrorKind, GobiError, Result};
+pub use lakehouse::{directory_url, Config, Lakehouse, CONFIG_FILE};
+pub use session::{Output, Session};
+
+pub use datafusion;
+pub use deltalake;
+pub use gobi_lang;
+pub use gobi_memory;

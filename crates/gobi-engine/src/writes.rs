@@ -1,0 +1,396 @@
+//! Every change to the lakehouse: table and view DDL, INSERT, UPDATE, DELETE.
+//!
+//! A change to a table is exactly one Delta commit, made by delta-rs: data files are written
+//! first and become visible only when the commit lands, so a failure or a kill leaves the
+//! table at its previous version (stray data files are invisible and left for VACUUM).
+//! Concurrent appends are retried by delta-rs's optimistic commit; conflicting rewrites fail
+//! with a conflict error instead of losing a write.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::common::Column;
+use datafusion::execution::session_state::SessionState;
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{cast, CreateMemoryTable, DdlStatement, Expr, LogicalPlan, LogicalPlanBuilder};
+use datafusion::sql::sqlparser::ast::{AssignmentTarget, ColumnDef, Statement as SqlStatement};
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::StructField;
+use deltalake::protocol::SaveMode;
+use deltalake::DeltaTable;
+use gobi_lang::Ast;
+
+use crate::catalog::{unknown_table, LakehouseSchema};
+use crate::error::{ErrorKind, GobiError, Result};
+use crate::session::Output;
+
+pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create: &CreateMemoryTable) -> Result<Output> {
+    let name = create.name.table();
+    validate_new_name(name)?;
+    let lakehouse = schema.lakehouse();
+    let exists = lakehouse.table_exists(name);
+    if lakehouse.view_sql(name).is_some() || schema.is_session_table(name) {
+        return Err(GobiError::plan(format!("{name} already exists and is not a Delta table")));
+    }
+    if exists && create.if_not_exists {
+        return Ok(Output::Done(format!("table {name} already exists; nothing done")));
+    }
+    if exists && !create.or_replace {
+        return Err(GobiError::plan(format!("table {name} already exists"))
+            .with_hint("use CREATE TABLE IF NOT EXISTS, CREATE OR REPLACE TABLE, or DROP TABLE first"));
+    }
+    std::fs::create_dir_all(lakehouse.table_path(name))?;
+    let table = if exists { schema.delta_table(name).await? } else { DeltaTable::try_from_url(lakehouse.table_url(name)?).await? };
+    let has_rows = !matches!(create.input.as_ref(), LogicalPlan::EmptyRelation(empty) if !empty.produce_one_row);
+    let table = if has_rows || exists {
+        let input = delta_compatible(Arc::unwrap_or_clone(Arc::clone(&create.input)))?;
+        let mut write = table
+            .write(vec![])
+            .with_input_plan(input)
+            .with_session_state(Arc::new(state.clone()))
+            .with_save_mode(if exists { SaveMode::Overwrite } else { SaveMode::ErrorIfExists })
+            .with_table_name(name)
+            .with_commit_properties(commit_properties());
+        if exists {
+            write = write.with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite);
+        }
+        write.await
+    } else {
+        let columns = delta_columns(create.input.schema().inner())?;
+        table.create().with_columns(columns).with_table_name(name).with_commit_properties(commit_properties()).await
+    };
+    let table = table.map_err(|e| match e {
+        deltalake::DeltaTableError::VersionAlreadyExists(_) => GobiError::new(
+            ErrorKind::Conflict,
+            format!("table {name} was created by another writer at the same time"),
+        ),
+        other => other.into(),
+    })?;
+    let rows = committed_metric(&table, "num_added_rows").await;
+    schema.remember(name, table).await;
+    Ok(Output::Done(match rows {
+        Some(rows) if rows > 0 => format!("created table {name} with {rows} rows"),
+        _ => format!("created table {name}"),
+    }))
+}
+
+pub async fn insert(state: &SessionState, schema: &LakehouseSchema, name: &str, input: LogicalPlan, op: InsertOp) -> Result<Output> {
+    let mode = match op {
+        InsertOp::Append => SaveMode::Append,
+        InsertOp::Overwrite => SaveMode::Overwrite,
+        InsertOp::Replace => return Err(GobiError::plan("INSERT OR REPLACE is not supported on Delta tables")),
+    };
+    let table = writable_table(schema, name).await?;
+    let input_columns = output_sources(&input);
+    let table_columns = table_columns(&table)?;
+    let table = table
+        .write(vec![])
+        .with_input_plan(input)
+        .with_session_state(Arc::new(state.clone()))
+        .with_save_mode(mode)
+        .with_commit_properties(commit_properties())
+        .await
+        .map_err(|e| not_null_message(e.into(), name, &input_columns, &table_columns))?;
+    let rows = committed_metric(&table, "num_added_rows").await.unwrap_or(0);
+    schema.remember(name, table).await;
+    Ok(count_output(rows))
+}
+
+pub async fn delete(state: &SessionState, schema: &LakehouseSchema, name: &str, ast: &Ast) -> Result<Output> {
+    let Ast::Statement(statement) = ast else { unreachable!("DataFusion plans DELETE from SQL") };
+    let SqlStatement::Delete(delete) = statement.as_ref() else { unreachable!("planned as DELETE") };
+    let table = writable_table(schema, name).await?;
+    let before = table.version();
+    let mut builder = table.delete().with_session_state(Arc::new(state.clone())).with_commit_properties(commit_properties());
+    if let Some(predicate) = &delete.selection {
+        builder = builder.with_predicate(predicate.to_string());
+    }
+    let (table, metrics) = builder.await?;
+    let deleted = match metrics.num_deleted_rows {
+        Some(rows) => rows as u64,
+        None if table.version() == before => 0,
+        None => committed_metric(&table, "num_deleted_rows").await.unwrap_or(0),
+    };
+    schema.remember(name, table).await;
+    Ok(count_output(deleted))
+}
+
+pub async fn update(state: &SessionState, schema: &LakehouseSchema, name: &str, ast: &Ast) -> Result<Output> {
+    let Ast::Statement(statement) = ast else { unreachable!("DataFusion plans UPDATE from SQL") };
+    let SqlStatement::Update(update) = statement.as_ref() else { unreachable!("planned as UPDATE") };
+    if update.from.is_some() {
+        return Err(GobiError::plan("UPDATE … FROM is not supported on Delta tables yet")
+            .with_hint("use a subquery in SET, or MERGE-style rewrites with CREATE OR REPLACE TABLE … AS"));
+    }
+    let table = writable_table(schema, name).await?;
+    let columns = table_columns(&table)?;
+    let mut builder = table.update().with_session_state(Arc::new(state.clone())).with_commit_properties(commit_properties());
+    for assignment in &update.assignments {
+        let column = match &assignment.target {
+            AssignmentTarget::ColumnName(column) => column.0.last().map(|p| p.to_string()).unwrap_or_default(),
+            AssignmentTarget::Tuple(_) => return Err(GobiError::plan("UPDATE … SET (a, b) = … is not supported; assign each column")),
+        };
+        builder = builder.with_update(column.trim_matches('"').to_string(), assignment.value.to_string());
+    }
+    if let Some(predicate) = &update.selection {
+        builder = builder.with_predicate(predicate.to_string());
+    }
+    let (table, metrics) = builder.await.map_err(|e| not_null_message(e.into(), name, &[], &columns))?;
+    schema.remember(name, table).await;
+    Ok(count_output(metrics.num_updated_rows as u64))
+}
+
+/// The Arrow field a column definition describes, as DataFusion's `CREATE TABLE` reads it.
+pub async fn column_field(state: &SessionState, column: &ColumnDef) -> Result<Field> {
+    let plan = state.create_logical_plan(&format!("CREATE TABLE gobi_column_probe ({column})")).await?;
+    let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) = plan else {
+        return Err(GobiError::internal("a column definition did not plan as CREATE TABLE"));
+    };
+    Ok(create.input.schema().field(0).as_ref().clone())
+}
+
+pub async fn add_column(schema: &LakehouseSchema, name: &str, field: Field, if_not_exists: bool) -> Result<String> {
+    let table = writable_table(schema, name).await?;
+    let existing = table.snapshot()?.schema();
+    if existing.field(field.name()).is_some() {
+        return if if_not_exists {
+            Ok(format!("column {} already exists in {name}; nothing done", field.name()))
+        } else {
+            Err(GobiError::plan(format!("column {} already exists in {name}", field.name())))
+        };
+    }
+    if !field.is_nullable() {
+        return Err(GobiError::plan(format!(
+            "cannot add NOT NULL column {}: the rows already in {name} would have no value for it",
+            field.name()
+        )));
+    }
+    let columns = delta_columns(&Arc::new(Schema::new(vec![field.clone()])))?;
+    let table = table.add_columns().with_fields(columns).with_commit_properties(commit_properties()).await?;
+    schema.remember(name, table).await;
+    Ok(format!("added column {} to {name}", field.name()))
+}
+
+pub fn create_view(schema: &LakehouseSchema, name: &str, or_replace: bool, create_view_sql: &str) -> Result<Output> {
+    validate_new_name(name)?;
+    let lakehouse = schema.lakehouse();
+    if lakehouse.table_exists(name) || schema.is_session_table(name) {
+        return Err(GobiError::plan(format!("a table named {name} already exists")));
+    }
+    if lakehouse.view_sql(name).is_some() && !or_replace {
+        return Err(GobiError::plan(format!("view {name} already exists")).with_hint("use CREATE OR REPLACE VIEW"));
+    }
+    lakehouse.save_view(name, create_view_sql)?;
+    Ok(Output::Done(format!("created view {name}")))
+}
+
+pub async fn drop_table(schema: &LakehouseSchema, name: &str, if_exists: bool) -> Result<Output> {
+    let lakehouse = schema.lakehouse();
+    if schema.is_session_table(name) {
+        use datafusion::catalog::SchemaProvider as _;
+        schema.deregister_table(name)?;
+        return Ok(Output::Done(format!("dropped session table {name}")));
+    }
+    if lakehouse.view_sql(name).is_some() {
+        return Err(GobiError::plan(format!("{name} is a view")).with_hint(format!("use DROP VIEW {name}")));
+    }
+    if !lakehouse.table_exists(name) {
+        return if if_exists {
+            Ok(Output::Done(format!("table {name} does not exist; nothing done")))
+        } else {
+            Err(unknown_table(name, &lakehouse.table_names()))
+        };
+    }
+    schema.forget(name).await;
+    lakehouse.remove_table(name)?;
+    Ok(Output::Done(format!("dropped table {name}")))
+}
+
+pub fn drop_view(schema: &LakehouseSchema, name: &str, if_exists: bool) -> Result<Output> {
+    match schema.lakehouse().remove_view(name)? {
+        true => Ok(Output::Done(format!("dropped view {name}"))),
+        false if if_exists => Ok(Output::Done(format!("view {name} does not exist; nothing done"))),
+        false => Err(GobiError::plan(format!("view {name} not found"))),
+    }
+}
+
+/// `SHOW HISTORY t`: one row per commit, newest first, read from the Delta log itself.
+pub async fn history(schema: &LakehouseSchema, name: &str) -> Result<Output> {
+    let table = schema.delta_table(name).await?;
+    let latest = table.version().unwrap_or(0);
+    let (mut versions, mut timestamps, mut operations, mut parameters, mut metrics) = (vec![], vec![], vec![], vec![], vec![]);
+    for version in (0..=latest).rev() {
+        let Some(info) = commit_info(&table, version).await else { continue };
+        versions.push(version as i64);
+        let millis = info.get("timestamp").and_then(|t| t.as_i64()).unwrap_or(0);
+        timestamps.push(
+            chrono::DateTime::from_timestamp_millis(millis)
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+                .unwrap_or_default(),
+        );
+        operations.push(info.get("operation").and_then(|o| o.as_str()).unwrap_or("").to_string());
+        parameters.push(info.get("operationParameters").map(|p| p.to_string()).unwrap_or_default());
+        metrics.push(info.get("operationMetrics").map(|p| p.to_string()).unwrap_or_default());
+    }
+    let columns: Vec<(&str, DataType, ArrayRef)> = vec![
+        ("version", DataType::Int64, Arc::new(Int64Array::from(versions))),
+        ("timestamp", DataType::Utf8, Arc::new(StringArray::from(timestamps))),
+        ("operation", DataType::Utf8, Arc::new(StringArray::from(operations))),
+        ("parameters", DataType::Utf8, Arc::new(StringArray::from(parameters))),
+        ("metrics", DataType::Utf8, Arc::new(StringArray::from(metrics))),
+    ];
+    batch_output(columns)
+}
+
+async fn writable_table(schema: &LakehouseSchema, name: &str) -> Result<DeltaTable> {
+    if schema.lakehouse().view_sql(name).is_some() {
+        return Err(GobiError::plan(format!("{name} is a view; only tables can be changed")));
+    }
+    schema.delta_table(name).await
+}
+
+/// The `commitInfo` of one commit, as written in the log.
+async fn commit_info(table: &DeltaTable, version: u64) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let bytes = table.log_store().read_commit_entry(version).await.ok()??;
+    std::str::from_utf8(&bytes).ok()?.lines().find_map(|line| {
+        let value: serde_json::Value = serde_json::from_str(line).ok()?;
+        value.get("commitInfo")?.as_object().cloned()
+    })
+}
+
+/// A number from the `operationMetrics` of the commit that made the table's current version.
+async fn committed_metric(table: &DeltaTable, key: &str) -> Option<u64> {
+    let info = commit_info(table, table.version()?).await?;
+    let value = info.get("operationMetrics")?.get(key)?;
+    value.as_u64().or_else(|| value.as_str()?.parse().ok())
+}
+
+fn commit_properties() -> CommitProperties {
+    CommitProperties::default().with_metadata([(
+        "engineInfo".to_string(),
+        serde_json::Value::String(format!("gobi/{}", env!("CARGO_PKG_VERSION"))),
+    )])
+}
+
+/// The row count that INSERT, UPDATE and DELETE return, shaped as DataFusion returns it.
+fn count_output(rows: u64) -> Output {
+    batch_output(vec![("count", DataType::UInt64, Arc::new(UInt64Array::from(vec![rows])))]).expect("one column, one row")
+}
+
+fn batch_output(columns: Vec<(&str, DataType, ArrayRef)>) -> Result<Output> {
+    let schema = Arc::new(Schema::new(
+        columns.iter().map(|(name, data_type, _)| Field::new(*name, data_type.clone(), false)).collect::<Vec<_>>(),
+    ));
+    let batch = RecordBatch::try_new(Arc::clone(&schema), columns.into_iter().map(|(_, _, a)| a).collect())
+        .map_err(|e| GobiError::internal(e.to_string()))?;
+    Ok(Output::rows(vec![batch], schema))
+}
+
+/// Table and view names become folder and file names, so they are kept to plain identifiers.
+fn validate_new_name(name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(GobiError::plan(format!(
+            "{name:?} cannot name a table or view: use letters, digits and _, starting with a letter or _"
+        )))
+    }
+}
+
+/// The Delta type for an Arrow type Delta cannot store, when there is a lossless one.
+fn delta_type(data_type: &DataType) -> Option<DataType> {
+    match data_type {
+        DataType::UInt8 => Some(DataType::Int16),
+        DataType::UInt16 => Some(DataType::Int32),
+        DataType::UInt32 | DataType::UInt64 => Some(DataType::Int64),
+        DataType::Float16 => Some(DataType::Float32),
+        DataType::Null => Some(DataType::Utf8),
+        DataType::Timestamp(unit, zone) if *unit != TimeUnit::Microsecond => {
+            Some(DataType::Timestamp(TimeUnit::Microsecond, zone.clone()))
+        }
+        _ => None,
+    }
+}
+
+/// The Delta columns of an Arrow schema, widened where Delta needs it (see [`delta_type`]).
+fn delta_columns(schema: &SchemaRef) -> Result<Vec<StructField>> {
+    schema
+        .fields()
+        .iter()
+        .map(|field| {
+            let data_type = delta_type(field.data_type()).unwrap_or_else(|| field.data_type().clone());
+            let field = field.as_ref().clone().with_data_type(data_type);
+            (&field).try_into_kernel().map_err(|e| GobiError::plan(format!("column {}: {e}", field.name())))
+        })
+        .collect()
+}
+
+/// Casts the columns Delta cannot store as they are (see [`delta_type`]).
+fn delta_compatible(plan: LogicalPlan) -> Result<LogicalPlan> {
+    let fields: Vec<_> = plan.schema().iter().map(|(q, f)| (q.cloned(), Arc::clone(f))).collect();
+    if fields.iter().all(|(_, f)| delta_type(f.data_type()).is_none()) {
+        return Ok(plan);
+    }
+    let columns: Vec<Expr> = fields
+        .into_iter()
+        .map(|(qualifier, field)| {
+            let column = Expr::Column(Column::new(qualifier, field.name()));
+            match delta_type(field.data_type()) {
+                Some(target) => cast(column, target).alias(field.name()),
+                None => column,
+            }
+        })
+        .collect();
+    Ok(LogicalPlanBuilder::from(plan).project(columns)?.build()?)
+}
+
+/// For each output column of a write's input plan: its own name and the columns it is
+/// computed from (a projection maps `column2` of VALUES to `id`).
+fn output_sources(plan: &LogicalPlan) -> Vec<Vec<String>> {
+    let names = plan.schema().fields().iter().map(|f| vec![f.name().clone()]);
+    match plan {
+        LogicalPlan::Projection(projection) => names
+            .zip(&projection.expr)
+            .map(|(mut names, expr)| {
+                names.extend(expr.column_refs().into_iter().map(|c| c.name.clone()));
+                names
+            })
+            .collect(),
+        _ => names.collect(),
+    }
+}
+
+/// A table's columns with whether each may hold NULL.
+fn table_columns(table: &DeltaTable) -> Result<Vec<(String, bool)>> {
+    Ok(table.snapshot()?.schema().fields().map(|f| (f.name().clone(), f.is_nullable())).collect())
+}
+
+/// delta-rs reports a NULL in a NOT NULL column in its own words: either naming the column
+/// as the plan feeding the write calls it (`column2` of VALUES; the plan's columns are in the
+/// table's order, so the position maps it to the table's name), or as "rows failed validation
+/// check" with a preview. Either way, say which table and column in the user's terms.
+fn not_null_message(error: GobiError, table: &str, input_columns: &[Vec<String>], table_columns: &[(String, bool)]) -> GobiError {
+    if error.message.contains("non-nullable") {
+        let plan_name = error.message.split("Column '").nth(1).and_then(|rest| rest.split('\'').next()).unwrap_or_default();
+        let column = input_columns
+            .iter()
+            .position(|names| names.iter().any(|n| n == plan_name))
+            .and_then(|i| table_columns.get(i))
+            .map_or(plan_name, |(name, _)| name.as_str());
+        return GobiError::data(format!("NOT NULL violation: column {column} of {table} cannot hold NULL, and the new rows have NULL in it"));
+    }
+    if let Some((count, preview)) = error.message.split_once(" failed validation check.") {
+        let required: Vec<&str> = table_columns.iter().filter(|(_, nullable)| !nullable).map(|(n, _)| n.as_str()).collect();
+        return GobiError::data(format!(
+            "NOT NULL violation in {table}: {count} would have NULL in a NOT NULL column ({}){}",
+            required.join(", "),
+            preview.trim_end()
+        ));
+    }
+    error
+}

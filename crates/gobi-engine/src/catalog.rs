@@ -25,7 +25,7 @@ use datafusion::datasource::view::ViewTable;
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::session_state::SessionState;
-use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::logical_expr::{DdlStatement, Expr, LogicalPlan, TableProviderFilterPushDown};
 use deltalake::{DeltaTable, DeltaTableBuilder};
 use gobi_lang::{TableVersion, VersionedName};
 use parking_lot::RwLock;
@@ -223,7 +223,7 @@ impl SchemaProvider for LakehouseSchema {
         } else {
             return Ok(None);
         };
-        Ok(Some(table.table_provider().await?))
+        Ok(Some(delta_provider(&table).await?))
     }
 
     async fn table_type(&self, name: &str) -> DfResult<Option<TableType>> {
@@ -251,6 +251,64 @@ impl SchemaProvider for LakehouseSchema {
         self.session_tables.read().contains_key(name)
             || self.lakehouse.table_exists(name)
             || self.lakehouse.view_sql(name).is_some()
+    }
+}
+
+/// A Delta table as DataFusion sees it, with one correction to delta-rs: it reports a filter
+/// that references no column (`a <= NULL` simplifies to `NULL`) as applied exactly by the
+/// scan — "every column it uses is a partition column" holds vacuously — but the scan never
+/// applies it. Such filters are handed back to DataFusion, which evaluates them.
+#[derive(Debug)]
+struct DeltaProvider(Arc<dyn TableProvider>);
+
+async fn delta_provider(table: &DeltaTable) -> DfResult<Arc<dyn TableProvider>> {
+    Ok(Arc::new(DeltaProvider(table.table_provider().await?)))
+}
+
+#[async_trait]
+impl TableProvider for DeltaProvider {
+    fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
+        self.0.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.0.table_type()
+    }
+
+    fn constraints(&self) -> Option<&datafusion::common::Constraints> {
+        self.0.constraints()
+    }
+
+    fn statistics(&self) -> Option<datafusion::common::Statistics> {
+        self.0.statistics()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        self.0.scan(state, projection, filters, limit).await
+    }
+
+    async fn scan_with_args<'a>(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        args: datafusion::catalog::ScanArgs<'a>,
+    ) -> DfResult<datafusion::catalog::ScanResult> {
+        self.0.scan_with_args(state, args).await
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        let mut answers = self.0.supports_filters_pushdown(filters)?;
+        for (filter, answer) in filters.iter().zip(&mut answers) {
+            if filter.column_refs().is_empty() {
+                *answer = TableProviderFilterPushDown::Unsupported;
+            }
+        }
+        Ok(answers)
     }
 }
 
@@ -288,7 +346,7 @@ impl UrlTableFactory for FileTableFactory {
             let table = deltalake::open_table(directory_url(path).map_err(to_datafusion)?)
                 .await
                 .map_err(|e| to_datafusion(e.into()))?;
-            return Ok(Some(table.table_provider().await?));
+            return Ok(Some(delta_provider(&table).await?));
         }
         let looks_like_a_path = url.contains('/') || path.extension().is_some();
         let is_remote = url.contains("://");

@@ -14,6 +14,7 @@
 mod catalog;
 mod error;
 mod lakehouse;
+mod rewrite;
 mod session;
 mod writes;
 

@@ -22,6 +22,7 @@ use gobi_lang::{parse_script, Ast, Command, Statement};
 use crate::catalog::{unknown_table, FileTableFactory, LakehouseSchema};
 use crate::error::{GobiError, Result};
 use crate::lakehouse::Lakehouse;
+use crate::rewrite;
 use crate::writes;
 
 /// What a statement produced.
@@ -85,6 +86,7 @@ impl Session {
             .with_catalog_list(catalogs)
             // delta-rs plans its writes with extension nodes only its planner knows.
             .with_query_planner(deltalake::delta_datafusion::planner::DeltaPlanner::new())
+            .with_optimizer_rules(optimizer_rules())
             .build()
             .into();
         files.attach(ctx.state_weak_ref());
@@ -159,7 +161,15 @@ impl Session {
             return Ok(output);
         }
         let state = self.ctx.state();
-        let plan = state.statement_to_plan(ast.clone()).await.map_err(|e| self.explain_unknown_table(e.into()))?;
+        let plan = match state.statement_to_plan(ast.clone()).await {
+            Err(e) if is_duplicate_name_error(&e) => {
+                let mut renamed = ast.clone();
+                rewrite::name_duplicate_columns(&mut renamed);
+                state.statement_to_plan(renamed).await
+            }
+            planned => planned,
+        }
+        .map_err(|e| self.explain_unknown_table(e.into()))?;
         if let Some(schema) = &self.lakehouse {
             if let Some(output) = self.execute_lakehouse_write(schema, &plan, ast).await? {
                 return Ok(output);
@@ -294,6 +304,20 @@ impl Session {
         .map_err(|e| GobiError::internal(e.to_string()))?;
         Ok(Output::rows(vec![batch], result_schema))
     }
+}
+
+/// DataFusion refuses a SELECT whose output names repeat, in one of two words.
+fn is_duplicate_name_error(error: &datafusion::error::DataFusionError) -> bool {
+    let text = error.to_string();
+    text.contains("Projections require unique expression names") || text.contains("which would be ambiguous")
+}
+
+/// DataFusion's optimizer rules, with gobi's decorrelation of non-equality correlated scalar
+/// subqueries first, so DataFusion's own rule finishes the job.
+fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send + Sync>> {
+    let mut rules = datafusion::optimizer::Optimizer::new().rules;
+    rules.insert(0, Arc::new(rewrite::NonEquiCorrelatedSubquery));
+    rules
 }
 
 fn object_name(name: &datafusion::sql::sqlparser::ast::ObjectName) -> String {

@@ -47,7 +47,12 @@ pub async fn run_file(file: &Path, labels: &[String], mut fail_log: Option<&mut 
     let lakehouse = Lakehouse::init(dir.path()).map_err(|e| e.message)?;
     let mut runner = Runner::new(move || {
         let lakehouse = lakehouse.clone();
-        async move { Ok(GobiDb { session: Session::open(lakehouse) }) }
+        async move {
+            let session = Session::open(lakehouse);
+            // DataFusion's own runner plans with 4 partitions; its EXPLAIN records expect it.
+            session.run_script("SET datafusion.execution.target_partitions = 4").await?;
+            Ok(GobiDb { session })
+        }
     });
     for label in labels {
         runner.add_label(label);
@@ -68,7 +73,8 @@ pub async fn run_file(file: &Path, labels: &[String], mut fail_log: Option<&mut 
             Record::Halt { .. } => break,
             _ => false,
         };
-        let shown = record.to_string();
+        // Display panics on some records (include markers); only counted ones are logged.
+        let shown = if counted { record.to_string() } else { String::new() };
         match runner.run_async(record).await {
             Ok(_) if counted => counts.passed += 1,
             Ok(_) => {}
@@ -187,8 +193,8 @@ fn trim_fraction(text: String) -> String {
     text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
-/// A cell with several lines (EXPLAIN) becomes several rows; leading spaces become `-`
-/// because sqllogictest ignores whitespace differences.
+/// A cell with several lines (EXPLAIN) becomes several rows, numbered `01)`, `02)`, …;
+/// leading spaces become `-` because sqllogictest ignores whitespace differences.
 fn expand_multiline(mut row: Vec<String>) -> Vec<Vec<String>> {
     let Some(last) = row.pop() else { return vec![row] };
     let lines: Vec<&str> = last.split('\n').collect();
@@ -197,9 +203,9 @@ fn expand_multiline(mut row: Vec<String>) -> Vec<Vec<String>> {
         return vec![row];
     }
     std::iter::once(row)
-        .chain(lines.into_iter().map(|line| {
+        .chain(lines.into_iter().enumerate().map(|(i, line)| {
             let content = line.trim_start();
-            vec![format!("{}{content}", "-".repeat(line.len() - content.len()))]
+            vec![format!("{:02}){}{content}", i + 1, "-".repeat(line.len() - content.len()))]
         }))
         .collect()
 }

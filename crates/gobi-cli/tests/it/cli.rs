@@ -70,3 +70,15 @@ fn every_command_explains_itself_with_an_example() {
         assert!(run.stdout.contains("Example"), "gobi {command:?} --help has no example:\n{}", run.stdout);
     }
 }
+
+#[test]
+fn repl_reads_multi_line_statements_and_dot_commands() {
+    let lh = Lakehouse::new();
+    let session = "CREATE TABLE t (a INT,\n  b STRING);\nINSERT INTO t\nVALUES (1, 'x');\nSELECT a, b\n  FROM t;\n.tables\n.schema t\nSELECT nope FROM t;\n.quit\n";
+    let run = gobi_stdin(&["repl", "--format", "csv"], lh.path(), session).ok();
+    assert!(run.stdout.contains("a,b\n1,x\n"), "{}", run.stdout);
+    assert!(run.stdout.contains("name,kind\nt,table\n"), "{}", run.stdout);
+    assert!(run.stdout.contains("column_name,data_type,is_nullable\na,Int32,YES\n"), "{}", run.stdout);
+    assert!(run.stderr.contains("error: No field named nope"), "the REPL reports errors and goes on: {}", run.stderr);
+    assert!(lh.path().join("_gobi/history").exists());
+}

@@ -192,3 +192,22 @@ fn queries_cover_joins_windows_ctes_and_set_operations() {
     let explain = lh.values("EXPLAIN SELECT count(*) FROM orders WHERE total > 1");
     assert_eq!(explain[0][0], json!("logical_plan"));
 }
+
+#[test]
+fn sql_that_datafusion_alone_gets_wrong_or_refuses() {
+    let lh = Lakehouse::new();
+    lh.run("CREATE TABLE t (a INT, b INT, c INT); INSERT INTO t VALUES (1, 2, 3), (2, 3, 1), (3, 1, 2), (NULL, 1, NULL)").ok();
+    // Correlated scalar subqueries with non-equality conditions, including a NULL outer value
+    // and count over no rows.
+    assert_eq!(
+        lh.values(
+            "SELECT a, (SELECT count(*) FROM t x WHERE x.c > t.c AND x.b < t.b), (SELECT sum(x.a) FROM t x WHERE x.b < t.b) FROM t ORDER BY a NULLS LAST"
+        ),
+        rows![[1, 0, 3], [2, 2, 4], [3, 0, null], [null, 0, null]]
+    );
+    // Repeated output names are valid SQL.
+    assert_eq!(lh.values("SELECT a, -a a, a + 1 AS a FROM t WHERE a = 1"), rows![[1, -1, 2]]);
+    // A predicate that is NULL for every row selects none (delta-rs claimed it, then skipped it).
+    assert_eq!(lh.values("SELECT a FROM t WHERE a BETWEEN 0 AND NULL"), rows![]);
+    assert_eq!(lh.values("SELECT count(*) FROM t WHERE NULL"), rows![[0]]);
+}

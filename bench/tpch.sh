@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# TPC-H side by side: gobi on Parquet files, gobi on its own Delta tables, DataFusion (Python)
+# and DuckDB, unlimited memory, one fresh process per query (../shared/bench/peers.py).
+#
+#   bench/tpch.sh            # scale 1; data generated once into bench/data (git-ignored)
+#   SCALE=0.1 bench/tpch.sh  # a quick run
+#
+# The data comes from gobi itself: `gobi demo --scale N` writes the TPC-H tables as Delta
+# tables (tpchgen), then each table is copied to NAME.parquet, so both gobi runs read the same
+# rows. Results: bench/results/tpch-sf$SCALE.{json,md}; copy the table into bench/RESULTS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SCALE="${SCALE:-1}"
+DATA="bench/data"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gobi/target}"
+PEERS="../shared/bench/peers.py"
+
+cargo build --release --locked --bin gobi
+GOBI="$CARGO_TARGET_DIR/release/gobi"
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore duckdb==2.0.0 datafusion==55.0.0
+
+lakehouse="$DATA/tpch-sf$SCALE-delta"
+parquet="$DATA/tpch-sf$SCALE"
+mkdir -p "$DATA" "$parquet" bench/results
+[ -d "$lakehouse/tables/lineitem" ] || "$GOBI" demo "$lakehouse" --scale "$SCALE" > /dev/null
+for table in region nation supplier customer part partsupp orders lineitem; do
+  [ -f "$parquet/$table.parquet" ] ||
+    "$GOBI" --lakehouse "$lakehouse" query "COPY (SELECT * FROM $table) TO '$(realpath "$parquet")/$table.parquet'" > /dev/null
+done
+
+python3 "$PEERS" run --data "$parquet" \
+  --runs gobi gobi-delta datafusion duckdb \
+  --engine-cmd gobi="$GOBI query --file {query} --data {data} --summary json" \
+  --engine-cmd gobi-delta="$GOBI --lakehouse $(realpath "$lakehouse") query --file {query} --summary json" \
+  --json "bench/results/tpch-sf$SCALE.json" --markdown "bench/results/tpch-sf$SCALE.md"

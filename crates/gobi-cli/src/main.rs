@@ -21,7 +21,7 @@ use crate::output::{Format, Printer};
     name = "gobi",
     version,
     about = "An embedded lakehouse: Delta tables in a folder, SQL on top.",
-    after_help = "Examples:\n  gobi demo                               # TPC-H in ./gobi-demo, a few queries\n  gobi init sales && cd sales             # a new lakehouse\n  gobi query \"CREATE TABLE t AS SELECT 1 AS x\"\n  gobi query \"FROM t\" --format json\n  gobi repl"
+    after_help = "Examples:\n  gobi demo                               # TPC-H in ./gobi-demo, a few queries\n  gobi init sales && cd sales             # a new lakehouse\n  gobi query \"CREATE TABLE t AS SELECT 1 AS x\"\n  gobi query \"SELECT * FROM t\" --format json\n  gobi repl"
 )]
 struct Cli {
     /// The lakehouse folder (default: the current folder).
@@ -77,7 +77,8 @@ struct QueryArgs {
     /// Query the NAME.parquet files in DIR as read-only tables NAME; no lakehouse needed.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
-    /// After the results, print one line `{"rows": N, "seconds": S}` (S: engine time).
+    /// After the results, print one line `{"rows": N, "seconds": S}`: N rows in the last
+    /// result, S seconds the engine spent on all the statements.
     #[arg(long, value_enum, value_name = "FORMAT")]
     summary: Option<SummaryFormat>,
 }
@@ -100,7 +101,9 @@ fn main() -> ExitCode {
             Ok(lakehouse) => repl::run(&runtime, Session::open(lakehouse), &printer),
             Err(error) => Err(error.into()),
         },
-        Command::Demo { dir, scale } => runtime.block_on(demo::run(dir.unwrap_or_else(|| "gobi-demo".into()), scale, &printer)),
+        Command::Demo { dir, scale } => {
+            runtime.block_on(demo::run(dir.or(cli.lakehouse).unwrap_or_else(|| "gobi-demo".into()), scale, &printer))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -162,7 +165,7 @@ async fn query(lakehouse: Option<PathBuf>, args: QueryArgs, printer: &Printer) -
     };
     let summary = run_statements(&session, &source, printer).await?;
     if args.summary.is_some() {
-        println!("{}", serde_json::json!({ "rows": summary.rows, "seconds": summary.seconds }));
+        printer.print_line(&serde_json::json!({ "rows": summary.rows, "seconds": summary.seconds }).to_string())?;
     }
     Ok(())
 }

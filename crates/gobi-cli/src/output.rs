@@ -38,12 +38,22 @@ impl Printer {
                     Format::Csv => csv(schema, batches)?,
                     Format::Json => json(batches)?,
                 };
-                let mut stdout = std::io::stdout().lock();
-                stdout.write_all(text.as_bytes())?;
-                stdout.flush()?;
-                Ok(())
+                write_stdout(&text)
             }
         }
+    }
+
+    pub fn print_line(&self, line: &str) -> Result<(), GobiError> {
+        write_stdout(&format!("{line}\n"))
+    }
+}
+
+/// Writes to stdout; a reader that went away (`gobi query … | head`) is not an error.
+fn write_stdout(text: &str) -> Result<(), GobiError> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
 }
 
@@ -53,7 +63,7 @@ fn arrow_error(e: datafusion::arrow::error::ArrowError) -> GobiError {
 
 pub fn table(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<String, GobiError> {
     let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Disabled);
+    table.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
     table.set_header(schema.fields().iter().map(|f| Cell::new(f.name())));
     let options = FormatOptions::default().with_null("NULL");
     let numeric: Vec<bool> = schema.fields().iter().map(|f| f.data_type().is_numeric()).collect();

@@ -112,25 +112,19 @@ impl LakehouseSchema {
         let builder = DeltaTableBuilder::from_url(self.lakehouse.table_url(&name.table)?)?;
         match &name.version {
             TableVersion::Version(version) => {
-                let loaded = match u64::try_from(*version) {
-                    Ok(v) => builder.with_version(v).load().await.ok(),
-                    Err(_) => None,
-                };
-                match loaded {
-                    Some(table) => Ok(table),
-                    None => {
-                        let latest = self.delta_table(&name.table).await?.version().unwrap_or(0);
-                        Err(GobiError::plan(format!(
-                            "table {} has no version {version} (versions 0 to {latest} exist)",
-                            name.table
-                        )))
-                    }
+                let latest = self.delta_table(&name.table).await?.version().unwrap_or(0);
+                match u64::try_from(*version) {
+                    Ok(v) if v <= latest => Ok(builder.with_version(v).load().await?),
+                    _ => Err(GobiError::plan(format!(
+                        "table {} has no version {version} (the latest is {latest})",
+                        name.table
+                    ))),
                 }
             }
             TableVersion::Timestamp(text) => {
                 let timestamp = parse_timestamp(text)?;
-                builder.with_timestamp(timestamp).load().await.map_err(|_| {
-                    GobiError::plan(format!("table {} did not exist yet at {text}", name.table))
+                builder.with_timestamp(timestamp).load().await.map_err(|e| {
+                    GobiError::plan(format!("table {} at {text}: {}", name.table, GobiError::from(e).message))
                 })
             }
         }
@@ -142,7 +136,7 @@ fn parse_timestamp(text: &str) -> Result<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&Utc));
     }
-    ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S"]
+    ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M"]
         .iter()
         .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
         .or_else(|| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)))
@@ -219,7 +213,11 @@ impl SchemaProvider for LakehouseSchema {
         } else if self.lakehouse.table_exists(name) {
             self.delta_table(name).await.map_err(to_datafusion)?
         } else if let Some(sql) = self.lakehouse.view_sql(name) {
-            return Ok(Some(Arc::new(plan_view(&self.session_state()?, &sql).await?)));
+            // The view's own text is not the user's script: its positions would point nowhere.
+            let view = plan_view(&self.session_state()?, &sql).await.map_err(|e| {
+                to_datafusion(GobiError { position: None, ..GobiError::plan(format!("in view {name}: {}", GobiError::from(e).message)) })
+            })?;
+            return Ok(Some(Arc::new(view)));
         } else {
             return Ok(None);
         };

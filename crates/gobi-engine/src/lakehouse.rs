@@ -52,8 +52,7 @@ pub struct Lakehouse {
 }
 
 impl Lakehouse {
-    /// Creates a lakehouse in `dir` (created if missing). An existing lakehouse is an error,
-    /// and so is a folder that already holds a `tables/` folder of something else.
+    /// Creates a lakehouse in `dir` (created if missing); an existing lakehouse is an error.
     pub fn init(dir: &Path) -> Result<Self> {
         if dir.join(CONFIG_FILE).exists() {
             return Err(GobiError::new(
@@ -119,7 +118,7 @@ impl Lakehouse {
     }
 
     pub fn table_exists(&self, name: &str) -> bool {
-        self.table_path(name).join("_delta_log").is_dir()
+        stays_inside(name) && self.table_path(name).join("_delta_log").is_dir()
     }
 
     /// Removes a table's folder: first renamed into `_gobi/trash` (one atomic step, after
@@ -153,7 +152,7 @@ impl Lakehouse {
     }
 
     pub fn view_sql(&self, name: &str) -> Option<String> {
-        fs::read_to_string(self.view_path(name)).ok()
+        stays_inside(name).then(|| fs::read_to_string(self.view_path(name)).ok()).flatten()
     }
 
     pub fn save_view(&self, name: &str, sql: &str) -> Result<()> {
@@ -161,12 +160,21 @@ impl Lakehouse {
     }
 
     pub fn remove_view(&self, name: &str) -> Result<bool> {
+        if !stays_inside(name) {
+            return Ok(false);
+        }
         match fs::remove_file(self.view_path(name)) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Names map to folders and files; one that could climb out of the lakehouse names nothing.
+/// (Tables written by other tools may have names gobi would not create, such as `my-table`.)
+fn stays_inside(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\'])
 }
 
 /// A `file://` URL for a local folder, as delta-rs wants it.

@@ -87,8 +87,11 @@ fn name_columns(body: &mut SetExpr) {
 /// ```
 ///
 /// The added equality matches no row when the outer value is NULL, which gives the subquery
-/// its value over no rows (0 for count, NULL otherwise): the same as the original predicate,
-/// as long as the predicate is NULL whenever the outer value is (comparisons, arithmetic).
+/// its value over no rows (0 for count, NULL otherwise). That is what the original predicate
+/// gives only if it cannot be true when that outer value is NULL, so the rule applies only
+/// when, for every outer column, some conjunct is built from it with operators that carry a
+/// NULL through (comparisons, arithmetic, casts, NOT, BETWEEN, LIKE); `t.c IS NULL` or
+/// `coalesce(t.c, 0)` leave the subquery to DataFusion.
 #[derive(Debug, Default)]
 pub struct NonEquiCorrelatedSubquery;
 
@@ -134,8 +137,12 @@ fn correlated_filter(subquery: &Subquery) -> Option<&Filter> {
         match plan {
             LogicalPlan::Filter(filter) if filter.predicate.contains_outer() => {
                 let below_is_plain = !filter.input.exists(|p| Ok(p.contains_outer_reference())).unwrap_or(true);
-                let non_equi = split_conjunction(&filter.predicate).into_iter().any(|c| c.contains_outer() && !is_pullable_equality(c));
-                return (aggregated && below_is_plain && non_equi).then_some(filter);
+                let conjuncts = split_conjunction(&filter.predicate);
+                let non_equi = conjuncts.iter().any(|c| c.contains_outer() && !is_pullable_equality(c));
+                let null_rejecting = outer_columns(&filter.predicate)
+                    .iter()
+                    .all(|column| conjuncts.iter().any(|c| null_if_null(c, column)));
+                return (aggregated && below_is_plain && non_equi && null_rejecting).then_some(filter);
             }
             LogicalPlan::Aggregate(aggregate) if aggregate.group_expr.is_empty() => aggregated = true,
             LogicalPlan::Projection(_) | LogicalPlan::SubqueryAlias(_) => {}
@@ -145,6 +152,40 @@ fn correlated_filter(subquery: &Subquery) -> Option<&Filter> {
             return None;
         }
         plan = plan.inputs().first()?;
+    }
+}
+
+/// The distinct outer columns an expression references.
+fn outer_columns(expr: &Expr) -> Vec<Column> {
+    let mut columns: Vec<Column> = vec![];
+    let _ = expr.apply(|e| {
+        if let Expr::OuterReferenceColumn(_, column) = e {
+            if !columns.contains(column) {
+                columns.push(column.clone());
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    columns
+}
+
+/// True when `expr` is NULL (or false) whenever the outer column `column` is NULL.
+fn null_if_null(expr: &Expr, column: &Column) -> bool {
+    use Operator::*;
+    match expr {
+        Expr::OuterReferenceColumn(_, c) => c == column,
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
+            Eq | NotEq | Lt | LtEq | Gt | GtEq | Plus | Minus | Multiply | Divide | Modulo | And => {
+                null_if_null(left, column) || null_if_null(right, column)
+            }
+            Or => null_if_null(left, column) && null_if_null(right, column),
+            _ => false,
+        },
+        Expr::Not(e) | Expr::Negative(e) => null_if_null(e, column),
+        Expr::Cast(cast) => null_if_null(&cast.expr, column),
+        Expr::Between(between) => [&between.expr, &between.low, &between.high].iter().any(|e| null_if_null(e, column)),
+        Expr::Like(like) => null_if_null(&like.expr, column) || null_if_null(&like.pattern, column),
+        _ => false,
     }
 }
 
@@ -170,6 +211,7 @@ fn with_outer_values(subquery: Subquery, outer: &LogicalPlan, id: usize) -> Resu
         }
         Ok(TreeNodeRecursion::Continue)
     })?;
+    debug_assert_eq!(references.len(), outer_columns(&original).len());
     let alias = format!("__gobi_outer_{id}");
     let value = |i: usize| Expr::Column(Column::new(Some(alias.as_str()), format!("c{i}")));
     let outer_values = LogicalPlanBuilder::from(outer.clone())

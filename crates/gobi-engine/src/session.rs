@@ -161,17 +161,17 @@ impl Session {
             return Ok(output);
         }
         let state = self.ctx.state();
+        let mut ast = ast.clone();
         let plan = match state.statement_to_plan(ast.clone()).await {
             Err(e) if is_duplicate_name_error(&e) => {
-                let mut renamed = ast.clone();
-                rewrite::name_duplicate_columns(&mut renamed);
-                state.statement_to_plan(renamed).await
+                rewrite::name_duplicate_columns(&mut ast);
+                state.statement_to_plan(ast.clone()).await
             }
             planned => planned,
         }
         .map_err(|e| self.explain_unknown_table(e.into()))?;
         if let Some(schema) = &self.lakehouse {
-            if let Some(output) = self.execute_lakehouse_write(schema, &plan, ast).await? {
+            if let Some(output) = self.execute_lakehouse_write(schema, &plan, &ast).await? {
                 return Ok(output);
             }
         }
@@ -193,12 +193,11 @@ impl Session {
             SqlStatement::AlterTable(alter) => {
                 let schema = self.lakehouse.as_ref().ok_or_else(|| needs_lakehouse("ALTER TABLE"))?;
                 let table = object_name(&alter.name);
-                let mut done = vec![];
+                let mut columns = vec![];
                 for operation in &alter.operations {
                     match operation {
                         AlterTableOperation::AddColumn { column_def, if_not_exists, .. } => {
-                            let field = writes::column_field(&self.ctx.state(), column_def).await?;
-                            done.push(writes::add_column(schema, &table, field, *if_not_exists).await?);
+                            columns.push((writes::column_field(&self.ctx.state(), column_def).await?, *if_not_exists));
                         }
                         other => {
                             return Err(GobiError::plan(format!(
@@ -208,7 +207,7 @@ impl Session {
                         }
                     }
                 }
-                Ok(Some(Output::Done(done.join("\n"))))
+                Ok(Some(Output::Done(writes::add_columns(schema, &table, columns).await?)))
             }
             SqlStatement::CreateIndex(index) => {
                 let table = object_name(&index.table_name);
@@ -253,8 +252,8 @@ impl Session {
                     WriteOp::Insert(insert) => {
                         writes::insert(&state, schema, table, Arc::unwrap_or_clone(Arc::clone(input)), *insert).await?
                     }
-                    WriteOp::Delete => writes::delete(&state, schema, table, ast).await?,
-                    WriteOp::Update => writes::update(&state, schema, table, ast).await?,
+                    WriteOp::Delete => writes::delete(&state, schema, table, input).await?,
+                    WriteOp::Update => writes::update(&state, schema, table, input).await?,
                     _ => return Ok(None),
                 }
             }

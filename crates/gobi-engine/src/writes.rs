@@ -14,13 +14,14 @@ use datafusion::common::Column;
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{cast, CreateMemoryTable, DdlStatement, Expr, LogicalPlan, LogicalPlanBuilder};
-use datafusion::sql::sqlparser::ast::{AssignmentTarget, ColumnDef, Statement as SqlStatement};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::sql::sqlparser::ast::{ColumnDef, Statement as SqlStatement};
+use gobi_lang::Ast;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::StructField;
 use deltalake::protocol::SaveMode;
 use deltalake::DeltaTable;
-use gobi_lang::Ast;
 
 use crate::catalog::{unknown_table, LakehouseSchema};
 use crate::error::{ErrorKind, GobiError, Result};
@@ -37,6 +38,7 @@ pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create
     if exists && create.if_not_exists {
         return Ok(Output::Done(format!("table {name} already exists; nothing done")));
     }
+    refuse_defaults(create)?;
     if exists && !create.or_replace {
         return Err(GobiError::plan(format!("table {name} already exists"))
             .with_hint("use CREATE TABLE IF NOT EXISTS, CREATE OR REPLACE TABLE, or DROP TABLE first"));
@@ -98,14 +100,13 @@ pub async fn insert(state: &SessionState, schema: &LakehouseSchema, name: &str, 
     Ok(count_output(rows))
 }
 
-pub async fn delete(state: &SessionState, schema: &LakehouseSchema, name: &str, ast: &Ast) -> Result<Output> {
-    let Ast::Statement(statement) = ast else { unreachable!("DataFusion plans DELETE from SQL") };
-    let SqlStatement::Delete(delete) = statement.as_ref() else { unreachable!("planned as DELETE") };
+pub async fn delete(state: &SessionState, schema: &LakehouseSchema, name: &str, input: &LogicalPlan) -> Result<Output> {
+    let change = planned_change(input, "DELETE")?;
     let table = writable_table(schema, name).await?;
     let before = table.version();
     let mut builder = table.delete().with_session_state(Arc::new(state.clone())).with_commit_properties(commit_properties());
-    if let Some(predicate) = &delete.selection {
-        builder = builder.with_predicate(predicate.to_string());
+    if let Some(predicate) = change.predicate {
+        builder = builder.with_predicate(predicate);
     }
     let (table, metrics) = builder.await?;
     let deleted = match metrics.num_deleted_rows {
@@ -117,60 +118,126 @@ pub async fn delete(state: &SessionState, schema: &LakehouseSchema, name: &str, 
     Ok(count_output(deleted))
 }
 
-pub async fn update(state: &SessionState, schema: &LakehouseSchema, name: &str, ast: &Ast) -> Result<Output> {
-    let Ast::Statement(statement) = ast else { unreachable!("DataFusion plans UPDATE from SQL") };
-    let SqlStatement::Update(update) = statement.as_ref() else { unreachable!("planned as UPDATE") };
-    if update.from.is_some() {
-        return Err(GobiError::plan("UPDATE … FROM is not supported on Delta tables yet")
-            .with_hint("use a subquery in SET, or MERGE-style rewrites with CREATE OR REPLACE TABLE … AS"));
-    }
+pub async fn update(state: &SessionState, schema: &LakehouseSchema, name: &str, input: &LogicalPlan) -> Result<Output> {
+    let change = planned_change(input, "UPDATE")?;
     let table = writable_table(schema, name).await?;
     let columns = table_columns(&table)?;
     let mut builder = table.update().with_session_state(Arc::new(state.clone())).with_commit_properties(commit_properties());
-    for assignment in &update.assignments {
-        let column = match &assignment.target {
-            AssignmentTarget::ColumnName(column) => column.0.last().map(|p| p.to_string()).unwrap_or_default(),
-            AssignmentTarget::Tuple(_) => return Err(GobiError::plan("UPDATE … SET (a, b) = … is not supported; assign each column")),
-        };
-        builder = builder.with_update(column.trim_matches('"').to_string(), assignment.value.to_string());
+    for (column, value) in change.assignments {
+        builder = builder.with_update(column, value);
     }
-    if let Some(predicate) = &update.selection {
-        builder = builder.with_predicate(predicate.to_string());
+    if let Some(predicate) = change.predicate {
+        builder = builder.with_predicate(predicate);
     }
     let (table, metrics) = builder.await.map_err(|e| not_null_message(e.into(), name, &[], &columns))?;
     schema.remember(name, table).await;
     Ok(count_output(metrics.num_updated_rows as u64))
 }
 
+/// What a DELETE or UPDATE planned by DataFusion changes, in the terms delta-rs takes: the
+/// condition and the new value of each assigned column, with column names unqualified.
+/// DataFusion has resolved every name and type already, so nothing is parsed twice.
+struct PlannedChange {
+    predicate: Option<Expr>,
+    assignments: Vec<(String, Expr)>,
+}
+
+fn planned_change(input: &LogicalPlan, statement: &str) -> Result<PlannedChange> {
+    let mut assignments = vec![];
+    let mut below = input;
+    if let LogicalPlan::Projection(projection) = input {
+        for (expr, field) in projection.expr.iter().zip(projection.schema.fields()) {
+            let value = expr.clone().unalias();
+            if !matches!(&value, Expr::Column(c) if c.name == *field.name()) {
+                assignments.push((field.name().clone(), unqualified(value)?));
+            }
+        }
+        below = projection.input.as_ref();
+    }
+    let predicate = match below {
+        LogicalPlan::Filter(filter) if is_table_scan(&filter.input) => Some(unqualified(filter.predicate.clone())?),
+        plan if is_table_scan(plan) => None,
+        LogicalPlan::Limit(_) => return Err(GobiError::plan(format!("{statement} … LIMIT is not supported on Delta tables"))),
+        _ => return Err(GobiError::plan(format!("{statement} with FROM or joins is not supported on Delta tables yet"))),
+    };
+    let has_subquery = predicate.iter().chain(assignments.iter().map(|(_, e)| e)).any(|e| {
+        e.exists(|e| Ok(matches!(e, Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)))).unwrap_or(true)
+    });
+    if has_subquery {
+        return Err(GobiError::plan(format!("{statement} with a subquery is not supported on Delta tables yet"))
+            .with_hint("compute the rows first, e.g. CREATE TABLE keep AS SELECT … then CREATE OR REPLACE TABLE"));
+    }
+    Ok(PlannedChange { predicate, assignments })
+}
+
+fn is_table_scan(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::TableScan(_) => true,
+        LogicalPlan::SubqueryAlias(alias) => is_table_scan(&alias.input),
+        _ => false,
+    }
+}
+
+/// delta-rs evaluates expressions against its own scan of the table, where columns have no
+/// table qualifier.
+fn unqualified(expr: Expr) -> Result<Expr> {
+    Ok(expr
+        .transform(|e| match e {
+            Expr::Column(column) => Ok(Transformed::yes(Expr::Column(Column::new_unqualified(column.name)))),
+            other => Ok(Transformed::no(other)),
+        })?
+        .data)
+}
+
 /// The Arrow field a column definition describes, as DataFusion's `CREATE TABLE` reads it.
 pub async fn column_field(state: &SessionState, column: &ColumnDef) -> Result<Field> {
-    let plan = state.create_logical_plan(&format!("CREATE TABLE gobi_column_probe ({column})")).await?;
+    let plan = state
+        .create_logical_plan(&format!("CREATE TABLE gobi_column_probe ({column})"))
+        .await
+        .map_err(|e| GobiError { position: None, ..GobiError::from(e) })?;
     let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) = plan else {
         return Err(GobiError::internal("a column definition did not plan as CREATE TABLE"));
     };
+    refuse_defaults(&create)?;
     Ok(create.input.schema().field(0).as_ref().clone())
 }
 
-pub async fn add_column(schema: &LakehouseSchema, name: &str, field: Field, if_not_exists: bool) -> Result<String> {
+/// `ALTER TABLE t ADD COLUMN …[, ADD COLUMN …]`: every column checked, then one commit.
+pub async fn add_columns(schema: &LakehouseSchema, name: &str, columns: Vec<(Field, bool)>) -> Result<String> {
     let table = writable_table(schema, name).await?;
-    let existing = table.snapshot()?.schema();
-    if existing.field(field.name()).is_some() {
-        return if if_not_exists {
-            Ok(format!("column {} already exists in {name}; nothing done", field.name()))
-        } else {
-            Err(GobiError::plan(format!("column {} already exists in {name}", field.name())))
-        };
+    let existing = table_columns(&table)?;
+    let mut fields = vec![];
+    let mut skipped = vec![];
+    for (field, if_not_exists) in columns {
+        if existing.iter().any(|(column, _)| column == field.name()) || fields.iter().any(|f: &Field| f.name() == field.name()) {
+            if if_not_exists {
+                skipped.push(field.name().clone());
+                continue;
+            }
+            return Err(GobiError::plan(format!("column {} already exists in {name}", field.name())));
+        }
+        if !field.is_nullable() {
+            return Err(GobiError::plan(format!(
+                "cannot add NOT NULL column {}: the rows already in {name} would have no value for it",
+                field.name()
+            )));
+        }
+        fields.push(field);
     }
-    if !field.is_nullable() {
-        return Err(GobiError::plan(format!(
-            "cannot add NOT NULL column {}: the rows already in {name} would have no value for it",
-            field.name()
-        )));
+    let added: Vec<String> = fields.iter().map(|f| f.name().clone()).collect();
+    if !fields.is_empty() {
+        let columns = delta_columns(&Arc::new(Schema::new(fields)))?;
+        let table = table.add_columns().with_fields(columns).with_commit_properties(commit_properties()).await?;
+        schema.remember(name, table).await;
     }
-    let columns = delta_columns(&Arc::new(Schema::new(vec![field.clone()])))?;
-    let table = table.add_columns().with_fields(columns).with_commit_properties(commit_properties()).await?;
-    schema.remember(name, table).await;
-    Ok(format!("added column {} to {name}", field.name()))
+    let mut message = vec![];
+    if !added.is_empty() {
+        message.push(format!("added {} to {name}", added.join(", ")));
+    }
+    if !skipped.is_empty() {
+        message.push(format!("{} already in {name}; skipped", skipped.join(", ")));
+    }
+    Ok(message.join("; "))
 }
 
 pub fn create_view(schema: &LakehouseSchema, name: &str, or_replace: bool, create_view_sql: &str) -> Result<Output> {
@@ -182,8 +249,35 @@ pub fn create_view(schema: &LakehouseSchema, name: &str, or_replace: bool, creat
     if lakehouse.view_sql(name).is_some() && !or_replace {
         return Err(GobiError::plan(format!("view {name} already exists")).with_hint("use CREATE OR REPLACE VIEW"));
     }
+    if view_reaches(lakehouse, create_view_sql, name)? {
+        return Err(GobiError::plan(format!("view {name} would refer to itself")));
+    }
     lakehouse.save_view(name, create_view_sql)?;
     Ok(Output::Done(format!("created view {name}")))
+}
+
+/// Whether the view defined by `create_view_sql`, through the views it reads, reads `target`.
+fn view_reaches(lakehouse: &crate::lakehouse::Lakehouse, create_view_sql: &str, target: &str) -> Result<bool> {
+    let mut pending = vec![create_view_sql.to_string()];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(sql) = pending.pop() {
+        for statement in datafusion::sql::parser::DFParser::parse_sql(&sql)? {
+            let Ast::Statement(statement) = statement else { continue };
+            let SqlStatement::CreateView(view) = *statement else { continue };
+            let query = Ast::Statement(Box::new(SqlStatement::Query(view.query)));
+            let (relations, _) = datafusion::sql::resolve::resolve_table_references(&query, true)?;
+            for relation in relations {
+                let name = relation.table().to_string();
+                if name == target {
+                    return Ok(true);
+                }
+                if let (true, Some(sql)) = (seen.insert(name.clone()), lakehouse.view_sql(&name)) {
+                    pending.push(sql);
+                }
+            }
+        }
+    }
+    Ok(false)
 }
 
 pub async fn drop_table(schema: &LakehouseSchema, name: &str, if_exists: bool) -> Result<Output> {
@@ -288,6 +382,14 @@ fn batch_output(columns: Vec<(&str, DataType, ArrayRef)>) -> Result<Output> {
     Ok(Output::rows(vec![batch], schema))
 }
 
+/// Delta has no column defaults; refusing them beats dropping them silently.
+fn refuse_defaults(create: &CreateMemoryTable) -> Result<()> {
+    match create.column_defaults.first() {
+        Some((column, _)) => Err(GobiError::plan(format!("column {column}: DEFAULT values are not supported on Delta tables"))),
+        None => Ok(()),
+    }
+}
+
 /// Table and view names become folder and file names, so they are kept to plain identifiers.
 fn validate_new_name(name: &str) -> Result<()> {
     let mut chars = name.chars();
@@ -302,7 +404,8 @@ fn validate_new_name(name: &str) -> Result<()> {
     }
 }
 
-/// The Delta type for an Arrow type Delta cannot store, when there is a lossless one.
+/// The Delta type for an Arrow type Delta cannot store: the next wider integer, or for
+/// timestamps microseconds (Delta's only unit; finer values are truncated).
 fn delta_type(data_type: &DataType) -> Option<DataType> {
     match data_type {
         DataType::UInt8 => Some(DataType::Int16),

@@ -85,3 +85,48 @@ fn a_failing_statement_stops_the_script_after_the_ones_before_it() {
     assert!(run.stderr.contains("3 | INSERT INTO nope"), "{}", run.stderr);
     assert_eq!(lh.values("SELECT * FROM t"), rows![[1]]);
 }
+
+#[test]
+fn update_and_delete_refuse_what_they_cannot_do_exactly() {
+    let lh = Lakehouse::new();
+    lh.run("CREATE TABLE t (id INT, name STRING); INSERT INTO t VALUES (1, 'a'), (2, 'b')").ok();
+    for (sql, message) in [
+        ("DELETE FROM t LIMIT 1", "DELETE … LIMIT is not supported"),
+        ("DELETE FROM t WHERE id IN (SELECT id FROM t)", "DELETE with a subquery is not supported"),
+        ("UPDATE t SET name = (SELECT 'x')", "UPDATE with a subquery is not supported"),
+        ("CREATE TABLE d (a INT DEFAULT 3)", "DEFAULT values are not supported"),
+    ] {
+        let run = lh.run(sql).user_error();
+        assert!(run.stderr.contains(message), "{sql}: {}", run.stderr);
+    }
+    assert_eq!(lh.commits("t"), 2);
+    // Names are resolved by DataFusion, so qualified and upper-case columns work.
+    assert_eq!(lh.values("UPDATE t SET name = upper(t.name) WHERE ID = 2"), rows![[1]]);
+    assert_eq!(lh.values("DELETE FROM t WHERE t.id = 1"), rows![[1]]);
+    assert_eq!(lh.values("SELECT * FROM t"), rows![[2, "B"]]);
+}
+
+#[test]
+fn views_cannot_refer_to_themselves() {
+    let lh = Lakehouse::new();
+    lh.run("CREATE TABLE t (a INT); CREATE VIEW v1 AS SELECT a FROM t; CREATE VIEW v2 AS SELECT a FROM v1").ok();
+    for sql in ["CREATE OR REPLACE VIEW v1 AS SELECT a FROM v2", "CREATE OR REPLACE VIEW v1 AS SELECT a FROM v1"] {
+        let run = lh.run(sql).user_error();
+        assert!(run.stderr.contains("view v1 would refer to itself"), "{}", run.stderr);
+    }
+    assert_eq!(lh.values("SELECT count(*) FROM v2"), rows![[0]]);
+}
+
+#[test]
+fn names_cannot_reach_outside_the_lakehouse() {
+    let lh = Lakehouse::new();
+    let other = Lakehouse::new();
+    other.run("CREATE TABLE victim (a INT)").ok();
+    std::fs::write(other.path().join("notes.sql"), "keep me").unwrap();
+    let other_name = other.path().file_name().unwrap().to_str().unwrap();
+    // Relative to tables/ and to _gobi/views/ of `lh`, these reach into `other`.
+    lh.run(&format!("DROP TABLE \"../../{other_name}/tables/victim\"")).user_error();
+    lh.run(&format!("DROP VIEW \"../../../{other_name}/notes\"")).user_error();
+    assert!(other.table_log("victim").is_dir());
+    assert!(other.path().join("notes.sql").exists());
+}

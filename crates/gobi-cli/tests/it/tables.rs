@@ -157,7 +157,7 @@ fn time_travel_by_version_and_timestamp() {
         rows![[1, 10], [2, 20]]
     );
     let run = lh.run("SELECT * FROM t AS OF VERSION 9").user_error();
-    assert!(run.stderr.contains("table t has no version 9 (versions 0 to 3 exist)"), "{}", run.stderr);
+    assert!(run.stderr.contains("table t has no version 9 (the latest is 3)"), "{}", run.stderr);
 }
 
 #[test]

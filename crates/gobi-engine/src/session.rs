@@ -176,7 +176,7 @@ impl Session {
             }
         }
         let returns_rows = !matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Statement(_));
-        let what = plan.display().to_string();
+        let what = what_it_did(&plan);
         let frame = self.ctx.execute_logical_plan(plan).await?;
         let schema = Arc::clone(frame.schema().inner());
         let batches = frame.collect().await?;
@@ -302,6 +302,19 @@ impl Session {
         )
         .map_err(|e| GobiError::internal(e.to_string()))?;
         Ok(Output::rows(vec![batch], result_schema))
+    }
+}
+
+/// The words for a statement DataFusion ran that returns no rows.
+fn what_it_did(plan: &LogicalPlan) -> String {
+    match plan {
+        LogicalPlan::Ddl(DdlStatement::CreateView(view)) => format!("created view {}", view.name),
+        LogicalPlan::Ddl(DdlStatement::DropView(view)) => format!("dropped view {}", view.name),
+        LogicalPlan::Ddl(DdlStatement::CreateExternalTable(table)) => format!("created external table {}", table.name),
+        LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(table)) => format!("created table {} (in memory)", table.name),
+        LogicalPlan::Ddl(DdlStatement::DropTable(table)) => format!("dropped table {}", table.name),
+        LogicalPlan::Ddl(ddl) => ddl.name().to_string(),
+        other => other.display().to_string(),
     }
 }
 

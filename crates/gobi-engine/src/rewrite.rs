@@ -11,6 +11,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::arrow::datatypes::FieldRef;
 use datafusion::common::{Column, Result};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{BinaryExpr, Expr, Filter, LogicalPlan, LogicalPlanBuilder, Operator, Subquery};
@@ -139,9 +140,9 @@ fn correlated_filter(subquery: &Subquery) -> Option<&Filter> {
                 let below_is_plain = !filter.input.exists(|p| Ok(p.contains_outer_reference())).unwrap_or(true);
                 let conjuncts = split_conjunction(&filter.predicate);
                 let non_equi = conjuncts.iter().any(|c| c.contains_outer() && !is_pullable_equality(c));
-                let null_rejecting = outer_columns(&filter.predicate)
+                let null_rejecting = outer_references(&filter.predicate)
                     .iter()
-                    .all(|column| conjuncts.iter().any(|c| null_if_null(c, column)));
+                    .all(|(_, column)| conjuncts.iter().any(|c| null_if_null(c, column)));
                 return (aggregated && below_is_plain && non_equi && null_rejecting).then_some(filter);
             }
             LogicalPlan::Aggregate(aggregate) if aggregate.group_expr.is_empty() => aggregated = true,
@@ -155,18 +156,18 @@ fn correlated_filter(subquery: &Subquery) -> Option<&Filter> {
     }
 }
 
-/// The distinct outer columns an expression references.
-fn outer_columns(expr: &Expr) -> Vec<Column> {
-    let mut columns: Vec<Column> = vec![];
+/// The distinct outer columns an expression references, with their fields.
+fn outer_references(expr: &Expr) -> Vec<(FieldRef, Column)> {
+    let mut references: Vec<(FieldRef, Column)> = vec![];
     let _ = expr.apply(|e| {
-        if let Expr::OuterReferenceColumn(_, column) = e {
-            if !columns.contains(column) {
-                columns.push(column.clone());
+        if let Expr::OuterReferenceColumn(field, column) = e {
+            if !references.iter().any(|(_, c)| c == column) {
+                references.push((Arc::clone(field), column.clone()));
             }
         }
         Ok(TreeNodeRecursion::Continue)
     });
-    columns
+    references
 }
 
 /// True when `expr` is NULL (or false) whenever the outer column `column` is NULL.
@@ -202,16 +203,7 @@ fn is_pullable_equality(expr: &Expr) -> bool {
 
 fn with_outer_values(subquery: Subquery, outer: &LogicalPlan, id: usize) -> Result<Subquery> {
     let original = correlated_filter(&subquery).expect("checked by the caller").predicate.clone();
-    let mut references: Vec<(Arc<datafusion::arrow::datatypes::Field>, Column)> = vec![];
-    original.apply(|e| {
-        if let Expr::OuterReferenceColumn(field, column) = e {
-            if !references.iter().any(|(_, c)| c == column) {
-                references.push((Arc::clone(field), column.clone()));
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
-    })?;
-    debug_assert_eq!(references.len(), outer_columns(&original).len());
+    let references = outer_references(&original);
     let alias = format!("__gobi_outer_{id}");
     let value = |i: usize| Expr::Column(Column::new(Some(alias.as_str()), format!("c{i}")));
     let outer_values = LogicalPlanBuilder::from(outer.clone())

@@ -18,12 +18,6 @@ mod rewrite;
 mod session;
 mod writes;
 
-pub use catalog::closest_name;
 pub use error::{ErrorKind, GobiError, Result};
-pub use lakehouse::{directory_url, Config, Lakehouse, CONFIG_FILE};
+pub use lakehouse::{Config, Lakehouse, CONFIG_FILE};
 pub use session::{Output, Session};
-
-pub use datafusion;
-pub use deltalake;
-pub use gobi_lang;
-pub use gobi_memory;

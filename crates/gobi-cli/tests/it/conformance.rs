@@ -63,3 +63,29 @@ fn no_conformance_file_passes_fewer_records_than_committed() {
         .collect();
     assert!(regressions.is_empty(), "conformance dropped:\n{}", regressions.join("\n"));
 }
+
+#[test]
+fn gobi_slt_goes_on_after_a_failure_and_logs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mixed.slt"),
+        "statement ok\nCREATE TABLE t (a INT)\n\nstatement ok\nINSERT INTO t VALUES (1), (2)\n\n\
+         query I\nSELECT sum(a) FROM t\n----\n4\n\n\
+         onlyif sqlite\nquery I\nSELECT 1\n----\n1\n\n\
+         query I rowsort\nSELECT a FROM t\n----\n1\n2\n",
+    )
+    .unwrap();
+    let output = Command::new(GOBI_SLT)
+        .args(["mixed.slt", "--json", "counts.json", "--fail-log", "failures.log"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "a failed record makes the run fail");
+    assert_eq!(stdout, "mixed.slt: 3 passed, 1 failed, 1 skipped\n3 passed, 1 failed, 1 skipped\n");
+    let counts: BTreeMap<String, Counts> = serde_json::from_slice(&std::fs::read(dir.path().join("counts.json")).unwrap()).unwrap();
+    assert_eq!(counts["mixed.slt"], Counts { passed: 3, failed: 1, skipped: 1 });
+    let log = std::fs::read_to_string(dir.path().join("failures.log")).unwrap();
+    assert!(log.contains("SELECT sum(a) FROM t"), "{log}");
+    assert!(log.contains('3') && log.contains('4'), "expected and actual values are logged: {log}");
+}

@@ -211,3 +211,15 @@ fn sql_that_datafusion_alone_gets_wrong_or_refuses() {
     assert_eq!(lh.values("SELECT a FROM t WHERE a BETWEEN 0 AND NULL"), rows![]);
     assert_eq!(lh.values("SELECT count(*) FROM t WHERE NULL"), rows![[0]]);
 }
+
+#[test]
+fn join_planning_sees_the_delta_logs_statistics() {
+    let lh = Lakehouse::new();
+    lh.run("CREATE TABLE big AS SELECT value AS k, value * 2 AS v FROM generate_series(1, 5000); CREATE TABLE small (k BIGINT, name STRING); INSERT INTO small VALUES (1, 'a'), (2, 'b'), (3, 'c')").ok();
+    let plan = lh.values("EXPLAIN SELECT big.v, small.name FROM big JOIN small ON big.k = small.k");
+    let physical = plan.iter().find(|row| row[0] == json!("physical_plan")).unwrap()[1].as_str().unwrap().to_string();
+    let scans: Vec<&str> = physical.lines().filter(|l| l.contains("DeltaStatisticsExec")).map(str::trim).collect();
+    // Row counts come from the log, and the hash table is built on the small side (first input).
+    assert_eq!(scans, ["DeltaStatisticsExec: rows=Inexact(3)", "DeltaStatisticsExec: rows=Inexact(5000)"], "{physical}");
+    assert_eq!(lh.values("SELECT big.v, small.name FROM big JOIN small ON big.k = small.k ORDER BY 1"), rows![[2, "a"], [4, "b"], [6, "c"]]);
+}

@@ -25,26 +25,12 @@ use datafusion::datasource::view::ViewTable;
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::session_state::SessionState;
-use std::cmp::Ordering;
-
-use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::datatypes::UInt64Type;
-use datafusion::common::config::ConfigOptions;
-use datafusion::common::stats::Precision;
-use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{Column, ColumnStatistics, ScalarValue, Statistics};
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{DdlStatement, Expr, LogicalPlan, TableProviderFilterPushDown};
-use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::execution_plan::CardinalityEffect;
-use datafusion::physical_plan::filter_pushdown::{
-    ChildPushdownResult, FilterDescription, FilterPushdownPhase, FilterPushdownPropagation,
-};
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, StatisticsArgs};
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use deltalake::{DeltaTable, DeltaTableBuilder};
 use gobi_lang::{TableVersion, VersionedName};
 use parking_lot::RwLock;
 
+use crate::delta_scan::delta_provider;
 use crate::error::{GobiError, Result};
 use crate::lakehouse::{directory_url, Lakehouse};
 
@@ -172,7 +158,7 @@ pub fn unknown_table(name: &str, known: &[String]) -> GobiError {
 }
 
 /// The known name within a small edit distance of `name`, if any.
-pub fn closest_name<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
+fn closest_name<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
     let limit = (name.chars().count() / 3).max(1);
     known
         .iter()
@@ -264,231 +250,6 @@ impl SchemaProvider for LakehouseSchema {
         self.session_tables.read().contains_key(name)
             || self.lakehouse.table_exists(name)
             || self.lakehouse.view_sql(name).is_some()
-    }
-}
-
-/// A Delta table as DataFusion sees it, with two corrections to delta-rs:
-///
-/// - It reports a filter that references no column (`a <= NULL` simplifies to `NULL`) as
-///   applied exactly by the scan — "every column it uses is a partition column" holds
-///   vacuously — but the scan never applies it. Such filters are handed back to DataFusion.
-/// - Its scan reports no statistics, so DataFusion's join planning cannot tell a 25-row table
-///   from a 6-million-row one and builds hash tables on the wrong side. The statistics the
-///   Delta log keeps per file (records, size, and per column min, max and null count) are
-///   reported instead, as DataFusion reads them from Parquet footers for plain files
-///   ([`DeltaStatisticsExec`]).
-#[derive(Debug)]
-struct DeltaProvider {
-    inner: Arc<dyn TableProvider>,
-    statistics: Option<Statistics>,
-}
-
-/// The scan of a Delta table, configured like the session's own Parquet scans (filter
-/// pushdown into the Parquet reader, view types). delta-rs otherwise turns Parquet filter
-/// pushdown on, which on TPC-H made Delta scans up to 2.4 times slower than the same Parquet.
-async fn delta_provider(table: &DeltaTable, state: SessionState) -> DfResult<Arc<dyn TableProvider>> {
-    let inner = table.table_provider().with_session(Arc::new(state)).await?;
-    let statistics = table_statistics(table, &inner.schema());
-    Ok(Arc::new(DeltaProvider { inner, statistics }))
-}
-
-/// The table's statistics from its log; `None` when a file has no record count (a writer
-/// that keeps no statistics). Inexact: the scan's filters may drop rows, and compressed bytes
-/// only approximate the size in memory.
-fn table_statistics(table: &DeltaTable, schema: &datafusion::arrow::datatypes::Schema) -> Option<Statistics> {
-    use datafusion::physical_optimizer::pruning::PruningStatistics as _;
-    let files = table.snapshot().ok()?.snapshot().try_log_data().ok()?;
-    let (mut rows, mut bytes) = (0usize, 0usize);
-    for file in files.iter() {
-        rows += file.num_records()?;
-        bytes += usize::try_from(file.size()).unwrap_or(0);
-    }
-    let column_statistics = schema
-        .fields()
-        .iter()
-        .map(|field| {
-            let column = Column::new_unqualified(field.name());
-            let mut statistics = ColumnStatistics::new_unknown();
-            if let Some(nulls) = files.null_counts(&column) {
-                let nulls = nulls.as_primitive_opt::<UInt64Type>();
-                if let Some(sum) = nulls.filter(|n| n.null_count() == 0).map(|n| n.values().iter().sum::<u64>()) {
-                    statistics.null_count = Precision::Inexact(sum as usize);
-                }
-            }
-            statistics.min_value = extreme(files.min_values(&column), Ordering::Less);
-            statistics.max_value = extreme(files.max_values(&column), Ordering::Greater);
-            statistics
-        })
-        .collect();
-    Some(Statistics {
-        num_rows: Precision::Inexact(rows),
-        total_byte_size: Precision::Inexact(bytes),
-        column_statistics,
-    })
-}
-
-/// The smallest (`Less`) or largest (`Greater`) of the per-file values; absent if any file
-/// lacks one, since the table's bound is then unknown.
-fn extreme(values: Option<datafusion::arrow::array::ArrayRef>, wanted: Ordering) -> Precision<ScalarValue> {
-    let Some(values) = values.filter(|v| v.null_count() == 0 && !v.is_empty()) else {
-        return Precision::Absent;
-    };
-    let mut best: Option<ScalarValue> = None;
-    for i in 0..values.len() {
-        let Ok(value) = ScalarValue::try_from_array(&values, i) else { return Precision::Absent };
-        best = match best {
-            Some(current) if value.partial_cmp(&current) != Some(wanted) => Some(current),
-            _ => Some(value),
-        };
-    }
-    best.map_or(Precision::Absent, Precision::Inexact)
-}
-
-/// The table's statistics for a scan's output columns, found by name.
-fn project_statistics(table: &Statistics, table_schema: &datafusion::arrow::datatypes::Schema, output: &datafusion::arrow::datatypes::Schema) -> Statistics {
-    let share = output.fields().len().max(1) as f64 / table_schema.fields().len().max(1) as f64;
-    Statistics {
-        num_rows: table.num_rows,
-        total_byte_size: table.total_byte_size.map(|bytes| (bytes as f64 * share) as usize),
-        column_statistics: output
-            .fields()
-            .iter()
-            .map(|field| match table_schema.index_of(field.name()) {
-                Ok(i) => table.column_statistics[i].clone(),
-                Err(_) => ColumnStatistics::new_unknown(),
-            })
-            .collect(),
-    }
-}
-
-#[async_trait]
-impl TableProvider for DeltaProvider {
-    fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
-        self.inner.schema()
-    }
-
-    fn table_type(&self) -> TableType {
-        self.inner.table_type()
-    }
-
-    fn constraints(&self) -> Option<&datafusion::common::Constraints> {
-        self.inner.constraints()
-    }
-
-    fn statistics(&self) -> Option<Statistics> {
-        self.statistics.clone()
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn datafusion::catalog::Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let scan = self.inner.scan(state, projection, filters, limit).await?;
-        Ok(match &self.statistics {
-            Some(table) => {
-                let statistics = Arc::new(project_statistics(table, &self.inner.schema(), &scan.schema()));
-                Arc::new(DeltaStatisticsExec { input: scan, statistics })
-            }
-            None => scan,
-        })
-    }
-
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        let mut answers = self.inner.supports_filters_pushdown(filters)?;
-        for (filter, answer) in filters.iter().zip(&mut answers) {
-            if filter.column_refs().is_empty() {
-                *answer = TableProviderFilterPushDown::Unsupported;
-            }
-        }
-        Ok(answers)
-    }
-}
-
-/// Passes its input through unchanged and reports the table's statistics for it: filters,
-/// limits and everything else go to the scan below as if this node were not there.
-#[derive(Debug)]
-struct DeltaStatisticsExec {
-    input: Arc<dyn ExecutionPlan>,
-    statistics: Arc<Statistics>,
-}
-
-impl DisplayAs for DeltaStatisticsExec {
-    fn fmt_as(&self, _format: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DeltaStatisticsExec: rows={}", self.statistics.num_rows)
-    }
-}
-
-impl ExecutionPlan for DeltaStatisticsExec {
-    fn name(&self) -> &str {
-        "DeltaStatisticsExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        self.input.properties()
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
-    ) -> DfResult<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let input = children.pop().ok_or_else(|| DataFusionError::Internal("DeltaStatisticsExec has one input".into()))?;
-        Ok(Arc::new(Self { input, statistics: Arc::clone(&self.statistics) }))
-    }
-
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
-        self.input.execute(partition, context)
-    }
-
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
-    }
-
-    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
-        vec![false]
-    }
-
-    fn cardinality_effect(&self) -> CardinalityEffect {
-        CardinalityEffect::Equal
-    }
-
-    fn supports_limit_pushdown(&self) -> bool {
-        true
-    }
-
-    fn statistics_from_inputs(&self, _input_stats: &[Arc<Statistics>], args: &StatisticsArgs) -> DfResult<Arc<Statistics>> {
-        Ok(match args.partition() {
-            None => Arc::clone(&self.statistics),
-            Some(_) => Arc::new(Statistics::new_unknown(&self.schema())),
-        })
-    }
-
-    fn gather_filters_for_pushdown(
-        &self,
-        _phase: FilterPushdownPhase,
-        parent_filters: Vec<Arc<dyn PhysicalExpr>>,
-        _config: &ConfigOptions,
-    ) -> DfResult<FilterDescription> {
-        FilterDescription::from_children(parent_filters, &self.children())
-    }
-
-    fn handle_child_pushdown_result(
-        &self,
-        _phase: FilterPushdownPhase,
-        child_pushdown_result: ChildPushdownResult,
-        _config: &ConfigOptions,
-    ) -> DfResult<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
-        Ok(FilterPushdownPropagation::if_all(child_pushdown_result))
     }
 }
 

@@ -12,6 +12,7 @@
 //! (gobi-lang does) and does not print anything (the CLI does).
 
 mod catalog;
+mod delta_scan;
 mod error;
 mod lakehouse;
 mod rewrite;

@@ -87,6 +87,12 @@ impl From<SyntaxError> for GobiError {
     }
 }
 
+impl From<datafusion::arrow::error::ArrowError> for GobiError {
+    fn from(error: datafusion::arrow::error::ArrowError) -> Self {
+        GobiError::from(DataFusionError::ArrowError(Box::new(error), None))
+    }
+}
+
 impl From<DataFusionError> for GobiError {
     fn from(e: DataFusionError) -> Self {
         let position = e.diagnostic().and_then(|d| d.span).map(|span| {
@@ -155,6 +161,10 @@ fn clean_message(message: &str) -> String {
         "Cast error: ",
     ];
     let mut text = message.trim();
+    // A user function's own coercion message, without DataFusion's list of candidates.
+    if let Some((_, inner)) = text.split_once("user-defined coercion failed with: ") {
+        text = inner.split(" No function matches the given name").next().unwrap_or(inner).trim_end_matches('.');
+    }
     while let Some(rest) = PREFIXES.iter().find_map(|p| text.strip_prefix(p)) {
         text = rest.trim();
     }
@@ -176,5 +186,9 @@ mod tests {
     #[test]
     fn clean_message_strips_nested_prefixes() {
         assert_eq!(clean_message("External error: Execution error: boom"), "boom");
+        assert_eq!(
+            clean_message("Function 'f' user-defined coercion failed with: Error during planning: function f: argument 1 (x) must be Float64, got Utf8. No function matches the given name and argument types 'f(Utf8)'."),
+            "function f: argument 1 (x) must be Float64, got Utf8"
+        );
     }
 }

@@ -5,7 +5,8 @@
 //! ├── gobi.toml          settings (memory pool limits, …), commented
 //! ├── tables/<name>/     one Delta table per folder: readable by Spark, DuckDB, Polars, …
 //! └── _gobi/             gobi's own state
-//!     ├── views/<name>.sql   one persisted view per file: its query text
+//!     ├── views/<name>.sql       one persisted view per file: its CREATE VIEW text
+//!     ├── functions/<name>.sql   one user function per file: its FUNCTION text
 //!     └── trash/             dropped tables on their way out (a rename, then a delete)
 //! ```
 
@@ -34,7 +35,7 @@ const CONFIG_TEMPLATE: &str = r#"# gobi lakehouse settings.
 #
 # This folder is a gobi lakehouse: tables/ holds one Delta Lake table per folder (any Delta
 # reader — Spark, Trino, DuckDB, Polars, Python deltalake — can read them), _gobi/ holds
-# gobi's own state (views). Sizes take B, KiB, MiB, GiB (powers of 1024) or KB, MB, GB.
+# gobi's own state (views, functions). Sizes take B, KiB, MiB, GiB (powers of 1024) or KB, MB, GB.
 
 [memory]
 # The three memory pools. gobi validates and reports these limits; the memory manager that
@@ -135,12 +136,29 @@ impl Lakehouse {
         Ok(())
     }
 
-    fn view_path(&self, name: &str) -> PathBuf {
-        self.root.join(STATE_DIR).join("views").join(format!("{name}.sql"))
+    pub fn view_names(&self) -> Vec<String> {
+        self.definition_names(Definition::View)
     }
 
-    pub fn view_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(self.root.join(STATE_DIR).join("views"))
+    pub fn view_sql(&self, name: &str) -> Option<String> {
+        self.definition(Definition::View, name)
+    }
+
+    pub fn save_view(&self, name: &str, sql: &str) -> Result<()> {
+        self.save_definition(Definition::View, name, sql)
+    }
+
+    pub fn remove_view(&self, name: &str) -> Result<bool> {
+        self.remove_definition(Definition::View, name)
+    }
+
+    fn definition_path(&self, kind: Definition, name: &str) -> PathBuf {
+        self.root.join(STATE_DIR).join(kind.folder()).join(format!("{name}.sql"))
+    }
+
+    /// The names of every stored definition of `kind`, sorted.
+    pub fn definition_names(&self, kind: Definition) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.root.join(STATE_DIR).join(kind.folder()))
             .into_iter()
             .flatten()
             .flatten()
@@ -151,22 +169,42 @@ impl Lakehouse {
         names
     }
 
-    pub fn view_sql(&self, name: &str) -> Option<String> {
-        stays_inside(name).then(|| fs::read_to_string(self.view_path(name)).ok()).flatten()
+    /// The statement that defines `name`, as it was written.
+    pub fn definition(&self, kind: Definition, name: &str) -> Option<String> {
+        stays_inside(name).then(|| fs::read_to_string(self.definition_path(kind, name)).ok()).flatten()
     }
 
-    pub fn save_view(&self, name: &str, sql: &str) -> Result<()> {
-        write_atomically(&self.view_path(name), sql.as_bytes())
+    pub fn save_definition(&self, kind: Definition, name: &str, text: &str) -> Result<()> {
+        let path = self.definition_path(kind, name);
+        fs::create_dir_all(path.parent().expect("definitions live in folders"))?;
+        write_atomically(&path, text.as_bytes())
     }
 
-    pub fn remove_view(&self, name: &str) -> Result<bool> {
+    /// Removes the definition; `false` when there was none.
+    pub fn remove_definition(&self, kind: Definition, name: &str) -> Result<bool> {
         if !stays_inside(name) {
             return Ok(false);
         }
-        match fs::remove_file(self.view_path(name)) {
+        match fs::remove_file(self.definition_path(kind, name)) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// What gobi stores as statement text under `_gobi/`: one file per view or function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Definition {
+    View,
+    Function,
+}
+
+impl Definition {
+    fn folder(self) -> &'static str {
+        match self {
+            Definition::View => "views",
+            Definition::Function => "functions",
         }
     }
 }

@@ -12,13 +12,17 @@
 //! (gobi-lang does) and does not print anything (the CLI does).
 
 mod catalog;
+mod copy;
 mod delta_scan;
 mod error;
+mod functions;
 mod lakehouse;
+mod memo;
 mod rewrite;
 mod session;
+mod variables;
 mod writes;
 
 pub use error::{ErrorKind, GobiError, Result};
 pub use lakehouse::{Config, Lakehouse, CONFIG_FILE};
-pub use session::{Output, Session};
+pub use session::{Output, Session, VariableSummary};

@@ -1,8 +1,9 @@
 //! gobi-lang: the text side of gobi.
 //!
-//! It turns a script into parsed statements and turns positions into readable error snippets.
-//! It knows nothing about tables, files or execution: the engine plans and runs what this crate
-//! parses.
+//! It turns a PL-GRIZZLY script into parsed statements, rewrites the language's additions into
+//! plain SQL ([`expand_statement`]), and turns positions into readable error snippets. It knows
+//! nothing about tables, files or execution: the engine plans and runs what this crate parses,
+//! and answers the questions of [`Scope`] (which variables and functions exist).
 //!
 //! ```text
 //!  script text ──tokenize──► tokens ──split at top-level `;`──► statement tokens
@@ -10,18 +11,31 @@
 //!                             rewrite `t AS OF VERSION n` into a versioned table name
 //!                                         │
 //!                                         ▼
-//!                           DataFusion's parser ──► `Statement` (AST + source slice)
+//!              gobi's statements (let, FUNCTION, COPY 'f' TO t, SHOW HISTORY …)
+//!                 or DataFusion's parser with the PL-GRIZZLY dialect (`match`)
+//!                                         │
+//!                                         ▼
+//!                           `Statement` (command + source slice + position)
+//!                                         │   at run time, with the session's Scope:
+//!                                         ▼
+//!        expand_statement: FROM-first → SELECT *, $var → literal, f(x) → inlined body
 //! ```
 //!
 //! Positions are those of the original script: the rewrite keeps each token's span, so an
 //! error in the third statement of a file points at the right line and column.
 
 mod diagnostic;
+mod dialect;
+mod expand;
+mod function;
 mod script;
 mod versioned;
 
-pub use diagnostic::{render_snippet, Position, SyntaxError};
-pub use script::{is_complete, parse_script, Command, Statement};
+pub use diagnostic::{closest_name, render_snippet, Position, SyntaxError};
+pub use dialect::GrizzlyDialect;
+pub use expand::{expand_expr, expand_statement, Scope};
+pub use function::{BlockStatement, FunctionBody, FunctionDef, Param};
+pub use script::{is_complete, parse_script, Command, LetValue, Statement};
 pub use versioned::{TableVersion, VersionedName};
 
 /// The AST types gobi works with, re-exported so that callers use the same sqlparser.

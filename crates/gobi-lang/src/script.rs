@@ -2,11 +2,14 @@
 
 use datafusion::error::DataFusionError;
 use datafusion::sql::parser::{DFParserBuilder, Statement as Ast};
-use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Ident};
 use datafusion::sql::sqlparser::keywords::{Keyword, RESERVED_FOR_TABLE_ALIAS};
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::{Span, Token, TokenWithSpan, Tokenizer, Whitespace, Word};
 
 use crate::diagnostic::{Position, SyntaxError};
+use crate::dialect::{is_keyword as is_word, GrizzlyDialect};
+use crate::function::{parse_function, FunctionDef};
 use crate::versioned::{TableVersion, VersionedName};
 
 /// What a statement asks for: SQL, or one of gobi's own statements.
@@ -15,6 +18,23 @@ pub enum Command {
     Sql(Ast),
     /// `SHOW HISTORY table`: the table's Delta commits.
     ShowHistory { table: String },
+    /// `let name = value`: a session variable, replaced if it exists.
+    Let { name: String, value: LetValue },
+    /// `FUNCTION name(…) …`: defines (or replaces) a user function.
+    DefineFunction(Box<FunctionDef>),
+    /// `SHOW FUNCTIONS`
+    ShowFunctions,
+    /// `DROP FUNCTION [IF EXISTS] name`
+    DropFunction { name: String, if_exists: bool },
+    /// `COPY 'file' TO table`: appends the file's rows to a table.
+    CopyFrom { file: String, table: String },
+}
+
+/// What a `let` binds: a scalar (read as `$name`) or a table (named in `FROM`).
+#[derive(Debug, Clone)]
+pub enum LetValue {
+    Scalar(SqlExpr),
+    Table(Ast),
 }
 
 /// One parsed statement of a script.
@@ -42,46 +62,48 @@ pub fn parse_script(source: &str) -> Result<Vec<Statement>, SyntaxError> {
         .map(|(tokens, first, last)| {
             let start = position(first);
             let text = lines.slice(source, first.start, last.end).to_string();
+            // A statement that ends too early is reported where it ends.
+            let end = Position { line: last.end.line, column: last.end.column };
+            let at_end = |mut e: SyntaxError| {
+                if e.message.ends_with("found: EOF") && e.position == start {
+                    e.position = end;
+                }
+                e
+            };
             let tokens = rewrite_time_travel(tokens)?;
-            let command = match parse_show_history(&tokens)? {
+            let command = match parse_gobi_statement(&tokens, &text, start).map_err(at_end)? {
                 Some(command) => command,
-                None => Command::Sql(parse_tokens(tokens, start)?),
+                None => Command::Sql(parse_tokens(tokens, start).map_err(at_end)?),
             };
             Ok(Statement { command, text, start })
         })
         .collect()
 }
 
-/// True when `source` ends a statement: its last token is a top-level `;`. The REPL keeps
-/// reading lines until then. Text that cannot be tokenized counts as complete unless it only
-/// lacks a closing quote, so the error is shown instead of waiting forever.
+/// True when `source` ends a statement: its last token is a top-level `;` (or the `}` that
+/// closes a block function). The REPL keeps reading lines until then. Text that cannot be
+/// tokenized counts as complete unless it only lacks a closing quote, so the error is shown
+/// instead of waiting forever.
 pub fn is_complete(source: &str) -> bool {
-    match Tokenizer::new(&GenericDialect {}, source).tokenize_with_location() {
+    match Tokenizer::new(&GrizzlyDialect, source).tokenize_with_location() {
         Ok(tokens) => {
-            let mut depth = 0i32;
-            let mut ends_statement = false;
-            for token in tokens.iter().filter(|t| !is_trivia(&t.token)) {
-                match token.token {
-                    Token::LParen | Token::LBrace => depth += 1,
-                    Token::RParen | Token::RBrace => depth -= 1,
-                    _ => {}
-                }
-                ends_statement = token.token == Token::SemiColon && depth <= 0;
-            }
-            ends_statement
+            let statements = split_statements(tokens);
+            let ended = statements.len() > 1;
+            ended && statements.last().is_none_or(|rest| rest.iter().all(|t| is_trivia(&t.token)))
         }
         Err(e) => !e.message.starts_with("Unterminated"),
     }
 }
 
 fn tokenize(source: &str) -> Result<Vec<TokenWithSpan>, SyntaxError> {
-    Tokenizer::new(&GenericDialect {}, source)
+    Tokenizer::new(&GrizzlyDialect, source)
         .tokenize_with_location()
         .map_err(|e| SyntaxError::from_parser_message(&e.to_string(), Position { line: 1, column: 1 }))
 }
 
 fn parse_tokens(tokens: Vec<TokenWithSpan>, start: Position) -> Result<Ast, SyntaxError> {
-    let dialect = GenericDialect {};
+    let tokens = select_star_for_bare_from(tokens);
+    let dialect = GrizzlyDialect;
     let syntax_error = |e: DataFusionError| {
         let message = match e.find_root() {
             DataFusionError::SQL(parser_error, _) => parser_error.to_string(),
@@ -97,40 +119,97 @@ fn parse_tokens(tokens: Vec<TokenWithSpan>, start: Position) -> Result<Ast, Synt
     }
 }
 
-/// `SHOW HISTORY name`; `None` when the statement is something else.
-fn parse_show_history(tokens: &[TokenWithSpan]) -> Result<Option<Command>, SyntaxError> {
+/// gobi's own statements: `SHOW HISTORY`, `let`, `FUNCTION`, `SHOW FUNCTIONS`,
+/// `DROP FUNCTION`, `COPY 'file' TO table`. `None` when the statement is plain SQL.
+fn parse_gobi_statement(tokens: &[TokenWithSpan], text: &str, start: Position) -> Result<Option<Command>, SyntaxError> {
     let significant: Vec<&TokenWithSpan> = tokens.iter().filter(|t| !is_trivia(&t.token)).collect();
-    let [show, history, rest @ ..] = significant.as_slice() else {
+    let word = |i: usize, text: &str| significant.get(i).is_some_and(|t| is_word(&t.token, text));
+    let parser_error = |e: ParserError| SyntaxError::from_parser_message(&e.to_string(), start);
+    let mut parser = Parser::new(&GrizzlyDialect).with_tokens_with_locations(tokens.to_vec());
+    let command = if word(0, "show") && word(1, "history") {
+        parser.next_token();
+        parser.next_token();
+        let table = normalize(parser.parse_identifier().map_err(parser_error)?);
+        Command::ShowHistory { table }
+    } else if word(0, "show") && word(1, "functions") {
+        parser.next_token();
+        parser.next_token();
+        Command::ShowFunctions
+    } else if word(0, "drop") && word(1, "function") {
+        parser.next_token();
+        parser.next_token();
+        let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+        let name = normalize(parser.parse_identifier().map_err(parser_error)?);
+        Command::DropFunction { name, if_exists }
+    } else if word(0, "function") {
+        parser.next_token();
+        let definition = parse_function(&mut parser, text.to_string(), start).map_err(parser_error)?;
+        Command::DefineFunction(Box::new(definition))
+    } else if word(0, "copy") && matches!(significant.get(1).map(|t| &t.token), Some(Token::SingleQuotedString(_))) {
+        parser.next_token();
+        let file = parser.parse_literal_string().map_err(parser_error)?;
+        parser.expect_keyword(Keyword::TO).map_err(parser_error)?;
+        let table = normalize(parser.parse_identifier().map_err(parser_error)?);
+        Command::CopyFrom { file, table }
+    } else if word(0, "let") {
+        parser.next_token();
+        let name = normalize(parser.parse_identifier().map_err(parser_error)?);
+        let equals = parser.expect_token(&Token::Eq).map_err(parser_error)?;
+        let starts_query = ["select", "from", "with", "values", "table"].iter().any(|w| word(3, w));
+        if starts_query {
+            let rest: Vec<TokenWithSpan> = tokens.iter().skip_while(|t| t.span != equals.span).skip(1).cloned().collect();
+            let value = LetValue::Table(parse_tokens(rest, position(equals.span))?);
+            return Ok(Some(Command::Let { name, value }));
+        }
+        let value = LetValue::Scalar(parser.parse_expr().map_err(parser_error)?);
+        Command::Let { name, value }
+    } else {
         return Ok(None);
     };
-    if !(is_word(&show.token, "show") && is_word(&history.token, "history")) {
-        return Ok(None);
+    let next = parser.peek_token();
+    if next.token != Token::EOF {
+        return Err(SyntaxError { message: format!("expected the end of the statement, found {}", next.token), position: position(next.span) });
     }
-    match rest {
-        [TokenWithSpan { token: Token::Word(name), .. }] => {
-            let table = if name.quote_style.is_some() { name.value.clone() } else { name.value.to_lowercase() };
-            Ok(Some(Command::ShowHistory { table }))
-        }
-        [] => Err(SyntaxError { message: "expected a table name after SHOW HISTORY".into(), position: position(history.span) }),
-        [_, extra, ..] | [extra] => Err(SyntaxError {
-            message: format!("expected one table name after SHOW HISTORY, found {}", extra.token),
-            position: position(extra.span),
-        }),
+    Ok(Some(command))
+}
+
+/// An identifier as SQL resolves it: folded to lower case unless quoted.
+pub(crate) fn normalize(ident: Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value
+    } else {
+        ident.value.to_lowercase()
     }
 }
 
-/// Cuts the token stream at every `;` outside parentheses and braces.
+/// Cuts the token stream at every `;` outside parentheses and braces, and after the `}` that
+/// closes the body of a block function (`FUNCTION f(…) RETURNS t { … }` needs no `;`).
 fn split_statements(tokens: Vec<TokenWithSpan>) -> Vec<Vec<TokenWithSpan>> {
     let mut statements = vec![];
-    let mut current = vec![];
+    let mut current: Vec<TokenWithSpan> = vec![];
     let mut depth = 0i32;
+    let mut block_function = false;
     for token in tokens {
+        if !block_function && current.iter().all(|t| is_trivia(&t.token)) {
+            block_function = is_word(&token.token, "function");
+        }
         match token.token {
             Token::LParen | Token::LBrace => depth += 1,
-            Token::RParen | Token::RBrace => depth -= 1,
+            Token::RParen => depth -= 1,
+            Token::RArrow if depth == 0 => block_function = false,
+            Token::RBrace => {
+                depth -= 1;
+                if depth == 0 && block_function {
+                    current.push(token);
+                    statements.push(std::mem::take(&mut current));
+                    block_function = false;
+                    continue;
+                }
+            }
             Token::SemiColon if depth <= 0 => {
                 statements.push(std::mem::take(&mut current));
                 depth = 0;
+                block_function = false;
                 continue;
             }
             _ => {}
@@ -147,10 +226,6 @@ fn is_trivia(token: &Token) -> bool {
 
 fn position(span: Span) -> Position {
     Position { line: span.start.line, column: span.start.column }
-}
-
-fn is_word(token: &Token, text: &str) -> bool {
-    matches!(token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(text))
 }
 
 /// Rewrites `name AS OF VERSION n` / `name AS OF TIMESTAMP 'ts'` into `"name@version=n" AS name`
@@ -213,6 +288,59 @@ fn rewrite_time_travel(tokens: Vec<TokenWithSpan>) -> Result<Vec<TokenWithSpan>,
 
 fn word(value: String, quote_style: Option<char>, keyword: Keyword, span: Span) -> TokenWithSpan {
     TokenWithSpan { token: Token::Word(Word { value, quote_style, keyword }), span }
+}
+
+/// `FROM t WHERE …` (FROM-first without SELECT) gets `SELECT *` before its first clause that
+/// belongs to a SELECT (`WHERE`, `GROUP BY`, `HAVING`, `QUALIFY`, `WINDOW`), since sqlparser
+/// reads a bare `FROM t` only when a pipe, ORDER BY, LIMIT or the end follows.
+fn select_star_for_bare_from(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    const STARTS_QUERY_AFTER: [&str; 8] = ["as", "union", "intersect", "except", "all", "distinct", "explain", "analyze"];
+    const SELECT_CLAUSES: [&str; 5] = ["where", "group", "having", "qualify", "window"];
+    const QUERY_ENDS: [&str; 6] = ["union", "intersect", "except", "order", "limit", "select"];
+    let significant: Vec<usize> = (0..tokens.len()).filter(|&i| !is_trivia(&tokens[i].token)).collect();
+    let mut inserts = vec![];
+    for (k, &i) in significant.iter().enumerate() {
+        if !is_word(&tokens[i].token, "from") {
+            continue;
+        }
+        let starts_query = match k.checked_sub(1).map(|p| &tokens[significant[p]].token) {
+            None | Some(Token::LParen) => true,
+            Some(token) => STARTS_QUERY_AFTER.iter().any(|w| is_word(token, w)),
+        };
+        if !starts_query {
+            continue;
+        }
+        let mut depth = 0i32;
+        for &j in &significant[k + 1..] {
+            let token = &tokens[j].token;
+            match token {
+                Token::LParen => depth += 1,
+                Token::RParen if depth == 0 => break,
+                Token::RParen => depth -= 1,
+                Token::VerticalBarRightAngleBracket if depth == 0 => break,
+                _ if depth > 0 => {}
+                _ if QUERY_ENDS.iter().any(|w| is_word(token, w)) => break,
+                _ if SELECT_CLAUSES.iter().any(|w| is_word(token, w)) => {
+                    inserts.push(j);
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(tokens.len() + 4 * inserts.len());
+    for (i, token) in tokens.into_iter().enumerate() {
+        if inserts.contains(&i) {
+            let span = token.span;
+            let space = TokenWithSpan { token: Token::Whitespace(Whitespace::Space), span };
+            out.push(word("SELECT".into(), None, Keyword::SELECT, span));
+            out.push(space.clone());
+            out.push(TokenWithSpan { token: Token::Mul, span });
+            out.push(space);
+        }
+        out.push(token);
+    }
+    out
 }
 
 /// Maps line/column locations back to byte offsets, to slice a statement's text.

@@ -7,5 +7,6 @@ mod conformance;
 mod errors;
 mod files;
 mod interop;
+mod pl_grizzly;
 mod support;
 mod tables;

@@ -1,26 +1,157 @@
-//! `gobi repl`: statements end at `;`; dot commands inspect the lakehouse.
+//! `gobi repl`: statements end at `;` (or at an empty line); dot commands inspect the session.
+//! Tab completes keywords, tables, columns, variables and functions; input is highlighted.
 
+use std::borrow::Cow;
+
+use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
-use rustyline::DefaultEditor;
+use rustyline::highlight::{CmdKind, Highlighter};
+use rustyline::history::DefaultHistory;
+use rustyline::{Context, Editor, Helper, Hinter, Validator};
 
-use gobi_engine::{GobiError, Session};
-use gobi_lang::is_complete;
+use datafusion::arrow::array::{RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
+use gobi_engine::{GobiError, Output, Session};
+use gobi_lang::{is_complete, GrizzlyDialect};
+use std::sync::Arc;
 
 use crate::output::Printer;
 use crate::{run_statements, CliResult, Failure};
 
 const HELP: &str = "\
-Statements end with `;` and may span lines. Ctrl-C cancels a running query (or clears the
-input), Ctrl-D or .quit leaves.
+Statements end with `;` or an empty line and may span lines. Tab completes names.
+Ctrl-C cancels a running query (or clears the input), Ctrl-D or .quit leaves.
 
   .tables        the tables and views of the lakehouse
   .schema T      the columns of table T
+  .vars          the session's variables, with their types and sizes
   .help          this text
   .quit          leave
 ";
 
+/// The words highlighted as keywords and offered by completion, besides the session's names.
+const KEYWORDS: &[&str] = &[
+    "SELECT", "FROM", "WHERE", "GROUP", "BY", "ORDER", "HAVING", "LIMIT", "OFFSET", "JOIN", "LEFT", "RIGHT", "FULL",
+    "INNER", "OUTER", "CROSS", "ON", "USING", "AS", "AND", "OR", "NOT", "NULL", "IS", "IN", "BETWEEN", "LIKE", "ILIKE",
+    "CASE", "WHEN", "THEN", "ELSE", "END", "DISTINCT", "UNION", "ALL", "EXCEPT", "INTERSECT", "WITH", "INSERT", "INTO",
+    "VALUES", "UPDATE", "SET", "DELETE", "CREATE", "REPLACE", "TABLE", "VIEW", "DROP", "ALTER", "ADD", "COLUMN",
+    "DESCRIBE", "SHOW", "TABLES", "FUNCTIONS", "HISTORY", "EXPLAIN", "ANALYZE", "COPY", "TO", "LET", "FUNCTION",
+    "RETURNS", "RETURN", "IF", "ELIF", "MATCH", "EXTEND", "AGGREGATE", "OVER", "PARTITION", "ASC", "DESC", "TRUE",
+    "FALSE", "CAST", "VERSION", "TIMESTAMP", "OF", "EXISTS", "PRIMARY", "KEY", "DEFAULT",
+];
+
+const DOT_COMMANDS: &[&str] = &[".tables", ".schema", ".vars", ".help", ".quit"];
+
+/// Completion and highlighting; the names are refreshed after every statement.
+#[derive(Helper, Hinter, Validator, Default)]
+struct GrizzlyHelper {
+    names: Vec<String>,
+    variables: Vec<String>,
+    color: bool,
+}
+
+impl GrizzlyHelper {
+    fn refresh(&mut self, runtime: &tokio::runtime::Runtime, session: &Session) {
+        let mut names = session.table_names();
+        for table in session.table_names() {
+            if let Ok(provider) = runtime.block_on(session.context().table_provider(table.as_str())) {
+                names.extend(provider.schema().fields().iter().map(|f| f.name().clone()));
+            }
+        }
+        names.extend(session.function_names());
+        names.sort();
+        names.dedup();
+        self.names = names;
+        self.variables = session.variables().into_iter().map(|v| v.name).collect();
+    }
+}
+
+impl Completer for GrizzlyHelper {
+    type Candidate = Pair;
+
+    fn complete(&self, line: &str, pos: usize, _ctx: &Context<'_>) -> rustyline::Result<(usize, Vec<Pair>)> {
+        let start = line[..pos]
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !(c.is_alphanumeric() || matches!(c, '_' | '$' | '.')))
+            .map_or(0, |(i, c)| i + c.len_utf8());
+        let word = &line[start..pos];
+        if word.is_empty() {
+            return Ok((pos, vec![]));
+        }
+        let lower = word.to_lowercase();
+        let pair = |text: String| Pair { display: text.clone(), replacement: text };
+        let candidates: Vec<Pair> = if let Some(variable) = lower.strip_prefix('$') {
+            self.variables.iter().filter(|v| v.starts_with(variable)).map(|v| pair(format!("${v}"))).collect()
+        } else if start == 0 && word.starts_with('.') {
+            DOT_COMMANDS.iter().filter(|c| c.starts_with(&lower)).map(|c| pair(c.to_string())).collect()
+        } else {
+            let lowercase_word = word.chars().next().is_some_and(char::is_lowercase);
+            let keywords = KEYWORDS
+                .iter()
+                .filter(|k| k.to_lowercase().starts_with(&lower))
+                .map(|k| if lowercase_word { k.to_lowercase() } else { k.to_string() });
+            let names = self.names.iter().filter(|n| n.to_lowercase().starts_with(&lower)).cloned();
+            names.chain(keywords).map(pair).collect()
+        };
+        Ok((start, candidates))
+    }
+}
+
+impl Highlighter for GrizzlyHelper {
+    fn highlight<'l>(&self, line: &'l str, _pos: usize) -> Cow<'l, str> {
+        if !self.color {
+            return Cow::Borrowed(line);
+        }
+        highlight(line).map_or(Cow::Borrowed(line), Cow::Owned)
+    }
+
+    fn highlight_char(&self, _line: &str, _pos: usize, _kind: CmdKind) -> bool {
+        self.color
+    }
+}
+
+/// The line with ANSI colors: keywords bold blue, strings green, numbers yellow, variables
+/// magenta, pipes cyan, comments dim. `None` when the line does not tokenize (an open quote).
+fn highlight(line: &str) -> Option<String> {
+    let tokens = Tokenizer::new(&GrizzlyDialect, line).tokenize_with_location().ok()?;
+    let chars: Vec<char> = line.chars().collect();
+    let mut out = String::with_capacity(line.len() * 2);
+    let mut done = 0usize;
+    for token in tokens {
+        let (from, to) = (token.span.start.column as usize, token.span.end.column as usize);
+        if token.span.start.line != 1 || token.span.end.line != 1 || from == 0 || from <= done {
+            continue;
+        }
+        let text: String = chars[from - 1..(to - 1).min(chars.len())].iter().collect();
+        let color = match &token.token {
+            Token::Word(w) if w.quote_style.is_none() && KEYWORDS.iter().any(|k| k.eq_ignore_ascii_case(&w.value)) => "1;34",
+            Token::SingleQuotedString(_) => "32",
+            Token::Number(..) => "33",
+            Token::Placeholder(_) => "35",
+            Token::VerticalBarRightAngleBracket => "36",
+            Token::Whitespace(Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_)) => "2",
+            _ => "",
+        };
+        out.extend(&chars[done..from - 1]);
+        if color.is_empty() {
+            out.push_str(&text);
+        } else {
+            out.push_str(&format!("\x1b[{color}m{text}\x1b[0m"));
+        }
+        done = (to - 1).min(chars.len());
+    }
+    out.extend(&chars[done.min(chars.len())..]);
+    Some(out)
+}
+
 pub fn run(runtime: &tokio::runtime::Runtime, session: Session, printer: &Printer) -> CliResult {
-    let mut editor = DefaultEditor::new().map_err(|e| GobiError::internal(e.to_string()))?;
+    let mut editor: Editor<GrizzlyHelper, DefaultHistory> =
+        Editor::new().map_err(|e| GobiError::internal(e.to_string()))?;
+    let mut helper = GrizzlyHelper { color: std::env::var_os("NO_COLOR").is_none(), ..Default::default() };
+    helper.refresh(runtime, &session);
+    editor.set_helper(Some(helper));
     let history = session.lakehouse().map(|l| l.root().join("_gobi").join("history"));
     if let Some(history) = &history {
         let _ = editor.load_history(history);
@@ -38,14 +169,21 @@ pub fn run(runtime: &tokio::runtime::Runtime, session: Session, printer: &Printe
                     }
                     continue;
                 }
+                let ends_at_empty_line = line.trim().is_empty() && !buffer.trim().is_empty();
                 buffer.push_str(&line);
                 buffer.push('\n');
-                if !is_complete(&buffer) {
+                if !ends_at_empty_line && !is_complete(&buffer) {
                     continue;
                 }
                 let source = std::mem::take(&mut buffer);
+                if source.trim().is_empty() {
+                    continue;
+                }
                 let _ = editor.add_history_entry(source.trim_end());
                 run_cancellable(runtime, &session, &source, printer);
+                if let Some(helper) = editor.helper_mut() {
+                    helper.refresh(runtime, &session);
+                }
             }
             Err(ReadlineError::Interrupted) => buffer.clear(),
             Err(ReadlineError::Eof) => break,
@@ -86,6 +224,12 @@ fn dot_command(runtime: &tokio::runtime::Runtime, session: &Session, printer: &P
             eprint!("{HELP}");
             return Flow::Continue;
         }
+        (Some(".vars"), _) => {
+            if let Err(e) = print_variables(session, printer) {
+                eprint!("{}", e.render(None));
+            }
+            return Flow::Continue;
+        }
         (Some(".tables"), _) => "SHOW TABLES".to_string(),
         (Some(".schema"), Some(table)) => format!("DESCRIBE {table}"),
         (Some(".schema"), None) => {
@@ -100,4 +244,28 @@ fn dot_command(runtime: &tokio::runtime::Runtime, session: &Session, printer: &P
     };
     run_cancellable(runtime, session, &sql, printer);
     Flow::Continue
+}
+
+/// `.vars`: name, type and size of every variable.
+fn print_variables(session: &Session, printer: &Printer) -> Result<(), GobiError> {
+    let variables = session.variables();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("type", DataType::Utf8, false),
+        Field::new("size", DataType::Utf8, false),
+    ]));
+    let column = |f: &dyn Fn(&gobi_engine::VariableSummary) -> String| {
+        Arc::new(StringArray::from(variables.iter().map(f).collect::<Vec<_>>())) as _
+    };
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            // Scalars are read as `$name`, tables by their bare name.
+            column(&|v| if v.type_name.starts_with("table(") { v.name.clone() } else { format!("${}", v.name) }),
+            column(&|v| v.type_name.clone()),
+            column(&|v| gobi_memory::ByteSize(v.bytes as u64).to_string()),
+        ],
+    )
+    .map_err(|e| GobiError::internal(e.to_string()))?;
+    printer.print(&Output::rows(vec![batch], schema))
 }

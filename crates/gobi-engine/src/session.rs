@@ -377,10 +377,18 @@ impl Session {
         self.functions.read().names()
     }
 
-    async fn execute_sql(&self, ast: &Ast) -> Result<Output> {
-        if let Some(output) = self.execute_gobi_statement(ast).await? {
-            return Ok(output);
-        }
+    /// The logical plan (before optimization) of a SQL statement, as `SessionContext::sql`
+    /// gives it: PL-GRIZZLY's additions expanded first. Other statements have no plan.
+    pub async fn logical_plan(&self, statement: &Statement) -> Result<LogicalPlan> {
+        let Command::Sql(ast) = &statement.command else {
+            return Err(GobiError::plan("only SQL statements and queries have a plan"));
+        };
+        Ok(self.plan_sql(&self.expand(ast)?).await?.0)
+    }
+
+    /// Plans `ast`, naming repeated output columns if DataFusion refuses them; returns the
+    /// statement that was planned too.
+    async fn plan_sql(&self, ast: &Ast) -> Result<(LogicalPlan, Ast)> {
         let state = self.ctx.state();
         let mut ast = ast.clone();
         let plan = match state.statement_to_plan(ast.clone()).await {
@@ -391,6 +399,14 @@ impl Session {
             planned => planned,
         }
         .map_err(|e| self.explain_unknown_table(e.into()))?;
+        Ok((plan, ast))
+    }
+
+    async fn execute_sql(&self, ast: &Ast) -> Result<Output> {
+        if let Some(output) = self.execute_gobi_statement(ast).await? {
+            return Ok(output);
+        }
+        let (plan, ast) = self.plan_sql(ast).await?;
         if let Some(schema) = &self.lakehouse {
             if let Some(output) = self.execute_lakehouse_write(schema, &plan, &ast).await? {
                 return Ok(output);

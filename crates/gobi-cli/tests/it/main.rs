@@ -8,5 +8,6 @@ mod errors;
 mod files;
 mod interop;
 mod pl_grizzly;
+mod repl;
 mod support;
 mod tables;

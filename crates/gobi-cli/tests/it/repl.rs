@@ -1,0 +1,173 @@
+//! The REPL driven through a pseudo-terminal, as a person at a keyboard drives it: tab
+//! completion, multi-line input, `.vars`, and Ctrl-C during a long query.
+
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::support::{Lakehouse, GOBI};
+
+/// A `gobi repl` on the slave side of a pty; everything it prints is collected from the master.
+struct Terminal {
+    child: Child,
+    master: std::fs::File,
+    screen: Arc<Mutex<String>>,
+    /// How much of the screen earlier expectations consumed.
+    seen: usize,
+}
+
+impl Terminal {
+    fn spawn(lh: &Lakehouse) -> Self {
+        let (mut master, mut slave) = (0, 0);
+        let size = libc::winsize { ws_row: 40, ws_col: 200, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: openpty writes two fresh descriptors into master and slave.
+        let rc = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &size) };
+        assert_eq!(rc, 0, "openpty");
+        // SAFETY: both descriptors were just opened and are owned here.
+        let (master, slave) = unsafe { (std::fs::File::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let mut command = Command::new(GOBI);
+        command
+            .args(["--lakehouse", lh.path().to_str().unwrap(), "repl"])
+            .env("TERM", "xterm")
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave));
+        // SAFETY: only async-signal-safe calls between fork and exec: a new session whose
+        // controlling terminal is the pty, so Ctrl-C reaches gobi as SIGINT.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("gobi repl starts");
+        let screen = Arc::new(Mutex::new(String::new()));
+        let mut reader = master.try_clone().unwrap();
+        let sink = Arc::clone(&screen);
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        });
+        Self { child, master, screen, seen: 0 }
+    }
+
+    fn send(&mut self, keys: &str) {
+        self.master.write_all(keys.as_bytes()).unwrap();
+        self.master.flush().unwrap();
+    }
+
+    /// Waits until `text` appears (colors stripped) after what earlier calls consumed.
+    #[track_caller]
+    fn expect(&mut self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let plain = strip_ansi(&self.screen.lock().unwrap());
+            if let Some(at) = plain[self.seen.min(plain.len())..].find(text) {
+                self.seen += at + text.len();
+                return;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {text:?}; the terminal shows:\n{}", &plain[self.seen.min(plain.len())..]);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The raw output (with colors) since the start.
+    fn raw(&self) -> String {
+        self.screen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Removes ANSI escape sequences (colors, cursor movement) so the text can be matched.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            if c != '\r' {
+                out.push(c);
+            }
+            continue;
+        }
+        if chars.peek() == Some(&'[') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                if c.is_ascii_alphabetic() || c == '~' {
+                    break;
+                }
+            }
+        } else {
+            chars.next();
+        }
+    }
+    out
+}
+
+#[test]
+fn repl_completes_reads_multiple_lines_lists_variables_and_cancels_with_ctrl_c() {
+    let lh = Lakehouse::new();
+    lh.run("CREATE TABLE sales (id BIGINT, total DOUBLE); INSERT INTO sales VALUES (1, 12.5), (2, 30)").ok();
+    let mut term = Terminal::spawn(&lh);
+    term.expect("gobi> ");
+
+    // Tab completes a column, a keyword and a table; the statement then runs.
+    term.send("SELECT sum(tot\t) fr\t sal\t;\r");
+    term.expect("SELECT sum(total) from sales;");
+    term.expect("42.5");
+    assert!(term.raw().contains("\x1b[1;34mSELECT\x1b[0m"), "keywords are highlighted");
+
+    // A statement over several lines, ended by an empty line.
+    term.send("FROM sales\r");
+    term.expect("... ");
+    // (Each line waits for its prompt: the line editor drops keys typed before it is ready.)
+    term.send("|> AGGREGATE count(*) AS n\r");
+    term.expect("... ");
+    term.send("\r");
+    term.expect("│ 2 │");
+
+    // Variables: completion of `$name` and `.vars`.
+    term.send("let threshold = 20;\r");
+    term.expect("let threshold = 20 (Int64)");
+    term.send("let big = FROM sales WHERE total > $thr\t;\r");
+    term.expect("let big = 1 rows");
+    term.send(".vars\r");
+    term.expect("$threshold");
+    term.expect("Int64");
+
+    // Ctrl-C stops a long query, and the session goes on.
+    term.send("SELECT count(*) FROM generate_series(1, 100000000000) a, generate_series(1, 10) b;\r");
+    std::thread::sleep(Duration::from_millis(1500));
+    term.send("\x03");
+    term.expect("query cancelled");
+    term.expect("gobi> ");
+    term.send("SELECT $threshold * 2 AS doubled;\r");
+    term.expect("40");
+
+    term.send(".quit\r");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = term.child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "gobi repl did not quit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

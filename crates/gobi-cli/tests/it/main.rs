@@ -4,6 +4,7 @@
 mod cli;
 mod concurrency;
 mod conformance;
+mod docs;
 mod errors;
 mod files;
 mod interop;

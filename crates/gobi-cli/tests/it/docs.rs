@@ -1,0 +1,63 @@
+//! Every example in `docs/pl-grizzly.md` runs: `sql` blocks in order in one lakehouse, each
+//! with `gobi query --file`; a `sql error` block must fail with the text of the `text` block
+//! that follows it.
+
+use crate::support::{gobi, Lakehouse};
+
+struct Example {
+    line: usize,
+    sql: String,
+    /// For `sql error` blocks: the lines the error must show.
+    error: Option<Vec<String>>,
+}
+
+fn examples(markdown: &str) -> Vec<Example> {
+    let mut examples: Vec<Example> = vec![];
+    let mut lines = markdown.lines().enumerate();
+    while let Some((number, line)) = lines.next() {
+        let fence = line.trim();
+        let body = |lines: &mut dyn Iterator<Item = (usize, &str)>| {
+            lines.take_while(|(_, l)| l.trim() != "```").map(|(_, l)| l).collect::<Vec<_>>().join("\n")
+        };
+        match fence {
+            "```sql" | "```sql error" => examples.push(Example {
+                line: number + 1,
+                sql: body(&mut lines),
+                error: (fence == "```sql error").then(Vec::new),
+            }),
+            "```text" => {
+                let text = body(&mut lines);
+                if let Some(Example { error: Some(expected), .. }) = examples.last_mut() {
+                    if expected.is_empty() {
+                        expected.extend(text.lines().map(str::to_string));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    examples
+}
+
+#[test]
+fn docs_examples_run() {
+    let markdown = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/pl-grizzly.md")).unwrap();
+    let examples = examples(&markdown);
+    assert!(examples.len() >= 15, "found only {} examples", examples.len());
+    let lh = Lakehouse::new();
+    for example in &examples {
+        let file = lh.path().join("example.gz");
+        std::fs::write(&file, &example.sql).unwrap();
+        let run = gobi(&["query", "--file", "example.gz"], lh.path());
+        match &example.error {
+            None => assert_eq!(run.code, 0, "docs/pl-grizzly.md:{} failed:\n{}\n{}", example.line, example.sql, run.stderr),
+            Some(expected) => {
+                let run = run.user_error();
+                assert!(!expected.is_empty(), "docs/pl-grizzly.md:{}: an error example needs a text block after it", example.line);
+                for line in expected {
+                    assert!(run.stderr.contains(line.as_str()), "docs/pl-grizzly.md:{}: wanted {line:?} in:\n{}", example.line, run.stderr);
+                }
+            }
+        }
+    }
+}

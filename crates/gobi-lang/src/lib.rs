@@ -31,6 +31,9 @@ mod function;
 mod script;
 mod versioned;
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
+
 pub use diagnostic::{closest_name, render_snippet, Position, SyntaxError};
 pub use dialect::GrizzlyDialect;
 pub use expand::{expand_expr, expand_statement, Scope};

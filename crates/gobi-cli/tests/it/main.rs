@@ -7,6 +7,7 @@ mod conformance;
 mod docs;
 mod errors;
 mod files;
+mod fuzz;
 mod interop;
 mod pl_grizzly;
 mod repl;

@@ -46,9 +46,9 @@ fn docs_examples_run() {
     assert!(examples.len() >= 15, "found only {} examples", examples.len());
     let lh = Lakehouse::new();
     for example in &examples {
-        let file = lh.path().join("example.gz");
+        let file = lh.path().join("example.sql");
         std::fs::write(&file, &example.sql).unwrap();
-        let run = gobi(&["query", "--file", "example.gz"], lh.path());
+        let run = gobi(&["query", "--file", "example.sql"], lh.path());
         match &example.error {
             None => assert_eq!(run.code, 0, "docs/pl-grizzly.md:{} failed:\n{}\n{}", example.line, example.sql, run.stderr),
             Some(expected) => {

@@ -45,7 +45,7 @@ enum Command {
         dir: Option<PathBuf>,
     },
     /// Run statements given on the command line, on stdin (`-`) or in a file.
-    #[command(after_help = "Examples:\n  gobi query \"SELECT count(*) FROM orders\"\n  echo \"SHOW TABLES\" | gobi query -\n  gobi query --file q1.sql --data tpch-parquet/ --summary json")]
+    #[command(after_help = "Examples:\n  gobi query \"SELECT count(*) FROM orders\"\n  gobi query \"FROM orders |> WHERE total > 100 |> AGGREGATE count(*) GROUP BY status\"\n  echo \"SHOW TABLES\" | gobi query -\n  gobi query --file q1.sql --data tpch-parquet/ --summary json")]
     Query(QueryArgs),
     /// Run a script file of statements separated by `;`.
     #[command(after_help = "Example:\n  gobi run setup.sql")]

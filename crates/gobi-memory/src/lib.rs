@@ -1,14 +1,18 @@
-//! gobi-memory: the bottom layer of gobi. It depends on no other gobi crate.
+//! gobi-memory: the bottom layer of gobi. It depends on no other gobi crate (only on
+//! DataFusion's execution crate, whose `MemoryPool` it implements).
 //!
-//! Today it owns the vocabulary of gobi's governed memory: the three named pools
-//! (**query**, **cache**, **temp**), their configured limits, and the byte sizes users write
-//! in `gobi.toml` (`"50MiB"`). The pools themselves — reservations, spilling, accounting
-//! against the allocator — are not built yet; until they are, these limits are read,
-//! validated and shown, but not enforced.
+//! It owns gobi's governed memory: the three named pools (**query**, **cache**, **temp**,
+//! [`Pool`]), their limits and the byte sizes users write in `gobi.toml` (`"50MiB"`), and the
+//! [`MemoryManager`] that holds the pools and accounts for each statement ([`QueryMemory`],
+//! the `MemoryPool` DataFusion's operators reserve from). See `manager.rs` for the picture.
 
 mod byte_size;
+mod manager;
+mod pool;
 
 pub use byte_size::{ByteSize, ByteSizeError};
+pub use manager::{ConsumerStats, MemoryManager, QueryId, QueryMemory};
+pub use pool::{Pool, PoolKind, PoolStats};
 
 use serde::{Deserialize, Serialize};
 

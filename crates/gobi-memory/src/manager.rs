@@ -1,0 +1,406 @@
+//! The memory manager: the three pools, and the accounting of each running query inside the
+//! query pool.
+//!
+//! ```text
+//!                       MemoryManager
+//!         ┌───────────────┬───────────┬──────────┐
+//!         │ query pool    │ cache pool│ temp pool│   limits from gobi.toml / flags / SET
+//!         └──────▲────────┴───────────┴──────────┘
+//!                │ try_reserve / release (atomic)
+//!   QueryMemory (one per statement; DataFusion's MemoryPool for that statement's plan)
+//!     ├── consumer ExternalSorter[0]  reserved, peak, can spill, registered at
+//!     ├── consumer GroupedHashAggregateStream[1] …
+//!     └── query id, text, reserved, peak, optional per-query limit
+//! ```
+//!
+//! DataFusion operators register a `MemoryConsumer` and grow a `MemoryReservation` before they
+//! buffer; the reservation calls back into the statement's [`QueryMemory`], which charges the
+//! shared query pool and records who holds what. When a reservation cannot grow, spillable
+//! operators (sort, hash aggregation, repartition) write to disk and try again; the others
+//! fail with the message of [`QueryMemory::exhausted`], which names the pool, the request, the
+//! limit, the largest holders and the setting to raise.
+//!
+//! Not tracked here: memory operators do not reserve (decoding buffers, batches in flight,
+//! kernel intermediates). Counting those through the allocator is the next layer.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use datafusion_common::{DataFusionError, Result};
+use datafusion_execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation};
+
+use crate::pool::{Pool, PoolKind, PoolStats};
+use crate::{ByteSize, PoolLimits};
+
+pub type QueryId = u64;
+
+/// How many of the largest consumers an out-of-memory message names.
+const TOP_CONSUMERS: usize = 5;
+
+#[derive(Debug)]
+pub struct MemoryManager {
+    pools: [Pool; 3],
+    next_query: AtomicU64,
+    /// Statements whose memory may still be held (their `QueryMemory` is alive).
+    queries: Mutex<Vec<Weak<QueryMemory>>>,
+}
+
+/// One consumer as `gobi memory stats` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerStats {
+    pub pool: PoolKind,
+    pub query: QueryId,
+    pub name: String,
+    pub can_spill: bool,
+    pub reserved: usize,
+    pub peak: usize,
+    pub age: Duration,
+}
+
+impl MemoryManager {
+    pub fn new(limits: PoolLimits) -> Arc<Self> {
+        let bytes = |size: ByteSize| usize::try_from(size.0).unwrap_or(usize::MAX);
+        Arc::new(Self {
+            pools: [
+                Pool::new(PoolKind::Query, bytes(limits.query)),
+                Pool::new(PoolKind::Cache, bytes(limits.cache)),
+                Pool::new(PoolKind::Temp, bytes(limits.temp)),
+            ],
+            next_query: AtomicU64::new(1),
+            queries: Mutex::new(vec![]),
+        })
+    }
+
+    pub fn pool(&self, kind: PoolKind) -> &Pool {
+        &self.pools[kind as usize]
+    }
+
+    pub fn stats(&self) -> Vec<PoolStats> {
+        self.pools.iter().map(Pool::stats).collect()
+    }
+
+    /// The accounting of a new statement. Keep the handle until its plan's streams are dropped.
+    pub fn begin_query(self: &Arc<Self>, text: &str, limit: Option<usize>) -> Arc<QueryMemory> {
+        let query = Arc::new(QueryMemory {
+            manager: Arc::clone(self),
+            id: self.next_query.fetch_add(1, Ordering::Relaxed),
+            text: text.chars().take(120).collect(),
+            started: Instant::now(),
+            limit,
+            reserved: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            ended: AtomicBool::new(false),
+            consumers: RwLock::new(HashMap::new()),
+        });
+        let mut queries = self.queries.lock().expect("the query list is never poisoned");
+        queries.retain(|q| q.strong_count() > 0);
+        queries.push(Arc::downgrade(&query));
+        query
+    }
+
+    fn live_queries(&self) -> Vec<Arc<QueryMemory>> {
+        self.queries.lock().expect("the query list is never poisoned").iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Every consumer of every live statement, largest first.
+    pub fn consumers(&self) -> Vec<ConsumerStats> {
+        let mut all: Vec<ConsumerStats> = self.live_queries().iter().flat_map(|q| q.consumers()).collect();
+        all.sort_by(|a, b| b.reserved.cmp(&a.reserved).then(a.query.cmp(&b.query)));
+        all
+    }
+}
+
+/// The memory of one statement, and DataFusion's `MemoryPool` for its plan.
+#[derive(Debug)]
+pub struct QueryMemory {
+    manager: Arc<MemoryManager>,
+    id: QueryId,
+    text: String,
+    started: Instant,
+    limit: Option<usize>,
+    reserved: AtomicUsize,
+    peak: AtomicUsize,
+    ended: AtomicBool,
+    consumers: RwLock<HashMap<usize, Arc<Consumer>>>,
+}
+
+#[derive(Debug)]
+struct Consumer {
+    name: String,
+    can_spill: bool,
+    registered: Instant,
+    reserved: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl QueryMemory {
+    pub fn id(&self) -> QueryId {
+        self.id
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Marks the statement finished: from now on, bytes it still holds are a leak.
+    pub fn end(&self) {
+        self.ended.store(true, Ordering::Relaxed);
+    }
+
+    pub fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Relaxed)
+    }
+
+    pub fn consumers(&self) -> Vec<ConsumerStats> {
+        self.consumers
+            .read()
+            .expect("the consumer map is never poisoned")
+            .values()
+            .map(|c| ConsumerStats {
+                pool: PoolKind::Query,
+                query: self.id,
+                name: c.name.clone(),
+                can_spill: c.can_spill,
+                reserved: c.reserved.load(Ordering::Relaxed),
+                peak: c.peak.load(Ordering::Relaxed),
+                age: c.registered.elapsed(),
+            })
+            .collect()
+    }
+
+    fn consumer(&self, reservation: &MemoryReservation) -> Option<Arc<Consumer>> {
+        self.consumers.read().expect("the consumer map is never poisoned").get(&reservation.consumer().id()).cloned()
+    }
+
+    fn add(&self, reservation: &MemoryReservation, bytes: usize) {
+        let now = self.reserved.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+        if let Some(consumer) = self.consumer(reservation) {
+            let now = consumer.reserved.fetch_add(bytes, Ordering::AcqRel) + bytes;
+            consumer.peak.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+
+    fn remove(&self, reservation: &MemoryReservation, bytes: usize) {
+        self.reserved.fetch_sub(bytes, Ordering::AcqRel);
+        if let Some(consumer) = self.consumer(reservation) {
+            consumer.reserved.fetch_sub(bytes, Ordering::AcqRel);
+        }
+    }
+
+    /// The one message for a request that does not fit: pool, request, limit, who holds the
+    /// memory, and the setting to raise.
+    fn exhausted(&self, reservation: &MemoryReservation, bytes: usize, available: usize, limit: usize, what: &str, setting: &str) -> DataFusionError {
+        let pool = self.manager.pool(PoolKind::Query);
+        let consumers = self.manager.consumers();
+        let top: Vec<String> = consumers
+            .iter()
+            .take(TOP_CONSUMERS)
+            .map(|c| {
+                format!(
+                    "{} of query {} ({}) holds {}",
+                    c.name,
+                    c.query,
+                    if c.can_spill { "can spill" } else { "cannot spill" },
+                    ByteSize(c.reserved as u64)
+                )
+            })
+            .collect();
+        let needed = (limit + bytes - available).div_ceil(1 << 20) as u64;
+        DataFusionError::ResourcesExhausted(format!(
+            "{what} is full: {} (query {}) asked for {} more with {} of the {} limit reserved ({} in the whole query pool). \
+             Largest holders: {}. Raise the limit: SET {setting} = '{}MiB'",
+            reservation.consumer().name(),
+            self.id,
+            ByteSize(bytes as u64),
+            ByteSize((limit - available) as u64),
+            ByteSize(limit as u64),
+            ByteSize(pool.reserved() as u64),
+            if top.is_empty() { "none".to_string() } else { top.join("; ") },
+            needed.max(1),
+        ))
+    }
+}
+
+impl fmt::Display for QueryMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "gobi query pool (query {})", self.id)
+    }
+}
+
+impl MemoryPool for QueryMemory {
+    fn name(&self) -> &str {
+        "gobi"
+    }
+
+    fn register(&self, consumer: &MemoryConsumer) {
+        let entry = Arc::new(Consumer {
+            name: consumer.name().to_string(),
+            can_spill: consumer.can_spill(),
+            registered: Instant::now(),
+            reserved: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        });
+        self.consumers.write().expect("the consumer map is never poisoned").insert(consumer.id(), entry);
+    }
+
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        self.consumers.write().expect("the consumer map is never poisoned").remove(&consumer.id());
+    }
+
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        self.manager.pool(PoolKind::Query).force_reserve(additional);
+        self.add(reservation, additional);
+    }
+
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        self.manager.pool(PoolKind::Query).release(shrink);
+        self.remove(reservation, shrink);
+    }
+
+    fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
+        if let Some(limit) = self.limit {
+            let reserved = self.reserved.load(Ordering::Acquire);
+            if reserved + additional > limit {
+                let available = limit.saturating_sub(reserved);
+                return Err(self.exhausted(reservation, additional, available, limit, "this query's memory limit", "memory.query_limit"));
+            }
+        }
+        let pool = self.manager.pool(PoolKind::Query);
+        pool.try_reserve(additional).map_err(|available| {
+            self.exhausted(reservation, additional, available, pool.limit(), "the query pool", "memory.query_pool")
+        })?;
+        self.add(reservation, additional);
+        Ok(())
+    }
+
+    fn reserved(&self) -> usize {
+        self.reserved.load(Ordering::Relaxed)
+    }
+
+    fn memory_limit(&self) -> MemoryLimit {
+        let pool = self.manager.pool(PoolKind::Query).limit();
+        MemoryLimit::Finite(self.limit.map_or(pool, |l| l.min(pool)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manager(query: u64) -> Arc<MemoryManager> {
+        MemoryManager::new(PoolLimits { query: ByteSize(query), ..PoolLimits::default() })
+    }
+
+    #[test]
+    fn a_statement_charges_the_query_pool_and_names_its_consumers() {
+        let manager = manager(1000);
+        let query: Arc<dyn MemoryPool> = manager.begin_query("SELECT 1", None);
+        let sort = MemoryConsumer::new("ExternalSorter[0]").with_can_spill(true).register(&query);
+        let join = MemoryConsumer::new("HashJoinInput").register(&query);
+        sort.try_grow(600).unwrap();
+        join.try_grow(300).unwrap();
+        assert_eq!(manager.pool(PoolKind::Query).reserved(), 900);
+        let error = join.try_grow(200).unwrap_err().to_string();
+        for part in ["the query pool is full", "HashJoinInput (query 1) asked for 200B", "ExternalSorter[0] of query 1 (can spill) holds 600B", "SET memory.query_pool = '1MiB'"] {
+            assert!(error.contains(part), "{part} in {error}");
+        }
+        let consumers = manager.consumers();
+        assert_eq!(consumers.iter().map(|c| (c.name.as_str(), c.reserved)).collect::<Vec<_>>(), [("ExternalSorter[0]", 600), ("HashJoinInput", 300)]);
+        drop(sort);
+        drop(join);
+        assert_eq!(manager.pool(PoolKind::Query).reserved(), 0);
+        assert_eq!(query.reserved(), 0);
+        assert!(manager.consumers().is_empty());
+    }
+
+    #[test]
+    fn a_query_limit_stops_one_query_before_the_pool() {
+        let manager = manager(1000);
+        let query: Arc<dyn MemoryPool> = manager.begin_query("SELECT 2", Some(100));
+        let r = MemoryConsumer::new("GroupedHashAggregateStream[0]").register(&query);
+        r.try_grow(100).unwrap();
+        let error = r.try_grow(1).unwrap_err().to_string();
+        assert!(error.contains("this query's memory limit is full") && error.contains("memory.query_limit"), "{error}");
+    }
+}
+
+#[cfg(test)]
+mod concurrency {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Threads grow, shrink and release random amounts in every pool at once: reserved never
+        /// passes a limit, per-statement counters add up to the query pool, and all end at 0.
+        #[test]
+        fn reserved_never_passes_the_limit_and_ends_at_zero(threads in 2usize..8, seed in any::<u64>(), limit in 1_000usize..100_000) {
+            let manager = MemoryManager::new(PoolLimits { query: ByteSize(limit as u64), cache: ByteSize(limit as u64), temp: ByteSize(limit as u64) });
+            let stop = Arc::new(AtomicBool::new(false));
+            let watcher = {
+                let (manager, stop) = (Arc::clone(&manager), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let mut worst = 0usize;
+                    while !stop.load(Ordering::Relaxed) {
+                        for kind in PoolKind::ALL {
+                            worst = worst.max(manager.pool(kind).reserved().saturating_sub(manager.pool(kind).limit()));
+                        }
+                    }
+                    worst
+                })
+            };
+            let workers: Vec<_> = (0..threads as u64)
+                .map(|t| {
+                    let manager = Arc::clone(&manager);
+                    std::thread::spawn(move || {
+                        let mut state = seed ^ (t + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                        let mut next = move |n: usize| {
+                            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                            (state >> 33) as usize % n.max(1)
+                        };
+                        let query: Arc<dyn MemoryPool> = manager.begin_query("fuzz", None);
+                        let reservations: Vec<MemoryReservation> =
+                            (0..3).map(|i| MemoryConsumer::new(format!("c{t}.{i}")).with_can_spill(i % 2 == 0).register(&query)).collect();
+                        for _ in 0..2_000 {
+                            let r = &reservations[next(3)];
+                            match next(4) {
+                                0 | 1 => { let _ = r.try_grow(next(limit / 4)); }
+                                2 => r.shrink(next(r.size() + 1).min(r.size())),
+                                _ => { r.free(); }
+                            };
+                            let (cache, temp) = (manager.pool(PoolKind::Cache), manager.pool(PoolKind::Temp));
+                            let bytes = next(limit / 8);
+                            if cache.try_reserve(bytes).is_ok() { cache.release(bytes); }
+                            if temp.try_reserve(bytes).is_ok() { temp.release(bytes); }
+                        }
+                        let held: usize = reservations.iter().map(MemoryReservation::size).sum();
+                        assert_eq!(query.reserved(), held, "the statement's counter is the sum of its reservations");
+                    })
+                })
+                .collect();
+            for worker in workers {
+                worker.join().unwrap();
+            }
+            stop.store(true, Ordering::Relaxed);
+            prop_assert_eq!(watcher.join().unwrap(), 0, "no pool was ever seen above its limit");
+            for kind in PoolKind::ALL {
+                prop_assert_eq!(manager.pool(kind).reserved(), 0, "{} pool back to 0", kind);
+            }
+            prop_assert!(manager.consumers().is_empty());
+        }
+    }
+}

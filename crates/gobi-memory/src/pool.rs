@@ -1,0 +1,177 @@
+//! One named pool: a limit and the bytes reserved from it, with the counters `gobi memory
+//! stats` shows.
+//!
+//! ```text
+//!   try_reserve(n) ──► reserved + n <= limit ? reserved += n : rejected += 1, Err(available)
+//!   release(n)     ──► reserved -= n
+//! ```
+//!
+//! Every counter is an atomic, and a reservation is one compare-and-swap loop on `reserved`:
+//! no lock on the hot path, correct under any number of threads. Reserved never exceeds the
+//! limit through `try_reserve`; `force_reserve` exists for the one case that cannot fail
+//! (DataFusion's infallible `grow`, for memory an operator already holds) and is counted as an
+//! overrun so it is visible rather than silent.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Which pool: what the memory is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PoolKind {
+    /// Execution memory of running queries: hash tables, sort buffers, aggregation state.
+    Query,
+    /// What gobi keeps for reuse between queries: results, metadata, function memos.
+    Cache,
+    /// Session-scoped values: `let` tables and other intermediate results.
+    Temp,
+}
+
+impl PoolKind {
+    pub const ALL: [PoolKind; 3] = [PoolKind::Query, PoolKind::Cache, PoolKind::Temp];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PoolKind::Query => "query",
+            PoolKind::Cache => "cache",
+            PoolKind::Temp => "temp",
+        }
+    }
+}
+
+impl fmt::Display for PoolKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug)]
+pub struct Pool {
+    kind: PoolKind,
+    limit: AtomicUsize,
+    reserved: AtomicUsize,
+    peak: AtomicUsize,
+    allocations: AtomicU64,
+    deallocations: AtomicU64,
+    rejected: AtomicU64,
+    overruns: AtomicU64,
+}
+
+/// A snapshot of one pool's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    pub kind: PoolKind,
+    pub limit: usize,
+    pub reserved: usize,
+    pub peak: usize,
+    /// Successful reservations (each growth counts once).
+    pub allocations: u64,
+    /// Releases (each shrink counts once).
+    pub deallocations: u64,
+    /// Requests refused because they would have passed the limit.
+    pub rejected: u64,
+    /// Growths that could not be refused and took the pool past its limit.
+    pub overruns: u64,
+}
+
+impl Pool {
+    pub fn new(kind: PoolKind, limit: usize) -> Self {
+        Self {
+            kind,
+            limit: AtomicUsize::new(limit),
+            reserved: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            allocations: AtomicU64::new(0),
+            deallocations: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            overruns: AtomicU64::new(0),
+        }
+    }
+
+    pub fn kind(&self) -> PoolKind {
+        self.kind
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// A new limit; memory reserved above it stays reserved until released.
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    pub fn reserved(&self) -> usize {
+        self.reserved.load(Ordering::Relaxed)
+    }
+
+    /// Reserves `bytes` if the pool has room; otherwise returns the bytes still available.
+    pub fn try_reserve(&self, bytes: usize) -> Result<(), usize> {
+        let limit = self.limit();
+        let updated = self.reserved.fetch_update(Ordering::AcqRel, Ordering::Acquire, |reserved| {
+            reserved.checked_add(bytes).filter(|&new| new <= limit)
+        });
+        match updated {
+            Ok(before) => {
+                self.note_growth(before + bytes);
+                Ok(())
+            }
+            Err(reserved) => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                Err(limit.saturating_sub(reserved))
+            }
+        }
+    }
+
+    /// Reserves `bytes` even past the limit (counted as an overrun when it goes past).
+    pub fn force_reserve(&self, bytes: usize) {
+        let now = self.reserved.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        if now > self.limit() {
+            self.overruns.fetch_add(1, Ordering::Relaxed);
+        }
+        self.note_growth(now);
+    }
+
+    pub fn release(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let before = self.reserved.fetch_sub(bytes, Ordering::AcqRel);
+        debug_assert!(before >= bytes, "{} pool released {bytes} bytes with {before} reserved", self.kind);
+        self.deallocations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn note_growth(&self, now: usize) {
+        self.allocations.fetch_add(1, Ordering::Relaxed);
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        PoolStats {
+            kind: self.kind,
+            limit: self.limit(),
+            reserved: self.reserved(),
+            peak: self.peak.load(Ordering::Relaxed),
+            allocations: self.allocations.load(Ordering::Relaxed),
+            deallocations: self.deallocations.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            overruns: self.overruns.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_past_the_limit_and_counts() {
+        let pool = Pool::new(PoolKind::Temp, 100);
+        assert_eq!(pool.try_reserve(60), Ok(()));
+        assert_eq!(pool.try_reserve(50), Err(40));
+        pool.release(60);
+        assert_eq!(pool.try_reserve(100), Ok(()));
+        pool.release(100);
+        let stats = pool.stats();
+        assert_eq!((stats.reserved, stats.peak, stats.allocations, stats.deallocations, stats.rejected), (0, 100, 2, 2, 1));
+    }
+}

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use gobi_engine::{GobiError, Lakehouse, Output, Session};
+use gobi_memory::{ByteSize, PoolKind};
 use gobi_lang::parse_script;
 
 use crate::output::{Format, Printer};
@@ -31,6 +32,9 @@ struct Cli {
     /// How results are printed: table (default on a terminal), csv (default otherwise), json.
     #[arg(long, short = 'f', global = true, value_enum)]
     format: Option<Format>,
+
+    #[command(flatten)]
+    memory: MemoryArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -83,6 +87,45 @@ struct QueryArgs {
     summary: Option<SummaryFormat>,
 }
 
+/// Memory pool limits for this run, over those of gobi.toml.
+#[derive(Args, Clone, Default)]
+struct MemoryArgs {
+    /// The query pool's limit, e.g. 256MiB (default: gobi.toml's, else 50MiB).
+    #[arg(long, global = true, env = "GOBI_MEMORY_QUERY", value_name = "SIZE")]
+    memory_query: Option<ByteSize>,
+    /// The cache pool's limit (default: gobi.toml's, else 100MiB).
+    #[arg(long, global = true, env = "GOBI_MEMORY_CACHE", value_name = "SIZE")]
+    memory_cache: Option<ByteSize>,
+    /// The temp pool's limit (default: gobi.toml's, else 25MiB).
+    #[arg(long, global = true, env = "GOBI_MEMORY_TEMP", value_name = "SIZE")]
+    memory_temp: Option<ByteSize>,
+    /// All three pools from one total, split 50:100:25 (query:cache:temp), e.g. 175MiB.
+    #[arg(long, global = true, value_name = "BYTES")]
+    memory_limit: Option<ByteSize>,
+}
+
+impl MemoryArgs {
+    fn apply(&self, session: &Session) {
+        if let Some(total) = self.memory_limit {
+            session.set_pool_limit(PoolKind::Query, total.0 * 50 / 175);
+            session.set_pool_limit(PoolKind::Cache, total.0 * 100 / 175);
+            session.set_pool_limit(PoolKind::Temp, total.0 * 25 / 175);
+        }
+        for (pool, size) in [(PoolKind::Query, self.memory_query), (PoolKind::Cache, self.memory_cache), (PoolKind::Temp, self.memory_temp)] {
+            if let Some(size) = size {
+                session.set_pool_limit(pool, size.0);
+            }
+        }
+    }
+
+    /// A session over the lakehouse in `dir` with these limits.
+    fn open(&self, dir: Option<PathBuf>) -> Result<Session, GobiError> {
+        let session = Session::open(open_lakehouse(dir)?);
+        self.apply(&session);
+        Ok(session)
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum SummaryFormat {
     Json,
@@ -95,10 +138,10 @@ fn main() -> ExitCode {
     let printer = Printer::new(format);
     let result = match cli.command {
         Command::Init { dir } => init(dir.or(cli.lakehouse)),
-        Command::Query(args) => runtime.block_on(query(cli.lakehouse, args, &printer)),
-        Command::Run { file } => runtime.block_on(run_file(cli.lakehouse, &file, &printer)),
-        Command::Repl => match open_lakehouse(cli.lakehouse) {
-            Ok(lakehouse) => repl::run(&runtime, Session::open(lakehouse), &printer),
+        Command::Query(args) => runtime.block_on(query(cli.lakehouse, &cli.memory, args, &printer)),
+        Command::Run { file } => runtime.block_on(run_file(cli.lakehouse, &cli.memory, &file, &printer)),
+        Command::Repl => match cli.memory.open(cli.lakehouse) {
+            Ok(session) => repl::run(&runtime, session, &printer),
             Err(error) => Err(error.into()),
         },
         Command::Demo { dir, scale } => {
@@ -140,7 +183,7 @@ fn open_lakehouse(dir: Option<PathBuf>) -> Result<Lakehouse, GobiError> {
     Lakehouse::open(&dir.unwrap_or_else(|| ".".into()))
 }
 
-async fn query(lakehouse: Option<PathBuf>, args: QueryArgs, printer: &Printer) -> CliResult {
+async fn query(lakehouse: Option<PathBuf>, memory: &MemoryArgs, args: QueryArgs, printer: &Printer) -> CliResult {
     let source = match (&args.sql, &args.file) {
         (_, Some(file)) => read_file(file)?,
         (Some(sql), None) if sql == "-" => {
@@ -158,10 +201,11 @@ async fn query(lakehouse: Option<PathBuf>, args: QueryArgs, printer: &Printer) -
     let session = match &args.data {
         Some(dir) => {
             let session = Session::in_memory();
+            memory.apply(&session);
             session.register_data_dir(dir).await?;
             session
         }
-        None => Session::open(open_lakehouse(lakehouse)?),
+        None => memory.open(lakehouse)?,
     };
     let summary = run_statements(&session, &source, printer).await?;
     if args.summary.is_some() {
@@ -170,9 +214,9 @@ async fn query(lakehouse: Option<PathBuf>, args: QueryArgs, printer: &Printer) -
     Ok(())
 }
 
-async fn run_file(lakehouse: Option<PathBuf>, file: &Path, printer: &Printer) -> CliResult {
+async fn run_file(lakehouse: Option<PathBuf>, memory: &MemoryArgs, file: &Path, printer: &Printer) -> CliResult {
     let source = read_file(file)?;
-    let session = Session::open(open_lakehouse(lakehouse)?);
+    let session = memory.open(lakehouse)?;
     run_statements(&session, &source, printer).await.map(|_| ())
 }
 

@@ -7,6 +7,7 @@
 //! └── _gobi/             gobi's own state
 //!     ├── views/<name>.sql       one persisted view per file: its CREATE VIEW text
 //!     ├── functions/<name>.sql   one user function per file: its FUNCTION text
+//!     ├── spill/                 queries' spill files, in one temporary folder per session
 //!     └── trash/             dropped tables on their way out (a rename, then a delete)
 //! ```
 
@@ -95,6 +96,12 @@ impl Lakehouse {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Where queries spill: one temporary folder per session inside it, removed when the
+    /// session ends.
+    pub fn spill_dir(&self) -> PathBuf {
+        self.root.join(STATE_DIR).join("spill")
     }
 
     pub fn table_path(&self, name: &str) -> PathBuf {

@@ -21,6 +21,11 @@ use datafusion::sql::sqlparser::ast::{AlterTableOperation, Expr as SqlExpr, Sele
 use gobi_lang::{expand_expr, expand_statement, parse_script, Ast, Command, FunctionDef, LetValue, Scope, Statement};
 use parking_lot::RwLock;
 
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::TaskContext;
+use gobi_memory::{ByteSize, MemoryManager, PoolKind, QueryMemory};
+
 use crate::catalog::{unknown_table, FileTableFactory, LakehouseSchema};
 use crate::error::{GobiError, Result};
 use crate::functions::{BlockFunction, Functions};
@@ -56,6 +61,10 @@ pub struct Session {
     lakehouse: Option<Arc<LakehouseSchema>>,
     variables: RwLock<Variables>,
     functions: RwLock<Functions>,
+    memory: Arc<MemoryManager>,
+    _session_scope: Arc<QueryMemory>,
+    /// `memory.query_limit`: the most one statement may reserve (none: the pool's limit).
+    query_limit: RwLock<Option<usize>>,
 }
 
 /// A variable as `.vars` lists it.
@@ -81,7 +90,30 @@ impl Session {
     fn build(lakehouse: Option<Arc<LakehouseSchema>>) -> Self {
         let mut config = SessionConfig::new().with_information_schema(true);
         config.options_mut().sql_parser.collect_spans = true;
-        let ctx = SessionContext::new_with_config(config);
+        let limits = lakehouse.as_ref().map(|l| l.lakehouse().config().memory).unwrap_or_default();
+        let partitions = config.options().execution.target_partitions;
+        config.options_mut().execution.sort_spill_reservation_bytes = sort_merge_headroom(limits.query.0, partitions);
+        let memory = MemoryManager::new(limits);
+        // Work that is not one statement's query (delta-rs writes, planning-time scans) is
+        // charged to the query pool through this long-lived scope.
+        let session_scope = memory.begin_query("(session: writes and other work outside a query)", None);
+        let spill = match &lakehouse {
+            Some(schema) => {
+                let dir = schema.lakehouse().spill_dir();
+                if let Err(e) = std::fs::create_dir_all(&dir) {
+                    tracing::warn!("cannot create the spill folder {}: {e}", dir.display());
+                }
+                DiskManagerMode::Directories(vec![dir])
+            }
+            None => DiskManagerMode::OsTmpDirectory,
+        };
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::clone(&session_scope) as _)
+            // Merging many spill files at once needs a batch of each in memory: merge in rounds.
+            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(spill).with_max_spill_merge_fan_in(8))
+            .build_arc()
+            .expect("a runtime over gobi's memory manager");
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
         if let Some(schema) = &lakehouse {
             let catalog = ctx.catalog("datafusion").expect("DataFusion's default catalog");
             catalog
@@ -107,7 +139,15 @@ impl Session {
         if let Some(schema) = &lakehouse {
             schema.attach(ctx.state_weak_ref());
         }
-        let session = Self { ctx, lakehouse, variables: Default::default(), functions: Default::default() };
+        let session = Self {
+            ctx,
+            lakehouse,
+            variables: Default::default(),
+            functions: Default::default(),
+            memory,
+            _session_scope: session_scope,
+            query_limit: Default::default(),
+        };
         session.load_functions();
         session
     }
@@ -184,7 +224,7 @@ impl Session {
                 None => Err(needs_lakehouse("SHOW HISTORY")),
             },
             Command::Sql(ast) => match self.expand(ast) {
-                Ok(ast) => self.execute_sql(&ast).await,
+                Ok(ast) => self.execute_sql(&ast, &statement.text).await,
                 Err(e) => Err(e),
             },
             Command::Let { name, value } => self.let_variable(name, value).await,
@@ -214,10 +254,10 @@ impl Session {
                 Value::Scalar(self.evaluate_scalar(expr).await?)
             }
             LetValue::Table(query) => {
-                let Output::Rows { schema, batches } = self.execute_sql(&self.expand(query)?).await? else {
+                let Output::Rows { schema, batches } = self.execute_sql(&self.expand(query)?, &query.to_string()).await? else {
                     return Err(GobiError::plan(format!("let {name} = … must be a query that returns rows")));
                 };
-                Value::Table(TableValue::new(schema, batches))
+                Value::Table(TableValue::new(schema, batches, &self.memory, name)?)
             }
         };
         let description = match &value {
@@ -251,7 +291,7 @@ impl Session {
             }
         }
         let Command::Sql(ast) = &select.command else { unreachable!("parsed as SQL") };
-        let Output::Rows { batches, .. } = self.execute_sql(ast).await? else {
+        let Output::Rows { batches, .. } = self.execute_sql(ast, &ast.to_string()).await? else {
             return Err(GobiError::internal("SELECT returned no rows"));
         };
         let batch = batches.iter().find(|b| b.num_rows() > 0).ok_or_else(|| GobiError::internal("SELECT returned no rows"))?;
@@ -402,7 +442,7 @@ impl Session {
         Ok((plan, ast))
     }
 
-    async fn execute_sql(&self, ast: &Ast) -> Result<Output> {
+    async fn execute_sql(&self, ast: &Ast, text: &str) -> Result<Output> {
         if let Some(output) = self.execute_gobi_statement(ast).await? {
             return Ok(output);
         }
@@ -412,12 +452,110 @@ impl Session {
                 return Ok(output);
             }
         }
-        let returns_rows = !matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Statement(_));
-        let what = what_it_did(&plan);
-        let frame = self.ctx.execute_logical_plan(plan).await?;
-        let schema = Arc::clone(frame.schema().inner());
-        let batches = frame.collect().await?;
-        Ok(if returns_rows { Output::rows(batches, schema) } else { Output::Done(what) })
+        if matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Statement(_)) {
+            let what = what_it_did(&plan);
+            self.ctx.execute_logical_plan(plan).await?.collect().await?;
+            return Ok(Output::Done(what));
+        }
+        self.collect_governed(plan, text).await
+    }
+
+    /// Runs a plan with its own memory scope: every operator reserves from the query pool
+    /// under this statement's id, and the scope is ended (anything still held is a leak) when
+    /// the plan's streams are gone — after success, error or cancellation alike.
+    async fn collect_governed(&self, plan: LogicalPlan, text: &str) -> Result<Output> {
+        let state = self.ctx.state();
+        let scope = self.memory.begin_query(text, *self.query_limit.read());
+        let runtime = RuntimeEnvBuilder::from_runtime_env(state.runtime_env())
+            .with_memory_pool(Arc::clone(&scope) as _)
+            .build_arc()?;
+        let task = Arc::new(TaskContext::from(&state).with_runtime(runtime));
+        let ended = EndOnDrop(&scope);
+        let physical = state.create_physical_plan(&plan).await?;
+        let schema = physical.schema();
+        let result = datafusion::physical_plan::collect(physical, task).await;
+        // After an error the plan's other tasks are aborted, not yet gone: wait until they have
+        // released what they held, so the next statement starts from an empty pool.
+        let deadline = std::time::Instant::now() + RELEASE_WAIT;
+        while scope.reserved_bytes() > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        drop(ended);
+        Ok(Output::rows(result?, schema))
+    }
+
+    /// The memory manager of this session (pools, statements, consumers).
+    pub fn memory(&self) -> &Arc<MemoryManager> {
+        &self.memory
+    }
+
+    /// Changes a pool's limit for this session (the `--memory-*` flags, `SET memory.*`).
+    pub fn set_pool_limit(&self, pool: PoolKind, bytes: u64) {
+        self.memory.pool(pool).set_limit(usize::try_from(bytes).unwrap_or(usize::MAX));
+        if pool == PoolKind::Query {
+            let state = self.ctx.state_ref();
+            let mut state = state.write();
+            let options = state.config_mut().options_mut();
+            options.execution.sort_spill_reservation_bytes = sort_merge_headroom(bytes, options.execution.target_partitions);
+        }
+    }
+
+    /// `SET memory.query_pool|cache_pool|temp_pool|query_limit = 'size'`.
+    fn set_memory(&self, name: &str, value: &SqlExpr) -> Result<Output> {
+        let text = match value {
+            SqlExpr::Value(v) => match &v.value {
+                datafusion::sql::sqlparser::ast::Value::SingleQuotedString(s) => s.clone(),
+                other => other.to_string(),
+            },
+            other => other.to_string(),
+        };
+        let size: ByteSize = text.parse().map_err(|e| GobiError::plan(format!("memory.{name}: {e}")))?;
+        match name {
+            "query_pool" => self.set_pool_limit(PoolKind::Query, size.0),
+            "cache_pool" => self.set_pool_limit(PoolKind::Cache, size.0),
+            "temp_pool" => self.set_pool_limit(PoolKind::Temp, size.0),
+            "query_limit" => *self.query_limit.write() = Some(usize::try_from(size.0).unwrap_or(usize::MAX)),
+            other => {
+                let known = ["query_pool", "cache_pool", "temp_pool", "query_limit"].map(String::from);
+                let error = GobiError::plan(format!("unknown setting memory.{other}"));
+                return Err(match gobi_lang::closest_name(other, &known) {
+                    Some(close) => error.with_hint(format!("did you mean memory.{close}?")),
+                    None => error.with_hint("memory settings: query_pool, cache_pool, temp_pool, query_limit"),
+                });
+            }
+        }
+        Ok(Output::Done(format!("memory.{name} = {size}")))
+    }
+
+    /// `SHOW MEMORY`: one row per pool.
+    fn show_memory(&self) -> Result<Output> {
+        use datafusion::arrow::array::{ArrayRef, UInt64Array};
+        let stats = self.memory.stats();
+        let number = |f: &dyn Fn(&gobi_memory::PoolStats) -> u64| Arc::new(UInt64Array::from(stats.iter().map(f).collect::<Vec<_>>())) as ArrayRef;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("pool", DataType::Utf8, false),
+            Field::new("limit_bytes", DataType::UInt64, false),
+            Field::new("reserved_bytes", DataType::UInt64, false),
+            Field::new("peak_bytes", DataType::UInt64, false),
+            Field::new("allocations", DataType::UInt64, false),
+            Field::new("deallocations", DataType::UInt64, false),
+            Field::new("rejected", DataType::UInt64, false),
+            Field::new("overruns", DataType::UInt64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from(stats.iter().map(|s| s.kind.name()).collect::<Vec<_>>())),
+                number(&|s| s.limit as u64),
+                number(&|s| s.reserved as u64),
+                number(&|s| s.peak as u64),
+                number(&|s| s.allocations),
+                number(&|s| s.deallocations),
+                number(&|s| s.rejected),
+                number(&|s| s.overruns),
+            ],
+        )?;
+        Ok(Output::rows(vec![batch], schema))
     }
 
     /// Statements DataFusion does not plan, or that gobi answers differently.
@@ -427,6 +565,14 @@ impl Session {
         };
         match statement.as_ref() {
             SqlStatement::ShowTables { .. } => Ok(Some(self.show_tables().await?)),
+            SqlStatement::ShowVariable { variable } if variable.len() == 1 && variable[0].value.eq_ignore_ascii_case("memory") => {
+                Ok(Some(self.show_memory()?))
+            }
+            SqlStatement::Set(datafusion::sql::sqlparser::ast::Set::SingleAssignment { variable, values, .. })
+                if variable.0.len() == 2 && variable.0[0].to_string().eq_ignore_ascii_case("memory") && values.len() == 1 =>
+            {
+                Ok(Some(self.set_memory(&variable.0[1].to_string().to_lowercase(), &values[0])?))
+            }
             SqlStatement::AlterTable(alter) => {
                 let schema = self.lakehouse.as_ref().ok_or_else(|| needs_lakehouse("ALTER TABLE"))?;
                 let table = object_name(&alter.name);
@@ -539,6 +685,27 @@ impl Session {
         )
         .map_err(|e| GobiError::internal(e.to_string()))?;
         Ok(Output::rows(vec![batch], result_schema))
+    }
+}
+
+/// How long a finished statement waits for its aborted tasks to release their memory; what is
+/// still held after that is a leak.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What each sort sets aside to merge its spill files: DataFusion's 10 MiB per partition would
+/// not fit a small pool at all, so it is scaled to a quarter of the pool shared by the
+/// partitions (at least 64 KiB).
+fn sort_merge_headroom(query_pool: u64, partitions: usize) -> usize {
+    let share = query_pool / (4 * partitions.max(1) as u64);
+    usize::try_from(share.clamp(64 << 10, 10 << 20)).unwrap_or(10 << 20)
+}
+
+/// Ends a statement's memory scope when dropped, so an error or a cancelled future ends it too.
+struct EndOnDrop<'a>(&'a QueryMemory);
+
+impl Drop for EndOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 

@@ -2,9 +2,10 @@
 //! named in `FROM`). Both live until the session ends; `let` again replaces.
 //!
 //! A table value is computed once, when `let` runs, and its Arrow batches are kept by one
-//! owner, [`TableValue`], which knows its size in bytes. The catalog sees the same batches
-//! through a `MemTable` (shared `Arc` buffers, no copy), so what a table value costs is
-//! exactly [`TableValue::bytes`].
+//! owner, [`TableValue`], which knows its size in bytes and holds that many bytes of the
+//! **temp** pool for as long as it lives. The catalog sees the same batches through a
+//! `MemTable` (shared `Arc` buffers, no copy), so what a table value costs is exactly
+//! [`TableValue::bytes`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,20 +17,27 @@ use datafusion::common::ScalarValue;
 use datafusion::sql::sqlparser::ast::Expr as SqlExpr;
 use datafusion::sql::unparser::Unparser;
 
+use gobi_memory::{MemoryManager, PoolKind, Reservation};
+
 use crate::error::{GobiError, Result};
 
-/// The batches of a table variable and the bytes they hold.
+/// The batches of a table variable, and the temp-pool reservation for their bytes.
 #[derive(Debug, Clone)]
 pub struct TableValue {
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
     bytes: usize,
+    _reservation: Arc<Reservation>,
 }
 
 impl TableValue {
-    pub fn new(schema: SchemaRef, batches: Vec<RecordBatch>) -> Self {
+    /// Takes ownership of the batches once their bytes are reserved from the temp pool.
+    pub fn new(schema: SchemaRef, batches: Vec<RecordBatch>, memory: &Arc<MemoryManager>, name: &str) -> Result<Self> {
         let bytes = batches.iter().map(RecordBatch::get_array_memory_size).sum();
-        Self { schema, batches, bytes }
+        let reservation = memory
+            .reserve(PoolKind::Temp, bytes, &format!("let {name}"))
+            .map_err(|e| GobiError::plan(e.to_string()))?;
+        Ok(Self { schema, batches, bytes, _reservation: Arc::new(reservation) })
     }
 
     pub fn bytes(&self) -> usize {

@@ -46,6 +46,10 @@ pub struct MemoryManager {
     next_query: AtomicU64,
     /// Statements whose memory may still be held (their `QueryMemory` is alive).
     queries: Mutex<Vec<Weak<QueryMemory>>>,
+    /// Registered consumers that can spill, over all statements: they share what the
+    /// unspillable ones leave of the query pool.
+    spillable: AtomicUsize,
+    unspillable_reserved: AtomicUsize,
 }
 
 /// One consumer as `gobi memory stats` lists it.
@@ -71,6 +75,8 @@ impl MemoryManager {
             ],
             next_query: AtomicU64::new(1),
             queries: Mutex::new(vec![]),
+            spillable: AtomicUsize::new(0),
+            unspillable_reserved: AtomicUsize::new(0),
         })
     }
 
@@ -101,8 +107,32 @@ impl MemoryManager {
         query
     }
 
+    /// What one spillable consumer may hold: an equal share of what the unspillable ones
+    /// leave. A consumer past its share spills itself, so one partition's hash table cannot take
+    /// the whole pool and leave its siblings nothing (DataFusion only lets the requester spill).
+    fn spill_share(&self) -> usize {
+        let free = self.pool(PoolKind::Query).limit().saturating_sub(self.unspillable_reserved.load(Ordering::Acquire));
+        free / self.spillable.load(Ordering::Acquire).max(1)
+    }
+
     fn live_queries(&self) -> Vec<Arc<QueryMemory>> {
         self.queries.lock().expect("the query list is never poisoned").iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Holds `bytes` of pool `kind` for `what` (e.g. `let big`) until the reservation drops.
+    pub fn reserve(self: &Arc<Self>, kind: PoolKind, bytes: usize, what: &str) -> std::result::Result<Reservation, PoolFull> {
+        let pool = self.pool(kind);
+        pool.try_reserve(bytes).map_err(|available| {
+            let limit = pool.limit();
+            let needed = (limit + bytes - available).div_ceil(1 << 20);
+            PoolFull(format!(
+                "the {kind} pool is full: {what} needs {} with {} of the {} limit reserved. Raise the limit: SET memory.{kind}_pool = '{needed}MiB'",
+                ByteSize(bytes as u64),
+                ByteSize((limit - available) as u64),
+                ByteSize(limit as u64),
+            ))
+        })?;
+        Ok(Reservation { manager: Arc::clone(self), kind, bytes })
     }
 
     /// Every consumer of every live statement, largest first.
@@ -112,6 +142,31 @@ impl MemoryManager {
         all
     }
 }
+
+/// Bytes held from one pool (a `let` table, a cached result) until dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    manager: Arc<MemoryManager>,
+    kind: PoolKind,
+    bytes: usize,
+}
+
+impl Reservation {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.manager.pool(self.kind).release(self.bytes);
+    }
+}
+
+/// A request that did not fit its pool, with the message users see.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct PoolFull(pub String);
 
 /// The memory of one statement, and DataFusion's `MemoryPool` for its plan.
 #[derive(Debug)]
@@ -147,6 +202,11 @@ impl QueryMemory {
 
     pub fn peak(&self) -> usize {
         self.peak.load(Ordering::Relaxed)
+    }
+
+    /// What the statement's operators hold now.
+    pub fn reserved_bytes(&self) -> usize {
+        self.reserved.load(Ordering::Acquire)
     }
 
     pub fn started(&self) -> Instant {
@@ -189,6 +249,9 @@ impl QueryMemory {
         if let Some(consumer) = self.consumer(reservation) {
             let now = consumer.reserved.fetch_add(bytes, Ordering::AcqRel) + bytes;
             consumer.peak.fetch_max(now, Ordering::Relaxed);
+            if !consumer.can_spill {
+                self.manager.unspillable_reserved.fetch_add(bytes, Ordering::AcqRel);
+            }
         }
     }
 
@@ -196,6 +259,9 @@ impl QueryMemory {
         self.reserved.fetch_sub(bytes, Ordering::AcqRel);
         if let Some(consumer) = self.consumer(reservation) {
             consumer.reserved.fetch_sub(bytes, Ordering::AcqRel);
+            if !consumer.can_spill {
+                self.manager.unspillable_reserved.fetch_sub(bytes, Ordering::AcqRel);
+            }
         }
     }
 
@@ -252,11 +318,18 @@ impl MemoryPool for QueryMemory {
             reserved: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
         });
+        if consumer.can_spill() {
+            self.manager.spillable.fetch_add(1, Ordering::AcqRel);
+        }
         self.consumers.write().expect("the consumer map is never poisoned").insert(consumer.id(), entry);
     }
 
     fn unregister(&self, consumer: &MemoryConsumer) {
-        self.consumers.write().expect("the consumer map is never poisoned").remove(&consumer.id());
+        if let Some(entry) = self.consumers.write().expect("the consumer map is never poisoned").remove(&consumer.id()) {
+            if entry.can_spill {
+                self.manager.spillable.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 
     fn grow(&self, reservation: &MemoryReservation, additional: usize) {
@@ -278,6 +351,14 @@ impl MemoryPool for QueryMemory {
             }
         }
         let pool = self.manager.pool(PoolKind::Query);
+        if let Some(consumer) = self.consumer(reservation).filter(|c| c.can_spill) {
+            let share = self.manager.spill_share();
+            let held = consumer.reserved.load(Ordering::Acquire);
+            // Holding nothing, it has nothing to spill: only the pool's own limit applies.
+            if held > 0 && held + additional > share {
+                return Err(self.exhausted(reservation, additional, share.saturating_sub(held), share, "this operator's share of the query pool", "memory.query_pool"));
+            }
+        }
         pool.try_reserve(additional).map_err(|available| {
             self.exhausted(reservation, additional, available, pool.limit(), "the query pool", "memory.query_pool")
         })?;
@@ -323,6 +404,16 @@ mod tests {
         assert_eq!(manager.pool(PoolKind::Query).reserved(), 0);
         assert_eq!(query.reserved(), 0);
         assert!(manager.consumers().is_empty());
+    }
+
+    #[test]
+    fn a_reservation_holds_its_pool_until_dropped() {
+        let manager = MemoryManager::new(PoolLimits { temp: ByteSize(1 << 20), ..PoolLimits::default() });
+        let held = manager.reserve(PoolKind::Temp, 800 << 10, "let a").unwrap();
+        let error = manager.reserve(PoolKind::Temp, 300 << 10, "let b").unwrap_err().to_string();
+        assert!(error.contains("the temp pool is full: let b needs 300KiB") && error.contains("SET memory.temp_pool = '2MiB'"), "{error}");
+        drop(held);
+        assert_eq!(manager.pool(PoolKind::Temp).reserved(), 0);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod errors;
 mod files;
 mod fuzz;
 mod interop;
+mod memory;
 mod pl_grizzly;
 mod repl;
 mod support;

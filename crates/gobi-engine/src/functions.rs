@@ -42,9 +42,10 @@ use parking_lot::Mutex;
 
 use crate::error::{GobiError, Result};
 use crate::memo::Memo;
+use gobi_memory::MemoryManager;
 
-/// Bytes the memo of one block function may hold. (The memory manager will charge memos to
-/// the cache pool; until then each has this fixed bound.)
+/// Bytes the memo of one block function may hold at most (all of it reserved from the cache
+/// pool, which may allow less).
 const MEMO_LIMIT: usize = 4 << 20;
 
 /// The user functions of a session, by name.
@@ -128,7 +129,7 @@ enum Step {
 
 impl BlockFunction {
     /// Plans every expression of the body against the parameters and the `let`s before it.
-    pub fn compile(state: &SessionState, def: &FunctionDef) -> Result<Self> {
+    pub fn compile(state: &SessionState, def: &FunctionDef, memory: Arc<MemoryManager>) -> Result<Self> {
         let FunctionBody::Block(statements) = &def.body else {
             return Err(GobiError::internal("an expression function reached the block compiler"));
         };
@@ -157,7 +158,7 @@ impl BlockFunction {
             return_type,
             signature,
             body,
-            memo: Mutex::new(Memo::new(MEMO_LIMIT)),
+            memo: Mutex::new(Memo::new(MEMO_LIMIT, memory)),
         })
     }
 

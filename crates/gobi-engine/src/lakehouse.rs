@@ -39,8 +39,10 @@ const CONFIG_TEMPLATE: &str = r#"# gobi lakehouse settings.
 # gobi's own state (views, functions). Sizes take B, KiB, MiB, GiB (powers of 1024) or KB, MB, GB.
 
 [memory]
-# The three memory pools. gobi validates and reports these limits; the memory manager that
-# enforces them (reservations, spilling to disk, admission) is not built yet.
+# The three memory pools. Queries reserve their hash tables, sorts and aggregations from the
+# query pool (sorts and aggregations spill to _gobi/spill/ when it is full); `let` tables hold
+# temp-pool memory. Override per run with --memory-query/--memory-cache/--memory-temp or
+# GOBI_MEMORY_QUERY/CACHE/TEMP, and in a session with SET memory.query_pool = '256MiB'.
 query = "50MiB"   # execution memory of running queries: hash tables, sorts, aggregations
 cache = "100MiB"  # what is kept for reuse between queries
 temp = "25MiB"    # session values, such as `let` tables

@@ -1,10 +1,14 @@
 //! A bounded memo of pure-function results, keyed by the arguments' row encoding.
 //!
 //! Its size in bytes is known at every moment ([`Memo::bytes`]): keys, values and a fixed
-//! per-entry overhead. When an insert would pass the limit, the least recently used entries
-//! go first. The memory manager will hand the limit out of the cache pool.
+//! per-entry overhead, all of it reserved from the **cache** pool. When an insert would pass
+//! the memo's own limit, or the cache pool is full, the least recently used entries go first;
+//! a result that still does not fit is simply not remembered.
+
+use std::sync::Arc;
 
 use datafusion::common::ScalarValue;
+use gobi_memory::{MemoryManager, PoolKind};
 use lru::LruCache;
 
 /// Bookkeeping per entry beyond key and value: the LRU node and the hash table slot.
@@ -17,11 +21,12 @@ pub struct Memo {
     bytes: usize,
     hits: u64,
     misses: u64,
+    memory: Arc<MemoryManager>,
 }
 
 impl Memo {
-    pub fn new(limit: usize) -> Self {
-        Self { entries: LruCache::unbounded(), limit, bytes: 0, hits: 0, misses: 0 }
+    pub fn new(limit: usize, memory: Arc<MemoryManager>) -> Self {
+        Self { entries: LruCache::unbounded(), limit, bytes: 0, hits: 0, misses: 0, memory }
     }
 
     pub fn get(&mut self, key: &[u8]) -> Option<ScalarValue> {
@@ -33,21 +38,41 @@ impl Memo {
         found
     }
 
-    /// Stores a result, evicting the least recently used entries to stay within the limit.
-    /// An entry bigger than the whole limit is not kept.
+    /// Stores a result, evicting the least recently used entries to stay within the limit and
+    /// the cache pool. An entry bigger than the whole limit is not kept.
     pub fn insert(&mut self, key: &[u8], value: ScalarValue) {
         let size = entry_size(key, &value);
         if size > self.limit {
             return;
         }
-        if let Some(old) = self.entries.put(key.into(), value) {
-            self.bytes -= entry_size(key, &old);
+        if let Some(old) = self.entries.pop(key) {
+            self.forget(key, &old);
         }
+        while self.bytes + size > self.limit && self.evict_one() {}
+        let memory = Arc::clone(&self.memory);
+        while memory.pool(PoolKind::Cache).try_reserve(size).is_err() {
+            if !self.evict_one() {
+                return;
+            }
+        }
+        self.entries.put(key.into(), value);
         self.bytes += size;
-        while self.bytes > self.limit {
-            let Some((key, value)) = self.entries.pop_lru() else { break };
-            self.bytes -= entry_size(&key, &value);
+    }
+
+    fn evict_one(&mut self) -> bool {
+        match self.entries.pop_lru() {
+            Some((key, value)) => {
+                self.forget(&key, &value);
+                true
+            }
+            None => false,
         }
+    }
+
+    fn forget(&mut self, key: &[u8], value: &ScalarValue) {
+        let size = entry_size(key, value);
+        self.bytes -= size;
+        self.memory.pool(PoolKind::Cache).release(size);
     }
 
     pub fn bytes(&self) -> usize {
@@ -63,6 +88,12 @@ impl Memo {
     }
 }
 
+impl Drop for Memo {
+    fn drop(&mut self) {
+        self.memory.pool(PoolKind::Cache).release(self.bytes);
+    }
+}
+
 fn entry_size(key: &[u8], value: &ScalarValue) -> usize {
     key.len() + value.size() + ENTRY_OVERHEAD
 }
@@ -72,9 +103,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stays_within_its_limit_and_evicts_the_least_recently_used() {
+    fn stays_within_its_limit_and_the_cache_pool_and_evicts_the_least_recently_used() {
         let one = entry_size(b"k0", &ScalarValue::Int64(Some(0)));
-        let mut memo = Memo::new(3 * one);
+        let memory = MemoryManager::new(gobi_memory::PoolLimits::default());
+        let mut memo = Memo::new(3 * one, Arc::clone(&memory));
         for i in 0..3 {
             memo.insert(format!("k{i}").as_bytes(), ScalarValue::Int64(Some(i)));
         }
@@ -87,5 +119,14 @@ mod tests {
         assert_eq!((memo.hits(), memo.misses()), (2, 1));
         memo.insert(b"k0", ScalarValue::Int64(Some(9)));
         assert!(memo.bytes() <= 3 * one);
+        assert_eq!(memory.pool(PoolKind::Cache).reserved(), memo.bytes(), "every byte is reserved from the cache pool");
+
+        // A cache pool with room for two entries holds the memo to two.
+        memory.pool(PoolKind::Cache).set_limit(memo.bytes() + one - 1);
+        memo.insert(b"k5", ScalarValue::Int64(Some(5)));
+        assert!(memory.pool(PoolKind::Cache).reserved() <= memory.pool(PoolKind::Cache).limit());
+        assert_eq!(memo.get(b"k5"), Some(ScalarValue::Int64(Some(5))));
+        drop(memo);
+        assert_eq!(memory.pool(PoolKind::Cache).reserved(), 0);
     }
 }

@@ -329,7 +329,7 @@ impl Session {
         let block = if let gobi_lang::FunctionBody::Block(statements) = &mut def.body {
             let scope = SessionScope { variables: &Variables::default(), functions: &self.functions.read() };
             expand_block(statements, &scope)?;
-            let block = Arc::new(BlockFunction::compile(&self.ctx.state(), &def)?);
+            let block = Arc::new(BlockFunction::compile(&self.ctx.state(), &def, Arc::clone(&self.memory))?);
             self.ctx.register_udf(block.udf());
             Some(block)
         } else {

@@ -26,6 +26,7 @@ Ctrl-C cancels a running query (or clears the input), Ctrl-D or .quit leaves.
   .tables        the tables and views of the lakehouse
   .schema T      the columns of table T
   .vars          the session's variables, with their types and sizes
+  .memory        the memory pools (limit, reserved, peak, …); `.memory consumers` the operators
   .help          this text
   .quit          leave
 ";
@@ -41,7 +42,7 @@ const KEYWORDS: &[&str] = &[
     "FALSE", "CAST", "VERSION", "TIMESTAMP", "OF", "EXISTS", "PRIMARY", "KEY", "DEFAULT",
 ];
 
-const DOT_COMMANDS: &[&str] = &[".tables", ".schema", ".vars", ".help", ".quit"];
+const DOT_COMMANDS: &[&str] = &[".tables", ".schema", ".vars", ".memory", ".help", ".quit"];
 
 /// Completion and highlighting; the names are refreshed after every statement.
 #[derive(Helper, Hinter, Validator, Default)]
@@ -231,6 +232,8 @@ fn dot_command(runtime: &tokio::runtime::Runtime, session: &Session, printer: &P
             return Flow::Continue;
         }
         (Some(".tables"), _) => "SHOW TABLES".to_string(),
+        (Some(".memory"), None | Some("stats")) => "SHOW MEMORY".to_string(),
+        (Some(".memory"), Some("consumers")) => "SELECT * FROM gobi_memory_consumers()".to_string(),
         (Some(".schema"), Some(table)) => format!("DESCRIBE {table}"),
         (Some(".schema"), None) => {
             eprintln!("usage: .schema TABLE");

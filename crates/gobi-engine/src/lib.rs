@@ -18,6 +18,7 @@ mod error;
 mod functions;
 mod lakehouse;
 mod memo;
+mod memory_tables;
 mod rewrite;
 mod session;
 mod variables;

@@ -136,6 +136,9 @@ impl Session {
             .build()
             .into();
         files.attach(ctx.state_weak_ref());
+        for table in crate::memory_tables::MemoryTable::all(&memory) {
+            ctx.register_udtf(table.name(), table);
+        }
         if let Some(schema) = &lakehouse {
             schema.attach(ctx.state_weak_ref());
         }
@@ -529,33 +532,8 @@ impl Session {
 
     /// `SHOW MEMORY`: one row per pool.
     fn show_memory(&self) -> Result<Output> {
-        use datafusion::arrow::array::{ArrayRef, UInt64Array};
-        let stats = self.memory.stats();
-        let number = |f: &dyn Fn(&gobi_memory::PoolStats) -> u64| Arc::new(UInt64Array::from(stats.iter().map(f).collect::<Vec<_>>())) as ArrayRef;
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("pool", DataType::Utf8, false),
-            Field::new("limit_bytes", DataType::UInt64, false),
-            Field::new("reserved_bytes", DataType::UInt64, false),
-            Field::new("peak_bytes", DataType::UInt64, false),
-            Field::new("allocations", DataType::UInt64, false),
-            Field::new("deallocations", DataType::UInt64, false),
-            Field::new("rejected", DataType::UInt64, false),
-            Field::new("overruns", DataType::UInt64, false),
-        ]));
-        let batch = RecordBatch::try_new(
-            Arc::clone(&schema),
-            vec![
-                Arc::new(StringArray::from(stats.iter().map(|s| s.kind.name()).collect::<Vec<_>>())),
-                number(&|s| s.limit as u64),
-                number(&|s| s.reserved as u64),
-                number(&|s| s.peak as u64),
-                number(&|s| s.allocations),
-                number(&|s| s.deallocations),
-                number(&|s| s.rejected),
-                number(&|s| s.overruns),
-            ],
-        )?;
-        Ok(Output::rows(vec![batch], schema))
+        let batch = crate::memory_tables::pools_batch(&self.memory)?;
+        Ok(Output::rows(vec![batch.clone()], batch.schema()))
     }
 
     /// Statements DataFusion does not plan, or that gobi answers differently.

@@ -84,6 +84,12 @@ fn limits_come_from_defaults_flags_environment_and_set() {
         limits(pools_after(&lh, &["--memory-query", "8MiB"], "SET memory.query_pool = '256MiB'; SET memory.cache_pool = '1GiB'; SHOW MEMORY"))[..2],
         [("query".into(), 256 << 20), ("cache".into(), 1 << 30)]
     );
+    // The same numbers as a table function, usable in any query.
+    assert_eq!(
+        lh.values("SELECT pool, limit_bytes FROM gobi_memory_pools() WHERE pool <> 'cache' ORDER BY pool"),
+        crate::rows![["query", 52428800], ["temp", 26214400]]
+    );
+    assert_eq!(lh.values("SELECT count(*) FROM gobi_memory_consumers() WHERE reserved_bytes > 0"), crate::rows![[0]]);
     let run = lh.run("SET memory.query_pol = '1MiB'").user_error();
     assert!(run.stderr.contains("did you mean memory.query_pool?"), "{}", run.stderr);
     let run = lh.run("SET memory.query_pool = 'lots'").user_error();

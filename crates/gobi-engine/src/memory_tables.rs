@@ -1,0 +1,99 @@
+//! The memory manager as tables: `gobi_memory_pools()` and `gobi_memory_consumers()`, usable in
+//! any query (`SELECT * FROM gobi_memory_pools() WHERE reserved_bytes > 0`), and the rows of
+//! `SHOW MEMORY`. Each call is a snapshot taken when the query is planned.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::catalog::{MemTable, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::{plan_err, Result};
+use gobi_memory::{ConsumerStats, MemoryManager, PoolStats};
+
+/// One row per pool: limit, reserved, peak and the counters.
+pub fn pools_batch(memory: &MemoryManager) -> Result<RecordBatch> {
+    let stats = memory.stats();
+    let number = |f: &dyn Fn(&PoolStats) -> u64| Arc::new(UInt64Array::from(stats.iter().map(f).collect::<Vec<_>>())) as ArrayRef;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("pool", DataType::Utf8, false),
+        Field::new("limit_bytes", DataType::UInt64, false),
+        Field::new("reserved_bytes", DataType::UInt64, false),
+        Field::new("peak_bytes", DataType::UInt64, false),
+        Field::new("allocations", DataType::UInt64, false),
+        Field::new("deallocations", DataType::UInt64, false),
+        Field::new("rejected", DataType::UInt64, false),
+        Field::new("overruns", DataType::UInt64, false),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(stats.iter().map(|s| s.kind.name()).collect::<Vec<_>>())),
+            number(&|s| s.limit as u64),
+            number(&|s| s.reserved as u64),
+            number(&|s| s.peak as u64),
+            number(&|s| s.allocations),
+            number(&|s| s.deallocations),
+            number(&|s| s.rejected),
+            number(&|s| s.overruns),
+        ],
+    )?)
+}
+
+/// One row per operator holding (or registered to hold) memory in a running statement.
+pub fn consumers_batch(memory: &MemoryManager) -> Result<RecordBatch> {
+    let consumers = memory.consumers();
+    let number = |f: &dyn Fn(&ConsumerStats) -> u64| Arc::new(UInt64Array::from(consumers.iter().map(f).collect::<Vec<_>>())) as ArrayRef;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("pool", DataType::Utf8, false),
+        Field::new("query_id", DataType::UInt64, false),
+        Field::new("consumer", DataType::Utf8, false),
+        Field::new("can_spill", DataType::Boolean, false),
+        Field::new("reserved_bytes", DataType::UInt64, false),
+        Field::new("peak_bytes", DataType::UInt64, false),
+        Field::new("age_ms", DataType::UInt64, false),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(consumers.iter().map(|c| c.pool.name()).collect::<Vec<_>>())),
+            number(&|c| c.query),
+            Arc::new(StringArray::from(consumers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>())),
+            Arc::new(BooleanArray::from(consumers.iter().map(|c| c.can_spill).collect::<Vec<_>>())),
+            number(&|c| c.reserved as u64),
+            number(&|c| c.peak as u64),
+            number(&|c| c.age.as_millis() as u64),
+        ],
+    )?)
+}
+
+/// A table function that snapshots one of the batches above.
+#[derive(Debug)]
+pub struct MemoryTable {
+    name: &'static str,
+    memory: Arc<MemoryManager>,
+    snapshot: fn(&MemoryManager) -> Result<RecordBatch>,
+}
+
+impl MemoryTable {
+    /// Every memory table function, by the name queries call it with.
+    pub fn all(memory: &Arc<MemoryManager>) -> Vec<Arc<MemoryTable>> {
+        [("gobi_memory_pools", pools_batch as fn(&MemoryManager) -> Result<RecordBatch>), ("gobi_memory_consumers", consumers_batch)]
+            .into_iter()
+            .map(|(name, snapshot)| Arc::new(MemoryTable { name, memory: Arc::clone(memory), snapshot }))
+            .collect()
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+impl TableFunctionImpl for MemoryTable {
+    fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        if !args.exprs().is_empty() {
+            return plan_err!("{}() takes no arguments", self.name);
+        }
+        let batch = (self.snapshot)(&self.memory)?;
+        Ok(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?))
+    }
+}

@@ -503,7 +503,8 @@ impl Session {
         }
     }
 
-    /// `SET memory.query_pool|cache_pool|temp_pool|query_limit = 'size'`.
+    /// `SET memory.query_pool|cache_pool|temp_pool|query_limit = 'size'`, and
+    /// `SET memory.fault_probability = 0.01` (tests: refuse that fraction of reservations).
     fn set_memory(&self, name: &str, value: &SqlExpr) -> Result<Output> {
         let text = match value {
             SqlExpr::Value(v) => match &v.value {
@@ -512,6 +513,15 @@ impl Session {
             },
             other => other.to_string(),
         };
+        if name == "fault_probability" {
+            let probability: f64 = text
+                .parse()
+                .ok()
+                .filter(|p| (0.0..=1.0).contains(p))
+                .ok_or_else(|| GobiError::plan(format!("memory.fault_probability must be a number from 0 to 1, not {text}")))?;
+            self.memory.set_fault_probability(probability);
+            return Ok(Output::Done(format!("memory.fault_probability = {probability}")));
+        }
         let size: ByteSize = text.parse().map_err(|e| GobiError::plan(format!("memory.{name}: {e}")))?;
         match name {
             "query_pool" => self.set_pool_limit(PoolKind::Query, size.0),
@@ -519,11 +529,11 @@ impl Session {
             "temp_pool" => self.set_pool_limit(PoolKind::Temp, size.0),
             "query_limit" => *self.query_limit.write() = Some(usize::try_from(size.0).unwrap_or(usize::MAX)),
             other => {
-                let known = ["query_pool", "cache_pool", "temp_pool", "query_limit"].map(String::from);
+                let known = ["query_pool", "cache_pool", "temp_pool", "query_limit", "fault_probability"].map(String::from);
                 let error = GobiError::plan(format!("unknown setting memory.{other}"));
                 return Err(match gobi_lang::closest_name(other, &known) {
                     Some(close) => error.with_hint(format!("did you mean memory.{close}?")),
-                    None => error.with_hint("memory settings: query_pool, cache_pool, temp_pool, query_limit"),
+                    None => error.with_hint("memory settings: query_pool, cache_pool, temp_pool, query_limit, fault_probability"),
                 });
             }
         }

@@ -50,6 +50,9 @@ pub struct MemoryManager {
     /// unspillable ones leave of the query pool.
     spillable: AtomicUsize,
     unspillable_reserved: AtomicUsize,
+    /// `memory.fault_probability` as f64 bits: the fraction of reservation requests refused
+    /// on purpose, so tests drive every out-of-memory path with real queries.
+    fault_probability: AtomicU64,
 }
 
 /// One consumer as `gobi memory stats` lists it.
@@ -77,6 +80,7 @@ impl MemoryManager {
             queries: Mutex::new(vec![]),
             spillable: AtomicUsize::new(0),
             unspillable_reserved: AtomicUsize::new(0),
+            fault_probability: AtomicU64::new(0f64.to_bits()),
         })
     }
 
@@ -119,8 +123,22 @@ impl MemoryManager {
         self.queries.lock().expect("the query list is never poisoned").iter().filter_map(Weak::upgrade).collect()
     }
 
+    /// Makes that fraction (0 to 1) of later reservation requests fail, as if the pool were full.
+    pub fn set_fault_probability(&self, probability: f64) {
+        self.fault_probability.store(probability.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+    }
+
+    /// Whether this request is one of those refused on purpose.
+    fn inject_fault(&self) -> Option<f64> {
+        let probability = f64::from_bits(self.fault_probability.load(Ordering::Relaxed));
+        (probability > 0.0 && fault_dice() < probability).then_some(probability)
+    }
+
     /// Holds `bytes` of pool `kind` for `what` (e.g. `let big`) until the reservation drops.
     pub fn reserve(self: &Arc<Self>, kind: PoolKind, bytes: usize, what: &str) -> std::result::Result<Reservation, PoolFull> {
+        if let Some(probability) = self.inject_fault() {
+            return Err(PoolFull(format!("injected fault (memory.fault_probability = {probability}): {what} was refused {}", ByteSize(bytes as u64))));
+        }
         let pool = self.pool(kind);
         pool.try_reserve(bytes).map_err(|available| {
             let limit = pool.limit();
@@ -141,6 +159,24 @@ impl MemoryManager {
         all.sort_by(|a, b| b.reserved.cmp(&a.reserved).then(a.query.cmp(&b.query)));
         all
     }
+}
+
+/// A number in [0, 1) from a per-thread xorshift generator: cheap, and good enough to pick
+/// which requests fail.
+fn fault_dice() -> f64 {
+    use std::cell::Cell;
+    static SEEDS: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(SEEDS.fetch_add(0x2545_F491_4F6C_DD1D, Ordering::Relaxed) | 1);
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
 }
 
 /// Bytes held from one pool (a `let` table, a cached result) until dropped.
@@ -343,6 +379,14 @@ impl MemoryPool for QueryMemory {
     }
 
     fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
+        if let Some(probability) = self.manager.inject_fault() {
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "injected fault (memory.fault_probability = {probability}): {} (query {}) was refused {}",
+                reservation.consumer().name(),
+                self.id,
+                ByteSize(additional as u64)
+            )));
+        }
         if let Some(limit) = self.limit {
             let reserved = self.reserved.load(Ordering::Acquire);
             if reserved + additional > limit {
@@ -414,6 +458,18 @@ mod tests {
         assert!(error.contains("the temp pool is full: let b needs 300KiB") && error.contains("SET memory.temp_pool = '2MiB'"), "{error}");
         drop(held);
         assert_eq!(manager.pool(PoolKind::Temp).reserved(), 0);
+    }
+
+    #[test]
+    fn fault_injection_refuses_about_that_fraction_of_requests() {
+        let manager = manager(1 << 30);
+        manager.set_fault_probability(0.25);
+        let query: Arc<dyn MemoryPool> = manager.begin_query("SELECT 3", None);
+        let r = MemoryConsumer::new("c").register(&query);
+        let refused = (0..4000).filter(|_| r.try_grow(1).is_err()).count();
+        assert!((800..1200).contains(&refused), "{refused} of 4000 refused at 0.25");
+        manager.set_fault_probability(0.0);
+        assert!((0..1000).all(|_| r.try_grow(1).is_ok()));
     }
 
     #[test]

@@ -144,3 +144,45 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         .flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path()] })
         .collect()
 }
+
+/// TPC-H at scale 0.01 with a fraction of reservations refused on purpose: each query gives
+/// the right answer or a clean error, and afterwards every pool reads 0 and no spill file is
+/// left.
+#[test]
+fn with_injected_faults_every_tpch_query_is_right_or_fails_cleanly_and_releases_everything() {
+    let Some(shared) = crate::support::shared_dir() else {
+        assert!(crate::support::require(false, "../shared (TPC-H queries)"));
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    gobi(&["demo", "tpch", "--scale", "0.01"], dir.path()).ok();
+    let lh = dir.path().join("tpch");
+    let queries = shared.join("bench/tpch/queries");
+    let (mut right, mut failed) = (0, 0);
+    for n in 1..=22 {
+        let text = std::fs::read_to_string(queries.join(format!("q{n}.sql"))).unwrap();
+        let text = format!("DROP VIEW IF EXISTS revenue0;\n{}", text.trim_end().trim_end_matches(';'));
+        let expected = gobi(&["-l", lh.to_str().unwrap(), "query", "--format", "csv", &text], dir.path()).ok().stdout;
+        let session = format!(
+            "SET memory.fault_probability = 0.3;\n{text};\nSET memory.fault_probability = 0;\nDROP VIEW IF EXISTS revenue0;\nSHOW MEMORY;\n"
+        );
+        let run = crate::support::gobi_stdin(&["-l", lh.to_str().unwrap(), "repl", "--format", "csv"], dir.path(), &session).ok();
+        for bad in ["panicked", "RUST_BACKTRACE"] {
+            assert!(!run.stderr.contains(bad), "q{n}: {}", run.stderr);
+        }
+        if run.stderr.contains("error: ") {
+            assert!(run.stderr.contains("injected fault") || run.stderr.contains("Resources exhausted"), "q{n} failed for another reason: {}", run.stderr);
+            failed += 1;
+        } else {
+            assert!(run.stdout.starts_with(&expected), "q{n} with faults gave another answer:\n{}\nexpected\n{expected}", run.stdout);
+            right += 1;
+        }
+        let pools: Vec<&str> = run.stdout.lines().filter(|l| ["query,", "cache,", "temp,"].iter().any(|p| l.starts_with(p))).collect();
+        assert_eq!(pools.len(), 3, "q{n}: {}", run.stdout);
+        for line in pools {
+            assert_eq!(line.split(',').nth(2), Some("0"), "q{n}: a pool does not read 0 after the query: {line}");
+        }
+        assert!(walk(&lh.join("_gobi/spill")).is_empty(), "q{n} left spill files");
+    }
+    assert!(right > 0 && failed > 0, "faults should fail some queries and spare others: {right} right, {failed} failed");
+}

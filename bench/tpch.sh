@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # TPC-H side by side: gobi on Parquet files, gobi on its own Delta tables, DataFusion (Python)
-# and DuckDB, unlimited memory, one fresh process per query (../shared/bench/peers.py).
+# and DuckDB, one fresh process per query (../shared/bench/peers.py). Memory is unlimited in
+# effect: gobi gets a 64 GiB query pool (its default 50 MiB would fail hash joins at scale 1).
 #
 #   bench/tpch.sh            # scale 1; data generated once into bench/data (git-ignored)
 #   SCALE=0.1 bench/tpch.sh  # a quick run
@@ -23,14 +24,14 @@ python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ig
 lakehouse="$DATA/tpch-sf$SCALE-delta"
 parquet="$DATA/tpch-sf$SCALE"
 mkdir -p "$DATA" "$parquet" bench/results
-[ -d "$lakehouse/tables/lineitem" ] || "$GOBI" demo "$lakehouse" --scale "$SCALE" > /dev/null
+[ -d "$lakehouse/tables/lineitem" ] || "$GOBI" --memory-query 64GiB demo "$lakehouse" --scale "$SCALE" > /dev/null
 for table in region nation supplier customer part partsupp orders lineitem; do
   [ -f "$parquet/$table.parquet" ] ||
-    "$GOBI" --lakehouse "$lakehouse" query "COPY (SELECT * FROM $table) TO '$(realpath "$parquet")/$table.parquet'" > /dev/null
+    "$GOBI" --memory-query 64GiB --lakehouse "$lakehouse" query "COPY (SELECT * FROM $table) TO '$(realpath "$parquet")/$table.parquet'" > /dev/null
 done
 
 python3 "$PEERS" run --data "$parquet" \
   --runs gobi gobi-delta datafusion duckdb \
-  --engine-cmd gobi="$GOBI query --file {query} --data {data} --summary json" \
-  --engine-cmd gobi-delta="$GOBI --lakehouse $(realpath "$lakehouse") query --file {query} --summary json" \
+  --engine-cmd gobi="$GOBI --memory-query 64GiB query --file {query} --data {data} --summary json" \
+  --engine-cmd gobi-delta="$GOBI --memory-query 64GiB --lakehouse $(realpath "$lakehouse") query --file {query} --summary json" \
   --json "bench/results/tpch-sf$SCALE.json" --markdown "bench/results/tpch-sf$SCALE.md"

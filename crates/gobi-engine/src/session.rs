@@ -429,29 +429,29 @@ impl Session {
         Ok(self.plan_sql(&self.expand(ast)?).await?.0)
     }
 
-    /// Plans `ast`, naming repeated output columns if DataFusion refuses them; returns the
-    /// statement that was planned too.
-    async fn plan_sql(&self, ast: &Ast) -> Result<(LogicalPlan, Ast)> {
+    /// Plans `ast`, naming repeated output columns if DataFusion refuses them; the statement
+    /// that was planned comes back when it had to be rewritten.
+    async fn plan_sql(&self, ast: &Ast) -> Result<(LogicalPlan, Option<Ast>)> {
         let state = self.ctx.state();
-        let mut ast = ast.clone();
-        let plan = match state.statement_to_plan(ast.clone()).await {
+        let planned = match state.statement_to_plan(ast.clone()).await {
             Err(e) if is_duplicate_name_error(&e) => {
-                rewrite::name_duplicate_columns(&mut ast);
-                state.statement_to_plan(ast.clone()).await
+                let mut renamed = ast.clone();
+                rewrite::name_duplicate_columns(&mut renamed);
+                state.statement_to_plan(renamed.clone()).await.map(|plan| (plan, Some(renamed)))
             }
-            planned => planned,
-        }
-        .map_err(|e| self.explain_unknown_table(e.into()))?;
-        Ok((plan, ast))
+            planned => planned.map(|plan| (plan, None)),
+        };
+        planned.map_err(|e| self.explain_unknown_table(e.into()))
     }
 
     async fn execute_sql(&self, ast: &Ast, text: &str) -> Result<Output> {
         if let Some(output) = self.execute_gobi_statement(ast).await? {
             return Ok(output);
         }
-        let (plan, ast) = self.plan_sql(ast).await?;
+        let (plan, renamed) = self.plan_sql(ast).await?;
+        let ast = renamed.as_ref().unwrap_or(ast);
         if let Some(schema) = &self.lakehouse {
-            if let Some(output) = self.execute_lakehouse_write(schema, &plan, &ast).await? {
+            if let Some(output) = self.execute_lakehouse_write(schema, &plan, ast).await? {
                 return Ok(output);
             }
         }

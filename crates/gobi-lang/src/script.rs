@@ -124,6 +124,15 @@ fn parse_tokens(tokens: Vec<TokenWithSpan>, start: Position) -> Result<Ast, Synt
 fn parse_gobi_statement(tokens: &[TokenWithSpan], text: &str, start: Position) -> Result<Option<Command>, SyntaxError> {
     let significant: Vec<&TokenWithSpan> = tokens.iter().filter(|t| !is_trivia(&t.token)).collect();
     let word = |i: usize, text: &str| significant.get(i).is_some_and(|t| is_word(&t.token, text));
+    let is_copy_from_file = word(0, "copy") && matches!(significant.get(1).map(|t| &t.token), Some(Token::SingleQuotedString(_)));
+    let ours = (word(0, "show") && (word(1, "history") || word(1, "functions")))
+        || (word(0, "drop") && word(1, "function"))
+        || word(0, "function")
+        || word(0, "let")
+        || is_copy_from_file;
+    if !ours {
+        return Ok(None);
+    }
     let parser_error = |e: ParserError| SyntaxError::from_parser_message(&e.to_string(), start);
     let mut parser = Parser::new(&GrizzlyDialect).with_tokens_with_locations(tokens.to_vec());
     let command = if word(0, "show") && word(1, "history") {
@@ -145,7 +154,7 @@ fn parse_gobi_statement(tokens: &[TokenWithSpan], text: &str, start: Position) -
         parser.next_token();
         let definition = parse_function(&mut parser, text.to_string(), start).map_err(parser_error)?;
         Command::DefineFunction(Box::new(definition))
-    } else if word(0, "copy") && matches!(significant.get(1).map(|t| &t.token), Some(Token::SingleQuotedString(_))) {
+    } else if is_copy_from_file {
         parser.next_token();
         let file = parser.parse_literal_string().map_err(parser_error)?;
         parser.expect_keyword(Keyword::TO).map_err(parser_error)?;

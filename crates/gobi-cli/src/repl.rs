@@ -26,7 +26,8 @@ Ctrl-C cancels a running query (or clears the input), Ctrl-D or .quit leaves.
   .tables        the tables and views of the lakehouse
   .schema T      the columns of table T
   .vars          the session's variables, with their types and sizes
-  .memory        the memory pools (limit, reserved, peak, …); `.memory consumers` the operators
+  .memory        the memory pools (limit, reserved, peak, …); `.memory consumers` the
+                 operators holding memory now; `.memory leaks` memory held past its statement
   .help          this text
   .quit          leave
 ";
@@ -234,6 +235,7 @@ fn dot_command(runtime: &tokio::runtime::Runtime, session: &Session, printer: &P
         (Some(".tables"), _) => "SHOW TABLES".to_string(),
         (Some(".memory"), None | Some("stats")) => "SHOW MEMORY".to_string(),
         (Some(".memory"), Some("consumers")) => "SELECT * FROM gobi_memory_consumers()".to_string(),
+        (Some(".memory"), Some("leaks")) => "SELECT * FROM gobi_memory_leaks()".to_string(),
         (Some(".schema"), Some(table)) => format!("DESCRIBE {table}"),
         (Some(".schema"), None) => {
             eprintln!("usage: .schema TABLE");

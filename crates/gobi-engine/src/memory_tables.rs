@@ -1,4 +1,5 @@
-//! The memory manager as tables: `gobi_memory_pools()` and `gobi_memory_consumers()`, usable in
+//! The memory manager as tables: `gobi_memory_pools()`, `gobi_memory_consumers()` and
+//! `gobi_memory_leaks()`, usable in
 //! any query (`SELECT * FROM gobi_memory_pools() WHERE reserved_bytes > 0`), and the rows of
 //! `SHOW MEMORY`. Each call is a snapshot taken when the query is planned.
 
@@ -8,7 +9,7 @@ use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray,
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::{MemTable, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::{plan_err, Result};
-use gobi_memory::{ConsumerStats, MemoryManager, PoolStats};
+use gobi_memory::{ConsumerStats, LeakStats, MemoryManager, PoolStats};
 
 /// One row per pool: limit, reserved, peak and the counters.
 pub fn pools_batch(memory: &MemoryManager) -> Result<RecordBatch> {
@@ -66,6 +67,34 @@ pub fn consumers_batch(memory: &MemoryManager) -> Result<RecordBatch> {
     )?)
 }
 
+/// One row per consumer holding memory after its statement ended, or longer than
+/// `memory.leak_threshold`.
+pub fn leaks_batch(memory: &MemoryManager) -> Result<RecordBatch> {
+    let leaks = memory.leaks(memory.leak_threshold());
+    let number = |f: &dyn Fn(&LeakStats) -> u64| Arc::new(UInt64Array::from(leaks.iter().map(f).collect::<Vec<_>>())) as ArrayRef;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("pool", DataType::Utf8, false),
+        Field::new("query_id", DataType::UInt64, false),
+        Field::new("consumer", DataType::Utf8, false),
+        Field::new("statement", DataType::Utf8, false),
+        Field::new("statement_ended", DataType::Boolean, false),
+        Field::new("reserved_bytes", DataType::UInt64, false),
+        Field::new("age_ms", DataType::UInt64, false),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(leaks.iter().map(|l| l.consumer.pool.name()).collect::<Vec<_>>())),
+            number(&|l| l.consumer.query),
+            Arc::new(StringArray::from(leaks.iter().map(|l| l.consumer.name.as_str()).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(leaks.iter().map(|l| l.text.as_str()).collect::<Vec<_>>())),
+            Arc::new(BooleanArray::from(leaks.iter().map(|l| l.ended).collect::<Vec<_>>())),
+            number(&|l| l.consumer.reserved as u64),
+            number(&|l| l.consumer.age.as_millis() as u64),
+        ],
+    )?)
+}
+
 /// A table function that snapshots one of the batches above.
 #[derive(Debug)]
 pub struct MemoryTable {
@@ -77,7 +106,11 @@ pub struct MemoryTable {
 impl MemoryTable {
     /// Every memory table function, by the name queries call it with.
     pub fn all(memory: &Arc<MemoryManager>) -> Vec<Arc<MemoryTable>> {
-        [("gobi_memory_pools", pools_batch as fn(&MemoryManager) -> Result<RecordBatch>), ("gobi_memory_consumers", consumers_batch)]
+        [
+            ("gobi_memory_pools", pools_batch as fn(&MemoryManager) -> Result<RecordBatch>),
+            ("gobi_memory_consumers", consumers_batch),
+            ("gobi_memory_leaks", leaks_batch),
+        ]
             .into_iter()
             .map(|(name, snapshot)| Arc::new(MemoryTable { name, memory: Arc::clone(memory), snapshot }))
             .collect()

@@ -522,6 +522,13 @@ impl Session {
             self.memory.set_fault_probability(probability);
             return Ok(Output::Done(format!("memory.fault_probability = {probability}")));
         }
+        if name == "leak_threshold" {
+            let threshold = parse_duration(&text).ok_or_else(|| {
+                GobiError::plan(format!("memory.leak_threshold must be a duration such as '300s' or '5min', not {text}"))
+            })?;
+            self.memory.set_leak_threshold(threshold);
+            return Ok(Output::Done(format!("memory.leak_threshold = {}s", threshold.as_secs_f64())));
+        }
         let size: ByteSize = text.parse().map_err(|e| GobiError::plan(format!("memory.{name}: {e}")))?;
         match name {
             "query_pool" => self.set_pool_limit(PoolKind::Query, size.0),
@@ -529,11 +536,11 @@ impl Session {
             "temp_pool" => self.set_pool_limit(PoolKind::Temp, size.0),
             "query_limit" => *self.query_limit.write() = Some(usize::try_from(size.0).unwrap_or(usize::MAX)),
             other => {
-                let known = ["query_pool", "cache_pool", "temp_pool", "query_limit", "fault_probability"].map(String::from);
+                let known = ["query_pool", "cache_pool", "temp_pool", "query_limit", "fault_probability", "leak_threshold"].map(String::from);
                 let error = GobiError::plan(format!("unknown setting memory.{other}"));
                 return Err(match gobi_lang::closest_name(other, &known) {
                     Some(close) => error.with_hint(format!("did you mean memory.{close}?")),
-                    None => error.with_hint("memory settings: query_pool, cache_pool, temp_pool, query_limit, fault_probability"),
+                    None => error.with_hint("memory settings: query_pool, cache_pool, temp_pool, query_limit, fault_probability, leak_threshold"),
                 });
             }
         }
@@ -674,6 +681,22 @@ impl Session {
         .map_err(|e| GobiError::internal(e.to_string()))?;
         Ok(Output::rows(vec![batch], result_schema))
     }
+}
+
+/// `300s`, `5min`, `1h`, `250ms`.
+fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "ms" => number / 1000.0,
+        "s" => number,
+        "min" | "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return None,
+    };
+    std::time::Duration::try_from_secs_f64(seconds).ok()
 }
 
 /// How long a finished statement waits for its aborted tasks to release their memory; what is

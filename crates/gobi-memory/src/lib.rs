@@ -11,7 +11,7 @@ mod manager;
 mod pool;
 
 pub use byte_size::{ByteSize, ByteSizeError};
-pub use manager::{ConsumerStats, MemoryManager, PoolFull, QueryId, QueryMemory, Reservation};
+pub use manager::{ConsumerStats, LeakStats, DEFAULT_LEAK_THRESHOLD, MemoryManager, PoolFull, QueryId, QueryMemory, Reservation};
 pub use pool::{Pool, PoolKind, PoolStats};
 
 use serde::{Deserialize, Serialize};

@@ -37,6 +37,10 @@ use crate::{ByteSize, PoolLimits};
 
 pub type QueryId = u64;
 
+/// Memory held longer than this is reported as a leak unless `memory.leak_threshold` says
+/// otherwise.
+pub const DEFAULT_LEAK_THRESHOLD: Duration = Duration::from_secs(300);
+
 /// How many of the largest consumers an out-of-memory message names.
 const TOP_CONSUMERS: usize = 5;
 
@@ -53,6 +57,19 @@ pub struct MemoryManager {
     /// `memory.fault_probability` as f64 bits: the fraction of reservation requests refused
     /// on purpose, so tests drive every out-of-memory path with real queries.
     fault_probability: AtomicU64,
+    /// `memory.leak_threshold` in milliseconds: held longer than this counts as a leak.
+    leak_threshold_ms: AtomicU64,
+}
+
+/// Memory that outlived its reason: still held after its statement ended, or held longer than
+/// the leak threshold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeakStats {
+    pub consumer: ConsumerStats,
+    /// The start of the statement's text.
+    pub text: String,
+    /// True when the statement has ended (the memory can no longer be in use by it).
+    pub ended: bool,
 }
 
 /// One consumer as `gobi memory stats` lists it.
@@ -81,6 +98,7 @@ impl MemoryManager {
             spillable: AtomicUsize::new(0),
             unspillable_reserved: AtomicUsize::new(0),
             fault_probability: AtomicU64::new(0f64.to_bits()),
+            leak_threshold_ms: AtomicU64::new(DEFAULT_LEAK_THRESHOLD.as_millis() as u64),
         })
     }
 
@@ -151,6 +169,33 @@ impl MemoryManager {
             ))
         })?;
         Ok(Reservation { manager: Arc::clone(self), kind, bytes })
+    }
+
+    pub fn set_leak_threshold(&self, threshold: Duration) {
+        self.leak_threshold_ms.store(threshold.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn leak_threshold(&self) -> Duration {
+        Duration::from_millis(self.leak_threshold_ms.load(Ordering::Relaxed))
+    }
+
+    /// Consumers holding bytes after their statement ended, or for longer than `threshold`,
+    /// largest first. Memory released by the end of a statement (early LIMIT, errors, cancel)
+    /// is gone before `end()` is called, so it is never reported.
+    pub fn leaks(&self, threshold: Duration) -> Vec<LeakStats> {
+        let mut leaks: Vec<LeakStats> = self
+            .live_queries()
+            .iter()
+            .flat_map(|q| {
+                let ended = q.has_ended();
+                q.consumers()
+                    .into_iter()
+                    .filter(move |c| c.reserved > 0 && (ended || c.age >= threshold))
+                    .map(move |consumer| LeakStats { consumer, text: q.text.chars().take(60).collect(), ended })
+            })
+            .collect();
+        leaks.sort_by(|a, b| b.consumer.reserved.cmp(&a.consumer.reserved));
+        leaks
     }
 
     /// Every consumer of every live statement, largest first.
@@ -458,6 +503,29 @@ mod tests {
         assert!(error.contains("the temp pool is full: let b needs 300KiB") && error.contains("SET memory.temp_pool = '2MiB'"), "{error}");
         drop(held);
         assert_eq!(manager.pool(PoolKind::Temp).reserved(), 0);
+    }
+
+    #[test]
+    fn memory_held_after_its_statement_ended_is_a_leak_and_nothing_else_is() {
+        let manager = manager(1 << 20);
+        let finished: Arc<dyn MemoryPool> = manager.begin_query("SELECT * FROM t LIMIT 1", None);
+        let released = MemoryConsumer::new("ExternalSorter[0]").register(&finished);
+        released.try_grow(1000).unwrap();
+        drop(released);
+        manager.live_queries()[0].end();
+        assert!(manager.leaks(Duration::from_secs(300)).is_empty(), "released before the end: no leak");
+
+        let leaky: Arc<dyn MemoryPool> = manager.begin_query("SELECT leaky", None);
+        let kept = MemoryConsumer::new("HashJoinInput").register(&leaky);
+        kept.try_grow(4096).unwrap();
+        assert!(manager.leaks(Duration::from_secs(300)).is_empty(), "a running statement is not leaking");
+        assert_eq!(manager.leaks(Duration::ZERO).len(), 1, "past the threshold it is reported");
+        manager.live_queries().iter().find(|q| q.text() == "SELECT leaky").unwrap().end();
+        let leaks = manager.leaks(Duration::from_secs(300));
+        assert_eq!(leaks.len(), 1);
+        assert_eq!((leaks[0].consumer.name.as_str(), leaks[0].consumer.reserved, leaks[0].text.as_str(), leaks[0].ended), ("HashJoinInput", 4096, "SELECT leaky", true));
+        drop(kept);
+        assert!(manager.leaks(Duration::ZERO).is_empty());
     }
 
     #[test]

@@ -164,7 +164,7 @@ fn with_injected_faults_every_tpch_query_is_right_or_fails_cleanly_and_releases_
         let text = format!("DROP VIEW IF EXISTS revenue0;\n{}", text.trim_end().trim_end_matches(';'));
         let expected = gobi(&["-l", lh.to_str().unwrap(), "query", "--format", "csv", &text], dir.path()).ok().stdout;
         let session = format!(
-            "SET memory.fault_probability = 0.3;\n{text};\nSET memory.fault_probability = 0;\nDROP VIEW IF EXISTS revenue0;\nSHOW MEMORY;\n"
+            "SET memory.fault_probability = 0.3;\n{text};\nSET memory.fault_probability = 0;\nDROP VIEW IF EXISTS revenue0;\nSHOW MEMORY;\nSET memory.leak_threshold = '0s';\nSELECT count(*) AS leaks FROM gobi_memory_leaks();\n"
         );
         let run = crate::support::gobi_stdin(&["-l", lh.to_str().unwrap(), "repl", "--format", "csv"], dir.path(), &session).ok();
         for bad in ["panicked", "RUST_BACKTRACE"] {
@@ -183,6 +183,7 @@ fn with_injected_faults_every_tpch_query_is_right_or_fails_cleanly_and_releases_
             assert_eq!(line.split(',').nth(2), Some("0"), "q{n}: a pool does not read 0 after the query: {line}");
         }
         assert!(walk(&lh.join("_gobi/spill")).is_empty(), "q{n} left spill files");
+        assert!(run.stdout.contains("leaks\n0\n"), "q{n}: memory reported as leaked after the query: {}", run.stdout);
     }
     assert!(right > 0 && failed > 0, "faults should fail some queries and spare others: {right} right, {failed} failed");
 }

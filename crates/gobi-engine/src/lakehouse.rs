@@ -7,7 +7,8 @@
 //! └── _gobi/             gobi's own state
 //!     ├── views/<name>.sql       one persisted view per file: its CREATE VIEW text
 //!     ├── functions/<name>.sql   one user function per file: its FUNCTION text
-//!     ├── spill/                 queries' spill files, in one temporary folder per session
+//!     ├── spill/<pid>/           queries' spill files, one folder per process (swept when
+//!     │                          its process is gone)
 //!     └── trash/             dropped tables on their way out (a rename, then a delete)
 //! ```
 
@@ -100,10 +101,30 @@ impl Lakehouse {
         &self.config
     }
 
-    /// Where queries spill: one temporary folder per session inside it, removed when the
-    /// session ends.
+    /// Where queries spill: `_gobi/spill/<pid>/`, one folder per process, holding one
+    /// temporary folder per session that is removed when the session ends.
     pub fn spill_dir(&self) -> PathBuf {
         self.root.join(STATE_DIR).join("spill")
+    }
+
+    /// This process's spill folder, created after removing the folders of processes that are
+    /// gone (a crash or `kill -9` leaves their spill files behind). Returns the folder and
+    /// how many stale ones were removed.
+    pub fn prepare_spill_dir(&self) -> Result<(PathBuf, usize)> {
+        let root = self.spill_dir();
+        fs::create_dir_all(&root)?;
+        let mut swept = 0;
+        for entry in fs::read_dir(&root)?.flatten() {
+            let pid = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok());
+            if pid.is_some_and(|pid| pid != std::process::id() && !process_is_running(pid)) {
+                if fs::remove_dir_all(entry.path()).is_ok() {
+                    swept += 1;
+                }
+            }
+        }
+        let mine = root.join(std::process::id().to_string());
+        fs::create_dir_all(&mine)?;
+        Ok((mine, swept))
     }
 
     pub fn table_path(&self, name: &str) -> PathBuf {
@@ -216,6 +237,13 @@ impl Definition {
             Definition::Function => "functions",
         }
     }
+}
+
+/// Whether a process with this id exists. Without `/proc` there is no cheap way to tell, so
+/// every process counts as running and nothing is swept.
+fn process_is_running(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    !proc.join("self").exists() || proc.join(pid.to_string()).exists()
 }
 
 /// Names map to folders and files; one that could climb out of the lakehouse names nothing.

@@ -98,13 +98,18 @@ impl Session {
         // charged to the query pool through this long-lived scope.
         let session_scope = memory.begin_query("(session: writes and other work outside a query)", None);
         let spill = match &lakehouse {
-            Some(schema) => {
-                let dir = schema.lakehouse().spill_dir();
-                if let Err(e) = std::fs::create_dir_all(&dir) {
-                    tracing::warn!("cannot create the spill folder {}: {e}", dir.display());
+            Some(schema) => match schema.lakehouse().prepare_spill_dir() {
+                Ok((dir, swept)) => {
+                    if swept > 0 {
+                        tracing::info!("removed {swept} spill folders left by processes that are gone");
+                    }
+                    DiskManagerMode::Directories(vec![dir])
                 }
-                DiskManagerMode::Directories(vec![dir])
-            }
+                Err(e) => {
+                    tracing::warn!("cannot prepare the spill folder ({}); spilling to the system's temporary folder", e.message);
+                    DiskManagerMode::OsTmpDirectory
+                }
+            },
             None => DiskManagerMode::OsTmpDirectory,
         };
         let runtime = RuntimeEnvBuilder::new()

@@ -137,6 +137,22 @@ fn let_tables_hold_temp_pool_memory_while_they_live() {
     assert!(run.stderr.contains("SET memory.temp_pool = '"), "{}", run.stderr);
 }
 
+#[test]
+fn spill_folders_of_processes_that_are_gone_are_removed() {
+    let lh = Lakehouse::new();
+    let spill = lh.path().join("_gobi/spill");
+    // A process that no longer exists (above the usual pid range), this test's own (running)
+    // process, and a folder gobi did not name.
+    for dir in ["4194000/.tmpAbC", &format!("{}/.tmpDeF", std::process::id()), "notes"] {
+        std::fs::create_dir_all(spill.join(dir)).unwrap();
+        std::fs::write(spill.join(dir).join("spill.arrow"), b"spilled rows").unwrap();
+    }
+    lh.run("SELECT 1").ok();
+    assert!(!spill.join("4194000").exists(), "the dead process's spill folder is removed");
+    assert!(spill.join(std::process::id().to_string()).join(".tmpDeF/spill.arrow").exists(), "a running process's is kept");
+    assert!(spill.join("notes/spill.arrow").exists(), "folders gobi did not name are left alone");
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
     entries

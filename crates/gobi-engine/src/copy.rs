@@ -1,23 +1,24 @@
 //! `COPY 'file' TO table`: appends a file's rows to a lakehouse table in one Delta commit.
 //!
 //! Columns are matched by name. Every value is checked against the table's column type before
-//! anything is written, so a bad value is reported by row and column and the table stays at
-//! its version. CSV is read as text and converted here, which is what lets the message name
+//! anything is written (a first pass over the file, one batch at a time), so a bad value is
+//! reported by row and column and the table stays at its version; a second pass streams the
+//! same conversions into the commit. Nothing proportional to the file is held in memory. CSV is read as text and converted here, which is what lets the message name
 //! the row; Parquet and JSON carry types, which are converted the same way.
 //!
 //! (`COPY t TO 'file'` and `COPY (query) TO 'file'` are DataFusion's own COPY.)
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{new_null_array, Array, ArrayRef, RecordBatch};
+use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::compute::{cast_with_options, CastOptions};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::util::display::array_value_to_string;
-use datafusion::catalog::MemTable;
+use datafusion::common::ScalarValue;
 use datafusion::logical_expr::dml::InsertOp;
-use datafusion::logical_expr::LogicalPlanBuilder;
-use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
-use datafusion::datasource::provider_as_source;
+use datafusion::logical_expr::{cast, ident, lit};
+use datafusion::prelude::{CsvReadOptions, DataFrame, JsonReadOptions, ParquetReadOptions, SessionContext};
+use futures::StreamExt;
 use gobi_lang::closest_name;
 
 use crate::catalog::LakehouseSchema;
@@ -30,27 +31,41 @@ pub async fn copy_from(ctx: &SessionContext, schema: &LakehouseSchema, file: &st
         return Err(crate::catalog::unknown_table(table, &schema.lakehouse().table_names()));
     }
     let target: SchemaRef = ctx.table_provider(table).await?.schema();
-    let batches = read(ctx, file).await?;
-    let file_schema = match batches.first() {
-        Some(batch) => batch.schema(),
-        None => return Ok(Output::Done(format!("{file} has no rows; {table} is unchanged"))),
-    };
+    let frame = read(ctx, file).await?;
+    let file_schema = Arc::clone(frame.schema().inner());
     let mapping = match_columns(&file_schema, &target, file, table)?;
-    let mut converted = Vec::with_capacity(batches.len());
-    let mut first_row = 1;
-    for batch in &batches {
-        converted.push(convert(batch, &mapping, &target, first_row, file)?);
-        first_row += batch.num_rows();
+    // First pass: check every value, one batch at a time (partitions in file order, so row
+    // numbers are the file's). Nothing is kept, so the file's size does not matter.
+    let mut rows = 0;
+    for mut partition in frame.clone().execute_stream_partitioned().await? {
+        while let Some(batch) = partition.next().await.transpose()? {
+            check(&batch, &mapping, &target, rows + 1, file)?;
+            rows += batch.num_rows();
+        }
     }
-    let source = MemTable::try_new(Arc::clone(&target), vec![converted])?;
-    let plan = LogicalPlanBuilder::scan("copy_source", provider_as_source(Arc::new(source)), None)?.build()?;
+    if rows == 0 {
+        return Ok(Output::Done(format!("{file} has no rows; {table} is unchanged")));
+    }
+    // Second pass: the same conversions as a plan, streamed into the one commit.
+    let columns = target
+        .fields()
+        .iter()
+        .zip(&mapping)
+        .map(|(field, source)| {
+            let value = match source {
+                Some(i) => ident(file_schema.field(*i).name()),
+                None => lit(ScalarValue::Null),
+            };
+            cast(value, field.data_type().clone()).alias(field.name())
+        })
+        .collect::<Vec<_>>();
+    let plan = frame.select(columns)?.into_unoptimized_plan();
     writes::insert(&ctx.state(), schema, table, plan, InsertOp::Append).await?;
-    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     Ok(Output::Done(format!("copied {rows} rows from {file} into {table}")))
 }
 
-/// The file's rows; CSV columns stay text so conversion errors can name their row.
-async fn read(ctx: &SessionContext, file: &str) -> Result<Vec<RecordBatch>> {
+/// The file as a frame; CSV columns stay text so conversion errors can name their row.
+async fn read(ctx: &SessionContext, file: &str) -> Result<DataFrame> {
     if !std::path::Path::new(file).exists() {
         return Err(GobiError::data(format!("file {file} not found")));
     }
@@ -67,7 +82,7 @@ async fn read(ctx: &SessionContext, file: &str) -> Result<Vec<RecordBatch>> {
     } else {
         return Err(GobiError::plan(format!("cannot tell the format of {file}")).with_hint("COPY reads .csv, .parquet and .json (one object per line)"));
     };
-    Ok(frame.collect().await?)
+    Ok(frame)
 }
 
 /// For each table column, the file column that fills it (or none: NULL).
@@ -89,17 +104,15 @@ fn match_columns(file_schema: &Schema, target: &Schema, file: &str, table: &str)
         .collect())
 }
 
-/// One batch in the table's columns and types; the first value that does not convert is an
-/// error naming its row (counted from 1 over the whole file) and column.
-fn convert(batch: &RecordBatch, mapping: &[Option<usize>], target: &SchemaRef, first_row: usize, file: &str) -> Result<RecordBatch> {
+/// Checks that one batch converts to the table's columns and types; the first value that does
+/// not is an error naming its row (counted from 1 over the whole file) and column.
+fn check(batch: &RecordBatch, mapping: &[Option<usize>], target: &SchemaRef, first_row: usize, file: &str) -> Result<()> {
     let options = CastOptions { safe: true, ..Default::default() };
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(mapping.len());
     for (field, source) in target.fields().iter().zip(mapping) {
         let Some(source) = source else {
             if !field.is_nullable() && batch.num_rows() > 0 {
                 return Err(GobiError::data(format!("row {first_row} of {file}: column {} is NOT NULL and the file does not have it", field.name())));
             }
-            columns.push(new_null_array(field.data_type(), batch.num_rows()));
             continue;
         };
         let column = batch.column(*source);
@@ -118,7 +131,6 @@ fn convert(batch: &RecordBatch, mapping: &[Option<usize>], target: &SchemaRef, f
             let row = (0..cast.len()).find(|&i| cast.is_null(i)).expect("counted a null");
             return Err(GobiError::data(format!("row {} of {file}, column {}: NULL in a NOT NULL column", first_row + row, field.name())));
         }
-        columns.push(cast);
     }
-    Ok(RecordBatch::try_new(Arc::clone(target), columns)?)
+    Ok(())
 }

@@ -112,6 +112,8 @@ pub struct BlockFunction {
     name: String,
     text: String,
     params: Vec<(String, DataType)>,
+    /// One column per parameter: the batch the body runs on.
+    input_schema: SchemaRef,
     return_type: DataType,
     signature: Signature,
     body: Vec<Step>,
@@ -148,6 +150,7 @@ impl BlockFunction {
         };
         let return_type = arrow_type(state, returns)?;
         let fields: Vec<Field> = params.iter().map(|(n, t)| Field::new(n, t.clone(), true)).collect();
+        let input_schema = Arc::new(Schema::new(fields.clone()));
         let mut compiler = Compiler { state, return_type: &return_type, function: &def.name };
         let body = compiler.block(statements, fields)?;
         let signature = Signature::user_defined(Volatility::Immutable);
@@ -155,6 +158,7 @@ impl BlockFunction {
             name: def.name.clone(),
             text: def.text.clone(),
             params,
+            input_schema,
             return_type,
             signature,
             body,
@@ -170,10 +174,6 @@ impl BlockFunction {
     pub fn memo_stats(&self) -> (usize, u64, u64) {
         let memo = self.memo.lock();
         (memo.bytes(), memo.hits(), memo.misses())
-    }
-
-    fn input_schema(&self) -> SchemaRef {
-        Arc::new(Schema::new(self.params.iter().map(|(n, t)| Field::new(n, t.clone(), true)).collect::<Vec<_>>()))
     }
 
     /// Runs the body over `batch` (one column per parameter).
@@ -431,7 +431,7 @@ impl ScalarUDFImpl for BlockFunction {
                 || given.is_null()
                 || (given.is_numeric() && wanted.is_numeric())
                 || (is_string(given) && is_string(wanted))
-                || (is_temporal(given) && is_temporal(wanted));
+                || (given.is_temporal() && wanted.is_temporal());
             if !fits {
                 return Err(DataFusionError::Plan(format!(
                     "function {}: argument {} ({name}) must be {wanted}, got {given}",
@@ -448,7 +448,7 @@ impl ScalarUDFImpl for BlockFunction {
         let rows = if all_scalar { 1 } else { args.number_rows };
         let columns = args.args.iter().map(|a| a.to_array(rows)).collect::<DfResult<Vec<_>>>()?;
         let batch = RecordBatch::try_new_with_options(
-            self.input_schema(),
+            Arc::clone(&self.input_schema),
             columns,
             &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
         )?;
@@ -468,10 +468,6 @@ impl ScalarUDFImpl for BlockFunction {
 
 fn is_string(t: &DataType) -> bool {
     matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
-}
-
-fn is_temporal(t: &DataType) -> bool {
-    t.is_temporal()
 }
 
 impl PartialEq for BlockFunction {

@@ -250,7 +250,7 @@ impl Session {
     /// The statement with PL-GRIZZLY's additions rewritten into SQL for this session.
     fn expand(&self, ast: &Ast) -> Result<Ast> {
         let mut ast = ast.clone();
-        expand_statement(&mut ast, &SessionScope { variables: &self.variables.read(), functions: &self.functions.read() })?;
+        expand_statement(&mut ast, &SessionScope { variables: &self.variables.read(), functions: &self.functions.read(), defining: None })?;
         Ok(ast)
     }
 
@@ -258,7 +258,7 @@ impl Session {
         let value = match value {
             LetValue::Scalar(expr) => {
                 let mut expr = expr.clone();
-                expand_expr(&mut expr, &SessionScope { variables: &self.variables.read(), functions: &self.functions.read() })?;
+                expand_expr(&mut expr, &SessionScope { variables: &self.variables.read(), functions: &self.functions.read(), defining: None })?;
                 Value::Scalar(self.evaluate_scalar(expr).await?)
             }
             LetValue::Table(query) => {
@@ -317,9 +317,10 @@ impl Session {
         if let gobi_lang::FunctionBody::Expr(body) = &def.body {
             // Expanding the body once, with the function itself in scope, finds recursion now
             // rather than at every call.
-            let scope = WithFunction {
-                inner: SessionScope { variables: &Variables::default(), functions: &self.functions.read() },
-                def: Arc::new(def.clone()),
+            let scope = SessionScope {
+                variables: &Variables::default(),
+                functions: &self.functions.read(),
+                defining: Some(Arc::new(def.clone())),
             };
             expand_expr(&mut body.clone(), &scope)?;
         }
@@ -335,7 +336,7 @@ impl Session {
     /// Makes `def` callable in this session: block bodies are compiled and registered as UDFs.
     fn define_function(&self, mut def: FunctionDef) -> Result<()> {
         let block = if let gobi_lang::FunctionBody::Block(statements) = &mut def.body {
-            let scope = SessionScope { variables: &Variables::default(), functions: &self.functions.read() };
+            let scope = SessionScope { variables: &Variables::default(), functions: &self.functions.read(), defining: None };
             expand_block(statements, &scope)?;
             let block = Arc::new(BlockFunction::compile(&self.ctx.state(), &def, Arc::clone(&self.memory))?);
             self.ctx.register_udf(block.udf());
@@ -729,6 +730,8 @@ impl Drop for EndOnDrop<'_> {
 struct SessionScope<'a> {
     variables: &'a Variables,
     functions: &'a Functions,
+    /// A function being defined, visible to its own body (so recursion is found).
+    defining: Option<Arc<FunctionDef>>,
 }
 
 impl Scope for SessionScope<'_> {
@@ -741,7 +744,10 @@ impl Scope for SessionScope<'_> {
     }
 
     fn function(&self, name: &str) -> Option<Arc<FunctionDef>> {
-        self.functions.get(name)
+        match &self.defining {
+            Some(def) if def.name == name => Some(Arc::clone(def)),
+            _ => self.functions.get(name),
+        }
     }
 
     fn table_type(&self, name: &str) -> Option<String> {
@@ -749,34 +755,6 @@ impl Scope for SessionScope<'_> {
             Value::Table(table) => Some(table.type_name()),
             Value::Scalar(_) => None,
         }
-    }
-}
-
-/// A scope in which one more function (the one being defined) exists.
-struct WithFunction<'a> {
-    inner: SessionScope<'a>,
-    def: Arc<FunctionDef>,
-}
-
-impl Scope for WithFunction<'_> {
-    fn variable(&self, name: &str) -> Option<SqlExpr> {
-        self.inner.variable(name)
-    }
-
-    fn variable_names(&self) -> Vec<String> {
-        self.inner.variable_names()
-    }
-
-    fn function(&self, name: &str) -> Option<Arc<FunctionDef>> {
-        if name == self.def.name {
-            Some(Arc::clone(&self.def))
-        } else {
-            self.inner.function(name)
-        }
-    }
-
-    fn table_type(&self, name: &str) -> Option<String> {
-        self.inner.table_type(name)
     }
 }
 

@@ -123,7 +123,7 @@ fn scalar_literal(value: &ScalarValue) -> Result<SqlExpr> {
         value,
         ScalarValue::Int64(_) | ScalarValue::Float64(_) | ScalarValue::Utf8(Some(_)) | ScalarValue::Boolean(_) | ScalarValue::Null
     );
-    let expr = if plain || value.is_null() && matches!(value, ScalarValue::Utf8(_)) {
+    let expr = if plain {
         lit(value.clone())
     } else {
         cast(lit(value.clone()), value.data_type())

@@ -90,9 +90,13 @@ impl Session {
     fn build(lakehouse: Option<Arc<LakehouseSchema>>) -> Self {
         let mut config = SessionConfig::new().with_information_schema(true);
         config.options_mut().sql_parser.collect_spans = true;
+        // Strings are read from Parquet as plain Utf8, not Utf8View: a view batch shares the
+        // page buffers of its neighbours, and every operator that reserves by batch size counts
+        // those whole buffers again (a 25 MB table sorted as 685 MB), so sorts and aggregations
+        // would spill or fail long before they hold what their pool allows.
+        config.options_mut().execution.parquet.schema_force_view_types = false;
         let limits = lakehouse.as_ref().map(|l| l.lakehouse().config().memory).unwrap_or_default();
-        let partitions = config.options().execution.target_partitions;
-        config.options_mut().execution.sort_spill_reservation_bytes = sort_merge_headroom(limits.query.0, partitions);
+        fit_execution_to_pool(config.options_mut(), limits.query.0);
         let memory = MemoryManager::new(limits);
         // Work that is not one statement's query (delta-rs writes, planning-time scans) is
         // charged to the query pool through this long-lived scope.
@@ -504,8 +508,7 @@ impl Session {
         if pool == PoolKind::Query {
             let state = self.ctx.state_ref();
             let mut state = state.write();
-            let options = state.config_mut().options_mut();
-            options.execution.sort_spill_reservation_bytes = sort_merge_headroom(bytes, options.execution.target_partitions);
+            fit_execution_to_pool(state.config_mut().options_mut(), bytes);
         }
     }
 
@@ -709,12 +712,21 @@ fn parse_duration(text: &str) -> Option<std::time::Duration> {
 /// still held after that is a leak.
 const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// What each sort sets aside to merge its spill files: DataFusion's 10 MiB per partition would
-/// not fit a small pool at all, so it is scaled to a quarter of the pool shared by the
-/// partitions (at least 64 KiB).
-fn sort_merge_headroom(query_pool: u64, partitions: usize) -> usize {
-    let share = query_pool / (4 * partitions.max(1) as u64);
-    usize::try_from(share.clamp(64 << 10, 10 << 20)).unwrap_or(10 << 20)
+/// Scales the settings whose memory is fixed per partition to the query pool, so spilling
+/// operators can finish in a small one:
+/// - what each sort sets aside to merge its spill files: DataFusion's 10 MiB per partition
+///   would not fit a small pool at all, so a quarter of the pool shared by the partitions
+///   (at least 64 KiB);
+/// - the batch size: merging spill files holds a batch of each run (and the final
+///   aggregation's merge cannot spill again), so 8192-row batches leave a 4 MiB pool no room to
+///   merge; one row per 8 KiB of each partition's share keeps the merges inside it (1024 to
+///   DataFusion's 8192).
+fn fit_execution_to_pool(options: &mut datafusion::config::ConfigOptions, query_pool: u64) {
+    let partitions = options.execution.target_partitions.max(1) as u64;
+    let headroom = query_pool / (4 * partitions);
+    options.execution.sort_spill_reservation_bytes = usize::try_from(headroom.clamp(64 << 10, 10 << 20)).unwrap_or(10 << 20);
+    let rows = (query_pool / (partitions * (8 << 10))).clamp(1024, 8192) as usize;
+    options.execution.batch_size = datafusion::config::ConfigNonZeroUsize::try_new(rows).expect("at least 1024 rows");
 }
 
 /// Ends a statement's memory scope when dropped, so an error or a cancelled future ends it too.

@@ -17,6 +17,10 @@ use gobi_lang::parse_script;
 
 use crate::output::{Format, Printer};
 
+/// jemalloc, counting what each query's operators allocate (gobi-memory's `allocator`).
+#[global_allocator]
+static ALLOCATOR: gobi_memory::GobiAllocator = gobi_memory::GobiAllocator::new();
+
 #[derive(Parser)]
 #[command(
     name = "gobi",
@@ -132,6 +136,7 @@ enum SummaryFormat {
 }
 
 fn main() -> ExitCode {
+    gobi_memory::allocator::mark_installed();
     let cli = Cli::parse();
     let format = cli.format.unwrap_or(if std::io::stdout().is_terminal() { Format::Table } else { Format::Csv });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
@@ -207,7 +212,9 @@ async fn query(lakehouse: Option<PathBuf>, memory: &MemoryArgs, args: QueryArgs,
         }
         None => memory.open(lakehouse)?,
     };
-    let summary = run_statements(&session, &source, printer).await?;
+    let summary = run_statements(&session, &source, printer).await;
+    session.close().await;
+    let summary = summary?;
     if args.summary.is_some() {
         printer.print_line(&serde_json::json!({ "rows": summary.rows, "seconds": summary.seconds }).to_string())?;
     }
@@ -217,7 +224,9 @@ async fn query(lakehouse: Option<PathBuf>, memory: &MemoryArgs, args: QueryArgs,
 async fn run_file(lakehouse: Option<PathBuf>, memory: &MemoryArgs, file: &Path, printer: &Printer) -> CliResult {
     let source = read_file(file)?;
     let session = memory.open(lakehouse)?;
-    run_statements(&session, &source, printer).await.map(|_| ())
+    let result = run_statements(&session, &source, printer).await.map(|_| ());
+    session.close().await;
+    result
 }
 
 fn read_file(file: &Path) -> Result<String, GobiError> {

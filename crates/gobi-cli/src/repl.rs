@@ -195,6 +195,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, session: Session, printer: &Printe
     if let Some(history) = &history {
         let _ = editor.save_history(history);
     }
+    runtime.block_on(session.close());
     Ok(())
 }
 

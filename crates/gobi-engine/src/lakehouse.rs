@@ -127,6 +127,13 @@ impl Lakehouse {
         Ok((mine, swept))
     }
 
+    /// The query log's Delta table: `_gobi/query_log/`.
+    pub fn query_log_url(&self) -> Result<Url> {
+        let path = self.root.join(STATE_DIR).join("query_log");
+        fs::create_dir_all(&path)?;
+        directory_url(&path)
+    }
+
     pub fn table_path(&self, name: &str) -> PathBuf {
         self.root.join(TABLES_DIR).join(name)
     }

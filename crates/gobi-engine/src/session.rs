@@ -29,6 +29,8 @@ use gobi_memory::{ByteSize, MemoryManager, PoolKind, QueryMemory};
 use crate::catalog::{unknown_table, FileTableFactory, LakehouseSchema};
 use crate::error::{GobiError, Result};
 use crate::functions::{BlockFunction, Functions};
+use crate::governed;
+use crate::query_log::{QueryLog, QueryLogFunction, QueryRecord, Status};
 use crate::lakehouse::{Definition, Lakehouse};
 use crate::rewrite;
 use crate::variables::{TableValue, Value, Variables};
@@ -65,6 +67,7 @@ pub struct Session {
     _session_scope: Arc<QueryMemory>,
     /// `memory.query_limit`: the most one statement may reserve (none: the pool's limit).
     query_limit: RwLock<Option<usize>>,
+    query_log: Arc<QueryLog>,
 }
 
 /// A variable as `.vars` lists it.
@@ -148,6 +151,8 @@ impl Session {
         for table in crate::memory_tables::MemoryTable::all(&memory) {
             ctx.register_udtf(table.name(), table);
         }
+        let query_log = QueryLog::new(lakehouse.as_ref().and_then(|schema| schema.lakehouse().query_log_url().ok()));
+        ctx.register_udtf("gobi_query_log", Arc::new(QueryLogFunction(Arc::clone(&query_log))));
         if let Some(schema) = &lakehouse {
             schema.attach(ctx.state_weak_ref());
         }
@@ -159,6 +164,7 @@ impl Session {
             memory,
             _session_scope: session_scope,
             query_limit: Default::default(),
+            query_log,
         };
         session.load_functions();
         session
@@ -474,17 +480,28 @@ impl Session {
     }
 
     /// Runs a plan with its own memory scope: every operator reserves from the query pool
-    /// under this statement's id, and the scope is ended (anything still held is a leak) when
-    /// the plan's streams are gone — after success, error or cancellation alike.
+    /// under this statement's id and its allocations are counted to it (`governed.rs`); the
+    /// scope is ended (anything still held is a leak) when the plan's streams are gone — after
+    /// success, error or cancellation alike — and the statement goes into the query log.
     async fn collect_governed(&self, plan: LogicalPlan, text: &str) -> Result<Output> {
-        let state = self.ctx.state();
         let scope = self.memory.begin_query(text, *self.query_limit.read());
+        let mut entry = LogEntry::new(self, &scope);
+        let result = self.run_governed(&plan, &scope, &mut entry).await;
+        entry.finish(match &result {
+            Ok(output) => Ok(output.row_count() as u64),
+            Err(e) => Err(e.message.clone()),
+        });
+        result
+    }
+
+    async fn run_governed(&self, plan: &LogicalPlan, scope: &Arc<QueryMemory>, entry: &mut LogEntry<'_>) -> Result<Output> {
+        let state = self.ctx.state();
         let runtime = RuntimeEnvBuilder::from_runtime_env(state.runtime_env())
-            .with_memory_pool(Arc::clone(&scope) as _)
+            .with_memory_pool(Arc::clone(scope) as _)
             .build_arc()?;
         let task = Arc::new(TaskContext::from(&state).with_runtime(runtime));
-        let ended = EndOnDrop(&scope);
-        let physical = state.create_physical_plan(&plan).await?;
+        let physical = governed::scoped(state.create_physical_plan(plan).await?, scope)?;
+        entry.plan = Some(Arc::clone(&physical));
         let schema = physical.schema();
         let result = datafusion::physical_plan::collect(physical, task).await;
         // After an error the plan's other tasks are aborted, not yet gone: wait until they have
@@ -493,8 +510,15 @@ impl Session {
         while scope.reserved_bytes() > 0 && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
-        drop(ended);
         Ok(Output::rows(result?, schema))
+    }
+
+    /// Ends the session: writes its query log rows to the lakehouse. A failure to write them
+    /// is reported, and never undoes what the statements did.
+    pub async fn close(&self) {
+        if let Err(e) = self.query_log.flush().await {
+            tracing::warn!("the query log could not be written: {}", e.message);
+        }
     }
 
     /// The memory manager of this session (pools, statements, consumers).
@@ -729,12 +753,54 @@ fn fit_execution_to_pool(options: &mut datafusion::config::ConfigOptions, query_
     options.execution.batch_size = datafusion::config::ConfigNonZeroUsize::try_new(rows).expect("at least 1024 rows");
 }
 
-/// Ends a statement's memory scope when dropped, so an error or a cancelled future ends it too.
-struct EndOnDrop<'a>(&'a QueryMemory);
+/// A statement's row in the query log, written when it is dropped: after success, an error
+/// (`finish` not called with Ok) or cancellation (the future dropped mid-way). Dropping it
+/// also ends the statement's memory scope.
+struct LogEntry<'a> {
+    session: &'a Session,
+    scope: &'a Arc<QueryMemory>,
+    started: chrono::DateTime<chrono::Utc>,
+    plan: Option<Arc<dyn datafusion::physical_plan::ExecutionPlan>>,
+    /// Rows returned, or the error's message; `None` until finished (cancelled if dropped so).
+    outcome: Option<std::result::Result<u64, String>>,
+}
 
-impl Drop for EndOnDrop<'_> {
+impl<'a> LogEntry<'a> {
+    fn new(session: &'a Session, scope: &'a Arc<QueryMemory>) -> Self {
+        Self { session, scope, started: chrono::Utc::now(), plan: None, outcome: None }
+    }
+
+    fn finish(&mut self, outcome: std::result::Result<u64, String>) {
+        self.outcome = Some(outcome);
+    }
+}
+
+impl Drop for LogEntry<'_> {
     fn drop(&mut self) {
-        self.0.end();
+        self.scope.end();
+        let (spills, spilled_bytes) = self.plan.as_ref().map_or((0, 0), governed::spills);
+        let (status, rows, error) = match self.outcome.take() {
+            Some(Ok(rows)) => (Status::Ok, rows, None),
+            Some(Err(message)) => (Status::Error, 0, Some(message)),
+            None => (Status::Cancelled, 0, None),
+        };
+        let memory = &self.session.memory;
+        self.session.query_log.record(QueryRecord {
+            query_id: self.scope.id(),
+            started_at: self.started,
+            text: self.scope.text().to_string(),
+            status,
+            error,
+            duration_ms: self.scope.started().elapsed().as_secs_f64() * 1000.0,
+            rows,
+            peak_reserved_bytes: self.scope.peak() as u64,
+            peak_actual_bytes: self.scope.actual().peak() as u64,
+            cache_bytes: memory.pool(PoolKind::Cache).reserved() as u64,
+            temp_bytes: memory.pool(PoolKind::Temp).reserved() as u64,
+            rejected: self.scope.rejected(),
+            spills,
+            spilled_bytes,
+        });
     }
 }
 

@@ -6,12 +6,14 @@
 //! [`MemoryManager`] that holds the pools and accounts for each statement ([`QueryMemory`],
 //! the `MemoryPool` DataFusion's operators reserve from). See `manager.rs` for the picture.
 
+pub mod allocator;
 mod byte_size;
 mod manager;
 mod pool;
 
 pub use byte_size::{ByteSize, ByteSizeError};
-pub use manager::{ConsumerStats, LeakStats, DEFAULT_LEAK_THRESHOLD, MemoryManager, PoolFull, QueryId, QueryMemory, Reservation};
+pub use allocator::{AllocScope, GobiAllocator, ProcessMemory};
+pub use manager::{ConsumerStats, LeakStats, DEFAULT_ACTUAL_MARGIN, DEFAULT_LEAK_THRESHOLD, MemoryManager, PoolFull, QueryId, QueryMemory, Reservation};
 pub use pool::{Pool, PoolKind, PoolStats};
 
 use serde::{Deserialize, Serialize};

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use datafusion_common::{DataFusionError, Result};
 use datafusion_execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation};
 
+use crate::allocator::AllocScope;
 use crate::pool::{Pool, PoolKind, PoolStats};
 use crate::{ByteSize, PoolLimits};
 
@@ -59,7 +60,14 @@ pub struct MemoryManager {
     fault_probability: AtomicU64,
     /// `memory.leak_threshold` in milliseconds: held longer than this counts as a leak.
     leak_threshold_ms: AtomicU64,
+    /// `memory.actual_margin` as f64 bits: how far past its limit a query's allocator bytes
+    /// may go (0.5: 50 % more) before it is stopped.
+    actual_margin: AtomicU64,
 }
+
+/// A query may allocate this much more than its limit (in parts of the limit) before it is
+/// stopped: room for decoding buffers and batches in flight that no operator reserves.
+pub const DEFAULT_ACTUAL_MARGIN: f64 = 1.0;
 
 /// Memory that outlived its reason: still held after its statement ended, or held longer than
 /// the leak threshold.
@@ -99,6 +107,7 @@ impl MemoryManager {
             unspillable_reserved: AtomicUsize::new(0),
             fault_probability: AtomicU64::new(0f64.to_bits()),
             leak_threshold_ms: AtomicU64::new(DEFAULT_LEAK_THRESHOLD.as_millis() as u64),
+            actual_margin: AtomicU64::new(DEFAULT_ACTUAL_MARGIN.to_bits()),
         })
     }
 
@@ -120,6 +129,8 @@ impl MemoryManager {
             limit,
             reserved: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
+            rejected: AtomicU64::new(0),
+            actual: Arc::default(),
             ended: AtomicBool::new(false),
             consumers: RwLock::new(HashMap::new()),
         });
@@ -173,6 +184,14 @@ impl MemoryManager {
 
     pub fn set_leak_threshold(&self, threshold: Duration) {
         self.leak_threshold_ms.store(threshold.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn set_actual_margin(&self, margin: f64) {
+        self.actual_margin.store(margin.max(0.0).to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn actual_margin(&self) -> f64 {
+        f64::from_bits(self.actual_margin.load(Ordering::Relaxed))
     }
 
     pub fn leak_threshold(&self) -> Duration {
@@ -259,6 +278,10 @@ pub struct QueryMemory {
     limit: Option<usize>,
     reserved: AtomicUsize,
     peak: AtomicUsize,
+    /// Requests refused (by the pool, the query's limit, an operator's share or a fault).
+    rejected: AtomicU64,
+    /// What the allocator handed out while this statement's streams were polled.
+    actual: Arc<AllocScope>,
     ended: AtomicBool,
     consumers: RwLock<HashMap<usize, Arc<Consumer>>>,
 }
@@ -283,6 +306,46 @@ impl QueryMemory {
 
     pub fn peak(&self) -> usize {
         self.peak.load(Ordering::Relaxed)
+    }
+
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// The allocator's count for this statement (see `allocator.rs`).
+    pub fn actual(&self) -> &Arc<AllocScope> {
+        &self.actual
+    }
+
+    /// The most this statement may reserve: its own limit, else the query pool's.
+    pub fn limit(&self) -> usize {
+        self.limit.unwrap_or_else(|| self.manager.pool(PoolKind::Query).limit())
+    }
+
+    /// Stops a statement whose allocator bytes passed its limit by more than
+    /// `memory.actual_margin`: memory no operator reserved, which would otherwise push the
+    /// process past its budget.
+    pub fn check_actual(&self) -> Result<()> {
+        let actual = self.actual.current();
+        let limit = self.limit();
+        let allowed = (limit as f64 * (1.0 + self.manager.actual_margin())) as usize;
+        if actual <= allowed {
+            return Ok(());
+        }
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        Err(DataFusionError::ResourcesExhausted(format!(
+            "query {} was stopped: it holds {} from the allocator, more than its {} limit plus the {:.0} % margin ({}), while its operators reserved only {}; \
+             the rest ({} untracked) is memory no operator reserves (decoded batches, results, intermediates). \
+             Make the query keep less (aggregate or LIMIT it), or raise the limit: SET memory.query_pool = '{}MiB'",
+            self.id,
+            ByteSize(actual as u64),
+            ByteSize(limit as u64),
+            self.manager.actual_margin() * 100.0,
+            ByteSize(allowed as u64),
+            ByteSize(self.peak() as u64),
+            ByteSize(actual.saturating_sub(self.reserved_bytes()) as u64),
+            (actual as f64 / (1.0 + self.manager.actual_margin())).div_euclid((1 << 20) as f64) as u64 + 1,
+        )))
     }
 
     /// What the statement's operators hold now.
@@ -349,6 +412,7 @@ impl QueryMemory {
     /// The one message for a request that does not fit: pool, request, limit, who holds the
     /// memory, and the setting to raise.
     fn exhausted(&self, reservation: &MemoryReservation, bytes: usize, available: usize, limit: usize, what: &str, setting: &str) -> DataFusionError {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
         let pool = self.manager.pool(PoolKind::Query);
         let consumers = self.manager.consumers();
         let top: Vec<String> = consumers
@@ -425,6 +489,7 @@ impl MemoryPool for QueryMemory {
 
     fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
         if let Some(probability) = self.manager.inject_fault() {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
             return Err(DataFusionError::ResourcesExhausted(format!(
                 "injected fault (memory.fault_probability = {probability}): {} (query {}) was refused {}",
                 reservation.consumer().name(),

@@ -1,0 +1,130 @@
+//! Running a physical plan inside its statement's memory scope.
+//!
+//! Every node of the plan is wrapped in a [`ScopedExec`] whose streams enter the statement's
+//! allocator scope around each poll: whichever thread (or spawned task) polls an operator,
+//! what the operator allocates is charged to that statement ("actual" bytes). Before handing
+//! out a batch, the stream checks that the statement's actual bytes are within its limit plus
+//! `memory.actual_margin`, and stops it with a clear error when not.
+//!
+//! ```text
+//!   ScopedExec(SortExec')            SortExec' = SortExec with its child replaced
+//!     └── ScopedExec(FilterExec')      the wrapper is invisible: it displays, downcasts and
+//!           └── ScopedExec(scan)       reports metrics as the node it wraps
+//! ```
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::Result;
+use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::metrics::MetricsSet;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use futures::Stream;
+use gobi_memory::{allocator, QueryMemory};
+
+/// Wraps every node of `plan` so its work is charged to `query`.
+pub fn scoped(plan: Arc<dyn ExecutionPlan>, query: &Arc<QueryMemory>) -> Result<Arc<dyn ExecutionPlan>> {
+    let children = plan.children().into_iter().map(|child| scoped(Arc::clone(child), query)).collect::<Result<Vec<_>>>()?;
+    let inner = if children.is_empty() {
+        plan
+    } else {
+        // Keep: the wrapped children have the same properties, and a node rebuilt this way keeps
+        // its state (a hash join's dynamic filter stays the one its scan was given).
+        plan.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep))?
+    };
+    Ok(Arc::new(ScopedExec { inner, query: Arc::clone(query) }))
+}
+
+/// What the plan's operators spilled: (spill files written, bytes written).
+pub fn spills(plan: &Arc<dyn ExecutionPlan>) -> (u64, u64) {
+    let own = plan.metrics().map_or((0, 0), |m| (m.spill_count().unwrap_or(0) as u64, m.spilled_bytes().unwrap_or(0) as u64));
+    plan.children().into_iter().map(spills).fold(own, |(a, b), (c, d)| (a + c, b + d))
+}
+
+pub struct ScopedExec {
+    inner: Arc<dyn ExecutionPlan>,
+    query: Arc<QueryMemory>,
+}
+
+impl fmt::Debug for ScopedExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl DisplayAs for ScopedExec {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        self.inner.fmt_as(t, f)
+    }
+}
+
+impl ExecutionPlan for ScopedExec {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn downcast_delegate(&self) -> Option<&dyn ExecutionPlan> {
+        Some(self.inner.as_ref())
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.inner.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        self.inner.children()
+    }
+
+    fn apply_expressions(&self, f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>) -> Result<TreeNodeRecursion> {
+        self.inner.apply_expressions(f)
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        let inner = Arc::clone(&self.inner).with_new_children(children)?;
+        Ok(Arc::new(ScopedExec { inner, query: Arc::clone(&self.query) }))
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let _scope = allocator::enter(self.query.actual());
+        let inner = self.inner.execute(partition, context)?;
+        Ok(Box::pin(ScopedStream { inner, query: Arc::clone(&self.query) }))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        self.inner.metrics()
+    }
+}
+
+struct ScopedStream {
+    inner: SendableRecordBatchStream,
+    query: Arc<QueryMemory>,
+}
+
+impl Stream for ScopedStream {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = {
+            let _scope = allocator::enter(self.query.actual());
+            self.inner.as_mut().poll_next(cx)
+        };
+        match polled {
+            Poll::Ready(Some(Ok(batch))) => Poll::Ready(Some(self.query.check_actual().map(|()| batch))),
+            other => other,
+        }
+    }
+}
+
+impl RecordBatchStream for ScopedStream {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+}

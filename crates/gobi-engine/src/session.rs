@@ -24,7 +24,7 @@ use parking_lot::RwLock;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::TaskContext;
-use gobi_memory::{ByteSize, MemoryManager, PoolKind, QueryMemory};
+use gobi_memory::{ByteSize, Margin, MemoryManager, PoolKind, QueryMemory};
 
 use crate::catalog::{unknown_table, FileTableFactory, LakehouseSchema};
 use crate::error::{GobiError, Result};
@@ -555,6 +555,15 @@ impl Session {
             self.memory.set_fault_probability(probability);
             return Ok(Output::Done(format!("memory.fault_probability = {probability}")));
         }
+        if name == "actual_margin" {
+            let margin = match text.strip_suffix('%') {
+                Some(percent) => percent.trim().parse::<f64>().ok().filter(|p| *p >= 0.0).map(|p| Margin::Fraction(p / 100.0)),
+                None => text.parse::<ByteSize>().ok().map(|size| Margin::Bytes(usize::try_from(size.0).unwrap_or(usize::MAX))),
+            }
+            .ok_or_else(|| GobiError::plan(format!("memory.actual_margin must be a size such as '64MiB' or a percentage such as '50%', not {text}")))?;
+            self.memory.set_actual_margin(margin);
+            return Ok(Output::Done(format!("memory.actual_margin = {margin}")));
+        }
         if name == "leak_threshold" {
             let threshold = parse_duration(&text).ok_or_else(|| {
                 GobiError::plan(format!("memory.leak_threshold must be a duration such as '300s' or '5min', not {text}"))
@@ -569,11 +578,11 @@ impl Session {
             "temp_pool" => self.set_pool_limit(PoolKind::Temp, size.0),
             "query_limit" => *self.query_limit.write() = Some(usize::try_from(size.0).unwrap_or(usize::MAX)),
             other => {
-                let known = ["query_pool", "cache_pool", "temp_pool", "query_limit", "fault_probability", "leak_threshold"].map(String::from);
+                let known = ["query_pool", "cache_pool", "temp_pool", "query_limit", "fault_probability", "leak_threshold", "actual_margin"].map(String::from);
                 let error = GobiError::plan(format!("unknown setting memory.{other}"));
                 return Err(match gobi_lang::closest_name(other, &known) {
                     Some(close) => error.with_hint(format!("did you mean memory.{close}?")),
-                    None => error.with_hint("memory settings: query_pool, cache_pool, temp_pool, query_limit, fault_probability, leak_threshold"),
+                    None => error.with_hint("memory settings: query_pool, cache_pool, temp_pool, query_limit, fault_probability, leak_threshold, actual_margin"),
                 });
             }
         }
@@ -743,14 +752,14 @@ const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 ///   (at least 64 KiB);
 /// - the batch size: merging spill files holds a batch of each run (and the final
 ///   aggregation's merge cannot spill again), so 8192-row batches leave a 4 MiB pool no room to
-///   merge; one row per 8 KiB of each partition's share keeps the merges inside it (1024 to
+///   merge; one row per 8 KiB of each partition's share keeps the merges inside it (256 to
 ///   DataFusion's 8192).
 fn fit_execution_to_pool(options: &mut datafusion::config::ConfigOptions, query_pool: u64) {
     let partitions = options.execution.target_partitions.max(1) as u64;
     let headroom = query_pool / (4 * partitions);
     options.execution.sort_spill_reservation_bytes = usize::try_from(headroom.clamp(64 << 10, 10 << 20)).unwrap_or(10 << 20);
-    let rows = (query_pool / (partitions * (8 << 10))).clamp(1024, 8192) as usize;
-    options.execution.batch_size = datafusion::config::ConfigNonZeroUsize::try_new(rows).expect("at least 1024 rows");
+    let rows = (query_pool / (partitions * (8 << 10))).clamp(256, 8192) as usize;
+    options.execution.batch_size = datafusion::config::ConfigNonZeroUsize::try_new(rows).expect("at least 256 rows");
 }
 
 /// A statement's row in the query log, written when it is dropped: after success, an error

@@ -13,7 +13,7 @@ mod pool;
 
 pub use byte_size::{ByteSize, ByteSizeError};
 pub use allocator::{AllocScope, GobiAllocator, ProcessMemory};
-pub use manager::{ConsumerStats, LeakStats, DEFAULT_ACTUAL_MARGIN, DEFAULT_LEAK_THRESHOLD, MemoryManager, PoolFull, QueryId, QueryMemory, Reservation};
+pub use manager::{ConsumerStats, LeakStats, Margin, DEFAULT_ACTUAL_MARGIN, DEFAULT_LEAK_THRESHOLD, MemoryManager, PoolFull, QueryId, QueryMemory, Reservation};
 pub use pool::{Pool, PoolKind, PoolStats};
 
 use serde::{Deserialize, Serialize};

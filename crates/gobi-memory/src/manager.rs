@@ -42,6 +42,11 @@ pub type QueryId = u64;
 /// otherwise.
 pub const DEFAULT_LEAK_THRESHOLD: Duration = Duration::from_secs(300);
 
+/// A pool this full (in percent of its limit) is under `high` pressure.
+pub const HIGH_PRESSURE_PERCENT: usize = 80;
+/// A pool this full is under `critical` pressure.
+pub const CRITICAL_PRESSURE_PERCENT: usize = 95;
+
 /// How many of the largest consumers an out-of-memory message names.
 const TOP_CONSUMERS: usize = 5;
 
@@ -60,14 +65,41 @@ pub struct MemoryManager {
     fault_probability: AtomicU64,
     /// `memory.leak_threshold` in milliseconds: held longer than this counts as a leak.
     leak_threshold_ms: AtomicU64,
-    /// `memory.actual_margin` as f64 bits: how far past its limit a query's allocator bytes
-    /// may go (0.5: 50 % more) before it is stopped.
-    actual_margin: AtomicU64,
+    /// `memory.actual_margin`: how far past its limit a query's allocator bytes may go before
+    /// it is stopped.
+    actual_margin: RwLock<Margin>,
 }
 
-/// A query may allocate this much more than its limit (in parts of the limit) before it is
-/// stopped: room for decoding buffers and batches in flight that no operator reserves.
-pub const DEFAULT_ACTUAL_MARGIN: f64 = 1.0;
+/// How far past its limit a query's allocator bytes may go: decoding buffers, batches in
+/// flight and the query's result are memory no operator reserves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Margin {
+    Bytes(usize),
+    /// A part of the query's limit (0.5: half of it).
+    Fraction(f64),
+}
+
+impl Margin {
+    pub fn of(self, limit: usize) -> usize {
+        match self {
+            Margin::Bytes(bytes) => bytes,
+            Margin::Fraction(fraction) => (limit as f64 * fraction) as usize,
+        }
+    }
+}
+
+impl fmt::Display for Margin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Margin::Bytes(bytes) => write!(f, "{}", ByteSize(*bytes as u64)),
+            Margin::Fraction(fraction) => write!(f, "{:.0}%", fraction * 100.0),
+        }
+    }
+}
+
+/// The default margin: a fixed amount rather than a part of the limit, because a small pool's
+/// query still decodes whole Parquet pages and holds its result.
+pub const DEFAULT_ACTUAL_MARGIN: Margin = Margin::Bytes(64 << 20);
 
 /// Memory that outlived its reason: still held after its statement ended, or held longer than
 /// the leak threshold.
@@ -107,7 +139,7 @@ impl MemoryManager {
             unspillable_reserved: AtomicUsize::new(0),
             fault_probability: AtomicU64::new(0f64.to_bits()),
             leak_threshold_ms: AtomicU64::new(DEFAULT_LEAK_THRESHOLD.as_millis() as u64),
-            actual_margin: AtomicU64::new(DEFAULT_ACTUAL_MARGIN.to_bits()),
+            actual_margin: RwLock::new(DEFAULT_ACTUAL_MARGIN),
         })
     }
 
@@ -186,12 +218,12 @@ impl MemoryManager {
         self.leak_threshold_ms.store(threshold.as_millis() as u64, Ordering::Relaxed);
     }
 
-    pub fn set_actual_margin(&self, margin: f64) {
-        self.actual_margin.store(margin.max(0.0).to_bits(), Ordering::Relaxed);
+    pub fn set_actual_margin(&self, margin: Margin) {
+        *self.actual_margin.write().expect("the margin is never poisoned") = margin;
     }
 
-    pub fn actual_margin(&self) -> f64 {
-        f64::from_bits(self.actual_margin.load(Ordering::Relaxed))
+    pub fn actual_margin(&self) -> Margin {
+        *self.actual_margin.read().expect("the margin is never poisoned")
     }
 
     pub fn leak_threshold(&self) -> Duration {
@@ -328,23 +360,24 @@ impl QueryMemory {
     pub fn check_actual(&self) -> Result<()> {
         let actual = self.actual.current();
         let limit = self.limit();
-        let allowed = (limit as f64 * (1.0 + self.manager.actual_margin())) as usize;
+        let margin = self.manager.actual_margin();
+        let allowed = limit + margin.of(limit);
         if actual <= allowed {
             return Ok(());
         }
         self.rejected.fetch_add(1, Ordering::Relaxed);
         Err(DataFusionError::ResourcesExhausted(format!(
-            "query {} was stopped: it holds {} from the allocator, more than its {} limit plus the {:.0} % margin ({}), while its operators reserved only {}; \
+            "query {} was stopped: it holds {} from the allocator, more than its {} limit plus the {} margin ({}), while its operators reserved only {}; \
              the rest ({} untracked) is memory no operator reserves (decoded batches, results, intermediates). \
              Make the query keep less (aggregate or LIMIT it), or raise the limit: SET memory.query_pool = '{}MiB'",
             self.id,
             ByteSize(actual as u64),
             ByteSize(limit as u64),
-            self.manager.actual_margin() * 100.0,
+            margin,
             ByteSize(allowed as u64),
             ByteSize(self.peak() as u64),
             ByteSize(actual.saturating_sub(self.reserved_bytes()) as u64),
-            (actual as f64 / (1.0 + self.manager.actual_margin())).div_euclid((1 << 20) as f64) as u64 + 1,
+            (limit + actual - allowed).div_ceil(1 << 20),
         )))
     }
 

@@ -24,40 +24,78 @@ fn pools_after(lh: &Lakehouse, args: &[&str], script: &str) -> Vec<(String, u64,
         .collect()
 }
 
+/// The query log's rows for statements whose text starts with `prefix`, newest first:
+/// (status, peak reserved, peak actual, spills, spilled bytes).
+fn logged(lh: &Lakehouse, prefix: &str) -> Vec<(String, u64, u64, u64, u64)> {
+    let sql = format!(
+        "SELECT status, peak_reserved_bytes, peak_actual_bytes, spills, spilled_bytes FROM gobi_query_log() \
+         WHERE starts_with(text, '{}') ORDER BY started_at DESC",
+        prefix.replace('\'', "''")
+    );
+    let run = gobi(&["query", "--format", "json", &sql], lh.path()).ok();
+    crate::support::parse_json_rows(&run.stdout)
+        .into_iter()
+        .map(|r| (r[0].as_str().unwrap().to_string(), r[1].as_u64().unwrap(), r[2].as_u64().unwrap(), r[3].as_u64().unwrap(), r[4].as_u64().unwrap()))
+        .collect()
+}
+
+/// A group-by and a sort that need several times a 4 MiB query pool finish under it, spill
+/// (the query log says so), and give exactly the answer of an unlimited run; afterwards every
+/// pool reads 0 and no spill file is left.
 #[test]
-fn a_group_by_bigger_than_the_pool_spills_and_gives_the_unlimited_answer() {
+fn a_sort_and_a_group_by_bigger_than_the_pool_spill_and_give_the_unlimited_answer() {
     let lh = wide_table();
-    // (Without ORDER BY: DataFusion 55's sort cannot yet finish its merge in a pool this small;
-    // the rows are compared in sorted order instead.)
-    let query = "SELECT k, count(*) AS n, sum(id) AS total, max(s) AS top FROM t GROUP BY k";
-    let sorted_lines = |memory: &str| {
-        let out = gobi(&["--memory-query", memory, "query", "--format", "csv", query], lh.path()).ok().stdout;
-        let mut lines: Vec<String> = out.lines().map(str::to_string).collect();
-        lines.sort();
-        lines
-    };
-    let (unlimited, small) = (sorted_lines("1GiB"), sorted_lines("4MiB"));
-    assert_eq!(small.len(), 100_004, "a header and one row per key");
-    assert!(small == unlimited, "the spilled result differs from the unlimited one");
+    let queries = [
+        "SELECT k, count(*) AS n, sum(id) AS total, max(s) AS top FROM t GROUP BY k ORDER BY k",
+        "SELECT s, id, k FROM t ORDER BY s, id",
+    ];
+    for query in queries {
+        let run = |memory: &str| gobi(&["--memory-query", memory, "query", "--format", "csv", query], lh.path()).ok().stdout;
+        let (unlimited, small) = (run("1GiB"), run("4MiB"));
+        assert!(small.lines().count() > 100_000, "{query}: {} lines", small.lines().count());
+        assert!(small == unlimited, "{query}: the spilled result differs from the unlimited one");
 
-    let analyzed = gobi(&["--memory-query", "4MiB", "query", &format!("EXPLAIN ANALYZE {query}")], lh.path()).ok().stdout;
-    let spills: u64 = analyzed
-        .split("spill_count=")
-        .skip(1)
-        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok())
-        .sum();
-    assert!(spills > 0, "the aggregation spilled:\n{analyzed}");
+        let log = logged(&lh, query);
+        let (status, peak, _, spills, spilled) = &log[0];
+        assert_eq!(status, "ok");
+        assert!(*spills > 0 && *spilled > 0, "{query}: the query log shows no spill: {log:?}");
+        assert!(*peak <= 4 << 20, "{query}: peak {peak} within the 4 MiB limit");
+        let unlimited_run = &log[1];
+        assert!(unlimited_run.1 > 4 << 20, "{query}: unlimited, it reserved more than the small pool: {log:?}");
 
-    // Afterwards, in the same session, every pool reads 0 and the peak stayed within the limit.
-    let pools = pools_after(&lh, &["--memory-query", "4MiB"], &format!("{query}; SHOW MEMORY"));
-    let query_pool = &pools[0];
-    assert_eq!((query_pool.0.as_str(), query_pool.1), ("query", 4 << 20));
-    assert!(query_pool.3 > 0 && query_pool.3 <= 4 << 20, "peak {} within the 4 MiB limit", query_pool.3);
-    for (pool, _, reserved, _) in &pools {
-        assert_eq!(*reserved, 0, "{pool} pool reads 0 after the query");
+        let pools = pools_after(&lh, &["--memory-query", "4MiB"], &format!("{query}; SHOW MEMORY"));
+        for (pool, _, reserved, _) in &pools {
+            assert_eq!(*reserved, 0, "{query}: {pool} pool reads 0 after the query");
+        }
+        let spill_files: Vec<_> = walk(&lh.path().join("_gobi/spill"));
+        assert!(spill_files.is_empty(), "{query}: spill files left behind: {spill_files:?}");
     }
-    let spill_files: Vec<_> = walk(&lh.path().join("_gobi/spill"));
-    assert!(spill_files.is_empty(), "spill files left behind: {spill_files:?}");
+}
+
+/// A query that allocates far more than it reserves (its result: 200 000 strings of 960 bytes,
+/// held whole) shows it as untracked memory and is stopped once its allocator bytes pass its
+/// limit plus the margin, long before it would have held its 192 MB.
+#[test]
+fn a_query_allocating_without_reserving_is_stopped_past_its_margin() {
+    let lh = Lakehouse::new();
+    let query = "SELECT repeat(md5(CAST(value AS STRING)), 30) AS big FROM generate_series(1, 200000)";
+    let run = gobi(&["--memory-query", "16MiB", "query", "--format", "csv", &format!("SET memory.actual_margin = '100%'; {query}")], lh.path()).user_error();
+    for part in ["was stopped", "from the allocator", "untracked", "SET memory.query_pool = '"] {
+        assert!(run.stderr.contains(part), "{part}: {}", run.stderr);
+    }
+    let log = logged(&lh, query);
+    let (status, reserved, actual, _, _) = &log[0];
+    assert_eq!(status, "error");
+    assert!(*actual > 32 << 20, "stopped only past limit + margin (32 MiB): actual {actual}");
+    assert!(*actual < 96 << 20, "stopped soon after (within a few batches): actual {actual}");
+    assert!(*reserved < *actual / 10, "most of it untracked: reserved {reserved}, actual {actual}");
+
+    // With room, the same statement finishes, and the log counts what it really held.
+    let rows = gobi(&["--memory-query", "1GiB", "query", "--format", "csv", query], lh.path()).ok().stdout.lines().count();
+    assert_eq!(rows, 200_001);
+    let (status, _, actual, _, _) = &logged(&lh, query)[0];
+    assert_eq!(status, "ok");
+    assert!(*actual > 180_000_000, "the result's 192 MB were counted: {actual}");
 }
 
 #[test]

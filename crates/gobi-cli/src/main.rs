@@ -2,6 +2,7 @@
 //! what the engine returns; everything else lives in the library crates.
 
 mod demo;
+mod memory;
 mod output;
 mod repl;
 
@@ -64,6 +65,16 @@ enum Command {
     /// An interactive shell: statements end at `;`, `.help` lists the dot commands.
     #[command(after_help = "Example:\n  gobi --lakehouse gobi-demo repl")]
     Repl,
+    /// Memory: pools, pressure, leaks and cleanup of this process, with the lakehouse's query
+    /// log and memory events from earlier ones.
+    #[command(after_help = "Examples:\n  gobi memory stats\n  gobi memory pressure --history --json\n  gobi memory leaks\n  gobi memory cleanup")]
+    Memory {
+        #[command(subcommand)]
+        report: memory::Report,
+        /// One JSON object instead of tables (byte figures as plain numbers).
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Generate TPC-H data into a new lakehouse and run a few TPC-H queries on it.
     #[command(after_help = "Example:\n  gobi demo              # scale 0.1 (~100 MB) in ./gobi-demo\n  gobi demo big --scale 1")]
     Demo {
@@ -149,6 +160,7 @@ fn main() -> ExitCode {
             Ok(session) => repl::run(&runtime, session, &printer),
             Err(error) => Err(error.into()),
         },
+        Command::Memory { report, json } => runtime.block_on(memory_report(cli.lakehouse, &cli.memory, report, json, &printer)),
         Command::Demo { dir, scale } => {
             runtime.block_on(demo::run(dir.or(cli.lakehouse).unwrap_or_else(|| "gobi-demo".into()), scale, &printer))
         }
@@ -227,6 +239,14 @@ async fn run_file(lakehouse: Option<PathBuf>, memory: &MemoryArgs, file: &Path, 
     let result = run_statements(&session, &source, printer).await.map(|_| ());
     session.close().await;
     result
+}
+
+async fn memory_report(lakehouse: Option<PathBuf>, memory: &MemoryArgs, report: memory::Report, json: bool, printer: &Printer) -> CliResult {
+    let session = memory.open(lakehouse)?;
+    let text = memory::report(&session, report, json).await;
+    session.close().await;
+    printer.print_line(text?.trim_end())?;
+    Ok(())
 }
 
 fn read_file(file: &Path) -> Result<String, GobiError> {

@@ -24,6 +24,10 @@ impl Printer {
         Self { format }
     }
 
+    pub fn is_json(&self) -> bool {
+        matches!(self.format, Format::Json)
+    }
+
     /// Result rows go to stdout; what a statement did (created, dropped, …) goes to stderr,
     /// so that stdout stays parseable.
     pub fn print(&self, output: &Output) -> Result<(), GobiError> {

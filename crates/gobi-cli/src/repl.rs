@@ -27,7 +27,8 @@ Ctrl-C cancels a running query (or clears the input), Ctrl-D or .quit leaves.
   .schema T      the columns of table T
   .vars          the session's variables, with their types and sizes
   .memory        the memory pools (limit, reserved, peak, …); `.memory consumers` the
-                 operators holding memory now; `.memory leaks` memory held past its statement
+                 operators holding memory now; `.memory stats|pressure [--history]|leaks|cleanup`
+                 as `gobi memory …` reports them; leaks: memory held past its statement
   .help          this text
   .quit          leave
 ";
@@ -234,9 +235,21 @@ fn dot_command(runtime: &tokio::runtime::Runtime, session: &Session, printer: &P
             return Flow::Continue;
         }
         (Some(".tables"), _) => "SHOW TABLES".to_string(),
-        (Some(".memory"), None | Some("stats")) => "SHOW MEMORY".to_string(),
+        (Some(".memory"), None) => "SHOW MEMORY".to_string(),
         (Some(".memory"), Some("consumers")) => "SELECT * FROM gobi_memory_consumers()".to_string(),
-        (Some(".memory"), Some("leaks")) => "SELECT * FROM gobi_memory_leaks()".to_string(),
+        (Some(".memory"), Some(what @ ("stats" | "pressure" | "leaks" | "cleanup"))) => {
+            let report = match what {
+                "stats" => crate::memory::Report::Stats,
+                "pressure" => crate::memory::Report::Pressure { history: words.next() == Some("--history") },
+                "leaks" => crate::memory::Report::Leaks,
+                _ => crate::memory::Report::Cleanup,
+            };
+            match runtime.block_on(crate::memory::report(session, report, printer.is_json())) {
+                Ok(text) => print!("{text}"),
+                Err(e) => eprint!("{}", e.render(None)),
+            }
+            return Flow::Continue;
+        }
         (Some(".schema"), Some(table)) => format!("DESCRIBE {table}"),
         (Some(".schema"), None) => {
             eprintln!("usage: .schema TABLE");

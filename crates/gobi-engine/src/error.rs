@@ -19,6 +19,8 @@ pub enum ErrorKind {
     Conflict,
     /// The query was cancelled (Ctrl-C).
     Cancelled,
+    /// A memory limit was reached and the query could not spill its way under it.
+    Memory,
     /// Something gobi did not expect: a bug or an I/O failure.
     Internal,
 }

@@ -108,17 +108,19 @@ impl Lakehouse {
     }
 
     /// This process's spill folder, created after removing the folders of processes that are
-    /// gone (a crash or `kill -9` leaves their spill files behind). Returns the folder and
-    /// how many stale ones were removed.
-    pub fn prepare_spill_dir(&self) -> Result<(PathBuf, usize)> {
+    /// gone (a crash or `kill -9` leaves their spill files behind). Returns the folder, and
+    /// how many stale folders were removed with how many bytes.
+    pub fn prepare_spill_dir(&self) -> Result<(PathBuf, (usize, u64))> {
         let root = self.spill_dir();
         fs::create_dir_all(&root)?;
-        let mut swept = 0;
+        let mut swept = (0, 0);
         for entry in fs::read_dir(&root)?.flatten() {
             let pid = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok());
             if pid.is_some_and(|pid| pid != std::process::id() && !process_is_running(pid)) {
+                let bytes = folder_bytes(&entry.path());
                 if fs::remove_dir_all(entry.path()).is_ok() {
-                    swept += 1;
+                    swept.0 += 1;
+                    swept.1 += bytes;
                 }
             }
         }
@@ -127,9 +129,9 @@ impl Lakehouse {
         Ok((mine, swept))
     }
 
-    /// The query log's Delta table: `_gobi/query_log/`.
-    pub fn query_log_url(&self) -> Result<Url> {
-        let path = self.root.join(STATE_DIR).join("query_log");
+    /// One of gobi's own Delta tables (`query_log`, `memory_events`): `_gobi/<name>/`.
+    pub fn log_url(&self, name: &str) -> Result<Url> {
+        let path = self.root.join(STATE_DIR).join(name);
         fs::create_dir_all(&path)?;
         directory_url(&path)
     }
@@ -260,6 +262,19 @@ fn stays_inside(name: &str) -> bool {
 }
 
 /// A `file://` URL for a local folder, as delta-rs wants it.
+fn folder_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => folder_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 pub fn directory_url(path: &Path) -> Result<Url> {
     let absolute = std::path::absolute(path)?;
     Url::from_directory_path(&absolute)

@@ -20,7 +20,7 @@ mod governed;
 mod lakehouse;
 mod memo;
 mod memory_tables;
-mod query_log;
+mod logs;
 mod rewrite;
 mod session;
 mod variables;
@@ -28,4 +28,4 @@ mod writes;
 
 pub use error::{ErrorKind, GobiError, Result};
 pub use lakehouse::{Config, Lakehouse, CONFIG_FILE};
-pub use session::{Output, Session, VariableSummary};
+pub use session::{CleanupReport, Output, Session, VariableSummary};

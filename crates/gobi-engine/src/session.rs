@@ -30,7 +30,7 @@ use crate::catalog::{unknown_table, FileTableFactory, LakehouseSchema};
 use crate::error::{GobiError, Result};
 use crate::functions::{BlockFunction, Functions};
 use crate::governed;
-use crate::query_log::{QueryLog, QueryLogFunction, QueryRecord, Status};
+use crate::logs::{events_batch, events_schema, query_log_batch, query_log_schema, DeltaLog, LogFunction, QueryRecord, Status};
 use crate::lakehouse::{Definition, Lakehouse};
 use crate::rewrite;
 use crate::variables::{TableValue, Value, Variables};
@@ -67,7 +67,26 @@ pub struct Session {
     _session_scope: Arc<QueryMemory>,
     /// `memory.query_limit`: the most one statement may reserve (none: the pool's limit).
     query_limit: RwLock<Option<usize>>,
-    query_log: Arc<QueryLog>,
+    query_log: Arc<DeltaLog>,
+    events: Arc<DeltaLog>,
+    /// `SET memory.fault_leak = 'size'` (tests): the next query keeps that many bytes reserved
+    /// past its end, as a faulty operator would, for the leak report and cleanup to find.
+    fault_leak: parking_lot::Mutex<Option<usize>>,
+    deliberate_leaks: parking_lot::Mutex<Vec<datafusion::execution::memory_pool::MemoryReservation>>,
+    /// Spill folders of dead processes removed when the session started: (folders, bytes).
+    swept_at_start: (usize, u64),
+    /// Set while gobi runs its own report queries (`gobi memory stats`), which stay out of
+    /// the query log.
+    reporting: std::sync::atomic::AtomicBool,
+}
+
+/// What `gobi memory cleanup` freed.
+#[derive(Debug, Clone, Default)]
+pub struct CleanupReport {
+    /// (what, count, bytes)
+    pub freed: Vec<(&'static str, usize, u64)>,
+    pub rss_before: usize,
+    pub rss_after: usize,
 }
 
 /// A variable as `.vars` lists it.
@@ -104,12 +123,14 @@ impl Session {
         // Work that is not one statement's query (delta-rs writes, planning-time scans) is
         // charged to the query pool through this long-lived scope.
         let session_scope = memory.begin_query("(session: writes and other work outside a query)", None);
+        let mut swept_at_start = (0, 0);
         let spill = match &lakehouse {
             Some(schema) => match schema.lakehouse().prepare_spill_dir() {
                 Ok((dir, swept)) => {
-                    if swept > 0 {
-                        tracing::info!("removed {swept} spill folders left by processes that are gone");
+                    if swept.0 > 0 {
+                        tracing::info!("removed {} spill folders left by processes that are gone", swept.0);
                     }
+                    swept_at_start = swept;
                     DiskManagerMode::Directories(vec![dir])
                 }
                 Err(e) => {
@@ -151,8 +172,12 @@ impl Session {
         for table in crate::memory_tables::MemoryTable::all(&memory) {
             ctx.register_udtf(table.name(), table);
         }
-        let query_log = QueryLog::new(lakehouse.as_ref().and_then(|schema| schema.lakehouse().query_log_url().ok()));
-        ctx.register_udtf("gobi_query_log", Arc::new(QueryLogFunction(Arc::clone(&query_log))));
+        let log_url = |name: &str| lakehouse.as_ref().and_then(|schema| schema.lakehouse().log_url(name).ok());
+        let query_log = DeltaLog::new("query_log", log_url("query_log"), query_log_schema());
+        let events = DeltaLog::new("memory_events", log_url("memory_events"), events_schema());
+        for log in [&query_log, &events] {
+            ctx.register_udtf(&format!("gobi_{}", log.name()), Arc::new(LogFunction(Arc::clone(log))));
+        }
         if let Some(schema) = &lakehouse {
             schema.attach(ctx.state_weak_ref());
         }
@@ -165,6 +190,11 @@ impl Session {
             _session_scope: session_scope,
             query_limit: Default::default(),
             query_log,
+            events,
+            fault_leak: Default::default(),
+            deliberate_leaks: Default::default(),
+            swept_at_start,
+            reporting: Default::default(),
         };
         session.load_functions();
         session
@@ -484,6 +514,7 @@ impl Session {
     /// scope is ended (anything still held is a leak) when the plan's streams are gone — after
     /// success, error or cancellation alike — and the statement goes into the query log.
     async fn collect_governed(&self, plan: LogicalPlan, text: &str) -> Result<Output> {
+        self.admit().await?;
         let scope = self.memory.begin_query(text, *self.query_limit.read());
         let mut entry = LogEntry::new(self, &scope);
         let result = self.run_governed(&plan, &scope, &mut entry).await;
@@ -491,7 +522,47 @@ impl Session {
             Ok(output) => Ok(output.row_count() as u64),
             Err(e) => Err(e.message.clone()),
         });
+        drop(entry);
+        self.events.append(events_batch(&self.memory.take_events())?);
         result
+    }
+
+    /// Runs a query of gobi's own reports: like `execute`, but not written to the query log.
+    pub async fn execute_report(&self, statement: &Statement) -> Result<Output> {
+        use std::sync::atomic::Ordering;
+        self.reporting.store(true, Ordering::Relaxed);
+        let output = self.execute(statement).await;
+        self.reporting.store(false, Ordering::Relaxed);
+        output
+    }
+
+    /// Admission: while the query pool is under critical pressure, a new query waits (up to
+    /// `ADMISSION_WAIT`) for running ones to give memory back rather than fail at once.
+    async fn admit(&self) -> Result<()> {
+        let pool = self.memory.pool(PoolKind::Query);
+        if pool.pressure() < gobi_memory::Pressure::Critical {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        while pool.pressure() == gobi_memory::Pressure::Critical && started.elapsed() < ADMISSION_WAIT {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let waited = started.elapsed();
+        if pool.pressure() == gobi_memory::Pressure::Critical {
+            self.memory.record_event(PoolKind::Query, format!("admission: a new query waited {:.1}s and was refused", waited.as_secs_f64()), 0);
+            return Err(GobiError::new(
+                crate::error::ErrorKind::Memory,
+                format!(
+                    "the query pool stayed over 95 % full ({} of {}) for {}s; the new query was not started",
+                    ByteSize(pool.reserved() as u64),
+                    ByteSize(pool.limit() as u64),
+                    ADMISSION_WAIT.as_secs()
+                ),
+            )
+            .with_hint("wait for running queries to finish, or SET memory.query_pool to a larger size"));
+        }
+        self.memory.record_event(PoolKind::Query, format!("admission: a new query waited {:.1}s for memory", waited.as_secs_f64()), 0);
+        Ok(())
     }
 
     async fn run_governed(&self, plan: &LogicalPlan, scope: &Arc<QueryMemory>, entry: &mut LogEntry<'_>) -> Result<Output> {
@@ -500,6 +571,11 @@ impl Session {
             .with_memory_pool(Arc::clone(scope) as _)
             .build_arc()?;
         let task = Arc::new(TaskContext::from(&state).with_runtime(runtime));
+        if let Some(bytes) = self.fault_leak.lock().take() {
+            let leak = datafusion::execution::memory_pool::MemoryConsumer::new("DeliberateLeak").register(&task.memory_pool());
+            leak.try_grow(bytes)?;
+            self.deliberate_leaks.lock().push(leak);
+        }
         let physical = governed::scoped(state.create_physical_plan(plan).await?, scope)?;
         entry.plan = Some(Arc::clone(&physical));
         let schema = physical.schema();
@@ -513,11 +589,43 @@ impl Session {
         Ok(Output::rows(result?, schema))
     }
 
-    /// Ends the session: writes its query log rows to the lakehouse. A failure to write them
-    /// is reported, and never undoes what the statements did.
+    /// Ends the session: writes its query log and memory events to the lakehouse. A failure to
+    /// write them is reported, and never undoes what the statements did.
     pub async fn close(&self) {
-        if let Err(e) = self.query_log.flush().await {
-            tracing::warn!("the query log could not be written: {}", e.message);
+        if let Ok(events) = events_batch(&self.memory.take_events()) {
+            self.events.append(events);
+        }
+        for log in [&self.query_log, &self.events] {
+            if let Err(e) = log.flush().await {
+                tracing::warn!("the {} could not be written: {}", log.name(), e.message);
+            }
+        }
+    }
+
+    /// `gobi memory cleanup`: releases what ended queries still hold, removes spill folders of
+    /// processes that are gone (also those removed when this session started), and asks the
+    /// allocator to return free pages to the OS.
+    pub fn cleanup(&self) -> CleanupReport {
+        let rss_before = gobi_memory::allocator::rss_bytes();
+        let released = self.memory.release_ended();
+        let (mut folders, mut bytes) = self.swept_at_start;
+        if let Some(lakehouse) = self.lakehouse() {
+            if let Ok((_, swept)) = lakehouse.prepare_spill_dir() {
+                folders += swept.0;
+                bytes += swept.1;
+            }
+        }
+        let purged = gobi_memory::allocator::purge();
+        let rss_after = gobi_memory::allocator::rss_bytes();
+        self.memory.record_event(PoolKind::Query, format!("cleanup: {} reservations of ended queries, {folders} stale spill folders{}", released.reservations, if purged { ", allocator purged" } else { "" }), released.bytes as u64);
+        CleanupReport {
+            freed: vec![
+                ("reservations of ended queries", released.reservations, released.bytes as u64),
+                ("stale spill folders", folders, bytes),
+                ("free allocator pages returned to the OS", usize::from(purged), rss_before.saturating_sub(rss_after) as u64),
+            ],
+            rss_before,
+            rss_after,
         }
     }
 
@@ -555,6 +663,11 @@ impl Session {
             self.memory.set_fault_probability(probability);
             return Ok(Output::Done(format!("memory.fault_probability = {probability}")));
         }
+        if name == "fault_leak" {
+            let size: ByteSize = text.parse().map_err(|e| GobiError::plan(format!("memory.fault_leak: {e}")))?;
+            *self.fault_leak.lock() = Some(usize::try_from(size.0).unwrap_or(usize::MAX));
+            return Ok(Output::Done(format!("memory.fault_leak = {size}: the next query keeps that much past its end")));
+        }
         if name == "actual_margin" {
             let margin = match text.strip_suffix('%') {
                 Some(percent) => percent.trim().parse::<f64>().ok().filter(|p| *p >= 0.0).map(|p| Margin::Fraction(p / 100.0)),
@@ -578,11 +691,11 @@ impl Session {
             "temp_pool" => self.set_pool_limit(PoolKind::Temp, size.0),
             "query_limit" => *self.query_limit.write() = Some(usize::try_from(size.0).unwrap_or(usize::MAX)),
             other => {
-                let known = ["query_pool", "cache_pool", "temp_pool", "query_limit", "fault_probability", "leak_threshold", "actual_margin"].map(String::from);
+                let known = ["query_pool", "cache_pool", "temp_pool", "query_limit", "fault_probability", "fault_leak", "leak_threshold", "actual_margin"].map(String::from);
                 let error = GobiError::plan(format!("unknown setting memory.{other}"));
                 return Err(match gobi_lang::closest_name(other, &known) {
                     Some(close) => error.with_hint(format!("did you mean memory.{close}?")),
-                    None => error.with_hint("memory settings: query_pool, cache_pool, temp_pool, query_limit, fault_probability, leak_threshold, actual_margin"),
+                    None => error.with_hint("memory settings: query_pool, cache_pool, temp_pool, query_limit, fault_probability, fault_leak, leak_threshold, actual_margin"),
                 });
             }
         }
@@ -745,6 +858,9 @@ fn parse_duration(text: &str) -> Option<std::time::Duration> {
 /// still held after that is a leak.
 const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long a new query waits for a query pool under critical pressure before it is refused.
+const ADMISSION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Scales the settings whose memory is fixed per partition to the query pool, so spilling
 /// operators can finish in a small one:
 /// - what each sort sets aside to merge its spill files: DataFusion's 10 MiB per partition
@@ -794,7 +910,11 @@ impl Drop for LogEntry<'_> {
             None => (Status::Cancelled, 0, None),
         };
         let memory = &self.session.memory;
-        self.session.query_log.record(QueryRecord {
+        let leaked_bytes = self.scope.reserved_bytes() as u64;
+        if leaked_bytes > 0 {
+            memory.record_event(PoolKind::Query, format!("leak: query {} ended holding {}: {}", self.scope.id(), ByteSize(leaked_bytes), self.scope.text().chars().take(60).collect::<String>()), 0);
+        }
+        let record = QueryRecord {
             query_id: self.scope.id(),
             started_at: self.started,
             text: self.scope.text().to_string(),
@@ -809,7 +929,15 @@ impl Drop for LogEntry<'_> {
             rejected: self.scope.rejected(),
             spills,
             spilled_bytes,
-        });
+            leaked_bytes,
+        };
+        if self.session.reporting.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        match query_log_batch(&[record]) {
+            Ok(rows) => self.session.query_log.append(rows),
+            Err(e) => tracing::warn!("a query log row could not be built: {e}"),
+        }
     }
 }
 

@@ -13,8 +13,8 @@ mod pool;
 
 pub use byte_size::{ByteSize, ByteSizeError};
 pub use allocator::{AllocScope, GobiAllocator, ProcessMemory};
-pub use manager::{ConsumerStats, LeakStats, Margin, DEFAULT_ACTUAL_MARGIN, DEFAULT_LEAK_THRESHOLD, MemoryManager, PoolFull, QueryId, QueryMemory, Reservation};
-pub use pool::{Pool, PoolKind, PoolStats};
+pub use manager::{ConsumerStats, LeakStats, Margin, MemoryEvent, Released, DEFAULT_ACTUAL_MARGIN, DEFAULT_LEAK_THRESHOLD, MemoryManager, PoolFull, QueryId, QueryMemory, Reservation};
+pub use pool::{Pool, PoolKind, PoolStats, Pressure};
 
 use serde::{Deserialize, Serialize};
 

@@ -33,7 +33,7 @@ use datafusion_common::{DataFusionError, Result};
 use datafusion_execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation};
 
 use crate::allocator::AllocScope;
-use crate::pool::{Pool, PoolKind, PoolStats};
+use crate::pool::{Pool, PoolKind, PoolStats, Pressure};
 use crate::{ByteSize, PoolLimits};
 
 pub type QueryId = u64;
@@ -68,6 +68,27 @@ pub struct MemoryManager {
     /// `memory.actual_margin`: how far past its limit a query's allocator bytes may go before
     /// it is stopped.
     actual_margin: RwLock<Margin>,
+    /// What the manager did about pressure, leaks and cleanup, oldest first, until taken.
+    events: Mutex<Vec<MemoryEvent>>,
+}
+
+/// One response to memory pressure (or a leak, or a cleanup), as `gobi memory pressure
+/// --history` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryEvent {
+    pub at: std::time::SystemTime,
+    pub pool: PoolKind,
+    /// The pool's pressure when it happened.
+    pub level: Pressure,
+    pub action: String,
+    pub bytes_freed: u64,
+}
+
+/// What [`MemoryManager::release_ended`] gave back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Released {
+    pub reservations: usize,
+    pub bytes: usize,
 }
 
 /// How far past its limit a query's allocator bytes may go: decoding buffers, batches in
@@ -140,6 +161,7 @@ impl MemoryManager {
             fault_probability: AtomicU64::new(0f64.to_bits()),
             leak_threshold_ms: AtomicU64::new(DEFAULT_LEAK_THRESHOLD.as_millis() as u64),
             actual_margin: RwLock::new(DEFAULT_ACTUAL_MARGIN),
+            events: Mutex::new(vec![]),
         })
     }
 
@@ -249,6 +271,52 @@ impl MemoryManager {
         leaks
     }
 
+    pub fn pressure(&self, kind: PoolKind) -> Pressure {
+        self.pool(kind).pressure()
+    }
+
+    /// The pressure of all pools together (reserved over the sum of the limits), or the worst
+    /// single pool's if that is higher.
+    pub fn overall_pressure(&self) -> Pressure {
+        let (reserved, limit) = self.pools.iter().fold((0, 0), |(r, l), p| (r + p.reserved(), l + p.limit()));
+        PoolKind::ALL.iter().map(|&kind| self.pressure(kind)).max().unwrap_or(Pressure::Normal).max(Pressure::of(reserved, limit))
+    }
+
+    pub fn record_event(&self, pool: PoolKind, action: impl Into<String>, bytes_freed: u64) {
+        let event = MemoryEvent { at: std::time::SystemTime::now(), pool, level: self.pressure(pool), action: action.into(), bytes_freed };
+        self.events.lock().expect("the event list is never poisoned").push(event);
+    }
+
+    /// The events recorded since the last call.
+    pub fn take_events(&self) -> Vec<MemoryEvent> {
+        std::mem::take(&mut *self.events.lock().expect("the event list is never poisoned"))
+    }
+
+    /// Gives back to the pool what statements that have ended still hold (a leak): the bytes are
+    /// written off, so when the forgotten reservation is finally dropped nothing is released
+    /// twice.
+    pub fn release_ended(&self) -> Released {
+        let mut released = Released::default();
+        for query in self.live_queries().iter().filter(|q| q.has_ended()) {
+            for consumer in query.consumers.read().expect("the consumer map is never poisoned").values() {
+                let bytes = consumer.reserved.swap(0, Ordering::AcqRel);
+                if bytes == 0 {
+                    continue;
+                }
+                consumer.written_off.fetch_add(bytes, Ordering::AcqRel);
+                query.reserved.fetch_sub(bytes, Ordering::AcqRel);
+                if !consumer.can_spill {
+                    self.unspillable_reserved.fetch_sub(bytes, Ordering::AcqRel);
+                }
+                self.pool(PoolKind::Query).release(bytes);
+                released.reservations += 1;
+                released.bytes += bytes;
+                self.record_event(PoolKind::Query, format!("cleanup: released {} held by {} of ended query {}", ByteSize(bytes as u64), consumer.name, query.id), bytes as u64);
+            }
+        }
+        released
+    }
+
     /// Every consumer of every live statement, largest first.
     pub fn consumers(&self) -> Vec<ConsumerStats> {
         let mut all: Vec<ConsumerStats> = self.live_queries().iter().flat_map(|q| q.consumers()).collect();
@@ -325,6 +393,9 @@ struct Consumer {
     registered: Instant,
     reserved: AtomicUsize,
     peak: AtomicUsize,
+    /// Bytes given back by a cleanup while the reservation still held them: its later shrinks
+    /// come out of these first.
+    written_off: AtomicUsize,
 }
 
 impl QueryMemory {
@@ -447,6 +518,13 @@ impl QueryMemory {
     fn exhausted(&self, reservation: &MemoryReservation, bytes: usize, available: usize, limit: usize, what: &str, setting: &str) -> DataFusionError {
         self.rejected.fetch_add(1, Ordering::Relaxed);
         let pool = self.manager.pool(PoolKind::Query);
+        if pool.pressure() > Pressure::Normal {
+            self.manager.record_event(
+                PoolKind::Query,
+                format!("refused {} to {} of query {}: it spills if it can, else fails", ByteSize(bytes as u64), reservation.consumer().name(), self.id),
+                0,
+            );
+        }
         let consumers = self.manager.consumers();
         let top: Vec<String> = consumers
             .iter()
@@ -495,6 +573,7 @@ impl MemoryPool for QueryMemory {
             registered: Instant::now(),
             reserved: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
+            written_off: AtomicUsize::new(0),
         });
         if consumer.can_spill() {
             self.manager.spillable.fetch_add(1, Ordering::AcqRel);
@@ -516,8 +595,11 @@ impl MemoryPool for QueryMemory {
     }
 
     fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
-        self.manager.pool(PoolKind::Query).release(shrink);
-        self.remove(reservation, shrink);
+        let written_off = self.consumer(reservation).map_or(0, |c| {
+            c.written_off.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| Some(w - w.min(shrink))).map_or(0, |w| w.min(shrink))
+        });
+        self.manager.pool(PoolKind::Query).release(shrink - written_off);
+        self.remove(reservation, shrink - written_off);
     }
 
     fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {

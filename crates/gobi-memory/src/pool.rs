@@ -44,6 +44,33 @@ impl fmt::Display for PoolKind {
     }
 }
 
+/// How full a pool is: `normal` below 80 % of its limit, `high` from 80 %, `critical` from 95 %.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Pressure {
+    Normal,
+    High,
+    Critical,
+}
+
+impl Pressure {
+    pub fn of(reserved: usize, limit: usize) -> Self {
+        let percent = reserved as u128 * 100 / (limit.max(1) as u128);
+        match percent {
+            p if p >= crate::manager::CRITICAL_PRESSURE_PERCENT as u128 => Pressure::Critical,
+            p if p >= crate::manager::HIGH_PRESSURE_PERCENT as u128 => Pressure::High,
+            _ => Pressure::Normal,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Pressure::Normal => "normal",
+            Pressure::High => "high",
+            Pressure::Critical => "critical",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Pool {
     kind: PoolKind,
@@ -102,6 +129,10 @@ impl Pool {
 
     pub fn reserved(&self) -> usize {
         self.reserved.load(Ordering::Relaxed)
+    }
+
+    pub fn pressure(&self) -> Pressure {
+        Pressure::of(self.reserved(), self.limit())
     }
 
     /// Reserves `bytes` if the pool has room; otherwise returns the bytes still available.

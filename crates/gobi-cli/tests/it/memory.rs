@@ -241,3 +241,92 @@ fn with_injected_faults_every_tpch_query_is_right_or_fails_cleanly_and_releases_
     }
     assert!(right > 0 && failed > 0, "faults should fail some queries and spare others: {right} right, {failed} failed");
 }
+
+/// `gobi memory stats|pressure|leaks|cleanup`, in a new process after `gobi run` of a
+/// workload: the default limits, the workload's spills and leak from the query log, the
+/// events, in JSON and as tables.
+#[test]
+fn memory_commands_report_a_workload_run_by_an_earlier_process() {
+    let lh = wide_table();
+    let script = lh.path().join("workload.sql");
+    std::fs::write(
+        &script,
+        "SET memory.query_pool = '4MiB';\n\
+         SELECT k, count(*) AS n FROM t GROUP BY k ORDER BY k;\n\
+         SET memory.fault_leak = '3MiB';\n\
+         SELECT count(*) FROM t;\n",
+    )
+    .unwrap();
+    gobi(&["run", script.to_str().unwrap()], lh.path()).ok();
+
+    let json = |args: &[&str]| -> Value {
+        let mut all = vec!["memory"];
+        all.extend(args);
+        all.push("--json");
+        serde_json::from_str(gobi(&all, lh.path()).ok().stdout.trim()).unwrap()
+    };
+    let stats = json(&["stats"]);
+    let limits: Vec<(String, u64, u64)> = stats["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["pool"].as_str().unwrap().to_string(), p["limit_bytes"].as_u64().unwrap(), p["reserved_bytes"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(limits, [("query".into(), 52428800, 0), ("cache".into(), 104857600, 0), ("temp".into(), 26214400, 0)]);
+    let totals = &stats["queries (query log)"][0];
+    assert_eq!(totals["queries"], 2, "{stats}");
+    assert!(totals["spills"].as_u64().unwrap() > 0, "the group-by spilled: {stats}");
+    assert_eq!(totals["leaked_bytes"], 3 << 20, "{stats}");
+    assert!(totals["max_peak_reserved_bytes"].as_u64().unwrap() <= 4 << 20, "reserved never passed the 4 MiB pool: {stats}");
+    assert_eq!(stats["recent queries"].as_array().unwrap().len(), 2, "report queries stay out of the log: {stats}");
+    let process = &stats["process"][0];
+    assert!(process["rss_bytes"].as_u64().unwrap() > 0 && process["allocated_bytes"].as_u64().unwrap() > 0, "{stats}");
+
+    let pressure = json(&["pressure", "--history"]);
+    let levels: Vec<&str> = pressure["pressure"].as_array().unwrap().iter().map(|p| p["level"].as_str().unwrap()).collect();
+    assert_eq!(levels, ["normal"; 4], "{pressure}");
+    let events: Vec<&str> = pressure["events"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert!(events.iter().any(|a| a.starts_with("leak: query") && a.contains("3MiB")), "{events:?}");
+
+    let leaks = json(&["leaks"]);
+    let earlier = &leaks["leaked by earlier queries"][0];
+    assert_eq!((earlier["leaked_bytes"].as_u64(), earlier["text"].as_str()), (Some(3 << 20), Some("SELECT count(*) FROM t")), "{leaks}");
+
+    let cleanup = json(&["cleanup"]);
+    let freed: Vec<&str> = cleanup["cleanup"].as_array().unwrap().iter().map(|f| f["freed"].as_str().unwrap()).collect();
+    assert_eq!(freed, ["reservations of ended queries", "stale spill folders", "free allocator pages returned to the OS"]);
+    assert!(cleanup["process"][0]["rss_after_bytes"].as_u64().unwrap() > 0);
+
+    let table = gobi(&["memory", "stats"], lh.path()).ok().stdout;
+    for part in ["pools", "50MiB", "100MiB", "25MiB", "░", "normal", "recent queries", "SELECT k, count(*) AS n FROM t GROUP BY k"] {
+        assert!(table.contains(part), "{part} in:\n{table}");
+    }
+    let help = gobi(&["memory", "--help"], lh.path()).ok().stdout;
+    assert!(help.contains("Examples:") && help.contains("gobi memory stats"), "{help}");
+}
+
+/// A reservation deliberately kept past its query's end is listed by `gobi_memory_leaks()`
+/// and `.memory leaks` with its consumer, query text and bytes; cleanup releases it and the
+/// pool reads 0 again.
+#[test]
+fn a_deliberately_leaked_reservation_is_reported_and_cleanup_releases_it() {
+    let lh = wide_table();
+    let session = "SET memory.fault_leak = '2MiB';\n\
+SELECT count(*) AS n FROM t;\n\
+SELECT consumer, statement, statement_ended, reserved_bytes FROM gobi_memory_leaks();\n\
+.memory leaks\n\
+.memory cleanup\n\
+SHOW MEMORY;\n\
+SELECT count(*) AS leaks FROM gobi_memory_leaks();\n";
+    let run = gobi_stdin(&["repl", "--format", "json"], lh.path(), session).ok();
+    let lines: Vec<Value> = run.stdout.lines().filter(|l| l.starts_with('[') || l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0][0]["n"], 400000);
+    assert_eq!(lines[1][0]["consumer"], "DeliberateLeak", "{}", run.stdout);
+    assert_eq!(lines[1][0]["statement"], "SELECT count(*) AS n FROM t");
+    assert_eq!((&lines[1][0]["statement_ended"], &lines[1][0]["reserved_bytes"]), (&Value::Bool(true), &Value::from(2 << 20)));
+    assert_eq!(lines[2]["leaks"][0]["reserved_bytes"], 2 << 20, "{}", run.stdout);
+    assert_eq!(lines[3]["cleanup"][0]["bytes"], 2 << 20, "{}", run.stdout);
+    let query_pool = &lines[4][0];
+    assert_eq!((&query_pool["pool"], &query_pool["reserved_bytes"]), (&Value::from("query"), &Value::from(0)), "{}", run.stdout);
+    assert_eq!(lines[5][0]["leaks"], 0, "{}", run.stdout);
+}

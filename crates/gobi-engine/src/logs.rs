@@ -1,8 +1,12 @@
-//! The query log: one row per finished statement that ran a query plan (id, text, status,
-//! duration, peak reserved and actual bytes, spills), kept in the lakehouse as the Delta table
-//! `_gobi/query_log` so a later process (`gobi memory stats`) sees recent peaks, rejections
-//! and spills. Rows are buffered and appended in one commit when the session closes; the table
-//! function `gobi_query_log()` shows the persisted rows and this session's pending ones.
+//! The logs gobi keeps in the lakehouse as Delta tables under `_gobi/`, so a later process
+//! (`gobi memory stats`, `gobi memory pressure --history`) sees what earlier ones did:
+//! - `query_log`: one row per finished statement that ran a query plan (id, text, status,
+//!   duration, peak reserved and actual bytes, rejections, spills, bytes leaked);
+//! - `memory_events`: what the memory manager did about pressure, leaks and cleanups.
+//!
+//! Rows are buffered and appended in one commit per log when the session closes; the table
+//! functions `gobi_query_log()` and `gobi_memory_events()` show the persisted rows followed by
+//! this session's pending ones.
 
 use std::sync::Arc;
 
@@ -18,6 +22,8 @@ use deltalake::protocol::SaveMode;
 use deltalake::DeltaTable;
 use parking_lot::Mutex;
 use url::Url;
+
+use gobi_memory::MemoryEvent;
 
 use crate::error::Result;
 
@@ -60,9 +66,11 @@ pub struct QueryRecord {
     pub rejected: u64,
     pub spills: u64,
     pub spilled_bytes: u64,
+    /// Bytes its operators still held once it had ended (a leak).
+    pub leaked_bytes: u64,
 }
 
-pub fn schema() -> SchemaRef {
+pub fn query_log_schema() -> SchemaRef {
     let utc = Some(Arc::from("UTC"));
     Arc::new(Schema::new(vec![
         Field::new("query_id", DataType::Int64, false),
@@ -80,14 +88,15 @@ pub fn schema() -> SchemaRef {
         Field::new("rejected", DataType::Int64, false),
         Field::new("spills", DataType::Int64, false),
         Field::new("spilled_bytes", DataType::Int64, false),
+        Field::new("leaked_bytes", DataType::Int64, false),
     ]))
 }
 
-fn batch(records: &[QueryRecord]) -> DfResult<RecordBatch> {
+pub fn query_log_batch(records: &[QueryRecord]) -> DfResult<RecordBatch> {
     let int = |f: &dyn Fn(&QueryRecord) -> u64| Arc::new(Int64Array::from_iter_values(records.iter().map(|r| f(r) as i64))) as ArrayRef;
     let process = std::process::id() as i64;
     Ok(RecordBatch::try_new(
-        schema(),
+        query_log_schema(),
         vec![
             int(&|r| r.query_id),
             Arc::new(Int64Array::from_iter_values(records.iter().map(|_| process))),
@@ -104,46 +113,81 @@ fn batch(records: &[QueryRecord]) -> DfResult<RecordBatch> {
             int(&|r| r.rejected),
             int(&|r| r.spills),
             int(&|r| r.spilled_bytes),
+            int(&|r| r.leaked_bytes),
         ],
     )?)
 }
 
-/// This session's log: rows not yet written, and where they go.
-#[derive(Debug)]
-pub struct QueryLog {
-    /// `_gobi/query_log` of the lakehouse; `None` for a session without one.
-    url: Option<Url>,
-    pending: Mutex<Vec<QueryRecord>>,
+pub fn events_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("at", DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from("UTC"))), false),
+        Field::new("process", DataType::Int64, false),
+        Field::new("pool", DataType::Utf8, false),
+        Field::new("level", DataType::Utf8, false),
+        Field::new("action", DataType::Utf8, false),
+        Field::new("bytes_freed", DataType::Int64, false),
+    ]))
 }
 
-impl QueryLog {
-    pub fn new(url: Option<Url>) -> Arc<Self> {
-        Arc::new(Self { url, pending: Mutex::new(vec![]) })
+pub fn events_batch(events: &[MemoryEvent]) -> DfResult<RecordBatch> {
+    let micros = |e: &MemoryEvent| e.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+    let process = std::process::id() as i64;
+    Ok(RecordBatch::try_new(
+        events_schema(),
+        vec![
+            Arc::new(TimestampMicrosecondArray::from_iter_values(events.iter().map(micros)).with_timezone("UTC")),
+            Arc::new(Int64Array::from_iter_values(events.iter().map(|_| process))),
+            Arc::new(StringArray::from_iter_values(events.iter().map(|e| e.pool.name()))),
+            Arc::new(StringArray::from_iter_values(events.iter().map(|e| e.level.name()))),
+            Arc::new(StringArray::from_iter_values(events.iter().map(|e| e.action.as_str()))),
+            Arc::new(Int64Array::from_iter_values(events.iter().map(|e| e.bytes_freed as i64))),
+        ],
+    )?)
+}
+
+/// One log: rows not yet written, and the Delta table they go to.
+#[derive(Debug)]
+pub struct DeltaLog {
+    name: &'static str,
+    /// `_gobi/<name>` of the lakehouse; `None` for a session without one.
+    url: Option<Url>,
+    schema: SchemaRef,
+    pending: Mutex<Vec<RecordBatch>>,
+}
+
+impl DeltaLog {
+    pub fn new(name: &'static str, url: Option<Url>, schema: SchemaRef) -> Arc<Self> {
+        Arc::new(Self { name, url, schema, pending: Mutex::new(vec![]) })
     }
 
-    pub fn record(&self, record: QueryRecord) {
-        self.pending.lock().push(record);
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn append(&self, rows: RecordBatch) {
+        if rows.num_rows() > 0 {
+            self.pending.lock().push(rows);
+        }
     }
 
     /// Appends the pending rows to the Delta table in one commit (creating it the first time).
     /// Without a lakehouse the rows stay in memory for the session's life.
     pub async fn flush(&self) -> Result<()> {
         let Some(url) = &self.url else { return Ok(()) };
-        let records = std::mem::take(&mut *self.pending.lock());
-        if records.is_empty() {
+        let batches = std::mem::take(&mut *self.pending.lock());
+        if batches.is_empty() {
             return Ok(());
         }
-        let rows = batch(&records)?;
         let mut attempt = 0;
         loop {
             let table = DeltaTable::try_from_url(url.clone()).await?;
-            let written = table.write(vec![rows.clone()]).with_save_mode(SaveMode::Append).with_table_name("query_log").await;
+            let written = table.write(batches.clone()).with_save_mode(SaveMode::Append).with_table_name(self.name).await;
             match written {
                 Ok(_) => return Ok(()),
                 // Two processes creating the log at once: the second appends to the first's.
                 Err(deltalake::DeltaTableError::VersionAlreadyExists(_)) if attempt < 3 => attempt += 1,
                 Err(e) => {
-                    self.pending.lock().splice(0..0, records);
+                    self.pending.lock().splice(0..0, batches);
                     return Err(e.into());
                 }
             }
@@ -159,13 +203,13 @@ impl QueryLog {
                 let plan = provider.scan(state, None, &[], None).await?;
                 for persisted in datafusion::physical_plan::collect(plan, state.task_ctx()).await? {
                     // A log written by an older gobi may lack newer columns: those rows are left out.
-                    if let Ok(cast) = cast_to(&persisted, &schema()) {
+                    if let Ok(cast) = cast_to(&persisted, &self.schema) {
                         batches.push(cast);
                     }
                 }
             }
         }
-        batches.push(batch(&self.pending.lock())?);
+        batches.extend(self.pending.lock().iter().cloned());
         Ok(batches)
     }
 }
@@ -182,26 +226,26 @@ fn cast_to(batch: &RecordBatch, schema: &SchemaRef) -> DfResult<RecordBatch> {
     Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
 }
 
-/// `gobi_query_log()`.
+/// `gobi_<log>()`: `gobi_query_log()`, `gobi_memory_events()`.
 #[derive(Debug)]
-pub struct QueryLogFunction(pub Arc<QueryLog>);
+pub struct LogFunction(pub Arc<DeltaLog>);
 
-impl TableFunctionImpl for QueryLogFunction {
+impl TableFunctionImpl for LogFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
         if !args.exprs().is_empty() {
-            return plan_err!("gobi_query_log() takes no arguments");
+            return plan_err!("gobi_{}() takes no arguments", self.0.name);
         }
-        Ok(Arc::new(QueryLogTable(Arc::clone(&self.0))))
+        Ok(Arc::new(LogTable(Arc::clone(&self.0))))
     }
 }
 
 #[derive(Debug)]
-struct QueryLogTable(Arc<QueryLog>);
+struct LogTable(Arc<DeltaLog>);
 
 #[async_trait]
-impl TableProvider for QueryLogTable {
+impl TableProvider for LogTable {
     fn schema(&self) -> SchemaRef {
-        schema()
+        Arc::clone(&self.0.schema)
     }
 
     fn table_type(&self) -> TableType {
@@ -210,9 +254,9 @@ impl TableProvider for QueryLogTable {
 
     async fn scan(&self, state: &dyn CatalogSession, projection: Option<&Vec<usize>>, filters: &[Expr], limit: Option<usize>) -> DfResult<Arc<dyn ExecutionPlan>> {
         let Some(session_state) = state.as_any().downcast_ref::<SessionState>() else {
-            return plan_err!("gobi_query_log() needs a gobi session");
+            return plan_err!("gobi_{}() needs a gobi session", self.0.name);
         };
         let rows = self.0.all_rows(session_state).await?;
-        MemTable::try_new(schema(), vec![rows])?.scan(state, projection, filters, limit).await
+        MemTable::try_new(Arc::clone(&self.0.schema), vec![rows])?.scan(state, projection, filters, limit).await
     }
 }

@@ -39,7 +39,13 @@ type Row = Vec<(String, Value)>;
 
 pub async fn report(session: &Session, report: Report, as_json: bool) -> Result<String, GobiError> {
     let sections = match report {
-        Report::Stats => vec![pools(session), process(session), totals(session).await?, recent(session).await?],
+        Report::Stats => vec![
+            pools(session),
+            process(session),
+            Section { title: "result cache", rows: sql_rows(session, "SELECT * FROM gobi_result_cache()").await? },
+            totals(session).await?,
+            recent(session).await?,
+        ],
         Report::Pressure { history } => {
             let mut sections = vec![pressure(session)];
             if history {
@@ -59,7 +65,7 @@ pub async fn report(session: &Session, report: Report, as_json: bool) -> Result<
             },
         ],
         Report::Cleanup => {
-            let cleaned = session.cleanup();
+            let cleaned = session.cleanup().await;
             let freed = cleaned.freed.iter().map(|(what, count, bytes)| row(vec![("freed", json!(what)), ("count", json!(count)), ("bytes", json!(bytes))])).collect();
             let rss = vec![row(vec![("rss_before_bytes", json!(cleaned.rss_before)), ("rss_after_bytes", json!(cleaned.rss_after))])];
             vec![Section { title: "cleanup", rows: freed }, Section { title: "process", rows: rss }]

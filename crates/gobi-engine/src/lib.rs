@@ -21,6 +21,7 @@ mod lakehouse;
 mod memo;
 mod memory_tables;
 mod logs;
+mod result_cache;
 mod rewrite;
 mod session;
 mod variables;

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::{MemTable, Session as CatalogSession, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::{plan_err, Result as DfResult};
@@ -68,6 +68,8 @@ pub struct QueryRecord {
     pub spilled_bytes: u64,
     /// Bytes its operators still held once it had ended (a leak).
     pub leaked_bytes: u64,
+    /// Answered from the result cache (nothing ran).
+    pub from_cache: bool,
 }
 
 pub fn query_log_schema() -> SchemaRef {
@@ -89,6 +91,7 @@ pub fn query_log_schema() -> SchemaRef {
         Field::new("spills", DataType::Int64, false),
         Field::new("spilled_bytes", DataType::Int64, false),
         Field::new("leaked_bytes", DataType::Int64, false),
+        Field::new("from_cache", DataType::Boolean, false),
     ]))
 }
 
@@ -114,6 +117,7 @@ pub fn query_log_batch(records: &[QueryRecord]) -> DfResult<RecordBatch> {
             int(&|r| r.spills),
             int(&|r| r.spilled_bytes),
             int(&|r| r.leaked_bytes),
+            Arc::new(BooleanArray::from_iter(records.iter().map(|r| Some(r.from_cache)))),
         ],
     )?)
 }
@@ -181,7 +185,13 @@ impl DeltaLog {
         let mut attempt = 0;
         loop {
             let table = DeltaTable::try_from_url(url.clone()).await?;
-            let written = table.write(batches.clone()).with_save_mode(SaveMode::Append).with_table_name(self.name).await;
+            // Merge: a log written by an older gobi gains the newer columns.
+            let written = table
+                .write(batches.clone())
+                .with_save_mode(SaveMode::Append)
+                .with_schema_mode(deltalake::operations::write::SchemaMode::Merge)
+                .with_table_name(self.name)
+                .await;
             match written {
                 Ok(_) => return Ok(()),
                 // Two processes creating the log at once: the second appends to the first's.

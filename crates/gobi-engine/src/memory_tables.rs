@@ -130,3 +130,22 @@ impl TableFunctionImpl for MemoryTable {
         Ok(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?))
     }
 }
+
+/// `gobi_result_cache()`: one row with the result cache's entries, bytes and counters.
+#[derive(Debug)]
+pub struct ResultCacheTable(pub Arc<crate::result_cache::ResultCache>);
+
+impl TableFunctionImpl for ResultCacheTable {
+    fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        if !args.exprs().is_empty() {
+            return plan_err!("gobi_result_cache() takes no arguments");
+        }
+        let stats = self.0.stats();
+        let names = ["entries", "bytes", "borrowed_bytes", "hits", "misses", "evictions", "invalidations"];
+        let values = [stats.entries as u64, stats.bytes as u64, stats.borrowed_bytes as u64, stats.hits, stats.misses, stats.evictions, stats.invalidations];
+        let schema = Arc::new(Schema::new(names.iter().map(|n| Field::new(*n, DataType::UInt64, false)).collect::<Vec<_>>()));
+        let columns: Vec<ArrayRef> = values.iter().map(|v| Arc::new(UInt64Array::from(vec![*v])) as ArrayRef).collect();
+        let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
+        Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+    }
+}

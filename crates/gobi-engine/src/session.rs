@@ -30,6 +30,7 @@ use crate::catalog::{unknown_table, FileTableFactory, LakehouseSchema};
 use crate::error::{GobiError, Result};
 use crate::functions::{BlockFunction, Functions};
 use crate::governed;
+use crate::result_cache::{ResultCache, Versions};
 use crate::logs::{events_batch, events_schema, query_log_batch, query_log_schema, DeltaLog, LogFunction, QueryRecord, Status};
 use crate::lakehouse::{Definition, Lakehouse};
 use crate::rewrite;
@@ -78,6 +79,9 @@ pub struct Session {
     /// Set while gobi runs its own report queries (`gobi memory stats`), which stay out of
     /// the query log.
     reporting: std::sync::atomic::AtomicBool,
+    result_cache: Arc<ResultCache>,
+    /// `SET memory.result_cache = off` turns the result cache off (benchmarks of repeated runs).
+    result_cache_on: std::sync::atomic::AtomicBool,
 }
 
 /// What `gobi memory cleanup` freed.
@@ -175,6 +179,8 @@ impl Session {
         let log_url = |name: &str| lakehouse.as_ref().and_then(|schema| schema.lakehouse().log_url(name).ok());
         let query_log = DeltaLog::new("query_log", log_url("query_log"), query_log_schema());
         let events = DeltaLog::new("memory_events", log_url("memory_events"), events_schema());
+        let result_cache = ResultCache::new(Arc::clone(&memory));
+        ctx.register_udtf("gobi_result_cache", Arc::new(crate::memory_tables::ResultCacheTable(Arc::clone(&result_cache))));
         for log in [&query_log, &events] {
             ctx.register_udtf(&format!("gobi_{}", log.name()), Arc::new(LogFunction(Arc::clone(log))));
         }
@@ -195,6 +201,8 @@ impl Session {
             deliberate_leaks: Default::default(),
             swept_at_start,
             reporting: Default::default(),
+            result_cache,
+            result_cache_on: std::sync::atomic::AtomicBool::new(true),
         };
         session.load_functions();
         session
@@ -515,8 +523,17 @@ impl Session {
     /// success, error or cancellation alike — and the statement goes into the query log.
     async fn collect_governed(&self, plan: LogicalPlan, text: &str) -> Result<Output> {
         self.admit().await?;
+        let cache_key = self.result_cache_key(&plan).await;
         let scope = self.memory.begin_query(text, *self.query_limit.read());
         let mut entry = LogEntry::new(self, &scope);
+        if let Some((key, versions)) = &cache_key {
+            if let Some((schema, batches)) = self.result_cache.get(key, versions) {
+                let output = Output::rows(batches, schema);
+                entry.from_cache = true;
+                entry.finish(Ok(output.row_count() as u64));
+                return Ok(output);
+            }
+        }
         let result = self.run_governed(&plan, &scope, &mut entry).await;
         entry.finish(match &result {
             Ok(output) => Ok(output.row_count() as u64),
@@ -524,7 +541,63 @@ impl Session {
         });
         drop(entry);
         self.events.append(events_batch(&self.memory.take_events())?);
+        if let (Some((key, versions)), Ok(Output::Rows { schema, batches })) = (cache_key, &result) {
+            self.result_cache.insert(key, versions, Arc::clone(schema), batches.clone());
+        }
         result
+    }
+
+    /// The result cache's key for `plan` (its text) and the versions of the tables it reads;
+    /// `None` when the result may change without a table changing: it reads something other
+    /// than lakehouse Delta tables, or calls a function that is not immutable.
+    async fn result_cache_key(&self, plan: &LogicalPlan) -> Option<(String, Versions)> {
+        use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+        use datafusion::logical_expr::{Expr, Volatility};
+        if !self.result_cache_on.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let schema = self.lakehouse.as_ref()?;
+        let lakehouse = schema.lakehouse();
+        let mut tables = vec![];
+        let mut cacheable = true;
+        let _ = plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                let name = scan.table_name.table().to_string();
+                let plain = scan.table_name.schema().is_none_or(|s| s == "public");
+                if plain && lakehouse.table_exists(&name) && lakehouse.view_sql(&name).is_none() && !schema.is_session_table(&name) {
+                    tables.push(name);
+                } else {
+                    cacheable = false;
+                }
+            }
+            let _ = node.apply_expressions(|expr| {
+                expr.apply(|e| {
+                    if let Expr::ScalarFunction(f) = e {
+                        if f.func.signature().volatility != Volatility::Immutable {
+                            cacheable = false;
+                        }
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                })
+            });
+            Ok(if cacheable { TreeNodeRecursion::Continue } else { TreeNodeRecursion::Stop })
+        });
+        if !cacheable || tables.is_empty() {
+            return None;
+        }
+        tables.sort();
+        tables.dedup();
+        Some((plan.display_indent_schema().to_string(), self.table_versions(&tables).await?))
+    }
+
+    async fn table_versions(&self, tables: &[String]) -> Option<Versions> {
+        let schema = self.lakehouse.as_ref()?;
+        let mut versions = vec![];
+        for table in tables {
+            let version = schema.delta_table(table).await.ok()?.version()?;
+            versions.push((table.clone(), version));
+        }
+        Some(versions)
     }
 
     /// Runs a query of gobi's own reports: like `execute`, but not written to the query log.
@@ -538,9 +611,23 @@ impl Session {
 
     /// Admission: while the query pool is under critical pressure, a new query waits (up to
     /// `ADMISSION_WAIT`) for running ones to give memory back rather than fail at once.
+    ///
+    /// Before that, pressure is answered: a cache pool at `high` or above is evicted down to
+    /// 60 % of its limit, and cache entries borrowed from a critical query pool are given back.
     async fn admit(&self) -> Result<()> {
+        use gobi_memory::Pressure;
+        let cache = self.memory.pool(PoolKind::Cache);
+        if cache.pressure() >= Pressure::High {
+            let level = cache.pressure();
+            let freed = self.memory.reclaim(PoolKind::Cache, cache.reserved().saturating_sub(cache.limit() / 10 * 6));
+            self.memory.record_event(PoolKind::Cache, format!("{} pressure: evicted cached results down to 60 % of the cache pool", level.name()), freed as u64);
+        }
         let pool = self.memory.pool(PoolKind::Query);
-        if pool.pressure() < gobi_memory::Pressure::Critical {
+        if pool.pressure() == Pressure::Critical && self.memory.reclaimable(PoolKind::Query) > 0 {
+            let freed = self.memory.reclaim(PoolKind::Query, usize::MAX);
+            self.memory.record_event(PoolKind::Query, "critical pressure: gave back the cache's borrowed query pool memory", freed as u64);
+        }
+        if pool.pressure() < Pressure::Critical {
             return Ok(());
         }
         let started = std::time::Instant::now();
@@ -605,9 +692,17 @@ impl Session {
     /// `gobi memory cleanup`: releases what ended queries still hold, removes spill folders of
     /// processes that are gone (also those removed when this session started), and asks the
     /// allocator to return free pages to the OS.
-    pub fn cleanup(&self) -> CleanupReport {
+    pub async fn cleanup(&self) -> CleanupReport {
         let rss_before = gobi_memory::allocator::rss_bytes();
         let released = self.memory.release_ended();
+        let mut current = vec![];
+        for versions in self.result_cache.versions() {
+            let tables: Vec<String> = versions.iter().map(|(t, _)| t.clone()).collect();
+            if self.table_versions(&tables).await.as_ref() == Some(&versions) {
+                current.push(versions);
+            }
+        }
+        let (stale_entries, stale_bytes) = self.result_cache.drop_stale(|versions| current.contains(versions));
         let (mut folders, mut bytes) = self.swept_at_start;
         if let Some(lakehouse) = self.lakehouse() {
             if let Ok((_, swept)) = lakehouse.prepare_spill_dir() {
@@ -621,6 +716,7 @@ impl Session {
         CleanupReport {
             freed: vec![
                 ("reservations of ended queries", released.reservations, released.bytes as u64),
+                ("cached results of tables changed since", stale_entries, stale_bytes),
                 ("stale spill folders", folders, bytes),
                 ("free allocator pages returned to the OS", usize::from(purged), rss_before.saturating_sub(rss_after) as u64),
             ],
@@ -663,6 +759,15 @@ impl Session {
             self.memory.set_fault_probability(probability);
             return Ok(Output::Done(format!("memory.fault_probability = {probability}")));
         }
+        if name == "result_cache" {
+            let on = match text.to_lowercase().as_str() {
+                "on" | "true" => true,
+                "off" | "false" => false,
+                _ => return Err(GobiError::plan(format!("memory.result_cache is on or off, not {text}"))),
+            };
+            self.result_cache_on.store(on, std::sync::atomic::Ordering::Relaxed);
+            return Ok(Output::Done(format!("memory.result_cache = {}", if on { "on" } else { "off" })));
+        }
         if name == "fault_leak" {
             let size: ByteSize = text.parse().map_err(|e| GobiError::plan(format!("memory.fault_leak: {e}")))?;
             *self.fault_leak.lock() = Some(usize::try_from(size.0).unwrap_or(usize::MAX));
@@ -691,11 +796,11 @@ impl Session {
             "temp_pool" => self.set_pool_limit(PoolKind::Temp, size.0),
             "query_limit" => *self.query_limit.write() = Some(usize::try_from(size.0).unwrap_or(usize::MAX)),
             other => {
-                let known = ["query_pool", "cache_pool", "temp_pool", "query_limit", "fault_probability", "fault_leak", "leak_threshold", "actual_margin"].map(String::from);
+                let known = ["query_pool", "cache_pool", "temp_pool", "query_limit", "fault_probability", "fault_leak", "leak_threshold", "actual_margin", "result_cache"].map(String::from);
                 let error = GobiError::plan(format!("unknown setting memory.{other}"));
                 return Err(match gobi_lang::closest_name(other, &known) {
                     Some(close) => error.with_hint(format!("did you mean memory.{close}?")),
-                    None => error.with_hint("memory settings: query_pool, cache_pool, temp_pool, query_limit, fault_probability, fault_leak, leak_threshold, actual_margin"),
+                    None => error.with_hint("memory settings: query_pool, cache_pool, temp_pool, query_limit, fault_probability, fault_leak, leak_threshold, actual_margin, result_cache"),
                 });
             }
         }
@@ -886,13 +991,14 @@ struct LogEntry<'a> {
     scope: &'a Arc<QueryMemory>,
     started: chrono::DateTime<chrono::Utc>,
     plan: Option<Arc<dyn datafusion::physical_plan::ExecutionPlan>>,
+    from_cache: bool,
     /// Rows returned, or the error's message; `None` until finished (cancelled if dropped so).
     outcome: Option<std::result::Result<u64, String>>,
 }
 
 impl<'a> LogEntry<'a> {
     fn new(session: &'a Session, scope: &'a Arc<QueryMemory>) -> Self {
-        Self { session, scope, started: chrono::Utc::now(), plan: None, outcome: None }
+        Self { session, scope, started: chrono::Utc::now(), plan: None, from_cache: false, outcome: None }
     }
 
     fn finish(&mut self, outcome: std::result::Result<u64, String>) {
@@ -930,6 +1036,7 @@ impl Drop for LogEntry<'_> {
             spills,
             spilled_bytes,
             leaked_bytes,
+            from_cache: self.from_cache,
         };
         if self.session.reporting.load(std::sync::atomic::Ordering::Relaxed) {
             return;

@@ -70,6 +70,18 @@ pub struct MemoryManager {
     actual_margin: RwLock<Margin>,
     /// What the manager did about pressure, leaks and cleanup, oldest first, until taken.
     events: Mutex<Vec<MemoryEvent>>,
+    /// Holders of evictable memory (the result cache), asked to give some back.
+    reclaimers: RwLock<Vec<Weak<dyn Reclaim>>>,
+}
+
+/// Something holding memory it can drop on demand (cached entries), in the cache pool or
+/// borrowed from the query pool.
+pub trait Reclaim: Send + Sync + fmt::Debug {
+    /// Drops entries (least recently used first) held in pool `kind` until at least `bytes`
+    /// are freed or none are left; returns the bytes freed.
+    fn reclaim(&self, kind: PoolKind, bytes: usize) -> usize;
+    /// What could be freed in pool `kind`.
+    fn reclaimable(&self, kind: PoolKind) -> usize;
 }
 
 /// One response to memory pressure (or a leak, or a cleanup), as `gobi memory pressure
@@ -162,6 +174,7 @@ impl MemoryManager {
             leak_threshold_ms: AtomicU64::new(DEFAULT_LEAK_THRESHOLD.as_millis() as u64),
             actual_margin: RwLock::new(DEFAULT_ACTUAL_MARGIN),
             events: Mutex::new(vec![]),
+            reclaimers: RwLock::new(vec![]),
         })
     }
 
@@ -185,6 +198,7 @@ impl MemoryManager {
             peak: AtomicUsize::new(0),
             rejected: AtomicU64::new(0),
             actual: Arc::default(),
+            borrowed: AtomicUsize::new(0),
             ended: AtomicBool::new(false),
             consumers: RwLock::new(HashMap::new()),
         });
@@ -198,8 +212,48 @@ impl MemoryManager {
     /// leave. A consumer past its share spills itself, so one partition's hash table cannot take
     /// the whole pool and leave its siblings nothing (DataFusion only lets the requester spill).
     fn spill_share(&self) -> usize {
-        let free = self.pool(PoolKind::Query).limit().saturating_sub(self.unspillable_reserved.load(Ordering::Acquire));
+        let free = self.elastic_limit().saturating_sub(self.unspillable_reserved.load(Ordering::Acquire));
         free / self.spillable.load(Ordering::Acquire).max(1)
+    }
+
+    /// What queries can hold at most right now: the query pool, plus what they can borrow from
+    /// the cache pool (its free space and what its entries would give back).
+    fn elastic_limit(&self) -> usize {
+        let cache = self.pool(PoolKind::Cache);
+        let borrowable = cache.limit().saturating_sub(cache.reserved()) + self.reclaimable(PoolKind::Cache);
+        self.pool(PoolKind::Query).limit() + borrowable
+    }
+
+    /// Registers a holder of evictable memory; it is forgotten once dropped.
+    pub fn register_reclaimer(&self, reclaimer: Weak<dyn Reclaim>) {
+        self.reclaimers.write().expect("the reclaimer list is never poisoned").push(reclaimer);
+    }
+
+    fn reclaimers(&self) -> Vec<Arc<dyn Reclaim>> {
+        self.reclaimers.read().expect("the reclaimer list is never poisoned").iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Asks the holders of evictable memory in pool `kind` to free `bytes`; returns what they
+    /// freed.
+    pub fn reclaim(&self, kind: PoolKind, bytes: usize) -> usize {
+        let mut freed = 0;
+        for reclaimer in self.reclaimers() {
+            if freed >= bytes {
+                break;
+            }
+            freed += reclaimer.reclaim(kind, bytes - freed);
+        }
+        freed
+    }
+
+    pub fn reclaimable(&self, kind: PoolKind) -> usize {
+        self.reclaimers().iter().map(|r| r.reclaimable(kind)).sum()
+    }
+
+    /// Whether any statement's operators hold memory now: while none do, the cache may borrow
+    /// the query pool's free space.
+    pub fn queries_idle(&self) -> bool {
+        self.live_queries().iter().all(|q| q.has_ended() || q.reserved_bytes() == 0)
     }
 
     fn live_queries(&self) -> Vec<Arc<QueryMemory>> {
@@ -308,7 +362,9 @@ impl MemoryManager {
                 if !consumer.can_spill {
                     self.unspillable_reserved.fetch_sub(bytes, Ordering::AcqRel);
                 }
-                self.pool(PoolKind::Query).release(bytes);
+                let from_cache = take_up_to(&query.borrowed, bytes);
+                self.pool(PoolKind::Cache).release(from_cache);
+                self.pool(PoolKind::Query).release(bytes - from_cache);
                 released.reservations += 1;
                 released.bytes += bytes;
                 self.record_event(PoolKind::Query, format!("cleanup: released {} held by {} of ended query {}", ByteSize(bytes as u64), consumer.name, query.id), bytes as u64);
@@ -355,6 +411,10 @@ impl Reservation {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+
+    pub fn pool(&self) -> PoolKind {
+        self.kind
+    }
 }
 
 impl Drop for Reservation {
@@ -382,6 +442,9 @@ pub struct QueryMemory {
     rejected: AtomicU64,
     /// What the allocator handed out while this statement's streams were polled.
     actual: Arc<AllocScope>,
+    /// Bytes of `reserved` held in the cache pool (borrowed when the query pool was short);
+    /// shrinks return these first.
+    borrowed: AtomicUsize,
     ended: AtomicBool,
     consumers: RwLock<HashMap<usize, Arc<Consumer>>>,
 }
@@ -555,6 +618,40 @@ impl QueryMemory {
     }
 }
 
+impl QueryMemory {
+    /// Elastic borrowing, before a request is refused: first the cache gives back what it
+    /// borrowed from the query pool; then the query borrows the cache pool's free space,
+    /// evicting cached entries to make room. True when `additional` was reserved.
+    fn borrow(&self, reservation: &MemoryReservation, additional: usize) -> bool {
+        let manager = &self.manager;
+        let query_pool = manager.pool(PoolKind::Query);
+        if manager.reclaimable(PoolKind::Query) > 0 {
+            let freed = manager.reclaim(PoolKind::Query, additional);
+            if freed > 0 {
+                manager.record_event(PoolKind::Query, format!("evicted {} of cache entries borrowed from the query pool for {} of query {}", ByteSize(freed as u64), reservation.consumer().name(), self.id), freed as u64);
+            }
+            if query_pool.try_reserve(additional).is_ok() {
+                return true;
+            }
+        }
+        let cache_pool = manager.pool(PoolKind::Cache);
+        if cache_pool.try_reserve(additional).is_err() {
+            let freed = manager.reclaim(PoolKind::Cache, additional);
+            if freed == 0 || cache_pool.try_reserve(additional).is_err() {
+                return false;
+            }
+            manager.record_event(PoolKind::Cache, format!("evicted {} of cache entries so {} of query {} could borrow it", ByteSize(freed as u64), reservation.consumer().name(), self.id), freed as u64);
+        }
+        self.borrowed.fetch_add(additional, Ordering::AcqRel);
+        true
+    }
+}
+
+/// Takes up to `most` from `counter`; returns what was taken.
+fn take_up_to(counter: &AtomicUsize, most: usize) -> usize {
+    counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| Some(held - held.min(most))).map_or(0, |held| held.min(most))
+}
+
 impl fmt::Display for QueryMemory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "gobi query pool (query {})", self.id)
@@ -595,11 +692,12 @@ impl MemoryPool for QueryMemory {
     }
 
     fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
-        let written_off = self.consumer(reservation).map_or(0, |c| {
-            c.written_off.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| Some(w - w.min(shrink))).map_or(0, |w| w.min(shrink))
-        });
-        self.manager.pool(PoolKind::Query).release(shrink - written_off);
-        self.remove(reservation, shrink - written_off);
+        let written_off = self.consumer(reservation).map_or(0, |c| take_up_to(&c.written_off, shrink));
+        let held = shrink - written_off;
+        let from_cache = take_up_to(&self.borrowed, held);
+        self.manager.pool(PoolKind::Cache).release(from_cache);
+        self.manager.pool(PoolKind::Query).release(held - from_cache);
+        self.remove(reservation, held);
     }
 
     fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
@@ -628,9 +726,11 @@ impl MemoryPool for QueryMemory {
                 return Err(self.exhausted(reservation, additional, share.saturating_sub(held), share, "this operator's share of the query pool", "memory.query_pool"));
             }
         }
-        pool.try_reserve(additional).map_err(|available| {
-            self.exhausted(reservation, additional, available, pool.limit(), "the query pool", "memory.query_pool")
-        })?;
+        if let Err(available) = pool.try_reserve(additional) {
+            if !self.borrow(reservation, additional) {
+                return Err(self.exhausted(reservation, additional, available, pool.limit(), "the query pool", "memory.query_pool"));
+            }
+        }
         self.add(reservation, additional);
         Ok(())
     }
@@ -639,6 +739,8 @@ impl MemoryPool for QueryMemory {
         self.reserved.load(Ordering::Relaxed)
     }
 
+    /// The query pool's own limit, not what borrowing could add: operators size their merges
+    /// by it, and borrowed room may be gone by the time they ask.
     fn memory_limit(&self) -> MemoryLimit {
         let pool = self.manager.pool(PoolKind::Query).limit();
         MemoryLimit::Finite(self.limit.map_or(pool, |l| l.min(pool)))
@@ -649,8 +751,9 @@ impl MemoryPool for QueryMemory {
 mod tests {
     use super::*;
 
+    /// A manager whose cache pool has nothing to lend, so the query pool's limit is the limit.
     fn manager(query: u64) -> Arc<MemoryManager> {
-        MemoryManager::new(PoolLimits { query: ByteSize(query), ..PoolLimits::default() })
+        MemoryManager::new(PoolLimits { query: ByteSize(query), cache: ByteSize(0), ..PoolLimits::default() })
     }
 
     #[test]

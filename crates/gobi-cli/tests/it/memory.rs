@@ -50,7 +50,9 @@ fn a_sort_and_a_group_by_bigger_than_the_pool_spill_and_give_the_unlimited_answe
         "SELECT s, id, k FROM t ORDER BY s, id",
     ];
     for query in queries {
-        let run = |memory: &str| gobi(&["--memory-query", memory, "query", "--format", "csv", query], lh.path()).ok().stdout;
+        // An empty cache pool would lend the query its room (elastic borrowing): give it none,
+        // so 4 MiB is all the query has.
+        let run = |memory: &str| gobi(&["--memory-query", memory, "--memory-cache", "0B", "query", "--format", "csv", query], lh.path()).ok().stdout;
         let (unlimited, small) = (run("1GiB"), run("4MiB"));
         assert!(small.lines().count() > 100_000, "{query}: {} lines", small.lines().count());
         assert!(small == unlimited, "{query}: the spilled result differs from the unlimited one");
@@ -63,7 +65,7 @@ fn a_sort_and_a_group_by_bigger_than_the_pool_spill_and_give_the_unlimited_answe
         let unlimited_run = &log[1];
         assert!(unlimited_run.1 > 4 << 20, "{query}: unlimited, it reserved more than the small pool: {log:?}");
 
-        let pools = pools_after(&lh, &["--memory-query", "4MiB"], &format!("{query}; SHOW MEMORY"));
+        let pools = pools_after(&lh, &["--memory-query", "4MiB", "--memory-cache", "0B"], &format!("{query}; SHOW MEMORY"));
         for (pool, _, reserved, _) in &pools {
             assert_eq!(*reserved, 0, "{query}: {pool} pool reads 0 after the query");
         }
@@ -145,7 +147,9 @@ fn a_query_that_cannot_fit_fails_with_one_clear_message_and_the_session_goes_on(
         assert!(run.stderr.contains(part), "{part} in:\n{}", run.stderr);
     }
     // In one session (the REPL): the failed query releases everything and the next one runs.
-    let session = "SET memory.query_limit = '64KiB';
+    // (The result cache is off: it would keep the answer in the cache pool.)
+    let session = "SET memory.result_cache = off;
+SET memory.query_limit = '64KiB';
 SELECT count(*) FROM t a JOIN t b ON a.s = b.s;
 SET memory.query_pool = '1GiB';
 SET memory.query_limit = '1GiB';
@@ -218,7 +222,7 @@ fn with_injected_faults_every_tpch_query_is_right_or_fails_cleanly_and_releases_
         let text = format!("DROP VIEW IF EXISTS revenue0;\n{}", text.trim_end().trim_end_matches(';'));
         let expected = gobi(&["-l", lh.to_str().unwrap(), "query", "--format", "csv", &text], dir.path()).ok().stdout;
         let session = format!(
-            "SET memory.fault_probability = 0.3;\n{text};\nSET memory.fault_probability = 0;\nDROP VIEW IF EXISTS revenue0;\nSHOW MEMORY;\nSET memory.leak_threshold = '0s';\nSELECT count(*) AS leaks FROM gobi_memory_leaks();\n"
+            "SET memory.result_cache = off;\nSET memory.fault_probability = 0.3;\n{text};\nSET memory.fault_probability = 0;\nDROP VIEW IF EXISTS revenue0;\nSHOW MEMORY;\nSET memory.leak_threshold = '0s';\nSELECT count(*) AS leaks FROM gobi_memory_leaks();\n"
         );
         let run = crate::support::gobi_stdin(&["-l", lh.to_str().unwrap(), "repl", "--format", "csv"], dir.path(), &session).ok();
         for bad in ["panicked", "RUST_BACKTRACE"] {
@@ -252,6 +256,7 @@ fn memory_commands_report_a_workload_run_by_an_earlier_process() {
     std::fs::write(
         &script,
         "SET memory.query_pool = '4MiB';\n\
+         SET memory.cache_pool = '0B';\n\
          SELECT k, count(*) AS n FROM t GROUP BY k ORDER BY k;\n\
          SET memory.fault_leak = '3MiB';\n\
          SELECT count(*) FROM t;\n",
@@ -294,7 +299,7 @@ fn memory_commands_report_a_workload_run_by_an_earlier_process() {
 
     let cleanup = json(&["cleanup"]);
     let freed: Vec<&str> = cleanup["cleanup"].as_array().unwrap().iter().map(|f| f["freed"].as_str().unwrap()).collect();
-    assert_eq!(freed, ["reservations of ended queries", "stale spill folders", "free allocator pages returned to the OS"]);
+    assert_eq!(freed, ["reservations of ended queries", "cached results of tables changed since", "stale spill folders", "free allocator pages returned to the OS"]);
     assert!(cleanup["process"][0]["rss_after_bytes"].as_u64().unwrap() > 0);
 
     let table = gobi(&["memory", "stats"], lh.path()).ok().stdout;
@@ -329,4 +334,84 @@ SELECT count(*) AS leaks FROM gobi_memory_leaks();\n";
     let query_pool = &lines[4][0];
     assert_eq!((&query_pool["pool"], &query_pool["reserved_bytes"]), (&Value::from("query"), &Value::from(0)), "{}", run.stdout);
     assert_eq!(lines[5][0]["leaks"], 0, "{}", run.stdout);
+}
+
+/// The result cache's counters: (entries, bytes, hits, misses, evictions, invalidations).
+fn cache_stats(stdout: &str) -> Vec<(u64, u64, u64, u64, u64, u64)> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("[{\"entries\""))
+        .map(|l| {
+            let row = &serde_json::from_str::<Value>(l).unwrap()[0];
+            let n = |k: &str| row[k].as_u64().unwrap();
+            (n("entries"), n("bytes"), n("hits"), n("misses"), n("evictions"), n("invalidations"))
+        })
+        .collect()
+}
+
+/// A repeated query is answered from the result cache; an INSERT into its table makes the
+/// next run miss and see the new row; entries leave least recently used first and the cache
+/// never holds more than its pool.
+#[test]
+fn the_result_cache_answers_repeats_forgets_changed_tables_and_evicts_least_recently_used() {
+    let lh = wide_table();
+    let count = "SELECT count(*) AS n FROM t WHERE k < 50";
+    let stats = "SELECT * FROM gobi_result_cache()";
+    let script = format!("{count}; {count}; {stats}; INSERT INTO t VALUES (0, 1, 'new'); {count}; {stats}; SELECT now() < now() + INTERVAL '1 day' AS fresh; SELECT now() < now() + INTERVAL '1 day' AS fresh; {stats}");
+    let run = gobi(&["query", "--format", "json", &script], lh.path()).ok();
+    let counts: Vec<&str> = run.stdout.lines().filter(|l| l.starts_with("[{\"n\"")).collect();
+    assert_eq!(counts.len(), 3, "{}", run.stdout);
+    assert_eq!(counts[0], counts[1], "the cached answer is the same");
+    let n = |line: &str| serde_json::from_str::<Value>(line).unwrap()[0]["n"].as_u64().unwrap();
+    assert_eq!(n(counts[2]), n(counts[0]) + 1, "after the INSERT the new row is counted");
+    let cache = cache_stats(&run.stdout);
+    assert_eq!((cache[0].2, cache[0].3), (1, 1), "one miss, then one hit: {cache:?}");
+    assert_eq!((cache[1].2, cache[1].3, cache[1].5), (1, 2, 1), "the INSERT made the next run miss: {cache:?}");
+    assert_eq!((cache[2].2, cache[2].3), (1, 2), "now() is never cached: {cache:?}");
+    let log = logged(&lh, count);
+    assert_eq!(log.len(), 3);
+    let from_cache = gobi(&["query", "--format", "csv", &format!("SELECT from_cache FROM gobi_query_log() WHERE text = '{count}' ORDER BY started_at")], lh.path()).ok().stdout;
+    assert_eq!(from_cache.lines().collect::<Vec<_>>(), ["from_cache", "false", "true", "false"]);
+
+    // Twelve results of ~110 KB in a 1 MiB cache pool: the oldest go first, the newest stay.
+    let queries: Vec<String> = (0..12).map(|i| format!("SELECT * FROM t WHERE id % 200 = {i}")).collect();
+    let script = format!("{}; {}; {stats}; {}; {stats}; SHOW MEMORY", queries.join("; "), queries[11], queries[0]);
+    let run = gobi(&["--memory-cache", "1MiB", "query", "--format", "json", &script], lh.path()).ok();
+    let cache = cache_stats(&run.stdout);
+    assert!(cache[0].4 > 0, "the pool filled and entries were evicted: {cache:?}");
+    assert_eq!((cache[0].2, cache[0].3), (1, 12), "the newest result was still cached: {cache:?}");
+    assert_eq!((cache[1].2, cache[1].3), (1, 13), "the oldest was evicted: {cache:?}");
+    let pools = crate::support::parse_json_rows(&run.stdout);
+    let cache_pool = pools.iter().find(|r| r[0] == "cache").unwrap();
+    assert_eq!(cache_pool[1], 1 << 20);
+    assert!(cache_pool[3].as_u64().unwrap() <= 1 << 20, "the cache never held more than its pool: {cache_pool:?}");
+}
+
+/// Elastic borrowing: a hash join whose build side cannot spill needs more than its 4 MiB
+/// query pool. With no cache pool it fails; with a cache pool full of cached results, it
+/// evicts them and borrows their room, and finishes with the right count.
+#[test]
+fn a_query_short_of_memory_evicts_the_cache_and_borrows_its_room() {
+    let lh = wide_table();
+    let join = "SELECT count(*) AS n FROM t a JOIN (SELECT * FROM t WHERE id % 3 = 0) b ON a.s = b.s";
+    let failed = gobi(&["--memory-query", "4MiB", "--memory-cache", "0B", "query", join], lh.path()).user_error();
+    assert!(failed.stderr.contains("HashJoinInput") && failed.stderr.contains("cannot spill"), "{}", failed.stderr);
+
+    let fill: Vec<String> = (0..14).map(|i| format!("SELECT * FROM t WHERE id % 20 = {i}")).collect();
+    let stats = "SELECT * FROM gobi_result_cache()";
+    let script = format!("{}; {stats}; {join}; {stats}; SHOW MEMORY", fill.join("; "));
+    let run = gobi(&["--memory-query", "4MiB", "--memory-cache", "12MiB", "query", "--format", "json", &script], lh.path()).ok();
+    let cache = cache_stats(&run.stdout);
+    assert!(cache[0].1 > 6 << 20, "the cache held results before the join: {cache:?}");
+    assert!(cache[1].4 > cache[0].4, "the join made the cache evict: {cache:?}");
+    let count = run.stdout.lines().find(|l| l.starts_with("[{\"n\"")).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(count).unwrap()[0]["n"], 133333);
+    let pools = crate::support::parse_json_rows(&run.stdout);
+    for pool in &pools {
+        assert!(pool[3].as_u64().unwrap() <= pool[1].as_u64().unwrap(), "no pool went past its limit: {pool:?}");
+    }
+    assert_eq!(pools[0][2], 0, "the query pool reads 0 after the join: {pools:?}");
+    let (status, peak, ..) = &logged(&lh, join)[0];
+    assert_eq!(status, "ok");
+    assert!(*peak > 4 << 20, "it held more than its own pool, borrowed from the cache pool: {peak}");
 }

@@ -5,7 +5,7 @@
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use gobi_engine::{GobiError, Output, Session};
 use gobi_lang::parse_script;
-use gobi_memory::{ByteSize, PoolKind, ProcessMemory};
+use gobi_memory::{ByteSize, PoolKind};
 use serde_json::{json, Map, Value};
 
 #[derive(Clone, Copy, Debug, clap::Subcommand)]
@@ -41,7 +41,7 @@ pub async fn report(session: &Session, report: Report, as_json: bool) -> Result<
     let sections = match report {
         Report::Stats => vec![
             pools(session),
-            process(session),
+            Section { title: "process", rows: sql_rows(session, "SELECT * FROM gobi_memory_process()").await? },
             Section { title: "result cache", rows: sql_rows(session, "SELECT * FROM gobi_result_cache()").await? },
             totals(session).await?,
             recent(session).await?,
@@ -94,16 +94,6 @@ fn pools(session: &Session) -> Section {
         })
         .collect();
     Section { title: "pools", rows }
-}
-
-fn process(session: &Session) -> Section {
-    let process = ProcessMemory::now();
-    let reserved: usize = PoolKind::ALL.iter().map(|&kind| session.memory().pool(kind).reserved()).sum();
-    let counted = gobi_memory::allocator::counting();
-    Section {
-        title: "process",
-        rows: vec![row(vec![("allocator", json!(if counted { "jemalloc (counted)" } else { "system (not counted)" })), ("allocated_bytes", json!(process.allocated)), ("resident_bytes", json!(process.resident)), ("rss_bytes", json!(process.rss)), ("reserved_bytes", json!(reserved)), ("untracked_bytes", json!(process.allocated.saturating_sub(reserved)))])],
-    }
 }
 
 async fn totals(session: &Session) -> Result<Section, GobiError> {

@@ -4,7 +4,9 @@
 //! allocator scope around each poll: whichever thread (or spawned task) polls an operator,
 //! what the operator allocates is charged to that statement ("actual" bytes). Before handing
 //! out a batch, the stream checks that the statement's actual bytes are within its limit plus
-//! `memory.actual_margin`, and stops it with a clear error when not.
+//! `memory.actual_margin`, and stops it with a clear error when not. Consumers an operator
+//! registers while it starts or runs are attributed to its node, whose peak reserved bytes
+//! `EXPLAIN ANALYZE` shows as `peak_reserved`.
 //!
 //! ```text
 //!   ScopedExec(SortExec')            SortExec' = SortExec with its child replaced
@@ -24,10 +26,10 @@ use datafusion::common::Result;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
-use datafusion::physical_plan::metrics::MetricsSet;
+use datafusion::physical_plan::metrics::{Gauge, Metric, MetricValue, MetricsSet};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::Stream;
-use gobi_memory::{allocator, QueryMemory};
+use gobi_memory::{allocator, registering_for, NodeMemory, QueryMemory};
 
 /// Wraps every node of `plan` so its work is charged to `query`.
 pub fn scoped(plan: Arc<dyn ExecutionPlan>, query: &Arc<QueryMemory>) -> Result<Arc<dyn ExecutionPlan>> {
@@ -39,7 +41,7 @@ pub fn scoped(plan: Arc<dyn ExecutionPlan>, query: &Arc<QueryMemory>) -> Result<
         // its state (a hash join's dynamic filter stays the one its scan was given).
         plan.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep))?
     };
-    Ok(Arc::new(ScopedExec { inner, query: Arc::clone(query) }))
+    Ok(Arc::new(ScopedExec { inner, query: Arc::clone(query), node: Arc::default() }))
 }
 
 /// What the plan's operators spilled: (spill files written, bytes written).
@@ -51,11 +53,18 @@ pub fn spills(plan: &Arc<dyn ExecutionPlan>) -> (u64, u64) {
 pub struct ScopedExec {
     inner: Arc<dyn ExecutionPlan>,
     query: Arc<QueryMemory>,
+    node: Arc<NodeMemory>,
 }
 
 impl fmt::Debug for ScopedExec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.inner.fmt(f)
+    }
+}
+
+impl ScopedExec {
+    fn rewrapped(&self, inner: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+        Arc::new(ScopedExec { inner, query: Arc::clone(&self.query), node: Arc::clone(&self.node) })
     }
 }
 
@@ -88,24 +97,46 @@ impl ExecutionPlan for ScopedExec {
 
     #[allow(deprecated)]
     fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        let inner = Arc::clone(&self.inner).with_new_children(children)?;
-        Ok(Arc::new(ScopedExec { inner, query: Arc::clone(&self.query) }))
+        Ok(self.rewrapped(Arc::clone(&self.inner).with_new_children(children)?))
+    }
+
+    // What operators call on their inputs while running (a recursive query resets its
+    // recursive term and hands it the work table each round) goes to the wrapped node.
+    fn replace_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>, options: ReplaceChildrenOptions) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self.rewrapped(Arc::clone(&self.inner).replace_children(children, options)?))
+    }
+
+    fn reset_state(self: Arc<Self>) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self.rewrapped(Arc::clone(&self.inner).reset_state()?))
+    }
+
+    fn with_new_state(&self, state: Arc<dyn std::any::Any + Send + Sync>) -> Option<Arc<dyn ExecutionPlan>> {
+        Some(self.rewrapped(self.inner.with_new_state(state)?))
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let _scope = allocator::enter(self.query.actual());
-        let inner = self.inner.execute(partition, context)?;
-        Ok(Box::pin(ScopedStream { inner, query: Arc::clone(&self.query) }))
+        let inner = registering_for(&self.node, || self.inner.execute(partition, context))?;
+        Ok(Box::pin(ScopedStream { inner, query: Arc::clone(&self.query), node: Arc::clone(&self.node) }))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
-        self.inner.metrics()
+        let peak = self.node.peak();
+        if peak == 0 {
+            return self.inner.metrics();
+        }
+        let mut metrics = self.inner.metrics().unwrap_or_default();
+        let gauge = Gauge::new();
+        gauge.set(peak);
+        metrics.push(Arc::new(Metric::new(MetricValue::PeakMemoryUsage { name: "peak_reserved".into(), gauge }, None)));
+        Some(metrics)
     }
 }
 
 struct ScopedStream {
     inner: SendableRecordBatchStream,
     query: Arc<QueryMemory>,
+    node: Arc<NodeMemory>,
 }
 
 impl Stream for ScopedStream {
@@ -114,7 +145,8 @@ impl Stream for ScopedStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let polled = {
             let _scope = allocator::enter(self.query.actual());
-            self.inner.as_mut().poll_next(cx)
+            let node = Arc::clone(&self.node);
+            registering_for(&node, || self.inner.as_mut().poll_next(cx))
         };
         match polled {
             Poll::Ready(Some(Ok(batch))) => Poll::Ready(Some(self.query.check_actual().map(|()| batch))),

@@ -1,5 +1,5 @@
-//! The memory manager as tables: `gobi_memory_pools()`, `gobi_memory_consumers()` and
-//! `gobi_memory_leaks()`, usable in
+//! The memory manager as tables: `gobi_memory_pools()`, `gobi_memory_consumers()`,
+//! `gobi_memory_leaks()`, `gobi_memory_process()` and `gobi_result_cache()`, usable in
 //! any query (`SELECT * FROM gobi_memory_pools() WHERE reserved_bytes > 0`), and the rows of
 //! `SHOW MEMORY`. Each call is a snapshot taken when the query is planned.
 
@@ -95,6 +95,21 @@ pub fn leaks_batch(memory: &MemoryManager) -> Result<RecordBatch> {
     )?)
 }
 
+/// One row: what the process holds by the allocator's and the OS's count, what the pools have
+/// reserved, and the difference (memory no pool knows of).
+pub fn process_batch(memory: &MemoryManager) -> Result<RecordBatch> {
+    let process = gobi_memory::ProcessMemory::now();
+    let reserved: usize = gobi_memory::PoolKind::ALL.iter().map(|&kind| memory.pool(kind).reserved()).sum();
+    let names = ["allocated_bytes", "resident_bytes", "rss_bytes", "reserved_bytes", "untracked_bytes"];
+    let values = [process.allocated, process.resident, process.rss, reserved, process.allocated.saturating_sub(reserved)];
+    let mut fields = vec![Field::new("allocator", DataType::Utf8, false)];
+    fields.extend(names.iter().map(|n| Field::new(*n, DataType::UInt64, false)));
+    let allocator = if gobi_memory::allocator::counting() { "jemalloc (counted)" } else { "system (not counted)" };
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(StringArray::from(vec![allocator]))];
+    columns.extend(values.iter().map(|v| Arc::new(UInt64Array::from(vec![*v as u64])) as ArrayRef));
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+}
+
 /// A table function that snapshots one of the batches above.
 #[derive(Debug)]
 pub struct MemoryTable {
@@ -110,6 +125,7 @@ impl MemoryTable {
             ("gobi_memory_pools", pools_batch as fn(&MemoryManager) -> Result<RecordBatch>),
             ("gobi_memory_consumers", consumers_batch),
             ("gobi_memory_leaks", leaks_batch),
+            ("gobi_memory_process", process_batch),
         ]
             .into_iter()
             .map(|(name, snapshot)| Arc::new(MemoryTable { name, memory: Arc::clone(memory), snapshot }))

@@ -664,9 +664,12 @@ impl Session {
             self.deliberate_leaks.lock().push(leak);
         }
         let physical = governed::scoped(state.create_physical_plan(plan).await?, scope)?;
-        entry.plan = Some(Arc::clone(&physical));
         let schema = physical.schema();
-        let result = datafusion::physical_plan::collect(physical, task).await;
+        let result = datafusion::physical_plan::collect(Arc::clone(&physical), task).await;
+        entry.spills = governed::spills(&physical);
+        // Some operators keep memory in the plan node itself (a join's built side), so the
+        // plan goes before waiting for the statement's memory to come back.
+        drop(physical);
         // After an error the plan's other tasks are aborted, not yet gone: wait until they have
         // released what they held, so the next statement starts from an empty pool.
         let deadline = std::time::Instant::now() + RELEASE_WAIT;
@@ -990,7 +993,8 @@ struct LogEntry<'a> {
     session: &'a Session,
     scope: &'a Arc<QueryMemory>,
     started: chrono::DateTime<chrono::Utc>,
-    plan: Option<Arc<dyn datafusion::physical_plan::ExecutionPlan>>,
+    /// Spill files and bytes the plan's operators wrote.
+    spills: (u64, u64),
     from_cache: bool,
     /// Rows returned, or the error's message; `None` until finished (cancelled if dropped so).
     outcome: Option<std::result::Result<u64, String>>,
@@ -998,7 +1002,7 @@ struct LogEntry<'a> {
 
 impl<'a> LogEntry<'a> {
     fn new(session: &'a Session, scope: &'a Arc<QueryMemory>) -> Self {
-        Self { session, scope, started: chrono::Utc::now(), plan: None, from_cache: false, outcome: None }
+        Self { session, scope, started: chrono::Utc::now(), spills: (0, 0), from_cache: false, outcome: None }
     }
 
     fn finish(&mut self, outcome: std::result::Result<u64, String>) {
@@ -1009,7 +1013,7 @@ impl<'a> LogEntry<'a> {
 impl Drop for LogEntry<'_> {
     fn drop(&mut self) {
         self.scope.end();
-        let (spills, spilled_bytes) = self.plan.as_ref().map_or((0, 0), governed::spills);
+        let (spills, spilled_bytes) = self.spills;
         let (status, rows, error) = match self.outcome.take() {
             Some(Ok(rows)) => (Status::Ok, rows, None),
             Some(Err(message)) => (Status::Error, 0, Some(message)),

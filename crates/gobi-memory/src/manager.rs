@@ -359,6 +359,9 @@ impl MemoryManager {
                 }
                 consumer.written_off.fetch_add(bytes, Ordering::AcqRel);
                 query.reserved.fetch_sub(bytes, Ordering::AcqRel);
+                if let Some(node) = &consumer.node {
+                    node.reserved.fetch_sub(bytes, Ordering::AcqRel);
+                }
                 if !consumer.can_spill {
                     self.unspillable_reserved.fetch_sub(bytes, Ordering::AcqRel);
                 }
@@ -423,6 +426,34 @@ impl Drop for Reservation {
     }
 }
 
+/// What the consumers one plan node registers reserve together, now and at most: the
+/// per-operator figure `EXPLAIN ANALYZE` shows. A node's consumers are those registered while
+/// it runs (`registering_for`), so a sort's `ExternalSorter` and `ExternalSorterMerge` of every
+/// partition count for the sort.
+#[derive(Debug, Default)]
+pub struct NodeMemory {
+    reserved: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl NodeMemory {
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+thread_local! {
+    static REGISTERING_FOR: std::cell::RefCell<Option<Arc<NodeMemory>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with consumers registered on this thread attributed to `node`.
+pub fn registering_for<T>(node: &Arc<NodeMemory>, f: impl FnOnce() -> T) -> T {
+    let previous = REGISTERING_FOR.with(|current| current.replace(Some(Arc::clone(node))));
+    let result = f();
+    REGISTERING_FOR.with(|current| *current.borrow_mut() = previous);
+    result
+}
+
 /// A request that did not fit its pool, with the message users see.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -459,6 +490,8 @@ struct Consumer {
     /// Bytes given back by a cleanup while the reservation still held them: its later shrinks
     /// come out of these first.
     written_off: AtomicUsize,
+    /// The plan node it works for, when known.
+    node: Option<Arc<NodeMemory>>,
 }
 
 impl QueryMemory {
@@ -560,6 +593,10 @@ impl QueryMemory {
         if let Some(consumer) = self.consumer(reservation) {
             let now = consumer.reserved.fetch_add(bytes, Ordering::AcqRel) + bytes;
             consumer.peak.fetch_max(now, Ordering::Relaxed);
+            if let Some(node) = &consumer.node {
+                let now = node.reserved.fetch_add(bytes, Ordering::AcqRel) + bytes;
+                node.peak.fetch_max(now, Ordering::Relaxed);
+            }
             if !consumer.can_spill {
                 self.manager.unspillable_reserved.fetch_add(bytes, Ordering::AcqRel);
             }
@@ -570,6 +607,9 @@ impl QueryMemory {
         self.reserved.fetch_sub(bytes, Ordering::AcqRel);
         if let Some(consumer) = self.consumer(reservation) {
             consumer.reserved.fetch_sub(bytes, Ordering::AcqRel);
+            if let Some(node) = &consumer.node {
+                node.reserved.fetch_sub(bytes, Ordering::AcqRel);
+            }
             if !consumer.can_spill {
                 self.manager.unspillable_reserved.fetch_sub(bytes, Ordering::AcqRel);
             }
@@ -671,6 +711,7 @@ impl MemoryPool for QueryMemory {
             reserved: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             written_off: AtomicUsize::new(0),
+            node: REGISTERING_FOR.with(|current| current.borrow().clone()),
         });
         if consumer.can_spill() {
             self.manager.spillable.fetch_add(1, Ordering::AcqRel);

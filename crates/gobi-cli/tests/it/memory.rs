@@ -203,7 +203,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
-/// TPC-H at scale 0.01 with a fraction of reservations refused on purpose: each query gives
+/// TPC-H at scale 0.1 with a fraction of reservations refused on purpose: each query gives
 /// the right answer or a clean error, and afterwards every pool reads 0 and no spill file is
 /// left.
 #[test]
@@ -213,7 +213,7 @@ fn with_injected_faults_every_tpch_query_is_right_or_fails_cleanly_and_releases_
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    gobi(&["demo", "tpch", "--scale", "0.01"], dir.path()).ok();
+    gobi(&["demo", "tpch", "--scale", "0.1"], dir.path()).ok();
     let lh = dir.path().join("tpch");
     let queries = shared.join("bench/tpch/queries");
     let (mut right, mut failed) = (0, 0);
@@ -222,7 +222,7 @@ fn with_injected_faults_every_tpch_query_is_right_or_fails_cleanly_and_releases_
         let text = format!("DROP VIEW IF EXISTS revenue0;\n{}", text.trim_end().trim_end_matches(';'));
         let expected = gobi(&["-l", lh.to_str().unwrap(), "query", "--format", "csv", &text], dir.path()).ok().stdout;
         let session = format!(
-            "SET memory.result_cache = off;\nSET memory.fault_probability = 0.3;\n{text};\nSET memory.fault_probability = 0;\nDROP VIEW IF EXISTS revenue0;\nSHOW MEMORY;\nSET memory.leak_threshold = '0s';\nSELECT count(*) AS leaks FROM gobi_memory_leaks();\n"
+            "SET memory.result_cache = off;\nSET memory.fault_probability = 0.1;\n{text};\nSET memory.fault_probability = 0;\nDROP VIEW IF EXISTS revenue0;\nSHOW MEMORY;\nSET memory.leak_threshold = '0s';\nSELECT count(*) AS leaks FROM gobi_memory_leaks();\n"
         );
         let run = crate::support::gobi_stdin(&["-l", lh.to_str().unwrap(), "repl", "--format", "csv"], dir.path(), &session).ok();
         for bad in ["panicked", "RUST_BACKTRACE"] {

@@ -24,7 +24,7 @@ fn create_insert_select_round_trip_typed_values() {
         lh.values("DESCRIBE users"),
         rows![
             ["id", "Int64", "NO"],
-            ["name", "Utf8View", "YES"],
+            ["name", "Utf8", "YES"],
             ["active", "Boolean", "YES"],
             ["joined", "Date32", "YES"],
             ["score", "Float64", "YES"],

@@ -65,6 +65,11 @@ fn a_sort_and_a_group_by_bigger_than_the_pool_spill_and_give_the_unlimited_answe
         let unlimited_run = &log[1];
         assert!(unlimited_run.1 > 4 << 20, "{query}: unlimited, it reserved more than the small pool: {log:?}");
 
+        // EXPLAIN ANALYZE shows, per operator, the most its consumers reserved and its spills.
+        let analyzed = gobi(&["--memory-query", "4MiB", "--memory-cache", "0B", "query", &format!("EXPLAIN ANALYZE {query}")], lh.path()).ok().stdout;
+        let sort_line = analyzed.lines().find(|l| l.contains("SortExec")).unwrap_or_else(|| panic!("{analyzed}"));
+        assert!(sort_line.contains("peak_reserved=") && sort_line.contains("spill_count="), "{sort_line}");
+
         let pools = pools_after(&lh, &["--memory-query", "4MiB", "--memory-cache", "0B"], &format!("{query}; SHOW MEMORY"));
         for (pool, _, reserved, _) in &pools {
             assert_eq!(*reserved, 0, "{query}: {pool} pool reads 0 after the query");

@@ -246,8 +246,10 @@ impl MemoryManager {
         freed
     }
 
+    /// (On every growth of a spillable consumer, through the fair share: no allocation.)
     pub fn reclaimable(&self, kind: PoolKind) -> usize {
-        self.reclaimers().iter().map(|r| r.reclaimable(kind)).sum()
+        let reclaimers = self.reclaimers.read().expect("the reclaimer list is never poisoned");
+        reclaimers.iter().filter_map(Weak::upgrade).map(|r| r.reclaimable(kind)).sum()
     }
 
     /// Whether any statement's operators hold memory now: while none do, the cache may borrow
@@ -526,7 +528,8 @@ impl QueryMemory {
     /// process past its budget.
     pub fn check_actual(&self) -> Result<()> {
         let actual = self.actual.current();
-        let limit = self.limit();
+        // What it borrowed from the cache pool is part of its limit too.
+        let limit = self.limit() + self.borrowed.load(Ordering::Relaxed);
         let margin = self.manager.actual_margin();
         let allowed = limit + margin.of(limit);
         if actual <= allowed {
@@ -588,9 +591,13 @@ impl QueryMemory {
     }
 
     fn add(&self, reservation: &MemoryReservation, bytes: usize) {
+        self.add_to(self.consumer(reservation).as_deref(), bytes);
+    }
+
+    fn add_to(&self, consumer: Option<&Consumer>, bytes: usize) {
         let now = self.reserved.fetch_add(bytes, Ordering::AcqRel) + bytes;
         self.peak.fetch_max(now, Ordering::Relaxed);
-        if let Some(consumer) = self.consumer(reservation) {
+        if let Some(consumer) = consumer {
             let now = consumer.reserved.fetch_add(bytes, Ordering::AcqRel) + bytes;
             consumer.peak.fetch_max(now, Ordering::Relaxed);
             if let Some(node) = &consumer.node {
@@ -643,8 +650,10 @@ impl QueryMemory {
             })
             .collect();
         let needed = (limit + bytes - available).div_ceil(1 << 20) as u64;
+        let borrowed = self.borrowed.load(Ordering::Relaxed);
+        let borrowed = if borrowed > 0 { format!(", and {} borrowed from the cache pool", ByteSize(borrowed as u64)) } else { String::new() };
         DataFusionError::ResourcesExhausted(format!(
-            "{what} is full: {} (query {}) asked for {} more with {} of the {} limit reserved ({} in the whole query pool). \
+            "{what} is full: {} (query {}) asked for {} more with {} of the {} limit reserved ({} in the whole query pool{borrowed}). \
              Largest holders: {}. Raise the limit: SET {setting} = '{}MiB'",
             reservation.consumer().name(),
             self.id,
@@ -759,7 +768,8 @@ impl MemoryPool for QueryMemory {
             }
         }
         let pool = self.manager.pool(PoolKind::Query);
-        if let Some(consumer) = self.consumer(reservation).filter(|c| c.can_spill) {
+        let consumer = self.consumer(reservation);
+        if let Some(consumer) = consumer.as_ref().filter(|c| c.can_spill) {
             let share = self.manager.spill_share();
             let held = consumer.reserved.load(Ordering::Acquire);
             // Holding nothing, it has nothing to spill: only the pool's own limit applies.
@@ -772,7 +782,7 @@ impl MemoryPool for QueryMemory {
                 return Err(self.exhausted(reservation, additional, available, pool.limit(), "the query pool", "memory.query_pool"));
             }
         }
-        self.add(reservation, additional);
+        self.add_to(consumer.as_deref(), additional);
         Ok(())
     }
 

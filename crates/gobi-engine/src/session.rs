@@ -147,7 +147,11 @@ impl Session {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::clone(&session_scope) as _)
             // Merging many spill files at once needs a batch of each in memory: merge in rounds.
-            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(spill).with_max_spill_merge_fan_in(8))
+            // Spill files count against a disk budget (`memory.spill_limit`): past it, the
+            // spilling query fails with DataFusion's clear message instead of filling the disk.
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(spill).with_max_spill_merge_fan_in(8).with_max_temp_directory_size(DEFAULT_SPILL_LIMIT),
+            )
             .build_arc()
             .expect("a runtime over gobi's memory manager");
         let ctx = SessionContext::new_with_config_rt(config, runtime);
@@ -676,7 +680,21 @@ impl Session {
         while scope.reserved_bytes() > 0 && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
-        Ok(Output::rows(result?, schema))
+        Ok(Output::rows(result.map_err(|e| self.spill_budget_error(e))?, schema))
+    }
+
+    /// DataFusion's "disk space … exceeded" names its own setting; gobi's is
+    /// `memory.spill_limit`.
+    fn spill_budget_error(&self, error: datafusion::error::DataFusionError) -> GobiError {
+        if !error.to_string().contains("used disk space during the spilling process has exceeded") {
+            return error.into();
+        }
+        let limit = self.ctx.runtime_env().disk_manager.max_temp_directory_size();
+        GobiError::new(
+            crate::error::ErrorKind::Memory,
+            format!("the query's spill files passed the spill disk budget (memory.spill_limit = {})", ByteSize(limit)),
+        )
+        .with_hint(format!("raise it: SET memory.spill_limit = '{}'", ByteSize(limit.saturating_mul(4))))
     }
 
     /// Ends the session: writes its query log and memory events to the lakehouse. A failure to
@@ -762,6 +780,11 @@ impl Session {
             self.memory.set_fault_probability(probability);
             return Ok(Output::Done(format!("memory.fault_probability = {probability}")));
         }
+        if name == "spill_limit" {
+            let size: ByteSize = text.parse().map_err(|e| GobiError::plan(format!("memory.spill_limit: {e}")))?;
+            self.ctx.runtime_env().disk_manager.set_max_temp_directory_size(size.0)?;
+            return Ok(Output::Done(format!("memory.spill_limit = {size}")));
+        }
         if name == "result_cache" {
             let on = match text.to_lowercase().as_str() {
                 "on" | "true" => true,
@@ -799,11 +822,11 @@ impl Session {
             "temp_pool" => self.set_pool_limit(PoolKind::Temp, size.0),
             "query_limit" => *self.query_limit.write() = Some(usize::try_from(size.0).unwrap_or(usize::MAX)),
             other => {
-                let known = ["query_pool", "cache_pool", "temp_pool", "query_limit", "fault_probability", "fault_leak", "leak_threshold", "actual_margin", "result_cache"].map(String::from);
+                let known = ["query_pool", "cache_pool", "temp_pool", "query_limit", "spill_limit", "fault_probability", "fault_leak", "leak_threshold", "actual_margin", "result_cache"].map(String::from);
                 let error = GobiError::plan(format!("unknown setting memory.{other}"));
                 return Err(match gobi_lang::closest_name(other, &known) {
                     Some(close) => error.with_hint(format!("did you mean memory.{close}?")),
-                    None => error.with_hint("memory settings: query_pool, cache_pool, temp_pool, query_limit, fault_probability, fault_leak, leak_threshold, actual_margin, result_cache"),
+                    None => error.with_hint("memory settings: query_pool, cache_pool, temp_pool, query_limit, spill_limit, fault_probability, fault_leak, leak_threshold, actual_margin, result_cache"),
                 });
             }
         }
@@ -965,6 +988,9 @@ fn parse_duration(text: &str) -> Option<std::time::Duration> {
 /// How long a finished statement waits for its aborted tasks to release their memory; what is
 /// still held after that is a leak.
 const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The spill disk budget until `SET memory.spill_limit` says otherwise.
+const DEFAULT_SPILL_LIMIT: u64 = 4 << 30;
 
 /// How long a new query waits for a query pool under critical pressure before it is refused.
 const ADMISSION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);

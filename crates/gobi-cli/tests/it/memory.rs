@@ -420,3 +420,16 @@ fn a_query_short_of_memory_evicts_the_cache_and_borrows_its_room() {
     assert_eq!(status, "ok");
     assert!(*peak > 4 << 20, "it held more than its own pool, borrowed from the cache pool: {peak}");
 }
+
+/// Spill files count against `memory.spill_limit`: a sort that must spill more than the budget
+/// fails with a clear message, leaves no spill file, and the session goes on.
+#[test]
+fn spilling_past_the_spill_limit_fails_cleanly() {
+    let lh = wide_table();
+    let sort = "SELECT s, id, k FROM t ORDER BY s, id";
+    let session = format!("SET memory.spill_limit = '1MiB';\n{sort};\nSET memory.spill_limit = '4GiB';\nSELECT count(*) AS n FROM ({sort});\n");
+    let run = gobi_stdin(&["--memory-query", "4MiB", "--memory-cache", "0B", "repl", "--format", "csv"], lh.path(), &session).ok();
+    assert!(run.stderr.contains("spill disk budget (memory.spill_limit = 1MiB)") && run.stderr.contains("SET memory.spill_limit = '4MiB'"), "{}", run.stderr);
+    assert!(run.stdout.contains("n\n400000\n"), "the session went on: {}", run.stdout);
+    assert!(walk(&lh.path().join("_gobi/spill")).is_empty(), "spill files left behind");
+}

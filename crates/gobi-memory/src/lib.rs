@@ -1,10 +1,12 @@
 //! gobi-memory: the bottom layer of gobi. It depends on no other gobi crate (only on
-//! DataFusion's execution crate, whose `MemoryPool` it implements).
+//! DataFusion's execution crate, whose `MemoryPool` it implements, and jemalloc).
 //!
 //! It owns gobi's governed memory: the three named pools (**query**, **cache**, **temp**,
-//! [`Pool`]), their limits and the byte sizes users write in `gobi.toml` (`"50MiB"`), and the
+//! [`Pool`]), their limits and the byte sizes users write in `gobi.toml` (`"50MiB"`), the
 //! [`MemoryManager`] that holds the pools and accounts for each statement ([`QueryMemory`],
-//! the `MemoryPool` DataFusion's operators reserve from). See `manager.rs` for the picture.
+//! the `MemoryPool` DataFusion's operators reserve from; elastic borrowing between the query
+//! and cache pools; events, leaks, cleanup), and the counting allocator ([`allocator`]) that
+//! says what each statement really holds. See `manager.rs` and `allocator.rs` for the pictures.
 
 pub mod allocator;
 mod byte_size;

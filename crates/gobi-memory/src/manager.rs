@@ -21,7 +21,12 @@
 //! limit, the largest holders and the setting to raise.
 //!
 //! Not tracked here: memory operators do not reserve (decoding buffers, batches in flight,
-//! kernel intermediates). Counting those through the allocator is the next layer.
+//! kernel intermediates). The counting allocator (`allocator.rs`) sees those: each statement's
+//! actual bytes beside its reserved ones.
+//!
+//! Elastic borrowing: the query and cache pools lend each other room. A query short of memory
+//! takes back what cached results borrowed from the query pool, then borrows the cache pool's
+//! room (evicting cached results through a [`Reclaim`]er); each pool stays within its limit.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -216,12 +221,12 @@ impl MemoryManager {
         free / self.spillable.load(Ordering::Acquire).max(1)
     }
 
-    /// What queries can hold at most right now: the query pool, plus what they can borrow from
-    /// the cache pool (its free space and what its entries would give back).
+    /// What queries can hold at most: the query pool plus the cache pool they can borrow from.
+    /// An upper bound (cache bytes no one can evict, such as memos, are counted as lendable):
+    /// it sets the fair share on every growth, so it reads two atomics and takes no lock; a
+    /// share the pools cannot give is refused by the pools, and the operator spills.
     fn elastic_limit(&self) -> usize {
-        let cache = self.pool(PoolKind::Cache);
-        let borrowable = cache.limit().saturating_sub(cache.reserved()) + self.reclaimable(PoolKind::Cache);
-        self.pool(PoolKind::Query).limit() + borrowable
+        self.pool(PoolKind::Query).limit() + self.pool(PoolKind::Cache).limit()
     }
 
     /// Registers a holder of evictable memory; it is forgotten once dropped.

@@ -615,9 +615,9 @@ impl QueryMemory {
         }
     }
 
-    fn remove(&self, reservation: &MemoryReservation, bytes: usize) {
+    fn remove_from(&self, consumer: Option<&Consumer>, bytes: usize) {
         self.reserved.fetch_sub(bytes, Ordering::AcqRel);
-        if let Some(consumer) = self.consumer(reservation) {
+        if let Some(consumer) = consumer {
             consumer.reserved.fetch_sub(bytes, Ordering::AcqRel);
             if let Some(node) = &consumer.node {
                 node.reserved.fetch_sub(bytes, Ordering::AcqRel);
@@ -703,6 +703,10 @@ impl QueryMemory {
 
 /// Takes up to `most` from `counter`; returns what was taken.
 fn take_up_to(counter: &AtomicUsize, most: usize) -> usize {
+    // Almost always 0: a plain load keeps the shared line unwritten.
+    if counter.load(Ordering::Acquire) == 0 {
+        return 0;
+    }
     counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| Some(held - held.min(most))).map_or(0, |held| held.min(most))
 }
 
@@ -747,12 +751,13 @@ impl MemoryPool for QueryMemory {
     }
 
     fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
-        let written_off = self.consumer(reservation).map_or(0, |c| take_up_to(&c.written_off, shrink));
+        let consumer = self.consumer(reservation);
+        let written_off = consumer.as_ref().map_or(0, |c| take_up_to(&c.written_off, shrink));
         let held = shrink - written_off;
         let from_cache = take_up_to(&self.borrowed, held);
         self.manager.pool(PoolKind::Cache).release(from_cache);
         self.manager.pool(PoolKind::Query).release(held - from_cache);
-        self.remove(reservation, held);
+        self.remove_from(consumer.as_deref(), held);
     }
 
     fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {

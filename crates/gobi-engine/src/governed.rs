@@ -143,13 +143,13 @@ impl Stream for ScopedStream {
     type Item = Result<RecordBatch>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let ScopedStream { inner, query, node } = &mut *self;
         let polled = {
-            let _scope = allocator::enter(self.query.actual());
-            let node = Arc::clone(&self.node);
-            registering_for(&node, || self.inner.as_mut().poll_next(cx))
+            let _scope = allocator::enter(query.actual());
+            registering_for(node, || inner.as_mut().poll_next(cx))
         };
         match polled {
-            Poll::Ready(Some(Ok(batch))) => Poll::Ready(Some(self.query.check_actual().map(|()| batch))),
+            Poll::Ready(Some(Ok(batch))) => Poll::Ready(Some(query.check_actual().map(|()| batch))),
             other => other,
         }
     }

@@ -4,9 +4,11 @@
 //!   duration, peak reserved and actual bytes, rejections, spills, bytes leaked);
 //! - `memory_events`: what the memory manager did about pressure, leaks and cleanups.
 //!
-//! Rows are buffered and appended in one commit per log when the session closes; the table
-//! functions `gobi_query_log()` and `gobi_memory_events()` show the persisted rows followed by
-//! this session's pending ones.
+//! Rows are buffered and appended in one commit per log when the session closes, or sooner
+//! once `FLUSH_ROWS` are pending, so the buffer never grows with the session's length; a
+//! session without a lakehouse keeps its last `FLUSH_ROWS` rows only. The table functions
+//! `gobi_query_log()` and `gobi_memory_events()` show the persisted rows followed by this
+//! session's pending ones.
 
 use std::sync::Arc;
 
@@ -149,6 +151,9 @@ pub fn events_batch(events: &[MemoryEvent]) -> DfResult<RecordBatch> {
     )?)
 }
 
+/// Pending rows that make a log write them (or, without a lakehouse, the most it keeps).
+const FLUSH_ROWS: usize = 256;
+
 /// One log: rows not yet written, and the Delta table they go to.
 #[derive(Debug)]
 pub struct DeltaLog {
@@ -169,9 +174,22 @@ impl DeltaLog {
     }
 
     pub fn append(&self, rows: RecordBatch) {
-        if rows.num_rows() > 0 {
-            self.pending.lock().push(rows);
+        if rows.num_rows() == 0 {
+            return;
         }
+        let mut pending = self.pending.lock();
+        pending.push(rows);
+        if self.url.is_none() {
+            while pending.iter().map(RecordBatch::num_rows).sum::<usize>() > FLUSH_ROWS {
+                pending.remove(0);
+            }
+        }
+    }
+
+    /// Writes the pending rows once there are `FLUSH_ROWS` of them.
+    pub async fn flush_if_full(&self) -> Result<()> {
+        let full = self.pending.lock().iter().map(RecordBatch::num_rows).sum::<usize>() >= FLUSH_ROWS;
+        if full { self.flush().await } else { Ok(()) }
     }
 
     /// Appends the pending rows to the Delta table in one commit (creating it the first time).

@@ -11,6 +11,8 @@ use datafusion::catalog::{MemTable, TableFunctionArgs, TableFunctionImpl, TableP
 use datafusion::common::{plan_err, Result};
 use gobi_memory::{ConsumerStats, LeakStats, MemoryManager, PoolStats};
 
+use crate::result_cache::ResultCache;
+
 /// One row per pool: limit, reserved, peak and the counters.
 pub fn pools_batch(memory: &MemoryManager) -> Result<RecordBatch> {
     let stats = memory.stats();
@@ -100,36 +102,83 @@ pub fn leaks_batch(memory: &MemoryManager) -> Result<RecordBatch> {
 pub fn process_batch(memory: &MemoryManager) -> Result<RecordBatch> {
     let process = gobi_memory::ProcessMemory::now();
     let reserved: usize = gobi_memory::PoolKind::ALL.iter().map(|&kind| memory.pool(kind).reserved()).sum();
-    let names = ["allocated_bytes", "resident_bytes", "rss_bytes", "reserved_bytes", "untracked_bytes"];
-    let values = [process.allocated, process.resident, process.rss, reserved, process.allocated.saturating_sub(reserved)];
-    let mut fields = vec![Field::new("allocator", DataType::Utf8, false)];
-    fields.extend(names.iter().map(|n| Field::new(*n, DataType::UInt64, false)));
     let allocator = if gobi_memory::allocator::counting() { "jemalloc (counted)" } else { "system (not counted)" };
-    let mut columns: Vec<ArrayRef> = vec![Arc::new(StringArray::from(vec![allocator]))];
-    columns.extend(values.iter().map(|v| Arc::new(UInt64Array::from(vec![*v as u64])) as ArrayRef));
+    one_row(
+        Some(("allocator", allocator)),
+        &[
+            ("allocated_bytes", process.allocated as u64),
+            ("resident_bytes", process.resident as u64),
+            ("rss_bytes", process.rss as u64),
+            ("reserved_bytes", reserved as u64),
+            ("untracked_bytes", process.allocated.saturating_sub(reserved) as u64),
+        ],
+    )
+}
+
+/// One row with the result cache's entries, bytes and counters.
+pub fn result_cache_batch(cache: &ResultCache) -> Result<RecordBatch> {
+    let stats = cache.stats();
+    one_row(
+        None,
+        &[
+            ("entries", stats.entries as u64),
+            ("bytes", stats.bytes as u64),
+            ("borrowed_bytes", stats.borrowed_bytes as u64),
+            ("hits", stats.hits),
+            ("misses", stats.misses),
+            ("evictions", stats.evictions),
+            ("invalidations", stats.invalidations),
+        ],
+    )
+}
+
+/// A one-row batch: an optional text column first, then named counts.
+fn one_row(text: Option<(&str, &str)>, numbers: &[(&str, u64)]) -> Result<RecordBatch> {
+    let mut fields = vec![];
+    let mut columns: Vec<ArrayRef> = vec![];
+    if let Some((name, value)) = text {
+        fields.push(Field::new(name, DataType::Utf8, false));
+        columns.push(Arc::new(StringArray::from(vec![value])));
+    }
+    for (name, value) in numbers {
+        fields.push(Field::new(*name, DataType::UInt64, false));
+        columns.push(Arc::new(UInt64Array::from(vec![*value])));
+    }
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
 }
 
-/// A table function that snapshots one of the batches above.
-#[derive(Debug)]
+type Snapshot = Box<dyn Fn() -> Result<RecordBatch> + Send + Sync>;
+
+/// A table function that snapshots one of the batches above when a query is planned.
 pub struct MemoryTable {
     name: &'static str,
-    memory: Arc<MemoryManager>,
-    snapshot: fn(&MemoryManager) -> Result<RecordBatch>,
+    snapshot: Snapshot,
+}
+
+impl std::fmt::Debug for MemoryTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryTable").field("name", &self.name).finish()
+    }
 }
 
 impl MemoryTable {
     /// Every memory table function, by the name queries call it with.
-    pub fn all(memory: &Arc<MemoryManager>) -> Vec<Arc<MemoryTable>> {
+    pub fn all(memory: &Arc<MemoryManager>, cache: &Arc<ResultCache>) -> Vec<Arc<MemoryTable>> {
+        let of_manager = |batch: fn(&MemoryManager) -> Result<RecordBatch>| -> Snapshot {
+            let memory = Arc::clone(memory);
+            Box::new(move || batch(&memory))
+        };
+        let cache = Arc::clone(cache);
         [
-            ("gobi_memory_pools", pools_batch as fn(&MemoryManager) -> Result<RecordBatch>),
-            ("gobi_memory_consumers", consumers_batch),
-            ("gobi_memory_leaks", leaks_batch),
-            ("gobi_memory_process", process_batch),
+            ("gobi_memory_pools", of_manager(pools_batch)),
+            ("gobi_memory_consumers", of_manager(consumers_batch)),
+            ("gobi_memory_leaks", of_manager(leaks_batch)),
+            ("gobi_memory_process", of_manager(process_batch)),
+            ("gobi_result_cache", Box::new(move || result_cache_batch(&cache))),
         ]
-            .into_iter()
-            .map(|(name, snapshot)| Arc::new(MemoryTable { name, memory: Arc::clone(memory), snapshot }))
-            .collect()
+        .into_iter()
+        .map(|(name, snapshot)| Arc::new(MemoryTable { name, snapshot }))
+        .collect()
     }
 
     pub fn name(&self) -> &'static str {
@@ -142,26 +191,7 @@ impl TableFunctionImpl for MemoryTable {
         if !args.exprs().is_empty() {
             return plan_err!("{}() takes no arguments", self.name);
         }
-        let batch = (self.snapshot)(&self.memory)?;
+        let batch = (self.snapshot)()?;
         Ok(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?))
-    }
-}
-
-/// `gobi_result_cache()`: one row with the result cache's entries, bytes and counters.
-#[derive(Debug)]
-pub struct ResultCacheTable(pub Arc<crate::result_cache::ResultCache>);
-
-impl TableFunctionImpl for ResultCacheTable {
-    fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
-        if !args.exprs().is_empty() {
-            return plan_err!("gobi_result_cache() takes no arguments");
-        }
-        let stats = self.0.stats();
-        let names = ["entries", "bytes", "borrowed_bytes", "hits", "misses", "evictions", "invalidations"];
-        let values = [stats.entries as u64, stats.bytes as u64, stats.borrowed_bytes as u64, stats.hits, stats.misses, stats.evictions, stats.invalidations];
-        let schema = Arc::new(Schema::new(names.iter().map(|n| Field::new(*n, DataType::UInt64, false)).collect::<Vec<_>>()));
-        let columns: Vec<ArrayRef> = values.iter().map(|v| Arc::new(UInt64Array::from(vec![*v])) as ArrayRef).collect();
-        let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
-        Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
     }
 }

@@ -1,8 +1,10 @@
 //! The query result cache, held in the **cache** pool.
 //!
 //! A result is kept under the text of the statement's logical plan together with the Delta
-//! version of every table it reads; a write moves a table to a new version, so the next
-//! lookup finds the versions changed, drops the entry and runs the query again. Only plans
+//! id and version of every table its scans read (taken from the scans themselves, so the key
+//! is exactly the snapshot the result came from); a write moves a table to a new version, and
+//! a table dropped and created again has a new id, so the next lookup finds them changed,
+//! drops the entry and runs the query again. Only plans
 //! that read nothing but lakehouse Delta tables and call only immutable functions are cached
 //! (`now()`, `random()`, files and `gobi_*()` tables change without a version).
 //!
@@ -23,11 +25,13 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use gobi_memory::{MemoryManager, PoolKind, Reclaim, Reservation};
+
+use crate::delta_scan::TableVersion;
 use lru::LruCache;
 use parking_lot::Mutex;
 
-/// Tables a plan reads, each with its Delta version.
-pub type Versions = Vec<(String, u64)>;
+/// Tables a plan reads (by name), each with the Delta id and version its scan read.
+pub type Versions = Vec<(String, TableVersion)>;
 
 #[derive(Debug)]
 struct Entry {

@@ -177,14 +177,13 @@ impl Session {
             .build()
             .into();
         files.attach(ctx.state_weak_ref());
-        for table in crate::memory_tables::MemoryTable::all(&memory) {
-            ctx.register_udtf(table.name(), table);
-        }
         let log_url = |name: &str| lakehouse.as_ref().and_then(|schema| schema.lakehouse().log_url(name).ok());
         let query_log = DeltaLog::new("query_log", log_url("query_log"), query_log_schema());
         let events = DeltaLog::new("memory_events", log_url("memory_events"), events_schema());
         let result_cache = ResultCache::new(Arc::clone(&memory));
-        ctx.register_udtf("gobi_result_cache", Arc::new(crate::memory_tables::ResultCacheTable(Arc::clone(&result_cache))));
+        for table in crate::memory_tables::MemoryTable::all(&memory, &result_cache) {
+            ctx.register_udtf(table.name(), table);
+        }
         for log in [&query_log, &events] {
             ctx.register_udtf(&format!("gobi_{}", log.name()), Arc::new(LogFunction(Arc::clone(log))));
         }
@@ -527,7 +526,7 @@ impl Session {
     /// success, error or cancellation alike — and the statement goes into the query log.
     async fn collect_governed(&self, plan: LogicalPlan, text: &str) -> Result<Output> {
         self.admit().await?;
-        let cache_key = self.result_cache_key(&plan).await;
+        let cache_key = self.result_cache_key(&plan);
         let scope = self.memory.begin_query(text, *self.query_limit.read());
         let mut entry = LogEntry::new(self, &scope);
         if let Some((key, versions)) = &cache_key {
@@ -544,34 +543,49 @@ impl Session {
             Err(e) => Err(e.message.clone()),
         });
         drop(entry);
-        self.events.append(events_batch(&self.memory.take_events())?);
         if let (Some((key, versions)), Ok(Output::Rows { schema, batches })) = (cache_key, &result) {
             self.result_cache.insert(key, versions, Arc::clone(schema), batches.clone());
         }
+        self.write_logs(false).await;
         result
     }
 
-    /// The result cache's key for `plan` (its text) and the versions of the tables it reads;
+    /// Moves the manager's events into their log and writes both logs: always when the session
+    /// closes, otherwise once one has enough rows pending. A failure to write them is reported,
+    /// and never undoes what the statements did.
+    async fn write_logs(&self, closing: bool) {
+        let events = self.memory.take_events();
+        if !events.is_empty() {
+            match events_batch(&events) {
+                Ok(rows) => self.events.append(rows),
+                Err(e) => tracing::warn!("memory events could not be logged: {e}"),
+            }
+        }
+        for log in [&self.query_log, &self.events] {
+            let written = if closing { log.flush().await } else { log.flush_if_full().await };
+            if let Err(e) = written {
+                tracing::warn!("the {} could not be written: {}", log.name(), e.message);
+            }
+        }
+    }
+
+    /// The result cache's key for `plan` (its text) and the Delta snapshots its scans read;
     /// `None` when the result may change without a table changing: it reads something other
-    /// than lakehouse Delta tables, or calls a function that is not immutable.
-    async fn result_cache_key(&self, plan: &LogicalPlan) -> Option<(String, Versions)> {
+    /// than Delta tables, or calls a function that is not immutable.
+    fn result_cache_key(&self, plan: &LogicalPlan) -> Option<(String, Versions)> {
         use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
         use datafusion::logical_expr::{Expr, Volatility};
         if !self.result_cache_on.load(std::sync::atomic::Ordering::Relaxed) {
             return None;
         }
-        let schema = self.lakehouse.as_ref()?;
-        let lakehouse = schema.lakehouse();
         let mut tables = vec![];
         let mut cacheable = true;
         let _ = plan.apply_with_subqueries(|node| {
             if let LogicalPlan::TableScan(scan) = node {
-                let name = scan.table_name.table().to_string();
-                let plain = scan.table_name.schema().is_none_or(|s| s == "public");
-                if plain && lakehouse.table_exists(&name) && lakehouse.view_sql(&name).is_none() && !schema.is_session_table(&name) {
-                    tables.push(name);
-                } else {
-                    cacheable = false;
+                let read = datafusion::datasource::source_as_provider(&scan.source).ok();
+                match read.as_deref().and_then(crate::delta_scan::scanned_version) {
+                    Some(version) => tables.push((scan.table_name.table().to_string(), version.clone())),
+                    None => cacheable = false,
                 }
             }
             let _ = node.apply_expressions(|expr| {
@@ -589,19 +603,21 @@ impl Session {
         if !cacheable || tables.is_empty() {
             return None;
         }
-        tables.sort();
+        tables.sort_by(|a, b| a.0.cmp(&b.0));
         tables.dedup();
-        Some((plan.display_indent_schema().to_string(), self.table_versions(&tables).await?))
+        Some((plan.display_indent_schema().to_string(), tables))
     }
 
-    async fn table_versions(&self, tables: &[String]) -> Option<Versions> {
-        let schema = self.lakehouse.as_ref()?;
-        let mut versions = vec![];
-        for table in tables {
-            let version = schema.delta_table(table).await.ok()?.version()?;
-            versions.push((table.clone(), version));
+    /// Whether every table of a cached result is still at the snapshot it was read from.
+    async fn still_current(&self, versions: &Versions) -> bool {
+        let Some(schema) = &self.lakehouse else { return false };
+        for (name, read) in versions {
+            let current = schema.delta_table(name).await.ok().and_then(|table| crate::delta_scan::table_version(&table));
+            if current.as_ref() != Some(read) {
+                return false;
+            }
         }
-        Some(versions)
+        true
     }
 
     /// Runs a query of gobi's own reports: like `execute`, but not written to the query log.
@@ -635,7 +651,7 @@ impl Session {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        while pool.pressure() == gobi_memory::Pressure::Critical && started.elapsed() < ADMISSION_WAIT {
+        while pool.pressure() == Pressure::Critical && started.elapsed() < ADMISSION_WAIT {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         let waited = started.elapsed();
@@ -697,17 +713,9 @@ impl Session {
         .with_hint(format!("raise it: SET memory.spill_limit = '{}'", ByteSize(limit.saturating_mul(4))))
     }
 
-    /// Ends the session: writes its query log and memory events to the lakehouse. A failure to
-    /// write them is reported, and never undoes what the statements did.
+    /// Ends the session: writes its query log and memory events to the lakehouse.
     pub async fn close(&self) {
-        if let Ok(events) = events_batch(&self.memory.take_events()) {
-            self.events.append(events);
-        }
-        for log in [&self.query_log, &self.events] {
-            if let Err(e) = log.flush().await {
-                tracing::warn!("the {} could not be written: {}", log.name(), e.message);
-            }
-        }
+        self.write_logs(true).await;
     }
 
     /// `gobi memory cleanup`: releases what ended queries still hold, removes spill folders of
@@ -718,8 +726,7 @@ impl Session {
         let released = self.memory.release_ended();
         let mut current = vec![];
         for versions in self.result_cache.versions() {
-            let tables: Vec<String> = versions.iter().map(|(t, _)| t.clone()).collect();
-            if self.table_versions(&tables).await.as_ref() == Some(&versions) {
+            if self.still_current(&versions).await {
                 current.push(versions);
             }
         }

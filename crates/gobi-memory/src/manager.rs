@@ -251,7 +251,8 @@ impl MemoryManager {
         freed
     }
 
-    /// (On every growth of a spillable consumer, through the fair share: no allocation.)
+    /// What the reclaimers could free in pool `kind` (asked before borrowing; takes no
+    /// allocation).
     pub fn reclaimable(&self, kind: PoolKind) -> usize {
         let reclaimers = self.reclaimers.read().expect("the reclaimer list is never poisoned");
         reclaimers.iter().filter_map(Weak::upgrade).map(|r| r.reclaimable(kind)).sum()
@@ -360,21 +361,13 @@ impl MemoryManager {
         let mut released = Released::default();
         for query in self.live_queries().iter().filter(|q| q.has_ended()) {
             for consumer in query.consumers.read().expect("the consumer map is never poisoned").values() {
+                // Taken from the consumer in one step, so a late shrink cannot take it too.
                 let bytes = consumer.reserved.swap(0, Ordering::AcqRel);
                 if bytes == 0 {
                     continue;
                 }
                 consumer.written_off.fetch_add(bytes, Ordering::AcqRel);
-                query.reserved.fetch_sub(bytes, Ordering::AcqRel);
-                if let Some(node) = &consumer.node {
-                    node.reserved.fetch_sub(bytes, Ordering::AcqRel);
-                }
-                if !consumer.can_spill {
-                    self.unspillable_reserved.fetch_sub(bytes, Ordering::AcqRel);
-                }
-                let from_cache = take_up_to(&query.borrowed, bytes);
-                self.pool(PoolKind::Cache).release(from_cache);
-                self.pool(PoolKind::Query).release(bytes - from_cache);
+                query.release(Some(consumer), bytes);
                 released.reservations += 1;
                 released.bytes += bytes;
                 self.record_event(PoolKind::Query, format!("cleanup: released {} held by {} of ended query {}", ByteSize(bytes as u64), consumer.name, query.id), bytes as u64);
@@ -615,16 +608,19 @@ impl QueryMemory {
         }
     }
 
-    fn remove_from(&self, consumer: Option<&Consumer>, bytes: usize) {
+    /// Gives `bytes` the consumer no longer counts back to the pools (borrowed cache-pool bytes
+    /// first) and takes them off the statement's, node's and manager's counters.
+    fn release(&self, consumer: Option<&Consumer>, bytes: usize) {
+        let from_cache = take_up_to(&self.borrowed, bytes);
+        self.manager.pool(PoolKind::Cache).release(from_cache);
+        self.manager.pool(PoolKind::Query).release(bytes - from_cache);
         self.reserved.fetch_sub(bytes, Ordering::AcqRel);
-        if let Some(consumer) = consumer {
-            consumer.reserved.fetch_sub(bytes, Ordering::AcqRel);
-            if let Some(node) = &consumer.node {
-                node.reserved.fetch_sub(bytes, Ordering::AcqRel);
-            }
-            if !consumer.can_spill {
-                self.manager.unspillable_reserved.fetch_sub(bytes, Ordering::AcqRel);
-            }
+        let Some(consumer) = consumer else { return };
+        if let Some(node) = &consumer.node {
+            node.reserved.fetch_sub(bytes, Ordering::AcqRel);
+        }
+        if !consumer.can_spill {
+            self.manager.unspillable_reserved.fetch_sub(bytes, Ordering::AcqRel);
         }
     }
 
@@ -752,12 +748,13 @@ impl MemoryPool for QueryMemory {
 
     fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
         let consumer = self.consumer(reservation);
+        // Bytes a cleanup already wrote off were released then.
         let written_off = consumer.as_ref().map_or(0, |c| take_up_to(&c.written_off, shrink));
         let held = shrink - written_off;
-        let from_cache = take_up_to(&self.borrowed, held);
-        self.manager.pool(PoolKind::Cache).release(from_cache);
-        self.manager.pool(PoolKind::Query).release(held - from_cache);
-        self.remove_from(consumer.as_deref(), held);
+        if let Some(consumer) = &consumer {
+            consumer.reserved.fetch_sub(held, Ordering::AcqRel);
+        }
+        self.release(consumer.as_deref(), held);
     }
 
     fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {

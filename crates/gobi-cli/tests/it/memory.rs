@@ -355,8 +355,8 @@ fn cache_stats(stdout: &str) -> Vec<(u64, u64, u64, u64, u64, u64)> {
 }
 
 /// A repeated query is answered from the result cache; an INSERT into its table makes the
-/// next run miss and see the new row; entries leave least recently used first and the cache
-/// never holds more than its pool.
+/// next run miss and see the new row, as does dropping and creating the table again; entries
+/// leave least recently used first and the cache never holds more than its pool.
 #[test]
 fn the_result_cache_answers_repeats_forgets_changed_tables_and_evicts_least_recently_used() {
     let lh = wide_table();
@@ -377,6 +377,12 @@ fn the_result_cache_answers_repeats_forgets_changed_tables_and_evicts_least_rece
     assert_eq!(log.len(), 3);
     let from_cache = gobi(&["query", "--format", "csv", &format!("SELECT from_cache FROM gobi_query_log() WHERE text = '{count}' ORDER BY started_at")], lh.path()).ok().stdout;
     assert_eq!(from_cache.lines().collect::<Vec<_>>(), ["from_cache", "false", "true", "false"]);
+
+    // A table dropped and created again starts at version 0 again, with a new table id: the
+    // answer cached for the old table is not the new table's.
+    let recreated = "CREATE TABLE r AS SELECT 1 AS x; SELECT x FROM r; DROP TABLE r; CREATE TABLE r AS SELECT 2 AS x; SELECT x FROM r";
+    let run = gobi(&["query", "--format", "csv", recreated], lh.path()).ok();
+    assert_eq!(run.stdout.lines().collect::<Vec<_>>(), ["x", "1", "x", "2"], "{}", run.stderr);
 
     // Twelve results of ~110 KB in a 1 MiB cache pool: the oldest go first, the newest stay.
     let queries: Vec<String> = (0..12).map(|i| format!("SELECT * FROM t WHERE id % 200 = {i}")).collect();

@@ -1,8 +1,10 @@
 //! The cost of gobi's query pool on the reservation hot path, beside DataFusion's own pools.
 //!
-//! Each iteration is one operator's life in miniature: 64 growths of 8 KiB (a hash table or
-//! sort buffer growing batch by batch), then one shrink back to zero. `gobi` is a statement's
-//! `QueryMemory` (per-query and per-consumer counters, the shared pool's CAS, fair shares,
+//! Each iteration is one operator's life in miniature: 64 growths, then one shrink back to
+//! zero. Two growth sizes: `small` (1 KiB, an aggregation's table growing by a few groups per
+//! batch: gobi's blocks absorb most of them) and `batch` (64 KiB, a sort or repartition taking
+//! a batch: every growth reaches the shared pool). `gobi` is a statement's `QueryMemory`
+//! (consumer blocks, per-query and per-node counters, the shared pool's CAS, fair shares,
 //! fault-injection check); `greedy` and `fair_spill` are DataFusion's `GreedyMemoryPool` and
 //! `FairSpillPool`. All three have room for everything, so no request is refused.
 //!
@@ -18,7 +20,7 @@ use datafusion::execution::memory_pool::{FairSpillPool, GreedyMemoryPool, Memory
 use gobi_memory::{ByteSize, MemoryManager, PoolLimits};
 
 const GROWTHS: usize = 64;
-const STEP: usize = 8 << 10;
+const STEPS: [(&str, usize); 2] = [("small", 1 << 10), ("batch", 64 << 10)];
 const LIMIT: usize = 1 << 30;
 
 fn pools() -> Vec<(&'static str, Arc<dyn MemoryPool>)> {
@@ -31,31 +33,40 @@ fn pools() -> Vec<(&'static str, Arc<dyn MemoryPool>)> {
     ]
 }
 
-/// `iterations` rounds of 64 growths and one shrink on a fresh consumer of `pool`.
-fn rounds(pool: &Arc<dyn MemoryPool>, name: &str, iterations: u64) {
+/// `iterations` rounds of 64 growths of `step` bytes and one shrink on a fresh consumer of `pool`.
+fn rounds(pool: &Arc<dyn MemoryPool>, name: &str, step: usize, iterations: u64) {
     let reservation = MemoryConsumer::new(name.to_string()).with_can_spill(true).register(pool);
     for _ in 0..iterations {
         for _ in 0..GROWTHS {
-            reservation.try_grow(STEP).expect("the pool has room");
+            reservation.try_grow(step).expect("the pool has room");
         }
         reservation.free();
     }
 }
 
 fn reserve_release(c: &mut Criterion) {
-    let mut one = c.benchmark_group("reserve_release_threads_1");
+    for (size, step) in STEPS {
+        threads_1(c, size, step);
+        threads_2(c, size, step);
+    }
+}
+
+fn threads_1(c: &mut Criterion, size: &str, step: usize) {
+    let mut one = c.benchmark_group(format!("reserve_release_{size}_threads_1"));
     for (name, pool) in pools() {
         one.bench_function(name, |b| {
             b.iter_custom(|iterations| {
                 let started = Instant::now();
-                rounds(&pool, "ExternalSorter[0]", iterations);
+                rounds(&pool, "ExternalSorter[0]", step, iterations);
                 started.elapsed()
             })
         });
     }
     one.finish();
+}
 
-    let mut two = c.benchmark_group("reserve_release_threads_2");
+fn threads_2(c: &mut Criterion, size: &str, step: usize) {
+    let mut two = c.benchmark_group(format!("reserve_release_{size}_threads_2"));
     for (name, pool) in pools() {
         two.bench_function(name, |b| {
             b.iter_custom(|iterations| {
@@ -66,7 +77,7 @@ fn reserve_release(c: &mut Criterion) {
                         std::thread::spawn(move || {
                             barrier.wait();
                             let started = Instant::now();
-                            rounds(&pool, &format!("ExternalSorter[{t}]"), iterations);
+                            rounds(&pool, &format!("ExternalSorter[{t}]"), step, iterations);
                             started.elapsed()
                         })
                     })

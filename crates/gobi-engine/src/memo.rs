@@ -1,14 +1,15 @@
 //! A bounded memo of pure-function results, keyed by the arguments' row encoding.
 //!
 //! Its size in bytes is known at every moment ([`Memo::bytes`]): keys, values and a fixed
-//! per-entry overhead, all of it reserved from the **cache** pool. When an insert would pass
-//! the memo's own limit, or the cache pool is full, the least recently used entries go first;
-//! a result that still does not fit is simply not remembered.
+//! per-entry overhead, all of it reserved from the **cache** pool (one reservation growing in the
+//! pool's blocks). When an insert would pass the memo's own limit, or the cache pool is full,
+//! the least recently used entries go first; a result that still does not fit is simply not
+//! remembered.
 
 use std::sync::Arc;
 
 use datafusion::common::ScalarValue;
-use gobi_memory::{MemoryManager, PoolKind};
+use gobi_memory::{MemoryManager, PoolKind, Reservation};
 use lru::LruCache;
 
 /// Bookkeeping per entry beyond key and value: the LRU node and the hash table slot.
@@ -18,15 +19,14 @@ const ENTRY_OVERHEAD: usize = 64;
 pub struct Memo {
     entries: LruCache<Box<[u8]>, ScalarValue>,
     limit: usize,
-    bytes: usize,
+    reservation: Reservation,
     hits: u64,
     misses: u64,
-    memory: Arc<MemoryManager>,
 }
 
 impl Memo {
     pub fn new(limit: usize, memory: Arc<MemoryManager>) -> Self {
-        Self { entries: LruCache::unbounded(), limit, bytes: 0, hits: 0, misses: 0, memory }
+        Self { entries: LruCache::unbounded(), limit, reservation: memory.empty_reservation(PoolKind::Cache), hits: 0, misses: 0 }
     }
 
     pub fn get(&mut self, key: &[u8]) -> Option<ScalarValue> {
@@ -48,15 +48,13 @@ impl Memo {
         if let Some(old) = self.entries.pop(key) {
             self.forget(key, &old);
         }
-        while self.bytes + size > self.limit && self.evict_one() {}
-        let memory = Arc::clone(&self.memory);
-        while memory.pool(PoolKind::Cache).try_reserve(size).is_err() {
+        while self.bytes() + size > self.limit && self.evict_one() {}
+        while self.reservation.try_grow(size, "a function memo").is_err() {
             if !self.evict_one() {
                 return;
             }
         }
         self.entries.put(key.into(), value);
-        self.bytes += size;
     }
 
     fn evict_one(&mut self) -> bool {
@@ -70,13 +68,11 @@ impl Memo {
     }
 
     fn forget(&mut self, key: &[u8], value: &ScalarValue) {
-        let size = entry_size(key, value);
-        self.bytes -= size;
-        self.memory.pool(PoolKind::Cache).release(size);
+        self.reservation.shrink(entry_size(key, value));
     }
 
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.reservation.bytes()
     }
 
     pub fn hits(&self) -> u64 {
@@ -88,24 +84,20 @@ impl Memo {
     }
 }
 
-impl Drop for Memo {
-    fn drop(&mut self) {
-        self.memory.pool(PoolKind::Cache).release(self.bytes);
-    }
-}
-
 fn entry_size(key: &[u8], value: &ScalarValue) -> usize {
     key.len() + value.size() + ENTRY_OVERHEAD
 }
 
 #[cfg(test)]
 mod tests {
+    use gobi_memory::{ByteSize, PoolLimits};
+
     use super::*;
 
     #[test]
-    fn stays_within_its_limit_and_the_cache_pool_and_evicts_the_least_recently_used() {
+    fn stays_within_its_limit_and_evicts_the_least_recently_used() {
         let one = entry_size(b"k0", &ScalarValue::Int64(Some(0)));
-        let memory = MemoryManager::new(gobi_memory::PoolLimits::default());
+        let memory = MemoryManager::new(PoolLimits::default());
         let mut memo = Memo::new(3 * one, Arc::clone(&memory));
         for i in 0..3 {
             memo.insert(format!("k{i}").as_bytes(), ScalarValue::Int64(Some(i)));
@@ -119,14 +111,23 @@ mod tests {
         assert_eq!((memo.hits(), memo.misses()), (2, 1));
         memo.insert(b"k0", ScalarValue::Int64(Some(9)));
         assert!(memo.bytes() <= 3 * one);
-        assert_eq!(memory.pool(PoolKind::Cache).reserved(), memo.bytes(), "every byte is reserved from the cache pool");
-
-        // A cache pool with room for two entries holds the memo to two.
-        memory.pool(PoolKind::Cache).set_limit(memo.bytes() + one - 1);
-        memo.insert(b"k5", ScalarValue::Int64(Some(5)));
-        assert!(memory.pool(PoolKind::Cache).reserved() <= memory.pool(PoolKind::Cache).limit());
-        assert_eq!(memo.get(b"k5"), Some(ScalarValue::Int64(Some(5))));
+        assert_eq!(memory.pool(PoolKind::Cache).reserved(), PoolKind::Cache.block(), "every byte is reserved from the cache pool, in whole blocks");
         drop(memo);
         assert_eq!(memory.pool(PoolKind::Cache).reserved(), 0);
+    }
+
+    #[test]
+    fn a_full_cache_pool_makes_it_evict() {
+        let pool = 2 * PoolKind::Cache.block();
+        let memory = MemoryManager::new(PoolLimits { cache: ByteSize(pool as u64), ..PoolLimits::default() });
+        let mut memo = Memo::new(1 << 20, Arc::clone(&memory));
+        let key = |i: usize| format!("{i:01000}").into_bytes();
+        for i in 0..20 {
+            memo.insert(&key(i), ScalarValue::Int64(Some(i as i64)));
+            assert!(memory.pool(PoolKind::Cache).reserved() <= pool);
+        }
+        assert!(memo.bytes() <= pool);
+        assert_eq!(memo.get(&key(0)), None, "the oldest went first");
+        assert_eq!(memo.get(&key(19)), Some(ScalarValue::Int64(Some(19))));
     }
 }

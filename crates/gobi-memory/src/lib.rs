@@ -12,10 +12,12 @@ pub mod allocator;
 mod byte_size;
 mod manager;
 mod pool;
+mod query;
 
 pub use byte_size::{ByteSize, ByteSizeError};
 pub use allocator::{AllocScope, GobiAllocator, ProcessMemory};
-pub use manager::{registering_for, ConsumerStats, LeakStats, Margin, MemoryEvent, NodeMemory, Reclaim, Released, DEFAULT_ACTUAL_MARGIN, DEFAULT_LEAK_THRESHOLD, HIGH_PRESSURE_PERCENT, CRITICAL_PRESSURE_PERCENT, MemoryManager, PoolFull, QueryId, QueryMemory, Reservation};
+pub use manager::{ConsumerStats, LeakStats, Margin, MemoryEvent, Reclaim, Released, DEFAULT_ACTUAL_MARGIN, DEFAULT_LEAK_THRESHOLD, HIGH_PRESSURE_PERCENT, CRITICAL_PRESSURE_PERCENT, MemoryManager, PoolFull, QueryId, Reservation};
+pub use query::{registering_for, NodeMemory, QueryMemory};
 pub use pool::{Pool, PoolKind, PoolStats, Pressure};
 
 use serde::{Deserialize, Serialize};

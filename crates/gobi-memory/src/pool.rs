@@ -29,6 +29,17 @@ pub enum PoolKind {
 impl PoolKind {
     pub const ALL: [PoolKind; 3] = [PoolKind::Query, PoolKind::Cache, PoolKind::Temp];
 
+    /// The unit a reservation of this pool grows in: small growth stays inside the block it
+    /// already holds and touches no shared counter. Query operators grow most often; session
+    /// values least.
+    pub const fn block(self) -> usize {
+        match self {
+            PoolKind::Query => 8 << 10,
+            PoolKind::Cache => 4 << 10,
+            PoolKind::Temp => 1 << 10,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             PoolKind::Query => "query",
@@ -68,6 +79,18 @@ impl Pressure {
             Pressure::High => "high",
             Pressure::Critical => "critical",
         }
+    }
+}
+
+/// What to give back of `headroom` bytes held beyond a reservation's need: nothing below two
+/// blocks, else all but one block (and the odd bytes), so a reservation that shrinks and grows
+/// around a block boundary does not go back to the pool each time.
+pub(crate) fn surplus(headroom: isize, block: usize) -> usize {
+    let headroom = headroom.max(0) as usize;
+    if headroom < 2 * block {
+        0
+    } else {
+        (headroom / block - 1) * block
     }
 }
 
@@ -193,6 +216,14 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn surplus_keeps_one_spare_block() {
+        assert_eq!(surplus(-5, 1024), 0);
+        assert_eq!(surplus(2047, 1024), 0);
+        assert_eq!(surplus(2048, 1024), 1024);
+        assert_eq!(surplus(5000, 1024), 3072, "keeps 1024 + 904");
+    }
 
     #[test]
     fn refuses_past_the_limit_and_counts() {

@@ -1,0 +1,628 @@
+//! One statement's memory: DataFusion's `MemoryPool` for its plan, charging the shared query
+//! pool in whole blocks.
+//!
+//! ```text
+//!   MemoryReservation::try_grow(n)          (DataFusion operator, any thread)
+//!        │
+//!        ▼
+//!   consumer.headroom -= n  ── still ≥ 0 ──► done: one atomic on the consumer's own line
+//!        │ short
+//!        ▼
+//!   grant whole 8 KiB blocks: query limit? operator's fair share? query pool (else borrow
+//!   from the cache pool) ──► granted += blocks, headroom += blocks, statement/node counters
+//!
+//!   shrink(n): headroom += n; two spare blocks or more ──► give all but one back
+//! ```
+//!
+//! Per consumer, `granted − headroom` is what its reservations hold, and `granted` is what the
+//! pools hold for it: never less, and less than two blocks more once it shrinks. A consumer's
+//! growths mostly stay inside its blocks, so they touch no shared counter; the consumer is
+//! found through a small per-thread cache rather than the statement's consumer map.
+//!
+//! Both paths are lock-free. A growth that finds its consumer short reserves the blocks for its
+//! own shortfall, so concurrent growths of one consumer each cover themselves; a shrink gives
+//! blocks back by compare-and-swap on the headroom, so it never takes room a concurrent growth
+//! already counted on.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use datafusion_common::{DataFusionError, Result};
+use datafusion_execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation};
+
+use crate::allocator::AllocScope;
+use crate::manager::{ConsumerStats, MemoryManager, QueryId};
+use crate::pool::{surplus, PoolKind, Pressure};
+use crate::ByteSize;
+
+/// How many of the largest consumers an out-of-memory message names.
+const TOP_CONSUMERS: usize = 5;
+
+const BLOCK: usize = PoolKind::Query.block();
+
+/// What the consumers one plan node registers reserve together, now and at most: the
+/// per-operator figure `EXPLAIN ANALYZE` shows. A node's consumers are those registered while
+/// it runs (`registering_for`), so a sort's `ExternalSorter` and `ExternalSorterMerge` of every
+/// partition count for the sort.
+#[derive(Debug, Default)]
+pub struct NodeMemory {
+    reserved: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl NodeMemory {
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+thread_local! {
+    static REGISTERING_FOR: RefCell<Option<Arc<NodeMemory>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with consumers registered on this thread attributed to `node`.
+pub fn registering_for<T>(node: &Arc<NodeMemory>, f: impl FnOnce() -> T) -> T {
+    let previous = REGISTERING_FOR.with(|current| current.replace(Some(Arc::clone(node))));
+    let result = f();
+    REGISTERING_FOR.with(|current| *current.borrow_mut() = previous);
+    result
+}
+
+const RECENT_SLOTS: usize = 4;
+
+thread_local! {
+    /// The consumers this thread grew or shrank last, by DataFusion's consumer id (unique in
+    /// the process): an operator's stream mostly runs on one thread, so its reservation's
+    /// consumer is found here without reading the statement's consumer map.
+    static RECENT: RefCell<[Option<(usize, Arc<Consumer>)>; RECENT_SLOTS]> = const { RefCell::new([const { None }; RECENT_SLOTS]) };
+}
+
+/// The memory of one statement, and DataFusion's `MemoryPool` for its plan.
+#[derive(Debug)]
+pub struct QueryMemory {
+    manager: Arc<MemoryManager>,
+    id: QueryId,
+    text: String,
+    started: Instant,
+    limit: Option<usize>,
+    /// What the pools hold for this statement: its consumers' blocks.
+    reserved: AtomicUsize,
+    peak: AtomicUsize,
+    /// Requests refused (by the pool, the query's limit, an operator's share or a fault).
+    rejected: AtomicU64,
+    /// What the allocator handed out while this statement's streams were polled.
+    actual: Arc<AllocScope>,
+    /// Bytes of `reserved` held in the cache pool (borrowed when the query pool was short);
+    /// releases return these first.
+    borrowed: AtomicUsize,
+    ended: AtomicBool,
+    consumers: RwLock<HashMap<usize, Arc<Consumer>>>,
+}
+
+#[derive(Debug)]
+struct Consumer {
+    name: String,
+    can_spill: bool,
+    registered: Instant,
+    /// Bytes the pools hold for this consumer, in whole blocks.
+    granted: AtomicUsize,
+    /// `granted` minus what the consumer's reservations hold. Below zero while a growth waits
+    /// for its blocks, and after a cleanup wrote the grant off.
+    headroom: AtomicIsize,
+    peak: AtomicUsize,
+    /// The plan node it works for, when known.
+    node: Option<Arc<NodeMemory>>,
+}
+
+impl Consumer {
+    /// Takes `bytes` from the room left in the consumer's blocks; what it lacks, if anything.
+    fn take(&self, bytes: usize) -> std::result::Result<(), usize> {
+        let before = self.headroom.fetch_sub(bytes as isize, Ordering::AcqRel);
+        if before >= bytes as isize {
+            Ok(())
+        } else {
+            Err(bytes - before.max(0) as usize)
+        }
+    }
+
+    /// Gives back `bytes` its reservations no longer hold; true when whole blocks are now spare.
+    fn give_back(&self, bytes: usize) -> bool {
+        surplus(self.headroom.fetch_add(bytes as isize, Ordering::AcqRel) + bytes as isize, BLOCK) > 0
+    }
+
+    /// Takes the spare blocks (all but one) off the grant; the bytes the pools should release.
+    fn trim(&self) -> usize {
+        let mut headroom = self.headroom.load(Ordering::Acquire);
+        loop {
+            let spare = surplus(headroom, BLOCK);
+            if spare == 0 {
+                return 0;
+            }
+            match self.headroom.compare_exchange(headroom, headroom - spare as isize, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break self.take_grant(spare),
+                Err(now) => headroom = now,
+            }
+        }
+    }
+
+    /// Takes `bytes` off the grant; 0 (and the headroom restored) when a cleanup wrote the grant
+    /// off in the meantime.
+    fn take_grant(&self, bytes: usize) -> usize {
+        match self.granted.fetch_update(Ordering::AcqRel, Ordering::Acquire, |granted| granted.checked_sub(bytes)) {
+            Ok(_) => bytes,
+            Err(_) => {
+                self.headroom.fetch_add(bytes as isize, Ordering::AcqRel);
+                0
+            }
+        }
+    }
+
+    /// Takes the whole grant; the bytes the pools should release.
+    fn take_all(&self) -> usize {
+        let granted = self.granted.swap(0, Ordering::AcqRel);
+        self.headroom.fetch_sub(granted as isize, Ordering::AcqRel);
+        granted
+    }
+
+    /// What the consumer's reservations hold of what the pools hold for it: bytes a cleanup
+    /// wrote off are no longer counted.
+    fn held(&self) -> usize {
+        let granted = self.granted.load(Ordering::Acquire);
+        granted.saturating_sub(self.headroom.load(Ordering::Acquire).max(0) as usize)
+    }
+}
+
+/// Raises `peak` to `now` if lower; reads first, so the common case writes nothing.
+fn raise(peak: &AtomicUsize, now: usize) {
+    if now > peak.load(Ordering::Relaxed) {
+        peak.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+impl QueryMemory {
+    pub(crate) fn new(manager: Arc<MemoryManager>, id: QueryId, text: &str, limit: Option<usize>) -> Self {
+        Self {
+            manager,
+            id,
+            text: text.chars().take(120).collect(),
+            started: Instant::now(),
+            limit,
+            reserved: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            rejected: AtomicU64::new(0),
+            actual: Arc::default(),
+            borrowed: AtomicUsize::new(0),
+            ended: AtomicBool::new(false),
+            consumers: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn id(&self) -> QueryId {
+        self.id
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// The allocator's count for this statement (see `allocator.rs`).
+    pub fn actual(&self) -> &Arc<AllocScope> {
+        &self.actual
+    }
+
+    /// The most this statement may reserve: its own limit, else the query pool's.
+    pub fn limit(&self) -> usize {
+        self.limit.unwrap_or_else(|| self.manager.pool(PoolKind::Query).limit())
+    }
+
+    /// Stops a statement whose allocator bytes passed its limit by more than
+    /// `memory.actual_margin`: memory no operator reserved, which would otherwise push the
+    /// process past its budget.
+    pub fn check_actual(&self) -> Result<()> {
+        let actual = self.actual.current();
+        // What it borrowed from the cache pool is part of its limit too.
+        let limit = self.limit() + self.borrowed.load(Ordering::Relaxed);
+        let margin = self.manager.actual_margin();
+        let allowed = limit + margin.of(limit);
+        if actual <= allowed {
+            return Ok(());
+        }
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        Err(DataFusionError::ResourcesExhausted(format!(
+            "query {} was stopped: it holds {} from the allocator, more than its {} limit plus the {} margin ({}), while its operators reserved only {}; \
+             the rest ({} untracked) is memory no operator reserves (decoded batches, results, intermediates). \
+             Make the query keep less (aggregate or LIMIT it), or raise the limit: SET memory.query_pool = '{}MiB'",
+            self.id,
+            ByteSize(actual as u64),
+            ByteSize(limit as u64),
+            margin,
+            ByteSize(allowed as u64),
+            ByteSize(self.peak() as u64),
+            ByteSize(actual.saturating_sub(self.reserved_bytes()) as u64),
+            (limit + actual - allowed).div_ceil(1 << 20),
+        )))
+    }
+
+    /// What the pools hold for the statement's operators now.
+    pub fn reserved_bytes(&self) -> usize {
+        self.reserved.load(Ordering::Acquire)
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Marks the statement finished: from now on, bytes it still holds are a leak.
+    pub fn end(&self) {
+        self.ended.store(true, Ordering::Relaxed);
+    }
+
+    pub fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Relaxed)
+    }
+
+    /// Each consumer's bytes held by its reservations now and its peak grant.
+    pub fn consumers(&self) -> Vec<ConsumerStats> {
+        self.consumers
+            .read()
+            .expect("the consumer map is never poisoned")
+            .values()
+            .map(|c| ConsumerStats {
+                pool: PoolKind::Query,
+                query: self.id,
+                name: c.name.clone(),
+                can_spill: c.can_spill,
+                reserved: c.held(),
+                peak: c.peak.load(Ordering::Relaxed),
+                age: c.registered.elapsed(),
+            })
+            .collect()
+    }
+
+    /// Releases every consumer's grant (a cleanup after the statement ended, its reservations
+    /// forgotten): when a reservation is finally dropped, nothing is released twice. The name
+    /// and bytes of each consumer that held some.
+    pub(crate) fn write_off(&self) -> Vec<(String, usize)> {
+        let consumers = self.consumers.read().expect("the consumer map is never poisoned");
+        consumers
+            .values()
+            .filter_map(|consumer| {
+                let bytes = consumer.take_all();
+                self.release(consumer, bytes);
+                (bytes > 0).then(|| (consumer.name.clone(), bytes))
+            })
+            .collect()
+    }
+
+    /// Runs `f` on the consumer DataFusion registered as `id`, found in this thread's recent
+    /// consumers or else in the statement's map (and then remembered).
+    fn with_consumer<T>(&self, id: usize, f: impl FnOnce(&Arc<Consumer>) -> T) -> T {
+        let slot = id % RECENT_SLOTS;
+        let mut f = Some(f);
+        let recent = RECENT.with(|recent| {
+            let recent = recent.try_borrow().ok()?;
+            match &recent[slot] {
+                Some((cached, consumer)) if *cached == id => f.take().map(|f| f(consumer)),
+                _ => None,
+            }
+        });
+        if let Some(result) = recent {
+            return result;
+        }
+        let consumer = self
+            .consumers
+            .read()
+            .expect("the consumer map is never poisoned")
+            .get(&id)
+            .cloned()
+            .expect("DataFusion registers a consumer before it reserves");
+        let result = f.take().map(|f| f(&consumer)).expect("not called yet");
+        RECENT.with(|recent| {
+            if let Ok(mut recent) = recent.try_borrow_mut() {
+                recent[slot] = Some((id, consumer));
+            }
+        });
+        result
+    }
+
+    /// Takes `additional` from the consumer's blocks; when they are short, the consumer and
+    /// the bytes it lacks.
+    fn take_room(&self, reservation: &MemoryReservation, additional: usize) -> Option<(Arc<Consumer>, usize)> {
+        self.with_consumer(reservation.consumer().id(), |consumer| consumer.take(additional).err().map(|short| (Arc::clone(consumer), short)))
+    }
+
+    /// Counts `blocks` newly granted to `consumer` (already reserved from the pools).
+    fn granted(&self, consumer: &Consumer, blocks: usize) {
+        let now = consumer.granted.fetch_add(blocks, Ordering::AcqRel) + blocks;
+        raise(&consumer.peak, now);
+        consumer.headroom.fetch_add(blocks as isize, Ordering::AcqRel);
+        let now = self.reserved.fetch_add(blocks, Ordering::AcqRel) + blocks;
+        raise(&self.peak, now);
+        if let Some(node) = &consumer.node {
+            let now = node.reserved.fetch_add(blocks, Ordering::AcqRel) + blocks;
+            raise(&node.peak, now);
+        }
+        if !consumer.can_spill {
+            self.manager.unspillable_reserved.fetch_add(blocks, Ordering::AcqRel);
+        }
+    }
+
+    /// Gives `bytes` taken off a consumer's grant back to the pools (borrowed cache-pool bytes
+    /// first) and off the statement's, node's and manager's counters.
+    fn release(&self, consumer: &Consumer, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let from_cache = take_up_to(&self.borrowed, bytes);
+        self.manager.pool(PoolKind::Cache).release(from_cache);
+        self.manager.pool(PoolKind::Query).release(bytes - from_cache);
+        self.reserved.fetch_sub(bytes, Ordering::AcqRel);
+        if let Some(node) = &consumer.node {
+            node.reserved.fetch_sub(bytes, Ordering::AcqRel);
+        }
+        if !consumer.can_spill {
+            self.manager.unspillable_reserved.fetch_sub(bytes, Ordering::AcqRel);
+        }
+    }
+
+    /// Reserves what `consumer` is `short` of: whole blocks if the statement's limit, the
+    /// operator's fair share and the pools allow (borrowing from the cache pool when the query
+    /// pool is short), else just the bytes short, so a pool smaller than a block still works.
+    fn grant(&self, consumer: &Consumer, reservation: &MemoryReservation, short: usize) -> Result<()> {
+        let blocks = short.next_multiple_of(BLOCK);
+        let refused = match self.try_grant(consumer, reservation, blocks) {
+            Err(_) if blocks > short => self.try_grant(consumer, reservation, short),
+            outcome => outcome,
+        };
+        refused.map_err(|refused| self.exhausted(reservation, short, refused))
+    }
+
+    fn try_grant(&self, consumer: &Consumer, reservation: &MemoryReservation, bytes: usize) -> std::result::Result<(), Refused> {
+        if let Some(limit) = self.limit {
+            let reserved = self.reserved.load(Ordering::Acquire);
+            if reserved + bytes > limit {
+                return Err(Refused { available: limit.saturating_sub(reserved), limit, what: "this query's memory limit", setting: "memory.query_limit" });
+            }
+        }
+        if consumer.can_spill {
+            let share = self.manager.spill_share();
+            let held = consumer.granted.load(Ordering::Acquire);
+            // Holding nothing, it has nothing to spill: only the pool's own limit applies.
+            if held > 0 && held + bytes > share {
+                return Err(Refused { available: share.saturating_sub(held), limit: share, what: "this operator's share of the query pool", setting: "memory.query_pool" });
+            }
+        }
+        let pool = self.manager.pool(PoolKind::Query);
+        if let Err(available) = pool.try_reserve(bytes) {
+            if !self.borrow(reservation, bytes) {
+                return Err(Refused { available, limit: pool.limit(), what: "the query pool", setting: "memory.query_pool" });
+            }
+        }
+        self.granted(consumer, bytes);
+        Ok(())
+    }
+
+    /// Elastic borrowing, before a request is refused: first the cache gives back what it
+    /// borrowed from the query pool; then the query borrows the cache pool's free space,
+    /// evicting cached entries to make room. True when `additional` was reserved.
+    fn borrow(&self, reservation: &MemoryReservation, additional: usize) -> bool {
+        let manager = &self.manager;
+        let query_pool = manager.pool(PoolKind::Query);
+        if manager.reclaimable(PoolKind::Query) > 0 {
+            let freed = manager.reclaim(PoolKind::Query, additional);
+            if freed > 0 {
+                manager.record_event(PoolKind::Query, format!("evicted {} of cache entries borrowed from the query pool for {} of query {}", ByteSize(freed as u64), reservation.consumer().name(), self.id), freed as u64);
+            }
+            if query_pool.try_reserve(additional).is_ok() {
+                return true;
+            }
+        }
+        let cache_pool = manager.pool(PoolKind::Cache);
+        if cache_pool.try_reserve(additional).is_err() {
+            let freed = manager.reclaim(PoolKind::Cache, additional);
+            if freed == 0 || cache_pool.try_reserve(additional).is_err() {
+                return false;
+            }
+            manager.record_event(PoolKind::Cache, format!("evicted {} of cache entries so {} of query {} could borrow it", ByteSize(freed as u64), reservation.consumer().name(), self.id), freed as u64);
+        }
+        self.borrowed.fetch_add(additional, Ordering::AcqRel);
+        true
+    }
+
+    /// The one message for a request that does not fit: pool, request, limit, who holds the
+    /// memory, and the setting to raise.
+    fn exhausted(&self, reservation: &MemoryReservation, bytes: usize, refused: Refused) -> DataFusionError {
+        let Refused { available, limit, what, setting } = refused;
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        let pool = self.manager.pool(PoolKind::Query);
+        if pool.pressure() > Pressure::Normal {
+            self.manager.record_event(
+                PoolKind::Query,
+                format!("refused {} to {} of query {}: it spills if it can, else fails", ByteSize(bytes as u64), reservation.consumer().name(), self.id),
+                0,
+            );
+        }
+        let consumers = self.manager.consumers();
+        let top: Vec<String> = consumers
+            .iter()
+            .take(TOP_CONSUMERS)
+            .map(|c| {
+                format!(
+                    "{} of query {} ({}) holds {}",
+                    c.name,
+                    c.query,
+                    if c.can_spill { "can spill" } else { "cannot spill" },
+                    ByteSize(c.reserved as u64)
+                )
+            })
+            .collect();
+        let needed = (limit + bytes - available).div_ceil(1 << 20) as u64;
+        let borrowed = self.borrowed.load(Ordering::Relaxed);
+        let borrowed = if borrowed > 0 { format!(", and {} borrowed from the cache pool", ByteSize(borrowed as u64)) } else { String::new() };
+        DataFusionError::ResourcesExhausted(format!(
+            "{what} is full: {} (query {}) asked for {} more with {} of the {} limit reserved ({} in the whole query pool{borrowed}). \
+             Largest holders: {}. Raise the limit: SET {setting} = '{}MiB'",
+            reservation.consumer().name(),
+            self.id,
+            ByteSize(bytes as u64),
+            ByteSize((limit - available) as u64),
+            ByteSize(limit as u64),
+            ByteSize(pool.reserved() as u64),
+            if top.is_empty() { "none".to_string() } else { top.join("; ") },
+            needed.max(1),
+        ))
+    }
+}
+
+/// Why a grant was refused: the limit it hit, and the setting that raises it.
+struct Refused {
+    available: usize,
+    limit: usize,
+    what: &'static str,
+    setting: &'static str,
+}
+
+/// Takes up to `most` from `counter`; returns what was taken.
+fn take_up_to(counter: &AtomicUsize, most: usize) -> usize {
+    // Almost always 0: a plain load keeps the shared line unwritten.
+    if counter.load(Ordering::Acquire) == 0 {
+        return 0;
+    }
+    counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| Some(held - held.min(most))).map_or(0, |held| held.min(most))
+}
+
+impl fmt::Display for QueryMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "gobi query pool (query {})", self.id)
+    }
+}
+
+impl MemoryPool for QueryMemory {
+    fn name(&self) -> &str {
+        "gobi"
+    }
+
+    fn register(&self, consumer: &MemoryConsumer) {
+        let entry = Arc::new(Consumer {
+            name: consumer.name().to_string(),
+            can_spill: consumer.can_spill(),
+            registered: Instant::now(),
+            granted: AtomicUsize::new(0),
+            headroom: AtomicIsize::new(0),
+            peak: AtomicUsize::new(0),
+            node: REGISTERING_FOR.with(|current| current.borrow().clone()),
+        });
+        if consumer.can_spill() {
+            self.manager.spillable.fetch_add(1, Ordering::AcqRel);
+        }
+        self.consumers.write().expect("the consumer map is never poisoned").insert(consumer.id(), entry);
+    }
+
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        if let Some(entry) = self.consumers.write().expect("the consumer map is never poisoned").remove(&consumer.id()) {
+            self.release(&entry, entry.take_all());
+            if entry.can_spill {
+                self.manager.spillable.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Growth that cannot be refused (memory the operator already holds): blocks are reserved
+    /// even past the limit, and counted as an overrun.
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        if let Some((consumer, short)) = self.take_room(reservation, additional) {
+            let blocks = short.next_multiple_of(BLOCK);
+            self.manager.pool(PoolKind::Query).force_reserve(blocks);
+            self.granted(&consumer, blocks);
+        }
+    }
+
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        let spare = self.with_consumer(reservation.consumer().id(), |consumer| consumer.give_back(shrink).then(|| Arc::clone(consumer)));
+        if let Some(consumer) = spare {
+            self.release(&consumer, consumer.trim());
+        }
+    }
+
+    fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
+        if let Some(probability) = self.manager.inject_fault() {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "injected fault (memory.fault_probability = {probability}): {} (query {}) was refused {}",
+                reservation.consumer().name(),
+                self.id,
+                ByteSize(additional as u64)
+            )));
+        }
+        let Some((consumer, short)) = self.take_room(reservation, additional) else { return Ok(()) };
+        self.grant(&consumer, reservation, short).inspect_err(|_| {
+            consumer.headroom.fetch_add(additional as isize, Ordering::AcqRel);
+        })
+    }
+
+    fn reserved(&self) -> usize {
+        self.reserved.load(Ordering::Relaxed)
+    }
+
+    /// The query pool's own limit, not what borrowing could add: operators size their merges
+    /// by it, and borrowed room may be gone by the time they ask.
+    fn memory_limit(&self) -> MemoryLimit {
+        let pool = self.manager.pool(PoolKind::Query).limit();
+        MemoryLimit::Finite(self.limit.map_or(pool, |l| l.min(pool)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion_execution::memory_pool::{MemoryConsumer, MemoryPool};
+
+    use super::*;
+    use crate::PoolLimits;
+
+    #[test]
+    fn small_growths_go_to_the_pool_once_per_block_and_shrinks_keep_one_spare_block() {
+        let manager = MemoryManager::new(PoolLimits { query: ByteSize::mib(1), cache: ByteSize(0), ..PoolLimits::default() });
+        let query: Arc<dyn MemoryPool> = manager.begin_query("SELECT blocks", None);
+        let reservation = MemoryConsumer::new("GroupedHashAggregateStream[0]").with_can_spill(true).register(&query);
+        let pool = manager.pool(PoolKind::Query);
+        for _ in 0..81 {
+            reservation.try_grow(100).unwrap();
+        }
+        assert_eq!((pool.reserved(), pool.stats().allocations), (BLOCK, 1), "8100 bytes fit one block");
+        reservation.try_grow(100).unwrap();
+        assert_eq!((pool.reserved(), pool.stats().allocations), (2 * BLOCK, 2));
+        assert_eq!(manager.consumers()[0].reserved, 8200, "consumers show what the reservation holds");
+
+        reservation.try_grow(40_000).unwrap();
+        assert_eq!(pool.reserved(), 48_200usize.next_multiple_of(BLOCK));
+        reservation.shrink(48_100);
+        assert_eq!(pool.reserved(), 2 * BLOCK, "the block holding 100 bytes and one spare; the rest went back");
+        reservation.free();
+        assert_eq!(pool.reserved(), BLOCK, "one spare block stays until the consumer goes");
+        drop(reservation);
+        assert_eq!((pool.reserved(), query.reserved()), (0, 0));
+    }
+
+    #[test]
+    fn a_pool_smaller_than_a_block_still_grants_the_bytes_asked() {
+        let manager = MemoryManager::new(PoolLimits { query: ByteSize(1000), cache: ByteSize(0), ..PoolLimits::default() });
+        let query: Arc<dyn MemoryPool> = manager.begin_query("SELECT small", None);
+        let reservation = MemoryConsumer::new("ExternalSorter[0]").register(&query);
+        reservation.try_grow(999).unwrap();
+        assert_eq!(manager.pool(PoolKind::Query).reserved(), 999);
+        let error = reservation.try_grow(2).unwrap_err().to_string();
+        assert!(error.contains("asked for 2B more"), "{error}");
+    }
+}

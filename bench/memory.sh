@@ -3,10 +3,14 @@
 # bench/results/memory-*.{json,md,txt}; copy the tables into bench/RESULTS.md.
 #
 #   bench/memory.sh              # everything (TPC-H scale 1 from bench/tpch.sh's data)
-#   bench/memory.sh limits       # one part: pool | limits | creep
+#   bench/memory.sh limits       # one part: pool | overhead | limits | creep
 #
 # - pool:   criterion, reserve/release at 1 and 2 threads: gobi's QueryMemory beside
 #           DataFusion's GreedyMemoryPool and FairSpillPool.
+# - overhead: the 22 TPC-H queries with gobi's accounting (pools, counting jemalloc, scoped
+#           operators) beside the same source built with `--features baseline` (system
+#           allocator, DataFusion's UnboundedMemoryPool, plans unwrapped); both with a 64 GiB
+#           query pool, so the same batch size and no spilling. Best of 5 runs, interleaved.
 # - limits: peak RSS ÷ configured total on each TPC-H query at 175 MiB and 50 MiB, gobi beside
 #           DuckDB and DataFusion (../shared/bench/peers.py, one process per query), plus every
 #           engine without a limit (gobi's unlimited run: a 64 GiB query pool).
@@ -31,11 +35,23 @@ if [ "$PART" = all ] || [ "$PART" = pool ]; then
     cargo bench -p gobi-bench --bench memory_pool 2>&1 | grep -E "^reserve_release|time:" | tee "$OUT/memory-pool.txt"
 fi
 
-cargo build --release --locked --bin gobi
 GOBI="$CARGO_TARGET_DIR/release/gobi"
+if [ "$PART" = all ] || [ "$PART" = overhead ]; then
+  cargo build --release --locked --bin gobi --features gobi-cli/baseline
+  cp "$GOBI" "$CARGO_TARGET_DIR/release/gobi-baseline"
+fi
+cargo build --release --locked --bin gobi
 parquet="$DATA/tpch-sf$SCALE"
 lakehouse="$DATA/tpch-sf$SCALE-delta"
 [ -d "$lakehouse/tables/lineitem" ] && [ -f "$parquet/lineitem.parquet" ] || bench/tpch.sh
+
+if [ "$PART" = all ] || [ "$PART" = overhead ]; then
+  unlimited="--memory-query 64GiB query --file {query} --data {data} --summary json"
+  python3 "$PEERS" run --data "$parquet" --repeat 5 --order interleaved --runs gobi-baseline gobi-governed \
+    --engine-cmd gobi-baseline="$CARGO_TARGET_DIR/release/gobi-baseline $unlimited" \
+    --engine-cmd gobi-governed="$GOBI $unlimited" \
+    --json "$OUT/memory-overhead-sf$SCALE.json" --markdown "$OUT/memory-overhead-sf$SCALE.md"
+fi
 
 if [ "$PART" = all ] || [ "$PART" = limits ]; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore duckdb==2.0.0 datafusion==55.0.0

@@ -18,7 +18,9 @@ use gobi_lang::parse_script;
 
 use crate::output::{Format, Printer};
 
-/// jemalloc, counting what each query's operators allocate (gobi-memory's `allocator`).
+/// jemalloc, counting what each query's operators allocate (gobi-memory's `allocator`). The
+/// `baseline` build (the accounting-overhead benchmark's reference) keeps the system allocator.
+#[cfg(not(feature = "baseline"))]
 #[global_allocator]
 static ALLOCATOR: gobi_memory::GobiAllocator = gobi_memory::GobiAllocator::new();
 
@@ -147,6 +149,7 @@ enum SummaryFormat {
 }
 
 fn main() -> ExitCode {
+    #[cfg(not(feature = "baseline"))]
     gobi_memory::allocator::mark_installed();
     let cli = Cli::parse();
     let format = cli.format.unwrap_or(if std::io::stdout().is_terminal() { Format::Table } else { Format::Csv });

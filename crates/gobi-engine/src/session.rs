@@ -674,16 +674,20 @@ impl Session {
 
     async fn run_governed(&self, plan: &LogicalPlan, scope: &Arc<QueryMemory>, entry: &mut LogEntry<'_>) -> Result<Output> {
         let state = self.ctx.state();
-        let runtime = RuntimeEnvBuilder::from_runtime_env(state.runtime_env())
-            .with_memory_pool(Arc::clone(scope) as _)
-            .build_arc()?;
+        let pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool> = if cfg!(feature = "baseline") {
+            Arc::new(datafusion::execution::memory_pool::UnboundedMemoryPool::default())
+        } else {
+            Arc::clone(scope) as _
+        };
+        let runtime = RuntimeEnvBuilder::from_runtime_env(state.runtime_env()).with_memory_pool(pool).build_arc()?;
         let task = Arc::new(TaskContext::from(&state).with_runtime(runtime));
         if let Some(bytes) = self.fault_leak.lock().take() {
             let leak = datafusion::execution::memory_pool::MemoryConsumer::new("DeliberateLeak").register(&task.memory_pool());
             leak.try_grow(bytes)?;
             self.deliberate_leaks.lock().push(leak);
         }
-        let physical = governed::scoped(state.create_physical_plan(plan).await?, scope)?;
+        let physical = state.create_physical_plan(plan).await?;
+        let physical = if cfg!(feature = "baseline") { physical } else { governed::scoped(physical, scope)? };
         let schema = physical.schema();
         let result = datafusion::physical_plan::collect(Arc::clone(&physical), task).await;
         entry.spills = governed::spills(&physical);

@@ -94,6 +94,14 @@ pub(crate) fn surplus(headroom: isize, block: usize) -> usize {
     }
 }
 
+/// Raises `peak` to `now` if lower. Reads first: below the peak, which is most of the time, the
+/// shared line is not written.
+pub(crate) fn raise_peak(peak: &AtomicUsize, now: usize) {
+    if now > peak.load(Ordering::Relaxed) {
+        peak.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
 #[derive(Debug)]
 pub struct Pool {
     kind: PoolKind,
@@ -196,7 +204,7 @@ impl Pool {
 
     fn note_growth(&self, now: usize) {
         self.allocations.fetch_add(1, Ordering::Relaxed);
-        self.peak.fetch_max(now, Ordering::Relaxed);
+        raise_peak(&self.peak, now);
     }
 
     pub fn stats(&self) -> PoolStats {

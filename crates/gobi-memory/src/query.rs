@@ -36,7 +36,7 @@ use datafusion_execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryPool,
 
 use crate::allocator::AllocScope;
 use crate::manager::{ConsumerStats, MemoryManager, QueryId};
-use crate::pool::{surplus, PoolKind, Pressure};
+use crate::pool::{raise_peak, surplus, PoolKind, Pressure};
 use crate::ByteSize;
 
 /// How many of the largest consumers an out-of-memory message names.
@@ -176,13 +176,6 @@ impl Consumer {
     }
 }
 
-/// Raises `peak` to `now` if lower; reads first, so the common case writes nothing.
-fn raise(peak: &AtomicUsize, now: usize) {
-    if now > peak.load(Ordering::Relaxed) {
-        peak.fetch_max(now, Ordering::Relaxed);
-    }
-}
-
 impl QueryMemory {
     pub(crate) fn new(manager: Arc<MemoryManager>, id: QueryId, text: &str, limit: Option<usize>) -> Self {
         Self {
@@ -307,7 +300,8 @@ impl QueryMemory {
     }
 
     /// Runs `f` on the consumer DataFusion registered as `id`, found in this thread's recent
-    /// consumers or else in the statement's map (and then remembered).
+    /// consumers or else in the statement's map (and then remembered). `f` should be short:
+    /// the cache is borrowed while it runs.
     fn with_consumer<T>(&self, id: usize, f: impl FnOnce(&Arc<Consumer>) -> T) -> T {
         let slot = id % RECENT_SLOTS;
         let mut f = Some(f);
@@ -338,7 +332,7 @@ impl QueryMemory {
     }
 
     /// Takes `additional` from the consumer's blocks; when they are short, the consumer and
-    /// the bytes it lacks.
+    /// the bytes it lacks (the caller reserves more blocks outside this thread's cache).
     fn take_room(&self, reservation: &MemoryReservation, additional: usize) -> Option<(Arc<Consumer>, usize)> {
         self.with_consumer(reservation.consumer().id(), |consumer| consumer.take(additional).err().map(|short| (Arc::clone(consumer), short)))
     }
@@ -346,13 +340,13 @@ impl QueryMemory {
     /// Counts `blocks` newly granted to `consumer` (already reserved from the pools).
     fn granted(&self, consumer: &Consumer, blocks: usize) {
         let now = consumer.granted.fetch_add(blocks, Ordering::AcqRel) + blocks;
-        raise(&consumer.peak, now);
+        raise_peak(&consumer.peak, now);
         consumer.headroom.fetch_add(blocks as isize, Ordering::AcqRel);
         let now = self.reserved.fetch_add(blocks, Ordering::AcqRel) + blocks;
-        raise(&self.peak, now);
+        raise_peak(&self.peak, now);
         if let Some(node) = &consumer.node {
             let now = node.reserved.fetch_add(blocks, Ordering::AcqRel) + blocks;
-            raise(&node.peak, now);
+            raise_peak(&node.peak, now);
         }
         if !consumer.can_spill {
             self.manager.unspillable_reserved.fetch_add(blocks, Ordering::AcqRel);
@@ -397,10 +391,10 @@ impl QueryMemory {
             }
         }
         if consumer.can_spill {
-            let share = self.manager.spill_share();
             let held = consumer.granted.load(Ordering::Acquire);
             // Holding nothing, it has nothing to spill: only the pool's own limit applies.
-            if held > 0 && held + bytes > share {
+            let share = if held > 0 { self.manager.spill_share() } else { usize::MAX };
+            if held + bytes > share {
                 return Err(Refused { available: share.saturating_sub(held), limit: share, what: "this operator's share of the query pool", setting: "memory.query_pool" });
             }
         }

@@ -24,6 +24,23 @@ use crate::output::{Format, Printer};
 #[global_allocator]
 static ALLOCATOR: gobi_memory::GobiAllocator = gobi_memory::GobiAllocator::new();
 
+/// jemalloc's settings, read before the first allocation. One arena instead of four per CPU:
+/// memory one thread frees is reused by the others instead of staying resident in its arena
+/// (TPC-H scale 1 at a 175 MiB limit: peak RSS 8-15 % lower, the same speed on 2 cores; each
+/// thread's cache still serves most allocations without the arena's lock).
+#[cfg(not(feature = "baseline"))]
+#[export_name = "_rjem_malloc_conf"]
+static JEMALLOC_CONF: JemallocConf = JemallocConf(c"narenas:1".as_ptr());
+
+/// A C string pointer jemalloc reads as `const char *malloc_conf`.
+#[cfg(not(feature = "baseline"))]
+#[repr(transparent)]
+struct JemallocConf(*const std::ffi::c_char);
+
+// SAFETY: it points at a string literal, never written.
+#[cfg(not(feature = "baseline"))]
+unsafe impl Sync for JemallocConf {}
+
 #[derive(Parser)]
 #[command(
     name = "gobi",

@@ -547,6 +547,7 @@ impl Session {
             self.result_cache.insert(key, versions, Arc::clone(schema), batches.clone());
         }
         self.write_logs(false).await;
+        gobi_memory::allocator::purge_if_retained_over(RETAINED_FREE_PAGES);
         result
     }
 
@@ -995,6 +996,10 @@ fn parse_duration(text: &str) -> Option<std::time::Duration> {
     };
     std::time::Duration::try_from_secs_f64(seconds).ok()
 }
+
+/// Free allocator pages kept past a statement beyond this go back to the OS at once: between
+/// statements the process holds its live memory, not the last statement's high-water mark.
+const RETAINED_FREE_PAGES: usize = 32 << 20;
 
 /// How long a finished statement waits for its aborted tasks to release their memory; what is
 /// still held after that is a leak.

@@ -209,6 +209,11 @@ impl MemoryManager {
         self.pool(PoolKind::Query).limit() + self.pool(PoolKind::Cache).limit()
     }
 
+    /// The three pools' limits together: the memory budget of the whole process.
+    pub fn total_limit(&self) -> usize {
+        self.pools.iter().map(Pool::limit).fold(0, usize::saturating_add)
+    }
+
     /// Registers a holder of evictable memory; it is forgotten once dropped.
     pub fn register_reclaimer(&self, reclaimer: Weak<dyn Reclaim>) {
         self.reclaimers.write().expect("the reclaimer list is never poisoned").push(reclaimer);

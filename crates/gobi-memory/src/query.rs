@@ -225,23 +225,26 @@ impl QueryMemory {
     /// process past its budget.
     pub fn check_actual(&self) -> Result<()> {
         let actual = self.actual.current();
-        // What it borrowed from the cache pool is part of its limit too.
+        // What it borrowed from the cache pool is part of its limit too; the margin never lets
+        // it hold more than all the pools together.
         let limit = self.limit() + self.borrowed.load(Ordering::Relaxed);
         let margin = self.manager.actual_margin();
-        let allowed = limit + margin.of(limit);
+        let allowed = (limit + margin.of(limit)).min(self.manager.total_limit().max(limit));
         if actual <= allowed {
             return Ok(());
         }
         self.rejected.fetch_add(1, Ordering::Relaxed);
         Err(DataFusionError::ResourcesExhausted(format!(
-            "query {} was stopped: it holds {} from the allocator, more than its {} limit plus the {} margin ({}), while its operators reserved only {}; \
+            "query {} was stopped: it holds {} from the allocator, more than the {} it may hold (its {} limit plus the {} margin, \
+             never more than all pools' {} together), while its operators reserved only {}; \
              the rest ({} untracked) is memory no operator reserves (decoded batches, results, intermediates). \
              Make the query keep less (aggregate or LIMIT it), or raise the limit: SET memory.query_pool = '{}MiB'",
             self.id,
             ByteSize(actual as u64),
+            ByteSize(allowed as u64),
             ByteSize(limit as u64),
             margin,
-            ByteSize(allowed as u64),
+            ByteSize(self.manager.total_limit() as u64),
             ByteSize(self.peak() as u64),
             ByteSize(actual.saturating_sub(self.reserved_bytes()) as u64),
             (limit + actual - allowed).div_ceil(1 << 20),

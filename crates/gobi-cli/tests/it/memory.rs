@@ -97,6 +97,13 @@ fn a_query_allocating_without_reserving_is_stopped_past_its_margin() {
     assert!(*actual < 96 << 20, "stopped soon after (within a few batches): actual {actual}");
     assert!(*reserved < *actual / 10, "most of it untracked: reserved {reserved}, actual {actual}");
 
+    // However wide the margin, a query never holds more than all the pools together.
+    let pools = ["--memory-query", "16MiB", "--memory-cache", "0B", "--memory-temp", "8MiB"];
+    let run = gobi(&[&pools[..], &["query", "--format", "csv", &format!("SET memory.actual_margin = '1000%'; {query}")]].concat(), lh.path()).user_error();
+    assert!(run.stderr.contains("never more than all pools' 24MiB together"), "{}", run.stderr);
+    let (_, _, actual, _, _) = &logged(&lh, query)[0];
+    assert!(*actual > 24 << 20 && *actual < 64 << 20, "stopped past 24 MiB, not 176: actual {actual}");
+
     // With room, the same statement finishes, and the log counts what it really held.
     let rows = gobi(&["--memory-query", "1GiB", "query", "--format", "csv", query], lh.path()).ok().stdout.lines().count();
     assert_eq!(rows, 200_001);

@@ -11,7 +11,9 @@
 //!
 //! Delta tables are opened once per session and brought up to date (one listing of the
 //! `_delta_log` folder) each time a statement names them, so a commit by another process is
-//! seen by the next statement.
+//! seen by the next statement. What an open table keeps between statements — its files' paths
+//! and statistics — is reserved from the **cache** pool; a table that does not fit is opened
+//! again by each statement instead of kept.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,6 +30,7 @@ use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use deltalake::{DeltaTable, DeltaTableBuilder};
 use gobi_lang::closest_name;
+use gobi_memory::{MemoryManager, PoolKind, Reservation};
 use gobi_lang::{TableVersion, VersionedName};
 use parking_lot::RwLock;
 
@@ -40,7 +43,8 @@ use crate::lakehouse::{directory_url, Lakehouse};
 pub struct LakehouseSchema {
     lakehouse: Lakehouse,
     state: OnceLock<Weak<RwLock<SessionState>>>,
-    open_tables: tokio::sync::Mutex<HashMap<String, DeltaTable>>,
+    memory: OnceLock<Arc<MemoryManager>>,
+    open_tables: tokio::sync::Mutex<HashMap<String, OpenTable>>,
     session_tables: RwLock<HashMap<String, Arc<dyn TableProvider>>>,
 }
 
@@ -55,6 +59,7 @@ impl LakehouseSchema {
         Self {
             lakehouse,
             state: OnceLock::new(),
+            memory: OnceLock::new(),
             open_tables: Default::default(),
             session_tables: Default::default(),
         }
@@ -67,6 +72,11 @@ impl LakehouseSchema {
     /// Views are planned with the session's state; the session hands it over once built.
     pub fn attach(&self, state: Weak<RwLock<SessionState>>) {
         let _ = self.state.set(state);
+    }
+
+    /// Open tables' metadata is reserved from this manager's cache pool.
+    pub fn attach_memory(&self, memory: Arc<MemoryManager>) {
+        let _ = self.memory.set(memory);
     }
 
     fn session_state(&self) -> DfResult<SessionState> {
@@ -86,7 +96,7 @@ impl LakehouseSchema {
         if !self.lakehouse.table_exists(name) {
             return Err(unknown_table(name, &self.table_names()));
         }
-        let cached = self.open_tables.lock().await.get(name).cloned();
+        let cached = self.open_tables.lock().await.get(name).map(|open| open.table.clone());
         let table = match cached {
             Some(mut table) => {
                 table.update_incremental(None).await?;
@@ -98,9 +108,32 @@ impl LakehouseSchema {
         Ok(table)
     }
 
-    /// Keeps the table a write returned, so the next read starts from it.
+    /// Keeps the table (a write returned it, or it was brought up to date), so the next read
+    /// starts from it, with its metadata reserved from the cache pool: made room for by
+    /// evicting cached results if need be, else not kept.
     pub async fn remember(&self, name: &str, table: DeltaTable) {
-        self.open_tables.lock().await.insert(name.to_string(), table);
+        let mut open = self.open_tables.lock().await;
+        if let Some(kept) = open.get_mut(name).filter(|kept| kept.table.version() == table.version()) {
+            kept.table = table;
+            return;
+        }
+        open.remove(name);
+        let Some(memory) = self.memory.get() else {
+            open.insert(name.to_string(), OpenTable { table, _reservation: None });
+            return;
+        };
+        let bytes = metadata_bytes(&table);
+        let what = format!("metadata of table {name}");
+        let reservation = memory.reserve(PoolKind::Cache, bytes, &what).or_else(|_| {
+            memory.reclaim(PoolKind::Cache, bytes);
+            memory.reserve(PoolKind::Cache, bytes, &what)
+        });
+        match reservation {
+            Ok(reservation) => {
+                open.insert(name.to_string(), OpenTable { table, _reservation: Some(reservation) });
+            }
+            Err(e) => tracing::debug!("table {name} is not kept open: {e}"),
+        }
     }
 
     pub async fn forget(&self, name: &str) {
@@ -131,6 +164,23 @@ impl LakehouseSchema {
             }
         }
     }
+}
+
+/// A Delta table kept open between statements, and the cache-pool bytes its metadata holds.
+struct OpenTable {
+    table: DeltaTable,
+    _reservation: Option<Reservation>,
+}
+
+/// What an open table's snapshot keeps per data file beyond its path and statistics: size,
+/// times, partition values, the parsed statistics' columns.
+const FILE_ENTRY_BYTES: usize = 256;
+
+/// An estimate of what a table's snapshot holds: each data file's path and statistics (kept as
+/// JSON and parsed into columns, hence twice), and a fixed part per file.
+fn metadata_bytes(table: &DeltaTable) -> usize {
+    let Ok(snapshot) = table.snapshot() else { return 0 };
+    snapshot.log_data().iter().map(|file| file.path().len() + 2 * file.stats().map_or(0, |stats| stats.len()) + FILE_ENTRY_BYTES).sum()
 }
 
 /// `'2026-11-20 10:00:00'`, `'2026-11-20T10:00:00Z'`, `'2026-11-20'`; without a zone, UTC.

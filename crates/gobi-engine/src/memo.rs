@@ -26,7 +26,7 @@ pub struct Memo {
 
 impl Memo {
     pub fn new(limit: usize, memory: Arc<MemoryManager>) -> Self {
-        Self { entries: LruCache::unbounded(), limit, reservation: memory.empty_reservation(PoolKind::Cache), hits: 0, misses: 0 }
+        Self { entries: LruCache::unbounded(), limit, reservation: memory.empty_reservation(PoolKind::Cache, "a function memo"), hits: 0, misses: 0 }
     }
 
     pub fn get(&mut self, key: &[u8]) -> Option<ScalarValue> {
@@ -49,7 +49,7 @@ impl Memo {
             self.forget(key, &old);
         }
         while self.bytes() + size > self.limit && self.evict_one() {}
-        while self.reservation.try_grow(size, "a function memo").is_err() {
+        while self.reservation.try_grow(size).is_err() {
             if !self.evict_one() {
                 return;
             }

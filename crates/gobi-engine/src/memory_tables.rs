@@ -42,13 +42,14 @@ pub fn pools_batch(memory: &MemoryManager) -> Result<RecordBatch> {
     )?)
 }
 
-/// One row per operator holding (or registered to hold) memory in a running statement.
+/// One row per operator holding (or registered to hold) memory in a running statement, and
+/// per reservation kept between statements (no query id).
 pub fn consumers_batch(memory: &MemoryManager) -> Result<RecordBatch> {
     let consumers = memory.consumers();
     let number = |f: &dyn Fn(&ConsumerStats) -> u64| Arc::new(UInt64Array::from(consumers.iter().map(f).collect::<Vec<_>>())) as ArrayRef;
     let schema = Arc::new(Schema::new(vec![
         Field::new("pool", DataType::Utf8, false),
-        Field::new("query_id", DataType::UInt64, false),
+        Field::new("query_id", DataType::UInt64, true),
         Field::new("consumer", DataType::Utf8, false),
         Field::new("can_spill", DataType::Boolean, false),
         Field::new("reserved_bytes", DataType::UInt64, false),
@@ -59,7 +60,7 @@ pub fn consumers_batch(memory: &MemoryManager) -> Result<RecordBatch> {
         schema,
         vec![
             Arc::new(StringArray::from(consumers.iter().map(|c| c.pool.name()).collect::<Vec<_>>())),
-            number(&|c| c.query),
+            Arc::new(UInt64Array::from(consumers.iter().map(|c| c.query).collect::<Vec<_>>())),
             Arc::new(StringArray::from(consumers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>())),
             Arc::new(BooleanArray::from(consumers.iter().map(|c| c.can_spill).collect::<Vec<_>>())),
             number(&|c| c.reserved as u64),
@@ -87,7 +88,7 @@ pub fn leaks_batch(memory: &MemoryManager) -> Result<RecordBatch> {
         schema,
         vec![
             Arc::new(StringArray::from(leaks.iter().map(|l| l.consumer.pool.name()).collect::<Vec<_>>())),
-            number(&|l| l.consumer.query),
+            Arc::new(UInt64Array::from(leaks.iter().map(|l| l.consumer.query).collect::<Vec<_>>())),
             Arc::new(StringArray::from(leaks.iter().map(|l| l.consumer.name.as_str()).collect::<Vec<_>>())),
             Arc::new(StringArray::from(leaks.iter().map(|l| l.text.as_str()).collect::<Vec<_>>())),
             Arc::new(BooleanArray::from(leaks.iter().map(|l| l.ended).collect::<Vec<_>>())),

@@ -82,6 +82,8 @@ pub struct Session {
     result_cache: Arc<ResultCache>,
     /// `SET memory.result_cache = off` turns the result cache off (benchmarks of repeated runs).
     result_cache_on: std::sync::atomic::AtomicBool,
+    /// `SET memory.admission_wait`: how long a new query waits under critical pressure.
+    admission_wait: parking_lot::Mutex<std::time::Duration>,
 }
 
 /// What `gobi memory cleanup` freed.
@@ -189,6 +191,7 @@ impl Session {
         }
         if let Some(schema) = &lakehouse {
             schema.attach(ctx.state_weak_ref());
+            schema.attach_memory(Arc::clone(&memory));
         }
         let session = Self {
             ctx,
@@ -206,6 +209,7 @@ impl Session {
             reporting: Default::default(),
             result_cache,
             result_cache_on: std::sync::atomic::AtomicBool::new(true),
+            admission_wait: parking_lot::Mutex::new(DEFAULT_ADMISSION_WAIT),
         };
         session.load_functions();
         session
@@ -631,7 +635,8 @@ impl Session {
     }
 
     /// Admission: while the query pool is under critical pressure, a new query waits (up to
-    /// `ADMISSION_WAIT`) for running ones to give memory back rather than fail at once.
+    /// `memory.admission_wait`, 10 s) for running ones to give memory back rather than fail at
+    /// once.
     ///
     /// Before that, pressure is answered: a cache pool at `high` or above is evicted down to
     /// 60 % of its limit, and cache entries borrowed from a critical query pool are given back.
@@ -652,7 +657,8 @@ impl Session {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        while pool.pressure() == Pressure::Critical && started.elapsed() < ADMISSION_WAIT {
+        let wait = *self.admission_wait.lock();
+        while pool.pressure() == Pressure::Critical && started.elapsed() < wait {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         let waited = started.elapsed();
@@ -661,10 +667,10 @@ impl Session {
             return Err(GobiError::new(
                 crate::error::ErrorKind::Memory,
                 format!(
-                    "the query pool stayed over 95 % full ({} of {}) for {}s; the new query was not started",
+                    "the query pool stayed over 95 % full ({} of {}) for {:.1}s; the new query was not started",
                     ByteSize(pool.reserved() as u64),
                     ByteSize(pool.limit() as u64),
-                    ADMISSION_WAIT.as_secs()
+                    wait.as_secs_f64()
                 ),
             )
             .with_hint("wait for running queries to finish, or SET memory.query_pool to a larger size"));
@@ -820,6 +826,13 @@ impl Session {
             self.memory.set_actual_margin(margin);
             return Ok(Output::Done(format!("memory.actual_margin = {margin}")));
         }
+        if name == "admission_wait" {
+            let wait = parse_duration(&text).ok_or_else(|| {
+                GobiError::plan(format!("memory.admission_wait must be a duration such as '10s' or '500ms', not {text}"))
+            })?;
+            *self.admission_wait.lock() = wait;
+            return Ok(Output::Done(format!("memory.admission_wait = {}s", wait.as_secs_f64())));
+        }
         if name == "leak_threshold" {
             let threshold = parse_duration(&text).ok_or_else(|| {
                 GobiError::plan(format!("memory.leak_threshold must be a duration such as '300s' or '5min', not {text}"))
@@ -834,11 +847,11 @@ impl Session {
             "temp_pool" => self.set_pool_limit(PoolKind::Temp, size.0),
             "query_limit" => *self.query_limit.write() = Some(usize::try_from(size.0).unwrap_or(usize::MAX)),
             other => {
-                let known = ["query_pool", "cache_pool", "temp_pool", "query_limit", "spill_limit", "fault_probability", "fault_leak", "leak_threshold", "actual_margin", "result_cache"].map(String::from);
+                let known = ["query_pool", "cache_pool", "temp_pool", "query_limit", "spill_limit", "fault_probability", "fault_leak", "leak_threshold", "actual_margin", "result_cache", "admission_wait"].map(String::from);
                 let error = GobiError::plan(format!("unknown setting memory.{other}"));
                 return Err(match gobi_lang::closest_name(other, &known) {
                     Some(close) => error.with_hint(format!("did you mean memory.{close}?")),
-                    None => error.with_hint("memory settings: query_pool, cache_pool, temp_pool, query_limit, spill_limit, fault_probability, fault_leak, leak_threshold, actual_margin, result_cache"),
+                    None => error.with_hint("memory settings: query_pool, cache_pool, temp_pool, query_limit, spill_limit, fault_probability, fault_leak, leak_threshold, actual_margin, result_cache, admission_wait"),
                 });
             }
         }
@@ -1009,7 +1022,7 @@ const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 const DEFAULT_SPILL_LIMIT: u64 = 4 << 30;
 
 /// How long a new query waits for a query pool under critical pressure before it is refused.
-const ADMISSION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+const DEFAULT_ADMISSION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Scales the settings whose memory is fixed per partition to the query pool, so spilling
 /// operators can finish in a small one:

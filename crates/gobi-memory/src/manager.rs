@@ -31,9 +31,9 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::pool::{surplus, Pool, PoolKind, PoolStats, Pressure};
+use crate::pool::{raise_peak, surplus, Pool, PoolKind, PoolStats, Pressure};
 use crate::query::QueryMemory;
 use crate::{ByteSize, PoolLimits};
 
@@ -70,6 +70,8 @@ pub struct MemoryManager {
     events: Mutex<Vec<MemoryEvent>>,
     /// Holders of evictable memory (the result cache), asked to give some back.
     reclaimers: RwLock<Vec<Weak<dyn Reclaim>>>,
+    /// What each live [`Reservation`] holds, for the consumer listing.
+    kept: Mutex<Vec<Weak<Kept>>>,
 }
 
 /// Something holding memory it can drop on demand (cached entries), in the cache pool or
@@ -143,11 +145,13 @@ pub struct LeakStats {
     pub ended: bool,
 }
 
-/// One consumer as `gobi memory stats` lists it.
+/// One consumer as `gobi memory stats` lists it: an operator of a running statement, or
+/// something gobi keeps between statements (a cached result, a table's metadata, a `let`
+/// value, a function memo), which belongs to no statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerStats {
     pub pool: PoolKind,
-    pub query: QueryId,
+    pub query: Option<QueryId>,
     pub name: String,
     pub can_spill: bool,
     pub reserved: usize,
@@ -173,6 +177,7 @@ impl MemoryManager {
             actual_margin: RwLock::new(DEFAULT_ACTUAL_MARGIN),
             events: Mutex::new(vec![]),
             reclaimers: RwLock::new(vec![]),
+            kept: Mutex::new(vec![]),
         })
     }
 
@@ -266,14 +271,18 @@ impl MemoryManager {
 
     /// Holds `bytes` of pool `kind` for `what` (e.g. `let big`) until the reservation drops.
     pub fn reserve(self: &Arc<Self>, kind: PoolKind, bytes: usize, what: &str) -> std::result::Result<Reservation, PoolFull> {
-        let mut reservation = self.empty_reservation(kind);
-        reservation.try_grow(bytes, what)?;
+        let mut reservation = self.empty_reservation(kind, what);
+        reservation.try_grow(bytes)?;
         Ok(reservation)
     }
 
-    /// A reservation of pool `kind` holding nothing yet, to grow and shrink.
-    pub fn empty_reservation(self: &Arc<Self>, kind: PoolKind) -> Reservation {
-        Reservation { manager: Arc::clone(self), kind, bytes: 0, granted: 0 }
+    /// A reservation of pool `kind` for `what`, holding nothing yet, to grow and shrink.
+    pub fn empty_reservation(self: &Arc<Self>, kind: PoolKind, what: &str) -> Reservation {
+        let kept = Arc::new(Kept { pool: kind, name: what.to_string(), since: Instant::now(), bytes: AtomicUsize::new(0), peak: AtomicUsize::new(0) });
+        let mut all = self.kept.lock().expect("the kept list is never poisoned");
+        all.retain(|k| k.strong_count() > 0);
+        all.push(Arc::downgrade(&kept));
+        Reservation { manager: Arc::clone(self), kind, bytes: 0, granted: 0, kept }
     }
 
     pub fn set_leak_threshold(&self, threshold: Duration) {
@@ -347,9 +356,20 @@ impl MemoryManager {
         released
     }
 
-    /// Every consumer of every live statement, largest first.
+    /// Every consumer of every live statement, and every reservation kept between statements,
+    /// largest first.
     pub fn consumers(&self) -> Vec<ConsumerStats> {
         let mut all: Vec<ConsumerStats> = self.live_queries().iter().flat_map(|q| q.consumers()).collect();
+        let kept = self.kept.lock().expect("the kept list is never poisoned");
+        all.extend(kept.iter().filter_map(Weak::upgrade).map(|k| ConsumerStats {
+            pool: k.pool,
+            query: None,
+            name: k.name.clone(),
+            can_spill: false,
+            reserved: k.bytes.load(Ordering::Relaxed),
+            peak: k.peak.load(Ordering::Relaxed),
+            age: k.since.elapsed(),
+        }));
         all.sort_by(|a, b| b.reserved.cmp(&a.reserved).then(a.query.cmp(&b.query)));
         all
     }
@@ -378,9 +398,9 @@ fn fault_dice() -> f64 {
 #[error("{0}")]
 pub struct PoolFull(pub String);
 
-/// Bytes held from one pool (a `let` table, a cached result, a function memo) until dropped.
-/// The pool holds whole blocks ([`PoolKind::block`]): a reservation that grows a little at a
-/// time goes to the pool once per block.
+/// Bytes held from one pool (a `let` table, a cached result, a table's metadata, a function
+/// memo) until dropped. The pool holds whole blocks ([`PoolKind::block`]): a reservation that
+/// grows a little at a time goes to the pool once per block.
 #[derive(Debug)]
 pub struct Reservation {
     manager: Arc<MemoryManager>,
@@ -389,6 +409,19 @@ pub struct Reservation {
     bytes: usize,
     /// What the pool holds for it: `bytes` rounded up to blocks, plus at most one spare block.
     granted: usize,
+    /// What the consumer listing shows of it.
+    kept: Arc<Kept>,
+}
+
+/// A reservation as `gobi_memory_consumers()` lists it: its pool's bytes, by name.
+#[derive(Debug)]
+struct Kept {
+    pool: PoolKind,
+    name: String,
+    since: Instant,
+    /// What the pool holds for it.
+    bytes: AtomicUsize,
+    peak: AtomicUsize,
 }
 
 impl Reservation {
@@ -400,20 +433,20 @@ impl Reservation {
         self.kind
     }
 
-    /// Grows by `bytes` for `what`, reserving whole blocks when the ones held are short (or
-    /// just the bytes short, when the pool has less than a block left).
-    pub fn try_grow(&mut self, bytes: usize, what: &str) -> std::result::Result<(), PoolFull> {
+    /// Grows by `bytes`, reserving whole blocks when the ones held are short (or just the
+    /// bytes short, when the pool has less than a block left).
+    pub fn try_grow(&mut self, bytes: usize) -> std::result::Result<(), PoolFull> {
         let short = (self.bytes + bytes).saturating_sub(self.granted);
         if short > 0 {
-            let manager = &self.manager;
+            let (manager, kind, what) = (&self.manager, self.kind, &self.kept.name);
             if let Some(probability) = manager.inject_fault() {
                 return Err(PoolFull(format!("injected fault (memory.fault_probability = {probability}): {what} was refused {}", ByteSize(bytes as u64))));
             }
-            let pool = manager.pool(self.kind);
-            let blocks = short.next_multiple_of(self.kind.block());
+            let pool = manager.pool(kind);
+            let blocks = short.next_multiple_of(kind.block());
             let granted = pool.try_reserve(blocks).map(|()| blocks).or_else(|_| pool.try_reserve(short).map(|()| short));
             let granted = granted.map_err(|available| {
-                let (kind, limit) = (self.kind, pool.limit());
+                let limit = pool.limit();
                 let needed = (limit + short - available).div_ceil(1 << 20);
                 PoolFull(format!(
                     "the {kind} pool is full: {what} needs {} with {} of the {} limit reserved. Raise the limit: SET memory.{kind}_pool = '{needed}MiB'",
@@ -425,6 +458,7 @@ impl Reservation {
             self.granted += granted;
         }
         self.bytes += bytes;
+        self.show();
         Ok(())
     }
 
@@ -434,6 +468,13 @@ impl Reservation {
         let spare = if self.bytes == 0 { self.granted } else { surplus((self.granted - self.bytes) as isize, self.kind.block()) };
         self.manager.pool(self.kind).release(spare);
         self.granted -= spare;
+        self.show();
+    }
+
+    /// What the consumer listing shows: the bytes the pool holds for it.
+    fn show(&self) {
+        self.kept.bytes.store(self.granted, Ordering::Relaxed);
+        raise_peak(&self.kept.peak, self.granted);
     }
 }
 

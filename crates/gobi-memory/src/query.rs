@@ -19,6 +19,9 @@
 //! growths mostly stay inside its blocks, so they touch no shared counter; the consumer is
 //! found through a small per-thread cache rather than the statement's consumer map.
 //!
+//! A spillable consumer registered while the query pool is under high pressure spills at half
+//! its fair share, so the statements already running keep room to finish.
+//!
 //! Both paths are lock-free. A growth that finds its consumer short reserves the blocks for its
 //! own shortfall, so concurrent growths of one consumer each cover themselves; a shrink gives
 //! blocks back by compare-and-swap on the headroom, so it never takes room a concurrent growth
@@ -114,6 +117,9 @@ struct Consumer {
     /// for its blocks, and after a cleanup wrote the grant off.
     headroom: AtomicIsize,
     peak: AtomicUsize,
+    /// Registered while the query pool was under high pressure: it spills at half its fair
+    /// share, leaving room to the consumers already running.
+    spills_early: bool,
     /// The plan node it works for, when known.
     node: Option<Arc<NodeMemory>>,
 }
@@ -277,7 +283,7 @@ impl QueryMemory {
             .values()
             .map(|c| ConsumerStats {
                 pool: PoolKind::Query,
-                query: self.id,
+                query: Some(self.id),
                 name: c.name.clone(),
                 can_spill: c.can_spill,
                 reserved: c.held(),
@@ -396,7 +402,11 @@ impl QueryMemory {
         if consumer.can_spill {
             let held = consumer.granted.load(Ordering::Acquire);
             // Holding nothing, it has nothing to spill: only the pool's own limit applies.
-            let share = if held > 0 { self.manager.spill_share() } else { usize::MAX };
+            let share = match held {
+                0 => usize::MAX,
+                _ if consumer.spills_early => self.manager.spill_share() / 2,
+                _ => self.manager.spill_share(),
+            };
             if held + bytes > share {
                 return Err(Refused { available: share.saturating_sub(held), limit: share, what: "this operator's share of the query pool", setting: "memory.query_pool" });
             }
@@ -454,12 +464,12 @@ impl QueryMemory {
         let consumers = self.manager.consumers();
         let top: Vec<String> = consumers
             .iter()
+            .filter_map(|c| Some((c, c.query?)))
             .take(TOP_CONSUMERS)
-            .map(|c| {
+            .map(|(c, query)| {
                 format!(
-                    "{} of query {} ({}) holds {}",
+                    "{} of query {query} ({}) holds {}",
                     c.name,
-                    c.query,
                     if c.can_spill { "can spill" } else { "cannot spill" },
                     ByteSize(c.reserved as u64)
                 )
@@ -512,6 +522,10 @@ impl MemoryPool for QueryMemory {
     }
 
     fn register(&self, consumer: &MemoryConsumer) {
+        let spills_early = consumer.can_spill() && self.manager.pool(PoolKind::Query).pressure() >= Pressure::High;
+        if spills_early {
+            self.manager.record_event(PoolKind::Query, format!("high pressure: {} of query {} spills at half its fair share", consumer.name(), self.id), 0);
+        }
         let entry = Arc::new(Consumer {
             name: consumer.name().to_string(),
             can_spill: consumer.can_spill(),
@@ -519,6 +533,7 @@ impl MemoryPool for QueryMemory {
             granted: AtomicUsize::new(0),
             headroom: AtomicIsize::new(0),
             peak: AtomicUsize::new(0),
+            spills_early,
             node: REGISTERING_FOR.with(|current| current.borrow().clone()),
         });
         if consumer.can_spill() {
@@ -621,5 +636,34 @@ mod tests {
         assert_eq!(manager.pool(PoolKind::Query).reserved(), 999);
         let error = reservation.try_grow(2).unwrap_err().to_string();
         assert!(error.contains("asked for 2B more"), "{error}");
+    }
+}
+
+#[cfg(test)]
+mod pressure {
+    use datafusion_execution::memory_pool::{MemoryConsumer, MemoryPool};
+
+    use super::*;
+    use crate::PoolLimits;
+
+    /// The largest a spillable consumer can grow to, in 8 KiB steps, before it is told to spill.
+    fn grows_to(reservation: &MemoryReservation) -> usize {
+        while reservation.try_grow(BLOCK).is_ok() {}
+        reservation.size()
+    }
+
+    #[test]
+    fn under_high_pressure_new_spillable_consumers_spill_at_half_their_share() {
+        let manager = MemoryManager::new(PoolLimits { query: ByteSize::mib(1), cache: ByteSize(0), ..PoolLimits::default() });
+        let query: Arc<dyn MemoryPool> = manager.begin_query("SELECT pressure", None);
+        let before = MemoryConsumer::new("ExternalSorter[0]").with_can_spill(true).register(&query);
+        let join = MemoryConsumer::new("HashJoinInput").register(&query);
+        join.try_grow(840 << 10).unwrap();
+        assert_eq!(manager.pool(PoolKind::Query).pressure(), Pressure::High);
+        let after = MemoryConsumer::new("ExternalSorter[1]").with_can_spill(true).register(&query);
+        // Two spillable consumers share the 184 KiB the join leaves: 92 KiB each.
+        assert_eq!(grows_to(&after), 40 << 10, "registered under high pressure: half of its 92 KiB share, in whole blocks");
+        assert_eq!(grows_to(&before), 88 << 10, "registered before: its whole share");
+        assert!(manager.take_events().iter().any(|e| e.action.contains("ExternalSorter[1] of query 1 spills at half its fair share") && e.level == Pressure::High));
     }
 }

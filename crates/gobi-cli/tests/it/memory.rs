@@ -166,15 +166,28 @@ SELECT count(*) FROM t a JOIN t b ON a.s = b.s;
 SET memory.query_pool = '1GiB';
 SET memory.query_limit = '1GiB';
 SELECT count(*) AS n FROM t a JOIN t b ON a.s = b.s;
-SHOW MEMORY;
 ";
-    let run = gobi_stdin(&["repl", "--format", "csv"], lh.path(), session).ok();
+    let run = gobi_stdin(&["repl", "--format", "csv"], lh.path(), &format!("{session}{KEPT}")).ok();
     assert!(run.stderr.contains("HashJoinInput"), "{}", run.stderr);
     assert!(run.stdout.contains("n\n400000\n"), "{}", run.stdout);
-    for pool in ["query", "cache", "temp"] {
-        let line = run.stdout.lines().find(|l| l.starts_with(&format!("{pool},"))).unwrap_or_else(|| panic!("{pool} in {}", run.stdout));
-        assert_eq!(line.split(',').nth(2), Some("0"), "{pool} pool reads 0 after a failed and a finished query: {line}");
-    }
+    assert_only_metadata_kept(&run.stdout, "after a failed and a finished query");
+}
+
+/// Appended to a REPL script (CSV): the pools, and what is kept in them between statements —
+/// by reservations other than open tables' metadata, and by that metadata.
+const KEPT: &str = "SHOW MEMORY;\nSELECT count(*) FILTER (WHERE consumer NOT LIKE 'metadata of table %') AS others, \
+    coalesce(sum(reserved_bytes), 0) AS metadata FROM gobi_memory_consumers() WHERE query_id IS NULL;\n";
+
+/// After the statements, as [`KEPT`] printed it: the query and temp pools read 0, and the cache
+/// pool holds the open tables' metadata and nothing else.
+fn assert_only_metadata_kept(stdout: &str, context: &str) {
+    let pool = |name: &str| {
+        let line = stdout.lines().find(|l| l.starts_with(&format!("{name},"))).unwrap_or_else(|| panic!("{name} pool in {stdout}"));
+        line.split(',').nth(2).unwrap().to_string()
+    };
+    assert_eq!((pool("query"), pool("temp")), ("0".into(), "0".into()), "{context}: {stdout}");
+    let kept = stdout.lines().skip_while(|l| *l != "others,metadata").nth(1).unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(kept, format!("0,{}", pool("cache")), "{context}: the cache pool holds only open tables' metadata: {stdout}");
 }
 
 #[test]
@@ -234,7 +247,7 @@ fn with_injected_faults_every_tpch_query_is_right_or_fails_cleanly_and_releases_
         let text = format!("DROP VIEW IF EXISTS revenue0;\n{}", text.trim_end().trim_end_matches(';'));
         let expected = gobi(&["-l", lh.to_str().unwrap(), "query", "--format", "csv", &text], dir.path()).ok().stdout;
         let session = format!(
-            "SET memory.result_cache = off;\nSET memory.fault_probability = 0.1;\n{text};\nSET memory.fault_probability = 0;\nDROP VIEW IF EXISTS revenue0;\nSHOW MEMORY;\nSET memory.leak_threshold = '0s';\nSELECT count(*) AS leaks FROM gobi_memory_leaks();\n"
+            "SET memory.result_cache = off;\nSET memory.fault_probability = 0.1;\n{text};\nSET memory.fault_probability = 0;\nDROP VIEW IF EXISTS revenue0;\n{KEPT}SET memory.leak_threshold = '0s';\nSELECT count(*) AS leaks FROM gobi_memory_leaks();\n"
         );
         let run = crate::support::gobi_stdin(&["-l", lh.to_str().unwrap(), "repl", "--format", "csv"], dir.path(), &session).ok();
         for bad in ["panicked", "RUST_BACKTRACE"] {
@@ -247,11 +260,7 @@ fn with_injected_faults_every_tpch_query_is_right_or_fails_cleanly_and_releases_
             assert!(run.stdout.starts_with(&expected), "q{n} with faults gave another answer:\n{}\nexpected\n{expected}", run.stdout);
             right += 1;
         }
-        let pools: Vec<&str> = run.stdout.lines().filter(|l| ["query,", "cache,", "temp,"].iter().any(|p| l.starts_with(p))).collect();
-        assert_eq!(pools.len(), 3, "q{n}: {}", run.stdout);
-        for line in pools {
-            assert_eq!(line.split(',').nth(2), Some("0"), "q{n}: a pool does not read 0 after the query: {line}");
-        }
+        assert_only_metadata_kept(&run.stdout, &format!("q{n}"));
         assert!(walk(&lh.join("_gobi/spill")).is_empty(), "q{n} left spill files");
         assert!(run.stdout.contains("leaks\n0\n"), "q{n}: memory reported as leaked after the query: {}", run.stdout);
     }
@@ -445,4 +454,65 @@ fn spilling_past_the_spill_limit_fails_cleanly() {
     assert!(run.stderr.contains("spill disk budget (memory.spill_limit = 1MiB)") && run.stderr.contains("SET memory.spill_limit = '4MiB'"), "{}", run.stderr);
     assert!(run.stdout.contains("n\n400000\n"), "the session went on: {}", run.stdout);
     assert!(walk(&lh.path().join("_gobi/spill")).is_empty(), "spill files left behind");
+}
+
+/// What an open Delta table keeps between statements (its files' paths and statistics) is held
+/// from the cache pool, grows with the table's files, and is given back when the table goes.
+#[test]
+fn open_tables_hold_their_metadata_in_the_cache_pool() {
+    let lh = Lakehouse::new();
+    lh.run("CREATE TABLE t AS SELECT 1 AS x").ok();
+    let cache = |script: &str| {
+        let pools = pools_after(&lh, &[], &format!("SET memory.result_cache = off; {script}; SHOW MEMORY"));
+        pools.into_iter().find(|p| p.0 == "cache").unwrap().2
+    };
+    let one_file = cache("SELECT count(*) FROM t");
+    assert!(one_file > 0, "the open table's metadata is reserved");
+    for x in 2..=20 {
+        lh.run(&format!("INSERT INTO t VALUES ({x})")).ok();
+    }
+    let twenty_files = cache("SELECT count(*) FROM t");
+    assert!(twenty_files > one_file, "more files, more metadata: {one_file} then {twenty_files}");
+    assert_eq!(cache("SELECT count(*) FROM t; DROP TABLE t"), 0, "a dropped table's metadata is released");
+}
+
+/// Admission: while the query pool is over 95 % full (here: a running query's hash table), a
+/// new query waits for memory instead of failing; it runs once the memory comes back, and if
+/// it does not come back within `memory.admission_wait`, it is refused with a clear message.
+/// Both are recorded as events.
+#[test]
+fn under_critical_pressure_a_new_query_waits_for_memory() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use gobi_engine::Session;
+    use gobi_memory::PoolKind;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let session = Arc::new(Session::in_memory());
+    runtime.block_on(session.run_script("SET memory.query_pool = '1MiB'; SET memory.cache_pool = '0B'")).unwrap();
+    let memory = Arc::clone(session.memory());
+    let running = memory.reserve(PoolKind::Query, 1000 << 10, "a running query's hash table").unwrap();
+
+    let started = Instant::now();
+    let waiting = runtime.spawn({
+        let session = Arc::clone(&session);
+        async move { session.run_script("SELECT 42 AS answer").await }
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(!waiting.is_finished(), "the new query waits while the pool is critical");
+    drop(running);
+    let outputs = runtime.block_on(waiting).unwrap().expect("it runs once the memory is back");
+    assert_eq!(outputs.last().unwrap().row_count(), 1);
+    assert!(started.elapsed() >= Duration::from_millis(400));
+
+    let running = memory.reserve(PoolKind::Query, 1000 << 10, "a running query's hash table").unwrap();
+    let error = runtime.block_on(session.run_script("SET memory.admission_wait = '300ms'; SELECT 42")).unwrap_err();
+    assert!(error.message.contains("stayed over 95 % full") && error.message.contains("0.3s"), "{}", error.message);
+    drop(running);
+
+    for action in ["admission: a new query waited %s for memory", "admission: a new query waited %s and was refused"] {
+        let events = runtime.block_on(session.run_script(&format!("SELECT * FROM gobi_memory_events() WHERE action LIKE '{action}'"))).unwrap();
+        assert_eq!(events.last().unwrap().row_count(), 1, "{action}");
+    }
 }

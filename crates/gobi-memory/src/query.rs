@@ -47,6 +47,13 @@ const TOP_CONSUMERS: usize = 5;
 
 const BLOCK: usize = PoolKind::Query.block();
 
+/// Consumers whose requests are granted even past the limit (counted as overruns) rather than
+/// refused. DataFusion 55's `RepartitionExec` spills a batch it cannot reserve, and its spill
+/// path can deadlock the query (apache/datafusion#24883, fixed after 55.2: TPC-H q18 at a
+/// 175 MiB limit hung in 6 of 40 runs). What it holds is batches in flight between operators,
+/// bounded by its channels' gate, so granting it is bounded too; refusing it is not safe.
+const NEVER_REFUSED: &str = "RepartitionExec";
+
 /// What the consumers one plan node registers reserve together, now and at most: the
 /// per-operator figure `EXPLAIN ANALYZE` shows. A node's consumers are those registered while
 /// it runs (`registering_for`), so a sort's `ExternalSorter` and `ExternalSorterMerge` of every
@@ -120,6 +127,8 @@ struct Consumer {
     /// Registered while the query pool was under high pressure: it spills at half its fair
     /// share, leaving room to the consumers already running.
     spills_early: bool,
+    /// Never refused: see [`NEVER_REFUSED`].
+    never_refused: bool,
     /// The plan node it works for, when known.
     node: Option<Arc<NodeMemory>>,
 }
@@ -389,7 +398,19 @@ impl QueryMemory {
             Err(_) if blocks > short => self.try_grant(consumer, reservation, short),
             outcome => outcome,
         };
-        refused.map_err(|refused| self.exhausted(reservation, short, refused))
+        match refused {
+            Err(_) if consumer.never_refused => {
+                self.force_grant(consumer, blocks);
+                Ok(())
+            }
+            outcome => outcome.map_err(|refused| self.exhausted(reservation, short, refused)),
+        }
+    }
+
+    /// Grants `blocks` even past the pool's limit (counted as an overrun there).
+    fn force_grant(&self, consumer: &Consumer, blocks: usize) {
+        self.manager.pool(PoolKind::Query).force_reserve(blocks);
+        self.granted(consumer, blocks);
     }
 
     fn try_grant(&self, consumer: &Consumer, reservation: &MemoryReservation, bytes: usize) -> std::result::Result<(), Refused> {
@@ -534,6 +555,7 @@ impl MemoryPool for QueryMemory {
             headroom: AtomicIsize::new(0),
             peak: AtomicUsize::new(0),
             spills_early,
+            never_refused: consumer.name().starts_with(NEVER_REFUSED),
             node: REGISTERING_FOR.with(|current| current.borrow().clone()),
         });
         if consumer.can_spill() {
@@ -555,9 +577,7 @@ impl MemoryPool for QueryMemory {
     /// even past the limit, and counted as an overrun.
     fn grow(&self, reservation: &MemoryReservation, additional: usize) {
         if let Some((consumer, short)) = self.take_room(reservation, additional) {
-            let blocks = short.next_multiple_of(BLOCK);
-            self.manager.pool(PoolKind::Query).force_reserve(blocks);
-            self.granted(&consumer, blocks);
+            self.force_grant(&consumer, short.next_multiple_of(BLOCK));
         }
     }
 
@@ -569,7 +589,7 @@ impl MemoryPool for QueryMemory {
     }
 
     fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
-        if let Some(probability) = self.manager.inject_fault() {
+        if let Some(probability) = self.manager.inject_fault().filter(|_| !reservation.consumer().name().starts_with(NEVER_REFUSED)) {
             self.rejected.fetch_add(1, Ordering::Relaxed);
             return Err(DataFusionError::ResourcesExhausted(format!(
                 "injected fault (memory.fault_probability = {probability}): {} (query {}) was refused {}",
@@ -636,6 +656,31 @@ mod tests {
         assert_eq!(manager.pool(PoolKind::Query).reserved(), 999);
         let error = reservation.try_grow(2).unwrap_err().to_string();
         assert!(error.contains("asked for 2B more"), "{error}");
+    }
+}
+
+#[cfg(test)]
+mod never_refused {
+    use datafusion_execution::memory_pool::{MemoryConsumer, MemoryPool};
+
+    use super::*;
+    use crate::PoolLimits;
+
+    #[test]
+    fn repartition_is_granted_past_the_limit_and_counted_as_an_overrun() {
+        let manager = MemoryManager::new(PoolLimits { query: ByteSize(64 << 10), cache: ByteSize(0), ..PoolLimits::default() });
+        manager.set_fault_probability(1.0);
+        let query: Arc<dyn MemoryPool> = manager.begin_query("SELECT repartition", None);
+        let sort = MemoryConsumer::new("ExternalSorter[0]").with_can_spill(true).register(&query);
+        assert!(sort.try_grow(1).is_err(), "others still see injected faults");
+        let repartition = MemoryConsumer::new("RepartitionExec[0]").with_can_spill(true).register(&query);
+        repartition.try_grow(100 << 10).expect("never refused: not by a fault, not by the limit");
+        manager.set_fault_probability(0.0);
+        let pool = manager.pool(PoolKind::Query).stats();
+        assert_eq!((pool.reserved, pool.overruns), (104 << 10, 1));
+        assert!(sort.try_grow(1).is_err(), "the pool is past its limit for everyone else");
+        drop(repartition);
+        assert_eq!(manager.pool(PoolKind::Query).reserved(), 0);
     }
 }
 

@@ -516,3 +516,45 @@ fn under_critical_pressure_a_new_query_waits_for_memory() {
         assert_eq!(events.last().unwrap().row_count(), 1, "{action}");
     }
 }
+
+/// A query cancelled while it holds memory and spill files (as Ctrl-C in the REPL drops it)
+/// gives everything back: every pool reads 0, its spill files are removed, nothing is reported
+/// as leaked, and the session goes on.
+#[test]
+fn a_cancelled_query_releases_its_memory_and_its_spill_files() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use gobi_engine::Session;
+    use gobi_memory::PoolKind;
+
+    let lh = wide_table();
+    let spill = lh.path().join("_gobi/spill");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let session = Arc::new(Session::open(gobi_engine::Lakehouse::open(lh.path()).unwrap()));
+    runtime.block_on(session.run_script("SET memory.query_pool = '4MiB'; SET memory.cache_pool = '0B'")).unwrap();
+    let memory = Arc::clone(session.memory());
+
+    let sort = runtime.spawn({
+        let session = Arc::clone(&session);
+        async move { session.run_script("SELECT * FROM t ORDER BY s, id").await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while walk(&spill).is_empty() {
+        assert!(!sort.is_finished() && Instant::now() < deadline, "the sort should spill before it ends");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(memory.pool(PoolKind::Query).reserved() > 0, "it holds memory when cancelled");
+    sort.abort();
+    assert!(runtime.block_on(sort).unwrap_err().is_cancelled());
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while memory.pool(PoolKind::Query).reserved() > 0 || !walk(&spill).is_empty() {
+        assert!(Instant::now() < deadline, "query pool {} bytes, spill files {:?}", memory.pool(PoolKind::Query).reserved(), walk(&spill));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(memory.pool(PoolKind::Temp).reserved(), 0);
+    assert!(memory.leaks(Duration::ZERO).is_empty(), "{:?}", memory.leaks(Duration::ZERO));
+    let count = runtime.block_on(session.run_script("SELECT count(*) FROM t")).unwrap();
+    assert_eq!(count.last().unwrap().row_count(), 1);
+}

@@ -124,7 +124,13 @@ impl LakehouseSchema {
         };
         let bytes = metadata_bytes(&table);
         let what = format!("metadata of table {name}");
-        let reservation = memory.reserve(PoolKind::Cache, bytes, &what).or_else(|_| {
+        let reservation = memory.reserve(PoolKind::Cache, bytes, &what).or_else(|full| {
+            // Evicting cached results helps only if it can make enough room.
+            let cache = memory.pool(PoolKind::Cache);
+            let room = cache.limit().saturating_sub(cache.reserved()) + memory.reclaimable(PoolKind::Cache);
+            if bytes > room {
+                return Err(full);
+            }
             memory.reclaim(PoolKind::Cache, bytes);
             memory.reserve(PoolKind::Cache, bytes, &what)
         });

@@ -199,16 +199,21 @@ pub fn purge_if_retained_over(threshold: usize) -> Option<usize> {
     if !counting() {
         return None;
     }
-    let resident = || {
+    // Free pages: resident, less the pages holding live allocations and jemalloc's own
+    // metadata, which no purge returns (otherwise fragmentation would make every statement
+    // pay for a purge that frees nothing).
+    let free_pages = || {
         let _ = tikv_jemalloc_ctl::epoch::advance();
-        tikv_jemalloc_ctl::stats::resident::read().unwrap_or(0)
+        let stat = |read: fn() -> tikv_jemalloc_ctl::Result<usize>| read().unwrap_or(0);
+        stat(tikv_jemalloc_ctl::stats::resident::read)
+            .saturating_sub(stat(tikv_jemalloc_ctl::stats::active::read))
+            .saturating_sub(stat(tikv_jemalloc_ctl::stats::metadata::read))
     };
-    let before = resident();
-    let allocated = tikv_jemalloc_ctl::stats::allocated::read().unwrap_or(0);
-    if before.saturating_sub(allocated) <= threshold || !purge() {
+    let before = free_pages();
+    if before <= threshold || !purge() {
         return None;
     }
-    Some(before.saturating_sub(resident()))
+    Some(before.saturating_sub(free_pages()))
 }
 
 pub fn purge() -> bool {

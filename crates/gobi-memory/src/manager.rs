@@ -443,9 +443,7 @@ impl Reservation {
                 return Err(PoolFull(format!("injected fault (memory.fault_probability = {probability}): {what} was refused {}", ByteSize(bytes as u64))));
             }
             let pool = manager.pool(kind);
-            let blocks = short.next_multiple_of(kind.block());
-            let granted = pool.try_reserve(blocks).map(|()| blocks).or_else(|_| pool.try_reserve(short).map(|()| short));
-            let granted = granted.map_err(|available| {
+            let granted = pool.try_reserve_between(short, short.next_multiple_of(kind.block())).map_err(|available| {
                 let limit = pool.limit();
                 let needed = (limit + short - available).div_ceil(1 << 20);
                 PoolFull(format!(

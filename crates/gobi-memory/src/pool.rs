@@ -168,14 +168,23 @@ impl Pool {
 
     /// Reserves `bytes` if the pool has room; otherwise returns the bytes still available.
     pub fn try_reserve(&self, bytes: usize) -> Result<(), usize> {
+        self.try_reserve_between(bytes, bytes).map(|_| ())
+    }
+
+    /// Reserves `most` bytes if the pool has room, else `least` if it has room for that (a
+    /// whole block, else just the bytes needed); the bytes reserved, or the bytes still
+    /// available. One request, counted once.
+    pub fn try_reserve_between(&self, least: usize, most: usize) -> Result<usize, usize> {
         let limit = self.limit();
+        let mut taken = 0;
         let updated = self.reserved.fetch_update(Ordering::AcqRel, Ordering::Acquire, |reserved| {
-            reserved.checked_add(bytes).filter(|&new| new <= limit)
+            taken = [most.max(least), least].into_iter().find(|&bytes| reserved.checked_add(bytes).is_some_and(|new| new <= limit))?;
+            Some(reserved + taken)
         });
         match updated {
             Ok(before) => {
-                self.note_growth(before + bytes);
-                Ok(())
+                self.note_growth(before + taken);
+                Ok(taken)
             }
             Err(reserved) => {
                 self.rejected.fetch_add(1, Ordering::Relaxed);

@@ -178,9 +178,17 @@ impl Consumer {
 
     /// Takes the whole grant; the bytes the pools should release.
     fn take_all(&self) -> usize {
-        let granted = self.granted.swap(0, Ordering::AcqRel);
-        self.headroom.fetch_sub(granted as isize, Ordering::AcqRel);
-        granted
+        // The headroom goes down first, so no growth counts on room that is being taken.
+        loop {
+            let granted = self.granted.load(Ordering::Acquire);
+            self.headroom.fetch_sub(granted as isize, Ordering::AcqRel);
+            match self.granted.compare_exchange(granted, 0, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return granted,
+                Err(_) => {
+                    self.headroom.fetch_add(granted as isize, Ordering::AcqRel);
+                }
+            }
+        }
     }
 
     /// What the consumer's reservations hold of what the pools hold for it: bytes a cleanup
@@ -323,14 +331,14 @@ impl QueryMemory {
     fn with_consumer<T>(&self, id: usize, f: impl FnOnce(&Arc<Consumer>) -> T) -> T {
         let slot = id % RECENT_SLOTS;
         let mut f = Some(f);
-        let recent = RECENT.with(|recent| {
+        let recent = RECENT.try_with(|recent| {
             let recent = recent.try_borrow().ok()?;
             match &recent[slot] {
                 Some((cached, consumer)) if *cached == id => f.take().map(|f| f(consumer)),
                 _ => None,
             }
         });
-        if let Some(result) = recent {
+        if let Ok(Some(result)) = recent {
             return result;
         }
         let consumer = self
@@ -341,7 +349,8 @@ impl QueryMemory {
             .cloned()
             .expect("DataFusion registers a consumer before it reserves");
         let result = f.take().map(|f| f(&consumer)).expect("not called yet");
-        RECENT.with(|recent| {
+        // (Not at all while the thread is ending and its locals are gone.)
+        let _ = RECENT.try_with(|recent| {
             if let Ok(mut recent) = recent.try_borrow_mut() {
                 recent[slot] = Some((id, consumer));
             }
@@ -355,11 +364,10 @@ impl QueryMemory {
         self.with_consumer(reservation.consumer().id(), |consumer| consumer.take(additional).err().map(|short| (Arc::clone(consumer), short)))
     }
 
-    /// Counts `blocks` newly granted to `consumer` (already reserved from the pools).
+    /// Counts `blocks` newly granted to `consumer` (already reserved from the pools). The
+    /// statement's, node's and manager's counters go first: whatever a release takes off the
+    /// consumer's grant is then already in them.
     fn granted(&self, consumer: &Consumer, blocks: usize) {
-        let now = consumer.granted.fetch_add(blocks, Ordering::AcqRel) + blocks;
-        raise_peak(&consumer.peak, now);
-        consumer.headroom.fetch_add(blocks as isize, Ordering::AcqRel);
         let now = self.reserved.fetch_add(blocks, Ordering::AcqRel) + blocks;
         raise_peak(&self.peak, now);
         if let Some(node) = &consumer.node {
@@ -368,6 +376,16 @@ impl QueryMemory {
         }
         if !consumer.can_spill {
             self.manager.unspillable_reserved.fetch_add(blocks, Ordering::AcqRel);
+        }
+        let now = consumer.granted.fetch_add(blocks, Ordering::AcqRel) + blocks;
+        raise_peak(&consumer.peak, now);
+        consumer.headroom.fetch_add(blocks as isize, Ordering::AcqRel);
+    }
+
+    /// Gives back the consumer's spare blocks, if a growth that raced a shrink left some.
+    fn trim(&self, consumer: &Consumer) {
+        if surplus(consumer.headroom.load(Ordering::Acquire), BLOCK) > 0 {
+            self.release(consumer, consumer.trim());
         }
     }
 
@@ -390,21 +408,18 @@ impl QueryMemory {
     }
 
     /// Reserves what `consumer` is `short` of: whole blocks if the statement's limit, the
-    /// operator's fair share and the pools allow (borrowing from the cache pool when the query
-    /// pool is short), else just the bytes short, so a pool smaller than a block still works.
+    /// operator's fair share and the pool allow, else just the bytes short (so a pool smaller
+    /// than a block still works), borrowing from the cache pool when the query pool is short.
     fn grant(&self, consumer: &Consumer, reservation: &MemoryReservation, short: usize) -> Result<()> {
-        let blocks = short.next_multiple_of(BLOCK);
-        let refused = match self.try_grant(consumer, reservation, blocks) {
-            Err(_) if blocks > short => self.try_grant(consumer, reservation, short),
-            outcome => outcome,
-        };
-        match refused {
+        let granted = match self.try_grant(consumer, reservation, short) {
             Err(_) if consumer.never_refused => {
-                self.force_grant(consumer, blocks);
+                self.force_grant(consumer, short.next_multiple_of(BLOCK));
                 Ok(())
             }
             outcome => outcome.map_err(|refused| self.exhausted(reservation, short, refused)),
-        }
+        };
+        self.trim(consumer);
+        granted
     }
 
     /// Grants `blocks` even past the pool's limit (counted as an overrun there).
@@ -413,12 +428,15 @@ impl QueryMemory {
         self.granted(consumer, blocks);
     }
 
-    fn try_grant(&self, consumer: &Consumer, reservation: &MemoryReservation, bytes: usize) -> std::result::Result<(), Refused> {
+    fn try_grant(&self, consumer: &Consumer, reservation: &MemoryReservation, short: usize) -> std::result::Result<(), Refused> {
+        // The most it may take: whole blocks, unless a limit below allows only the bytes short.
+        let mut most = short.next_multiple_of(BLOCK);
         if let Some(limit) = self.limit {
             let reserved = self.reserved.load(Ordering::Acquire);
-            if reserved + bytes > limit {
+            if reserved + short > limit {
                 return Err(Refused { available: limit.saturating_sub(reserved), limit, what: "this query's memory limit", setting: "memory.query_limit" });
             }
+            most = most.min(limit - reserved);
         }
         if consumer.can_spill {
             let held = consumer.granted.load(Ordering::Acquire);
@@ -428,16 +446,17 @@ impl QueryMemory {
                 _ if consumer.spills_early => self.manager.spill_share() / 2,
                 _ => self.manager.spill_share(),
             };
-            if held + bytes > share {
+            if held + short > share {
                 return Err(Refused { available: share.saturating_sub(held), limit: share, what: "this operator's share of the query pool", setting: "memory.query_pool" });
             }
+            most = most.min(share - held);
         }
         let pool = self.manager.pool(PoolKind::Query);
-        if let Err(available) = pool.try_reserve(bytes) {
-            if !self.borrow(reservation, bytes) {
-                return Err(Refused { available, limit: pool.limit(), what: "the query pool", setting: "memory.query_pool" });
-            }
-        }
+        let bytes = match pool.try_reserve_between(short, most) {
+            Ok(bytes) => bytes,
+            Err(_) if self.borrow(reservation, short) => short,
+            Err(available) => return Err(Refused { available, limit: pool.limit(), what: "the query pool", setting: "memory.query_pool" }),
+        };
         self.granted(consumer, bytes);
         Ok(())
     }
@@ -584,11 +603,14 @@ impl MemoryPool for QueryMemory {
     fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
         let spare = self.with_consumer(reservation.consumer().id(), |consumer| consumer.give_back(shrink).then(|| Arc::clone(consumer)));
         if let Some(consumer) = spare {
-            self.release(&consumer, consumer.trim());
+            self.trim(&consumer);
         }
     }
 
     fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
+        if additional == 0 {
+            return Ok(());
+        }
         if let Some(probability) = self.manager.inject_fault().filter(|_| !reservation.consumer().name().starts_with(NEVER_REFUSED)) {
             self.rejected.fetch_add(1, Ordering::Relaxed);
             return Err(DataFusionError::ResourcesExhausted(format!(
@@ -601,6 +623,7 @@ impl MemoryPool for QueryMemory {
         let Some((consumer, short)) = self.take_room(reservation, additional) else { return Ok(()) };
         self.grant(&consumer, reservation, short).inspect_err(|_| {
             consumer.headroom.fetch_add(additional as isize, Ordering::AcqRel);
+            self.trim(&consumer);
         })
     }
 

@@ -27,7 +27,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
-use gobi_engine::{Output, Session};
+use gobi_engine::{Collected, Session};
 use tokio::runtime::Runtime;
 
 const TPCH_QUERIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/bench/tpch/queries");
@@ -189,7 +189,7 @@ fn function_session(rt: &Runtime) -> Session {
 /// twin can be checked to agree before they are timed.
 fn row(rt: &Runtime, session: &Session, query: &str) -> Vec<String> {
     let outputs = rt.block_on(session.run_script(query)).expect("the query runs");
-    let Some(Output::Rows { batches, .. }) = outputs.last() else { panic!("{query} returns no rows") };
+    let Some(Collected::Rows { batches, .. }) = outputs.last() else { panic!("{query} returns no rows") };
     let batch = batches.iter().find(|b| b.num_rows() > 0).expect("a row");
     batch.columns().iter().map(|c| array_value_to_string(c, 0).expect("a printable value")).collect()
 }

@@ -16,7 +16,8 @@ use datafusion::catalog::streaming::StreamingTable;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
-use gobi_engine::{GobiError, Lakehouse, Output, Session};
+use gobi_engine::{GobiError, Lakehouse, Session};
+use gobi_lang::parse_script;
 use indicatif::{ProgressBar, ProgressStyle};
 use tpchgen::generators::{
     CustomerGenerator, LineItemGenerator, NationGenerator, OrderGenerator, PartGenerator, PartSuppGenerator,
@@ -89,15 +90,13 @@ pub async fn run(dir: PathBuf, scale: f64, printer: &Printer) -> CliResult {
     eprintln!();
     for (name, title, sql) in QUERIES {
         let started = Instant::now();
-        let outputs = session
-            .run_script(sql)
-            .await
-            .map_err(|error| Failure { error, source: Some(sql.to_string()) })?;
+        let with_source = |error: GobiError| Failure { error, source: Some(sql.to_string()) };
+        for statement in parse_script(sql).map_err(|e| with_source(e.into()))? {
+            let output = session.execute(&statement).await.map_err(with_source)?;
+            printer.print(output).await.map_err(with_source)?;
+        }
         let seconds = started.elapsed().as_secs_f64();
         eprintln!("TPC-H {name} ({title}): {seconds:.3} s");
-        for output in outputs.iter().filter(|o| matches!(o, Output::Rows { .. })) {
-            printer.print(output)?;
-        }
         eprintln!();
     }
     let dir = dir.display();

@@ -9,10 +9,11 @@ mod repl;
 use std::io::{IsTerminal as _, Read as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
-use gobi_engine::{GobiError, Lakehouse, Output, Session};
+use gobi_engine::{Engine, GobiError, Lakehouse, Output, Session};
 use gobi_memory::{ByteSize, PoolKind};
 use gobi_lang::parse_script;
 
@@ -116,7 +117,7 @@ struct QueryArgs {
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
     /// After the results, print one line `{"rows": N, "seconds": S}`: N rows in the last
-    /// result, S seconds the engine spent on all the statements.
+    /// result, S seconds spent running the statements and writing their rows.
     #[arg(long, value_enum, value_name = "FORMAT")]
     summary: Option<SummaryFormat>,
 }
@@ -139,24 +140,28 @@ struct MemoryArgs {
 }
 
 impl MemoryArgs {
-    fn apply(&self, session: &Session) {
+    fn apply(&self, engine: &Engine) {
         if let Some(total) = self.memory_limit {
-            session.set_pool_limit(PoolKind::Query, total.0 * 50 / 175);
-            session.set_pool_limit(PoolKind::Cache, total.0 * 100 / 175);
-            session.set_pool_limit(PoolKind::Temp, total.0 * 25 / 175);
+            engine.set_pool_limit(PoolKind::Query, total.0 * 50 / 175);
+            engine.set_pool_limit(PoolKind::Cache, total.0 * 100 / 175);
+            engine.set_pool_limit(PoolKind::Temp, total.0 * 25 / 175);
         }
         for (pool, size) in [(PoolKind::Query, self.memory_query), (PoolKind::Cache, self.memory_cache), (PoolKind::Temp, self.memory_temp)] {
             if let Some(size) = size {
-                session.set_pool_limit(pool, size.0);
+                engine.set_pool_limit(pool, size.0);
             }
         }
     }
 
-    /// A session over the lakehouse in `dir` with these limits.
+    /// A session of an engine over the lakehouse in `dir` with these limits.
     fn open(&self, dir: Option<PathBuf>) -> Result<Session, GobiError> {
-        let session = Session::open(open_lakehouse(dir)?);
-        self.apply(&session);
-        Ok(session)
+        Ok(self.session(Engine::open(open_lakehouse(dir)?)))
+    }
+
+    /// A session of `engine`, its pools set to these limits.
+    fn session(&self, engine: Arc<Engine>) -> Session {
+        self.apply(&engine);
+        Session::new(&engine)
     }
 }
 
@@ -237,8 +242,7 @@ async fn query(lakehouse: Option<PathBuf>, memory: &MemoryArgs, args: QueryArgs,
     };
     let session = match &args.data {
         Some(dir) => {
-            let session = Session::in_memory();
-            memory.apply(&session);
+            let session = memory.session(Engine::in_memory());
             session.register_data_dir(dir).await?;
             session
         }
@@ -287,11 +291,12 @@ pub async fn run_statements(session: &Session, source: &str, printer: &Printer) 
     for statement in &statements {
         let started = Instant::now();
         let output = session.execute(statement).await.map_err(with_source)?;
+        let returns_rows = !matches!(output, Output::Done(_));
+        let rows = printer.print(output).await.map_err(with_source)?;
         summary.seconds += started.elapsed().as_secs_f64();
-        if let Output::Rows { .. } = output {
-            summary.rows = output.row_count();
+        if returns_rows {
+            summary.rows = rows;
         }
-        printer.print(&output).map_err(with_source)?;
     }
     Ok(summary)
 }

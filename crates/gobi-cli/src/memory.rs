@@ -3,7 +3,7 @@
 //! JSON object (`--json`) whose byte figures are plain numbers.
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
-use gobi_engine::{GobiError, Output, Session};
+use gobi_engine::{Collected, GobiError, Session};
 use gobi_lang::parse_script;
 use gobi_memory::{ByteSize, PoolKind};
 use serde_json::{json, Map, Value};
@@ -65,7 +65,7 @@ pub async fn report(session: &Session, report: Report, as_json: bool) -> Result<
             },
         ],
         Report::Cleanup => {
-            let cleaned = session.cleanup().await;
+            let cleaned = session.engine().cleanup().await;
             let freed = cleaned.freed.iter().map(|(what, count, bytes)| row(vec![("freed", json!(what)), ("count", json!(count)), ("bytes", json!(bytes))])).collect();
             let rss = vec![row(vec![("rss_before_bytes", json!(cleaned.rss_before)), ("rss_after_bytes", json!(cleaned.rss_after))])];
             vec![Section { title: "cleanup", rows: freed }, Section { title: "process", rows: rss }]
@@ -85,7 +85,7 @@ fn bar(part: usize, whole: usize) -> String {
 }
 
 fn pools(session: &Session) -> Section {
-    let memory = session.memory();
+    let memory = session.engine().memory();
     let rows = memory
         .stats()
         .iter()
@@ -120,7 +120,7 @@ async fn recent(session: &Session) -> Result<Section, GobiError> {
 }
 
 fn pressure(session: &Session) -> Section {
-    let memory = session.memory();
+    let memory = session.engine().memory();
     let mut rows: Vec<_> = PoolKind::ALL
         .iter()
         .map(|&kind| {
@@ -136,7 +136,7 @@ fn pressure(session: &Session) -> Section {
 /// Runs one query and returns its rows, fields in the result's column order.
 async fn sql_rows(session: &Session, sql: &str) -> Result<Vec<Row>, GobiError> {
     let statement = parse_script(sql)?.into_iter().next().ok_or_else(|| GobiError::internal("an empty report query"))?;
-    let Output::Rows { batches, schema } = session.execute_report(&statement).await? else { return Ok(vec![]) };
+    let Collected::Rows { batches, schema } = session.execute_report(&statement).await? else { return Ok(vec![]) };
     let mut bytes = vec![];
     {
         let mut writer = datafusion::arrow::json::WriterBuilder::new()

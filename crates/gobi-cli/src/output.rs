@@ -2,10 +2,13 @@
 
 use std::io::Write as _;
 
+use std::sync::Arc;
+
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement, Table};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use futures::StreamExt;
 use gobi_engine::{GobiError, Output};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -19,6 +22,10 @@ pub struct Printer {
     format: Format,
 }
 
+/// The most rows a table keeps to print: beyond it rows are counted, not held, and the footer
+/// says how many were shown (csv and json stream every row).
+const TABLE_PREVIEW_ROWS: usize = 10_000;
+
 impl Printer {
     pub fn new(format: Format) -> Self {
         Self { format }
@@ -28,36 +35,107 @@ impl Printer {
         matches!(self.format, Format::Json)
     }
 
-    /// Result rows go to stdout; what a statement did (created, dropped, …) goes to stderr,
-    /// so that stdout stays parseable.
-    pub fn print(&self, output: &Output) -> Result<(), GobiError> {
-        match output {
+    /// Prints a statement's output as its rows arrive; the number of rows. Result rows go to
+    /// stdout; what a statement did (created, dropped, …) goes to stderr, so stdout stays
+    /// parseable. A reader that went away (`gobi query … | head`) stops the statement: its
+    /// stream is dropped, and that is not an error.
+    pub async fn print(&self, output: Output) -> Result<usize, GobiError> {
+        let mut stream = match output {
             Output::Done(message) => {
                 eprintln!("{message}");
-                Ok(())
+                return Ok(0);
             }
-            Output::Rows { schema, batches } => {
-                let text = match self.format {
-                    Format::Table => table(schema, batches)?,
-                    Format::Csv => csv(schema, batches)?,
-                    Format::Json => json(batches)?,
-                };
-                write_stdout(&text)
+            rows => rows.into_rows().expect("rows or a count"),
+        };
+        let schema = Arc::clone(stream.schema());
+        let mut sink = match self.format {
+            Format::Table => Sink::Table { rows: vec![], shown: 0 },
+            Format::Csv => Sink::Csv,
+            Format::Json => Sink::Json { first: true },
+        };
+        let mut rows = 0;
+        if !sink.start(&schema)? {
+            return Ok(0);
+        }
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            rows += batch.num_rows();
+            if !sink.write(&batch, rows == batch.num_rows())? {
+                return Ok(rows);
+            }
+        }
+        sink.finish(&schema, rows)?;
+        Ok(rows)
+    }
+
+    pub fn print_line(&self, line: &str) -> Result<(), GobiError> {
+        write_stdout(&format!("{line}\n")).map(|_| ())
+    }
+}
+
+/// Where a result's batches go as they arrive.
+enum Sink {
+    /// Keeps the first [`TABLE_PREVIEW_ROWS`] rows, drawn once the result ends.
+    Table { rows: Vec<RecordBatch>, shown: usize },
+    Csv,
+    /// One JSON array of row objects per result.
+    Json { first: bool },
+}
+
+impl Sink {
+    /// Writes what comes before the rows; false when the reader went away.
+    fn start(&mut self, _schema: &SchemaRef) -> Result<bool, GobiError> {
+        match self {
+            Sink::Json { .. } => write_stdout("["),
+            _ => Ok(true),
+        }
+    }
+
+    /// Writes (or keeps) one batch; false when the reader went away.
+    fn write(&mut self, batch: &RecordBatch, first: bool) -> Result<bool, GobiError> {
+        match self {
+            Sink::Table { rows, shown } => {
+                let room = TABLE_PREVIEW_ROWS - *shown;
+                if room > 0 {
+                    let kept = batch.slice(0, batch.num_rows().min(room));
+                    *shown += kept.num_rows();
+                    rows.push(kept);
+                }
+                Ok(true)
+            }
+            Sink::Csv => write_stdout(&csv(batch, first)?),
+            Sink::Json { first } => {
+                let rows = json_rows(batch)?;
+                if rows.is_empty() {
+                    return Ok(true);
+                }
+                let separator = if std::mem::take(first) { "" } else { "," };
+                write_stdout(&format!("{separator}{rows}"))
             }
         }
     }
 
-    pub fn print_line(&self, line: &str) -> Result<(), GobiError> {
-        write_stdout(&format!("{line}\n"))
+    fn finish(&mut self, schema: &SchemaRef, total: usize) -> Result<(), GobiError> {
+        match self {
+            Sink::Table { rows, shown } => write_stdout(&table(schema, rows, *shown, total)?),
+            Sink::Csv if total == 0 => {
+                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                write_stdout(&format!("{}\n", names.join(",")))
+            }
+            Sink::Csv => Ok(true),
+            Sink::Json { .. } => write_stdout("]\n"),
+        }
+        .map(|_| ())
     }
 }
 
-/// Writes to stdout; a reader that went away (`gobi query … | head`) is not an error.
-fn write_stdout(text: &str) -> Result<(), GobiError> {
+/// Writes to stdout; false when the reader went away (`gobi query … | head`).
+fn write_stdout(text: &str) -> Result<bool, GobiError> {
     let mut stdout = std::io::stdout().lock();
     match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -65,13 +143,13 @@ fn arrow_error(e: datafusion::arrow::error::ArrowError) -> GobiError {
     GobiError::internal(e.to_string())
 }
 
-pub fn table(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<String, GobiError> {
+/// The rows kept, drawn as a table, and a footer with the count (and how many were shown).
+pub fn table(schema: &SchemaRef, batches: &[RecordBatch], shown: usize, total: usize) -> Result<String, GobiError> {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
     table.set_header(schema.fields().iter().map(|f| Cell::new(f.name())));
     let options = FormatOptions::default().with_null("NULL");
     let numeric: Vec<bool> = schema.fields().iter().map(|f| f.data_type().is_numeric()).collect();
-    let mut rows = 0;
     for batch in batches {
         let formatters = batch
             .columns()
@@ -85,42 +163,32 @@ pub fn table(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<String, Gobi
                 if *numeric { cell.set_alignment(CellAlignment::Right) } else { cell }
             }));
         }
-        rows += batch.num_rows();
     }
-    let noun = if rows == 1 { "row" } else { "rows" };
-    Ok(format!("{table}\n{rows} {noun}\n"))
+    let noun = if total == 1 { "row" } else { "rows" };
+    let footer = if shown < total { format!("{total} {noun}, first {shown} shown (--format csv or json prints every row)") } else { format!("{total} {noun}") };
+    Ok(format!("{table}\n{footer}\n"))
 }
 
-fn csv(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<String, GobiError> {
-    if batches.iter().all(|b| b.num_rows() == 0) {
-        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        return Ok(format!("{}\n", names.join(",")));
-    }
+/// One batch as CSV, with the header line before the first.
+fn csv(batch: &RecordBatch, header: bool) -> Result<String, GobiError> {
     let mut bytes = vec![];
     {
-        let mut writer = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut bytes);
-        for batch in batches {
-            writer.write(batch).map_err(arrow_error)?;
-        }
+        let mut writer = datafusion::arrow::csv::WriterBuilder::new().with_header(header).build(&mut bytes);
+        writer.write(batch).map_err(arrow_error)?;
     }
     String::from_utf8(bytes).map_err(|e| GobiError::internal(e.to_string()))
 }
 
-/// One JSON array of row objects per result, on one line.
-fn json(batches: &[RecordBatch]) -> Result<String, GobiError> {
+/// One batch's rows as JSON objects separated by commas (no brackets).
+fn json_rows(batch: &RecordBatch) -> Result<String, GobiError> {
     let mut bytes = vec![];
     {
         let mut writer = datafusion::arrow::json::WriterBuilder::new()
             .with_explicit_nulls(true)
             .build::<_, datafusion::arrow::json::writer::JsonArray>(&mut bytes);
-        let refs: Vec<&RecordBatch> = batches.iter().collect();
-        writer.write_batches(&refs).map_err(arrow_error)?;
+        writer.write(batch).map_err(arrow_error)?;
         writer.finish().map_err(arrow_error)?;
     }
-    let mut text = String::from_utf8(bytes).map_err(|e| GobiError::internal(e.to_string()))?;
-    if text.is_empty() {
-        text.push_str("[]");
-    }
-    text.push('\n');
-    Ok(text)
+    let text = String::from_utf8(bytes).map_err(|e| GobiError::internal(e.to_string()))?;
+    Ok(text.trim().trim_start_matches('[').trim_end_matches(']').to_string())
 }

@@ -229,7 +229,7 @@ fn dot_command(runtime: &tokio::runtime::Runtime, session: &Session, printer: &P
             return Flow::Continue;
         }
         (Some(".vars"), _) => {
-            if let Err(e) = print_variables(session, printer) {
+            if let Err(e) = print_variables(runtime, session, printer) {
                 eprint!("{}", e.render(None));
             }
             return Flow::Continue;
@@ -266,7 +266,7 @@ fn dot_command(runtime: &tokio::runtime::Runtime, session: &Session, printer: &P
 }
 
 /// `.vars`: name, type and size of every variable.
-fn print_variables(session: &Session, printer: &Printer) -> Result<(), GobiError> {
+fn print_variables(runtime: &tokio::runtime::Runtime, session: &Session, printer: &Printer) -> Result<(), GobiError> {
     let variables = session.variables();
     let schema = Arc::new(Schema::new(vec![
         Field::new("name", DataType::Utf8, false),
@@ -286,5 +286,5 @@ fn print_variables(session: &Session, printer: &Printer) -> Result<(), GobiError
         ],
     )
     .map_err(|e| GobiError::internal(e.to_string()))?;
-    printer.print(&Output::rows(vec![batch], schema))
+    runtime.block_on(printer.print(Output::rows(vec![batch], schema))).map(|_| ())
 }

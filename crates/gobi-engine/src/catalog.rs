@@ -9,7 +9,7 @@
 //!  FROM 'path/to/delta_dir'   ──► FileTableFactory ──► Delta table written by any tool
 //! ```
 //!
-//! Delta tables are opened once per session and brought up to date (one listing of the
+//! Delta tables are opened once per engine (shared by its sessions) and brought up to date (one listing of the
 //! `_delta_log` folder) each time a statement names them, so a commit by another process is
 //! seen by the next statement. What an open table keeps between statements — its files' paths
 //! and statistics — is reserved from the **cache** pool; a table that does not fit is opened
@@ -38,65 +38,35 @@ use crate::delta_scan::delta_provider;
 use crate::error::{GobiError, Result};
 use crate::lakehouse::{directory_url, Lakehouse};
 
-/// The `public` schema of a lakehouse session: Delta tables, persisted views, and tables
-/// that live only as long as the session (external tables).
-pub struct LakehouseSchema {
+/// The Delta tables of a lakehouse kept open between statements: one per engine, shared by
+/// its sessions, each table's metadata reserved from the cache pool.
+pub struct OpenTables {
     lakehouse: Lakehouse,
-    state: OnceLock<Weak<RwLock<SessionState>>>,
-    memory: OnceLock<Arc<MemoryManager>>,
-    open_tables: tokio::sync::Mutex<HashMap<String, OpenTable>>,
-    session_tables: RwLock<HashMap<String, Arc<dyn TableProvider>>>,
+    memory: Arc<MemoryManager>,
+    open: tokio::sync::Mutex<HashMap<String, OpenTable>>,
 }
 
-impl std::fmt::Debug for LakehouseSchema {
+impl std::fmt::Debug for OpenTables {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LakehouseSchema").field("root", &self.lakehouse.root()).finish()
+        f.debug_struct("OpenTables").field("root", &self.lakehouse.root()).finish()
     }
 }
 
-impl LakehouseSchema {
-    pub fn new(lakehouse: Lakehouse) -> Self {
-        Self {
-            lakehouse,
-            state: OnceLock::new(),
-            memory: OnceLock::new(),
-            open_tables: Default::default(),
-            session_tables: Default::default(),
-        }
+impl OpenTables {
+    pub fn new(lakehouse: Lakehouse, memory: Arc<MemoryManager>) -> Self {
+        Self { lakehouse, memory, open: Default::default() }
     }
 
     pub fn lakehouse(&self) -> &Lakehouse {
         &self.lakehouse
     }
 
-    /// Views are planned with the session's state; the session hands it over once built.
-    pub fn attach(&self, state: Weak<RwLock<SessionState>>) {
-        let _ = self.state.set(state);
-    }
-
-    /// Open tables' metadata is reserved from this manager's cache pool.
-    pub fn attach_memory(&self, memory: Arc<MemoryManager>) {
-        let _ = self.memory.set(memory);
-    }
-
-    fn session_state(&self) -> DfResult<SessionState> {
-        self.state
-            .get()
-            .and_then(Weak::upgrade)
-            .map(|state| state.read().clone())
-            .ok_or_else(|| DataFusionError::Internal("the session has ended".into()))
-    }
-
-    pub fn is_session_table(&self, name: &str) -> bool {
-        self.session_tables.read().contains_key(name)
-    }
-
     /// The table at its latest version, opened once and then refreshed.
     pub async fn delta_table(&self, name: &str) -> Result<DeltaTable> {
         if !self.lakehouse.table_exists(name) {
-            return Err(unknown_table(name, &self.table_names()));
+            return Err(unknown_table(name, &self.lakehouse.table_names()));
         }
-        let cached = self.open_tables.lock().await.get(name).map(|open| open.table.clone());
+        let cached = self.open.lock().await.get(name).map(|open| open.table.clone());
         let table = match cached {
             Some(mut table) => {
                 table.update_incremental(None).await?;
@@ -112,16 +82,13 @@ impl LakehouseSchema {
     /// starts from it, with its metadata reserved from the cache pool: made room for by
     /// evicting cached results if need be, else not kept.
     pub async fn remember(&self, name: &str, table: DeltaTable) {
-        let mut open = self.open_tables.lock().await;
+        let mut open = self.open.lock().await;
         if let Some(kept) = open.get_mut(name).filter(|kept| kept.table.version() == table.version()) {
             kept.table = table;
             return;
         }
         open.remove(name);
-        let Some(memory) = self.memory.get() else {
-            open.insert(name.to_string(), OpenTable { table, _reservation: None });
-            return;
-        };
+        let memory = &self.memory;
         let bytes = metadata_bytes(&table);
         let what = format!("metadata of table {name}");
         let reservation = memory.reserve(PoolKind::Cache, bytes, &what).or_else(|full| {
@@ -136,19 +103,19 @@ impl LakehouseSchema {
         });
         match reservation {
             Ok(reservation) => {
-                open.insert(name.to_string(), OpenTable { table, _reservation: Some(reservation) });
+                open.insert(name.to_string(), OpenTable { table, _reservation: reservation });
             }
             Err(e) => tracing::debug!("table {name} is not kept open: {e}"),
         }
     }
 
     pub async fn forget(&self, name: &str) {
-        self.open_tables.lock().await.remove(name);
+        self.open.lock().await.remove(name);
     }
 
     async fn versioned_table(&self, name: &VersionedName) -> Result<DeltaTable> {
         if !self.lakehouse.table_exists(&name.table) {
-            return Err(unknown_table(&name.table, &self.table_names()));
+            return Err(unknown_table(&name.table, &self.lakehouse.table_names()));
         }
         let builder = DeltaTableBuilder::from_url(self.lakehouse.table_url(&name.table)?)?;
         match &name.version {
@@ -172,10 +139,64 @@ impl LakehouseSchema {
     }
 }
 
+/// The `public` schema of one session over a lakehouse: the engine's Delta tables and
+/// persisted views, and the tables that live only as long as the session (external tables,
+/// `let` tables).
+pub struct LakehouseSchema {
+    tables: Arc<OpenTables>,
+    state: OnceLock<Weak<RwLock<SessionState>>>,
+    session_tables: RwLock<HashMap<String, Arc<dyn TableProvider>>>,
+}
+
+impl std::fmt::Debug for LakehouseSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LakehouseSchema").field("root", &self.lakehouse().root()).finish()
+    }
+}
+
+impl LakehouseSchema {
+    pub fn new(tables: Arc<OpenTables>) -> Self {
+        Self { tables, state: OnceLock::new(), session_tables: Default::default() }
+    }
+
+    pub fn lakehouse(&self) -> &Lakehouse {
+        self.tables.lakehouse()
+    }
+
+    /// Views are planned with the session's state; the session hands it over once built.
+    pub fn attach(&self, state: Weak<RwLock<SessionState>>) {
+        let _ = self.state.set(state);
+    }
+
+    fn session_state(&self) -> DfResult<SessionState> {
+        self.state
+            .get()
+            .and_then(Weak::upgrade)
+            .map(|state| state.read().clone())
+            .ok_or_else(|| DataFusionError::Internal("the session has ended".into()))
+    }
+
+    pub fn is_session_table(&self, name: &str) -> bool {
+        self.session_tables.read().contains_key(name)
+    }
+
+    pub async fn delta_table(&self, name: &str) -> Result<DeltaTable> {
+        self.tables.delta_table(name).await
+    }
+
+    pub async fn remember(&self, name: &str, table: DeltaTable) {
+        self.tables.remember(name, table).await
+    }
+
+    pub async fn forget(&self, name: &str) {
+        self.tables.forget(name).await
+    }
+}
+
 /// A Delta table kept open between statements, and the cache-pool bytes its metadata holds.
 struct OpenTable {
     table: DeltaTable,
-    _reservation: Option<Reservation>,
+    _reservation: Reservation,
 }
 
 /// What an open table's snapshot keeps per data file beyond its path and statistics: size,
@@ -214,6 +235,15 @@ pub fn unknown_table(name: &str, known: &[String]) -> GobiError {
     }
 }
 
+/// DataFusion's "table 'datafusion.public.x' not found" as gobi says it: "table x not found",
+/// with the closest of `known`.
+pub fn explain_unknown_table(error: GobiError, known: &[String]) -> GobiError {
+    match crate::error::unknown_table_name(&error) {
+        Some(name) => GobiError { position: error.position, width: error.width, ..unknown_table(&name, known) },
+        None => error,
+    }
+}
+
 fn to_datafusion(error: GobiError) -> DataFusionError {
     DataFusionError::External(Box::new(error))
 }
@@ -221,8 +251,8 @@ fn to_datafusion(error: GobiError) -> DataFusionError {
 #[async_trait]
 impl SchemaProvider for LakehouseSchema {
     fn table_names(&self) -> Vec<String> {
-        let mut names = self.lakehouse.table_names();
-        names.extend(self.lakehouse.view_names());
+        let mut names = self.lakehouse().table_names();
+        names.extend(self.lakehouse().view_names());
         names.extend(self.session_tables.read().keys().cloned());
         names.sort();
         names.dedup();
@@ -233,11 +263,12 @@ impl SchemaProvider for LakehouseSchema {
         if let Some(table) = self.session_tables.read().get(name) {
             return Ok(Some(Arc::clone(table)));
         }
+        let lakehouse = self.lakehouse();
         let table = if let Some(versioned) = VersionedName::parse(name) {
-            self.versioned_table(&versioned).await.map_err(to_datafusion)?
-        } else if self.lakehouse.table_exists(name) {
+            self.tables.versioned_table(&versioned).await.map_err(to_datafusion)?
+        } else if lakehouse.table_exists(name) {
             self.delta_table(name).await.map_err(to_datafusion)?
-        } else if let Some(sql) = self.lakehouse.view_sql(name) {
+        } else if let Some(sql) = lakehouse.view_sql(name) {
             // The view's own text is not the user's script: its positions would point nowhere.
             let view = plan_view(&self.session_state()?, &sql).await.map_err(|e| {
                 to_datafusion(GobiError { position: None, ..GobiError::plan(format!("in view {name}: {}", GobiError::from(e).message)) })
@@ -250,9 +281,9 @@ impl SchemaProvider for LakehouseSchema {
     }
 
     async fn table_type(&self, name: &str) -> DfResult<Option<TableType>> {
-        if self.session_tables.read().contains_key(name) || self.lakehouse.table_exists(name) {
+        if self.session_tables.read().contains_key(name) || self.lakehouse().table_exists(name) {
             Ok(Some(TableType::Base))
-        } else if self.lakehouse.view_sql(name).is_some() {
+        } else if self.lakehouse().view_sql(name).is_some() {
             Ok(Some(TableType::View))
         } else {
             Ok(None)
@@ -260,7 +291,7 @@ impl SchemaProvider for LakehouseSchema {
     }
 
     fn register_table(&self, name: String, table: Arc<dyn TableProvider>) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        if self.lakehouse.table_exists(&name) || self.lakehouse.view_sql(&name).is_some() {
+        if self.lakehouse().table_exists(&name) || self.lakehouse().view_sql(&name).is_some() {
             return Err(DataFusionError::Plan(format!("a table or view named {name} already exists")));
         }
         Ok(self.session_tables.write().insert(name, table))
@@ -272,8 +303,8 @@ impl SchemaProvider for LakehouseSchema {
 
     fn table_exist(&self, name: &str) -> bool {
         self.session_tables.read().contains_key(name)
-            || self.lakehouse.table_exists(name)
-            || self.lakehouse.view_sql(name).is_some()
+            || self.lakehouse().table_exists(name)
+            || self.lakehouse().view_sql(name).is_some()
     }
 }
 

@@ -15,6 +15,7 @@ use datafusion::arrow::compute::{cast_with_options, CastOptions};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::common::ScalarValue;
+use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{cast, ident, lit};
 use datafusion::prelude::{CsvReadOptions, DataFrame, JsonReadOptions, ParquetReadOptions, SessionContext};
@@ -23,10 +24,12 @@ use gobi_lang::closest_name;
 
 use crate::catalog::LakehouseSchema;
 use crate::error::{GobiError, Result};
-use crate::session::Output;
+use crate::output::Output;
 use crate::writes;
 
-pub async fn copy_from(ctx: &SessionContext, schema: &LakehouseSchema, file: &str, table: &str) -> Result<Output> {
+/// Runs with `state`, the statement's (its memory pool is the statement's scope).
+pub async fn copy_from(state: &SessionState, schema: &LakehouseSchema, file: &str, table: &str) -> Result<Output> {
+    let ctx = &SessionContext::new_with_state(state.clone());
     if !schema.lakehouse().table_exists(table) {
         return Err(crate::catalog::unknown_table(table, &schema.lakehouse().table_names()));
     }
@@ -60,7 +63,7 @@ pub async fn copy_from(ctx: &SessionContext, schema: &LakehouseSchema, file: &st
         })
         .collect::<Vec<_>>();
     let plan = frame.select(columns)?.into_unoptimized_plan();
-    writes::insert(&ctx.state(), schema, table, plan, InsertOp::Append).await?;
+    writes::insert(state, schema, table, plan, InsertOp::Append).await?;
     Ok(Output::Done(format!("copied {rows} rows from {file} into {table}")))
 }
 

@@ -144,6 +144,24 @@ impl From<std::io::Error> for GobiError {
     }
 }
 
+/// DataFusion refused a SELECT whose output names repeat (in one of two wordings).
+pub fn is_duplicate_output_name(error: &DataFusionError) -> bool {
+    let text = error.to_string();
+    text.contains("Projections require unique expression names") || text.contains("which would be ambiguous")
+}
+
+/// A statement's spill files passed DataFusion's disk budget (`memory.spill_limit`).
+pub fn spill_budget_exceeded(error: &DataFusionError) -> bool {
+    error.to_string().contains("used disk space during the spilling process has exceeded")
+}
+
+/// The table DataFusion says is missing ("table 'datafusion.public.x' not found"), if that is
+/// the error.
+pub fn unknown_table_name(error: &GobiError) -> Option<String> {
+    let name = error.message.strip_prefix("table '")?.strip_suffix("' not found")?;
+    Some(name.rsplit('.').next().unwrap_or(name).to_string())
+}
+
 /// Drops the layers of prefixes DataFusion and delta-rs put before the one sentence users need.
 fn clean_message(message: &str) -> String {
     const PREFIXES: [&str; 14] = [

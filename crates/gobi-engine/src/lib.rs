@@ -1,10 +1,10 @@
 //! gobi-engine: plans and runs statements over a lakehouse.
 //!
 //! ```text
-//!  gobi-lang (statements) ──► Session ──► DataFusion (plan, optimize, execute)
-//!                                │             │
-//!                                │             └── LakehouseSchema / FileTableFactory (catalog.rs)
-//!                                └── writes.rs ──► delta-rs ──► tables/<name>/ (one commit per write)
+//!  gobi-lang (statements) ──► Session ──► statements/ ──► runner (governed) ──► DataFusion
+//!                               │                           │                  └─ catalog.rs
+//!                               │                           └─► writes.rs ──► delta-rs
+//!                               └── Engine (shared: tables, memory, result cache, logs, spill)
 //! ```
 //!
 //! The engine owns the meaning of names (catalog), the lakehouse folder (lakehouse), the
@@ -14,19 +14,27 @@
 mod catalog;
 mod copy;
 mod delta_scan;
+mod engine;
 mod error;
 mod functions;
 mod governed;
 mod lakehouse;
+mod logs;
 mod memo;
 mod memory_tables;
-mod logs;
+mod output;
 mod result_cache;
 mod rewrite;
+mod runner;
 mod session;
+mod settings;
+mod statements;
 mod variables;
 mod writes;
 
+pub use engine::{CleanupReport, Engine};
 pub use error::{ErrorKind, GobiError, Result};
 pub use lakehouse::{Config, Lakehouse, CONFIG_FILE};
-pub use session::{CleanupReport, Output, Session, VariableSummary};
+pub use output::{Collected, Output, ResultStream};
+pub use session::{Session, VariableSummary};
+pub use settings::{Owner, Setting, SETTINGS};

@@ -102,11 +102,17 @@ impl ResultCache {
         found
     }
 
-    /// Keeps a result. One bigger than a quarter of the cache pool is not kept (it would
-    /// push out everything else); when the pool is full the least recently used entries go.
+    /// The largest result kept: a quarter of the cache pool (a bigger one would push out
+    /// everything else, and streams uncached).
+    pub fn entry_limit(&self) -> usize {
+        self.memory.pool(PoolKind::Cache).limit() / 4
+    }
+
+    /// Keeps a result, if it fits an entry; when the pool is full the least recently used
+    /// entries go.
     pub fn insert(&self, key: String, versions: Versions, schema: SchemaRef, batches: Vec<RecordBatch>) {
         let bytes: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum::<usize>() + key.len();
-        if bytes > self.memory.pool(PoolKind::Cache).limit() / 4 {
+        if bytes > self.entry_limit() {
             return;
         }
         let mut entries = self.entries.lock();

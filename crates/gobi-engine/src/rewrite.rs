@@ -232,3 +232,49 @@ fn with_outer_values(subquery: Subquery, outer: &LogicalPlan, id: usize) -> Resu
     })?;
     Ok(Subquery { subquery: Arc::new(plan.data), ..subquery })
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::prelude::SessionContext;
+
+    use super::*;
+
+    fn parsed(sql: &str) -> Ast {
+        datafusion::sql::parser::DFParser::parse_sql(sql).unwrap().pop_front().unwrap()
+    }
+
+    #[test]
+    fn repeated_output_names_get_suffixes_and_computed_ones_their_text() {
+        let mut statement = parsed("SELECT 1 AS c, 2 AS c, a, t.a, a + 1 FROM t");
+        name_duplicate_columns(&mut statement);
+        assert_eq!(statement.to_string(), r#"SELECT 1 AS c, 2 AS "c_2", a, t.a AS "a_2", a + 1 AS "a + 1" FROM t"#);
+        let mut unique = parsed("SELECT a, b AS c FROM t UNION SELECT x, x FROM u");
+        name_duplicate_columns(&mut unique);
+        assert_eq!(unique.to_string(), r#"SELECT a, b AS c FROM t UNION SELECT x, x AS "x_2" FROM u"#);
+    }
+
+    /// A scalar subquery correlated by `>` plans once the rule has run, and answers as the
+    /// SQL means (counting no rows as 0).
+    #[tokio::test]
+    async fn a_non_equality_correlated_subquery_is_planned_and_right() {
+        let state = datafusion::execution::session_state::SessionStateBuilder::new()
+            .with_default_features()
+            .with_optimizer_rules({
+                let mut rules = datafusion::optimizer::Optimizer::new().rules;
+                rules.insert(0, Arc::new(NonEquiCorrelatedSubquery));
+                rules
+            })
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        ctx.sql("CREATE TABLE t (c INT) AS VALUES (1), (2), (3)").await.unwrap().collect().await.unwrap();
+        let batches = ctx
+            .sql("SELECT c, (SELECT count(*) FROM t x WHERE x.c > t.c) AS above FROM t ORDER BY c")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
+        assert_eq!(text.lines().filter(|l| l.starts_with("| ")).skip(1).map(|l| l.split_whitespace().collect::<String>()).collect::<Vec<_>>(), ["|1|2|", "|2|1|", "|3|0|"]);
+    }
+}

@@ -19,7 +19,7 @@ use datafusion::sql::unparser::Unparser;
 
 use gobi_memory::{MemoryManager, PoolKind, Reservation};
 
-use crate::error::{GobiError, Result};
+use crate::error::{ErrorKind, GobiError, Result};
 
 /// The batches of a table variable, and the temp-pool reservation for their bytes.
 #[derive(Debug, Clone)]
@@ -31,17 +31,21 @@ pub struct TableValue {
 }
 
 impl TableValue {
-    /// Takes ownership of the batches once their bytes are reserved from the temp pool.
-    pub fn new(schema: SchemaRef, batches: Vec<RecordBatch>, memory: &Arc<MemoryManager>, name: &str) -> Result<Self> {
+    /// Takes ownership of the batches once their bytes are reserved from the temp pool, in
+    /// the name of `what` (`let t`, `table t`).
+    pub fn new(schema: SchemaRef, batches: Vec<RecordBatch>, memory: &Arc<MemoryManager>, what: &str) -> Result<Self> {
         let bytes = batches.iter().map(RecordBatch::get_array_memory_size).sum();
-        let reservation = memory
-            .reserve(PoolKind::Temp, bytes, &format!("let {name}"))
-            .map_err(|e| GobiError::plan(e.to_string()))?;
+        let reservation = memory.reserve(PoolKind::Temp, bytes, what).map_err(|e| GobiError::new(ErrorKind::Memory, e.to_string()))?;
         Ok(Self { schema, batches, bytes, _reservation: Arc::new(reservation) })
     }
 
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// The value's batches (sharing its buffers).
+    pub fn batches(&self) -> Vec<RecordBatch> {
+        self.batches.clone()
     }
 
     pub fn rows(&self) -> usize {

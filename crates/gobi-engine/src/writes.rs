@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::common::Column;
 use datafusion::execution::session_state::SessionState;
@@ -25,7 +25,7 @@ use deltalake::DeltaTable;
 
 use crate::catalog::{unknown_table, LakehouseSchema};
 use crate::error::{ErrorKind, GobiError, Result};
-use crate::session::Output;
+use crate::output::Output;
 
 pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create: &CreateMemoryTable) -> Result<Output> {
     let name = create.name.table();
@@ -53,6 +53,7 @@ pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create
             .with_input_plan(input)
             .with_session_state(Arc::new(state.clone()))
             .with_save_mode(if exists { SaveMode::Overwrite } else { SaveMode::ErrorIfExists })
+            .with_target_file_size(target_file_size(state))
             .with_table_name(name)
             .with_commit_properties(commit_properties());
         if exists {
@@ -92,12 +93,13 @@ pub async fn insert(state: &SessionState, schema: &LakehouseSchema, name: &str, 
         .with_input_plan(input)
         .with_session_state(Arc::new(state.clone()))
         .with_save_mode(mode)
+        .with_target_file_size(target_file_size(state))
         .with_commit_properties(commit_properties())
         .await
         .map_err(|e| not_null_message(e.into(), name, &input_columns, &table_columns))?;
     let rows = committed_metric(&table, "num_added_rows").await.unwrap_or(0);
     schema.remember(name, table).await;
-    Ok(count_output(rows))
+    Ok(Output::Count(rows))
 }
 
 pub async fn delete(state: &SessionState, schema: &LakehouseSchema, name: &str, input: &LogicalPlan) -> Result<Output> {
@@ -115,7 +117,7 @@ pub async fn delete(state: &SessionState, schema: &LakehouseSchema, name: &str, 
         None => committed_metric(&table, "num_deleted_rows").await.unwrap_or(0),
     };
     schema.remember(name, table).await;
-    Ok(count_output(deleted))
+    Ok(Output::Count(deleted))
 }
 
 pub async fn update(state: &SessionState, schema: &LakehouseSchema, name: &str, input: &LogicalPlan) -> Result<Output> {
@@ -131,7 +133,20 @@ pub async fn update(state: &SessionState, schema: &LakehouseSchema, name: &str, 
     }
     let (table, metrics) = builder.await.map_err(|e| not_null_message(e.into(), name, &[], &columns))?;
     schema.remember(name, table).await;
-    Ok(count_output(metrics.num_updated_rows as u64))
+    Ok(Output::Count(metrics.num_updated_rows as u64))
+}
+
+/// The size new data files are cut at, fitted to the statement's memory: delta-rs holds the
+/// file it is writing in memory until it reaches this size (and a few more while they upload),
+/// so its 100 MiB default would not fit a small pool. A quarter of the statement's limit,
+/// from 4 MiB to delta-rs's 100 MiB. (UPDATE and DELETE cut files at the table's own
+/// `delta.targetFileSize`.)
+fn target_file_size(state: &SessionState) -> Option<std::num::NonZeroU64> {
+    let limit = match state.runtime_env().memory_pool.memory_limit() {
+        datafusion::execution::memory_pool::MemoryLimit::Finite(bytes) => bytes as u64,
+        _ => return None,
+    };
+    std::num::NonZeroU64::new((limit / 4).clamp(4 << 20, 100 << 20))
 }
 
 /// What a DELETE or UPDATE planned by DataFusion changes, in the terms delta-rs takes: the
@@ -369,10 +384,6 @@ fn commit_properties() -> CommitProperties {
 }
 
 /// The row count that INSERT, UPDATE and DELETE return, shaped as DataFusion returns it.
-fn count_output(rows: u64) -> Output {
-    batch_output(vec![("count", DataType::UInt64, Arc::new(UInt64Array::from(vec![rows])))]).expect("one column, one row")
-}
-
 fn batch_output(columns: Vec<(&str, DataType, ArrayRef)>) -> Result<Output> {
     let schema = Arc::new(Schema::new(
         columns.iter().map(|(name, data_type, _)| Field::new(*name, data_type.clone(), false)).collect::<Vec<_>>(),

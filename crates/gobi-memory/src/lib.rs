@@ -16,7 +16,7 @@ mod query;
 
 pub use byte_size::{ByteSize, ByteSizeError};
 pub use allocator::{AllocScope, GobiAllocator, ProcessMemory};
-pub use manager::{ConsumerStats, LeakStats, Margin, MemoryEvent, Reclaim, Released, DEFAULT_ACTUAL_MARGIN, DEFAULT_LEAK_THRESHOLD, HIGH_PRESSURE_PERCENT, CRITICAL_PRESSURE_PERCENT, MemoryManager, PoolFull, QueryId, Reservation};
+pub use manager::{ConsumerStats, LeakStats, Margin, MemoryEvent, Reclaim, Released, DEFAULT_ACTUAL_MARGIN, DEFAULT_LEAK_THRESHOLD, HIGH_PRESSURE_PERCENT, CRITICAL_PRESSURE_PERCENT, MemoryManager, PoolFull, QueryId, Reservation, StatementLimits};
 pub use query::{registering_for, NodeMemory, QueryMemory};
 pub use pool::{Pool, PoolKind, PoolStats, Pressure};
 

@@ -190,7 +190,9 @@ impl MemoryManager {
     }
 
     /// The accounting of a new statement. Keep the handle until its plan's streams are dropped.
-    pub fn begin_query(self: &Arc<Self>, text: &str, limit: Option<usize>) -> Arc<QueryMemory> {
+    pub fn begin_query(self: &Arc<Self>, text: &str, limits: StatementLimits) -> Arc<QueryMemory> {
+        self.set_actual_margin(limits.actual_margin);
+        let limit = limits.limit;
         let query = Arc::new(QueryMemory::new(Arc::clone(self), self.next_query.fetch_add(1, Ordering::Relaxed), text, limit));
         let mut queries = self.queries.lock().expect("the query list is never poisoned");
         queries.retain(|q| q.strong_count() > 0);
@@ -646,5 +648,50 @@ mod concurrency {
             }
             prop_assert!(manager.consumers().is_empty());
         }
+    }
+}
+
+/// SHIM (replaced by the memory-shape branch).
+#[derive(Debug, Clone, Copy)]
+pub struct StatementLimits {
+    pub limit: Option<usize>,
+    pub actual_margin: Margin,
+}
+
+impl Default for StatementLimits {
+    fn default() -> Self {
+        Self { limit: None, actual_margin: DEFAULT_ACTUAL_MARGIN }
+    }
+}
+
+static WAITERS: AtomicUsize = AtomicUsize::new(0);
+
+impl MemoryManager {
+    pub async fn wait_for_pressure_below(&self, kind: PoolKind, level: Pressure, timeout: Duration) -> bool {
+        let started = Instant::now();
+        WAITERS.fetch_add(1, Ordering::SeqCst);
+        while self.pressure(kind) >= level && started.elapsed() < timeout {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        WAITERS.fetch_sub(1, Ordering::SeqCst);
+        self.pressure(kind) < level
+    }
+
+    pub fn fault_probability(&self) -> f64 {
+        f64::from_bits(self.fault_probability.load(Ordering::Relaxed))
+    }
+
+    pub fn admission_waiters(&self) -> usize {
+        WAITERS.load(Ordering::SeqCst)
+    }
+}
+
+impl QueryMemory {
+    pub async fn wait_released(&self, timeout: Duration) -> bool {
+        let started = Instant::now();
+        while self.reserved_bytes() > 0 && started.elapsed() < timeout {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.reserved_bytes() == 0
     }
 }

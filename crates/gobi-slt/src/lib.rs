@@ -12,7 +12,7 @@ use std::path::Path;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Float16Type, Float32Type, Float64Type};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use gobi_engine::{GobiError, Lakehouse, Output, Session};
+use gobi_engine::{Collected, GobiError, Lakehouse, Session};
 use serde::{Deserialize, Serialize};
 use sqllogictest::{AsyncDB, Condition, DBOutput, DefaultColumnType, Record, Runner};
 
@@ -108,7 +108,7 @@ impl AsyncDB for GobiDb {
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, GobiError> {
         let outputs = self.session.run_script(sql).await?;
         match outputs.into_iter().last() {
-            Some(Output::Rows { schema, batches }) => {
+            Some(Collected::Rows { schema, batches }) => {
                 let types = schema.fields().iter().map(|f| column_type(f.data_type())).collect();
                 let mut rows = vec![];
                 for batch in &batches {
@@ -116,7 +116,7 @@ impl AsyncDB for GobiDb {
                 }
                 Ok(DBOutput::Rows { types, rows })
             }
-            Some(Output::Done(_)) | None => Ok(DBOutput::StatementComplete(0)),
+            Some(Collected::Done(_)) | None => Ok(DBOutput::StatementComplete(0)),
         }
     }
 

@@ -33,7 +33,7 @@ fn check(runtime: &tokio::runtime::Runtime, session: &Session, source: &str) -> 
         if text.starts_with("copy") || text.starts_with("insert") || text.starts_with("update") || text.starts_with("drop") || text.contains("create") {
             continue;
         }
-        if let Err(e) = runtime.block_on(session.execute(statement)) {
+        if let Err(e) = runtime.block_on(async { session.execute(statement).await?.collect().await }) {
             let position = e.position.expect("every error has a position");
             prop_assert!(within(source, position.line, position.column), "{} at {position} for {source:?}", e.message);
             break;

@@ -5,6 +5,7 @@ mod cli;
 mod concurrency;
 mod conformance;
 mod docs;
+mod engine;
 mod errors;
 mod files;
 mod fuzz;

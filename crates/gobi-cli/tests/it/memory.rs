@@ -491,20 +491,22 @@ fn under_critical_pressure_a_new_query_waits_for_memory() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let session = Arc::new(Session::in_memory());
     runtime.block_on(session.run_script("SET memory.query_pool = '1MiB'; SET memory.cache_pool = '0B'")).unwrap();
-    let memory = Arc::clone(session.memory());
+    let memory = Arc::clone(session.engine().memory());
     let running = memory.reserve(PoolKind::Query, 1000 << 10, "a running query's hash table").unwrap();
 
-    let started = Instant::now();
     let waiting = runtime.spawn({
         let session = Arc::clone(&session);
         async move { session.run_script("SELECT 42 AS answer").await }
     });
-    std::thread::sleep(Duration::from_millis(400));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while memory.admission_waiters() == 0 {
+        assert!(Instant::now() < deadline && !waiting.is_finished(), "the new query should wait for admission");
+        std::thread::yield_now();
+    }
     assert!(!waiting.is_finished(), "the new query waits while the pool is critical");
     drop(running);
     let outputs = runtime.block_on(waiting).unwrap().expect("it runs once the memory is back");
     assert_eq!(outputs.last().unwrap().row_count(), 1);
-    assert!(started.elapsed() >= Duration::from_millis(400));
 
     let running = memory.reserve(PoolKind::Query, 1000 << 10, "a running query's hash table").unwrap();
     let error = runtime.block_on(session.run_script("SET memory.admission_wait = '300ms'; SELECT 42")).unwrap_err();
@@ -533,7 +535,7 @@ fn a_cancelled_query_releases_its_memory_and_its_spill_files() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let session = Arc::new(Session::open(gobi_engine::Lakehouse::open(lh.path()).unwrap()));
     runtime.block_on(session.run_script("SET memory.query_pool = '4MiB'; SET memory.cache_pool = '0B'")).unwrap();
-    let memory = Arc::clone(session.memory());
+    let memory = Arc::clone(session.engine().memory());
 
     let sort = runtime.spawn({
         let session = Arc::clone(&session);

@@ -1,0 +1,235 @@
+//! One engine, many sessions; one governed path for every statement; results that stream.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gobi_engine::{Collected, Engine, Session, SETTINGS};
+use gobi_memory::PoolKind;
+
+use crate::support::{gobi, Lakehouse, GOBI};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// The rows of a one-column result as strings.
+fn strings(output: &Collected) -> Vec<String> {
+    let Collected::Rows { batches, .. } = output else { panic!("no rows: {output:?}") };
+    batches
+        .iter()
+        .flat_map(|b| (0..b.num_rows()).map(move |row| datafusion::arrow::util::display::array_value_to_string(b.column(0), row).unwrap()))
+        .collect()
+}
+
+/// A setting's value as `SHOW memory.name` gives it.
+fn shown(runtime: &tokio::runtime::Runtime, session: &Session, name: &str) -> String {
+    let Collected::Rows { batches, .. } = runtime.block_on(session.run_script(&format!("SHOW {name}"))).unwrap().remove(0) else { panic!("SHOW returns rows") };
+    datafusion::arrow::util::display::array_value_to_string(batches[0].column(1), 0).unwrap()
+}
+
+/// Two sessions of one engine share its pools: an engine setting set in one is seen by the
+/// other, one session's statement holding the query pool makes the other's admission wait (a
+/// query and a write alike), and each session keeps its own variables and statement limits.
+#[test]
+fn sessions_of_one_engine_share_the_pools_and_nothing_else() {
+    let lh = Lakehouse::new();
+    let runtime = runtime();
+    let engine = Engine::open(gobi_engine::Lakehouse::open(lh.path()).unwrap());
+    let first = Arc::new(Session::new(&engine));
+    let second = Arc::new(Session::new(&engine));
+    runtime.block_on(first.run_script("SET memory.query_pool = '1MiB'; SET memory.cache_pool = '0B'; CREATE TABLE t AS SELECT 1 AS x")).unwrap();
+    assert_eq!(shown(&runtime, &second, "memory.query_pool"), "1MiB", "an engine setting is shared");
+    runtime.block_on(first.run_script("let answer = 42; SET memory.query_limit = '64KiB'")).unwrap();
+    let third = Session::new(&engine);
+    let error = runtime.block_on(second.run_script("SELECT $answer")).unwrap_err();
+    assert!(error.message.contains("answer"), "variables are the session's own: {}", error.message);
+    assert_eq!(shown(&runtime, &first, "memory.query_limit"), "64KiB");
+    assert_eq!(shown(&runtime, &second, "memory.query_limit"), "none", "a statement limit is the session's own");
+
+    // The first session's statement keeps most of the query pool past its end, as a faulty
+    // operator would: the pool is under critical pressure for everyone.
+    runtime.block_on(third.run_script("SET memory.fault_leak = '1000KiB'; SELECT 1")).unwrap();
+    let memory = Arc::clone(engine.memory());
+    assert!(memory.pool(PoolKind::Query).reserved() >= 1000 << 10);
+    for statement in ["SELECT 42 AS answer", "INSERT INTO t VALUES (2)"] {
+        let waiting = runtime.spawn({
+            let second = Arc::clone(&second);
+            async move { second.run_script(statement).await }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while memory.admission_waiters() == 0 {
+            assert!(Instant::now() < deadline && !waiting.is_finished(), "{statement} should wait for admission");
+            std::thread::yield_now();
+        }
+        assert!(!waiting.is_finished(), "{statement} waits while the pool is critical");
+        let released = runtime.block_on(engine.cleanup());
+        assert!(released.freed[0].1 >= 1, "cleanup gave back the ended statement's memory: {:?}", released.freed);
+        runtime.block_on(waiting).unwrap().unwrap_or_else(|e| panic!("{statement} runs once the memory is back: {}", e.message));
+        runtime.block_on(third.run_script("SET memory.fault_leak = '1000KiB'; SELECT 1")).unwrap();
+    }
+    runtime.block_on(engine.cleanup());
+    let count = runtime.block_on(first.run_script("SELECT count(*) FROM t")).unwrap();
+    assert_eq!(strings(&count[0]), ["2"], "the second session's INSERT landed");
+    for kind in [PoolKind::Query, PoolKind::Temp] {
+        assert_eq!(memory.pool(kind).reserved(), 0, "{kind} pool back to 0");
+    }
+}
+
+/// The query log's rows for statements that start with `prefix`: (status, peak reserved, rows).
+fn logged(lh: &Lakehouse, prefix: &str) -> Vec<(String, u64, u64)> {
+    let sql = format!("SELECT status, peak_reserved_bytes, rows FROM gobi_query_log() WHERE starts_with(text, '{prefix}') ORDER BY started_at");
+    lh.values(&sql).into_iter().map(|r| (r[0].as_str().unwrap().to_string(), r[1].as_u64().unwrap(), r[2].as_u64().unwrap())).collect()
+}
+
+/// Writes go through the same governed path as queries: a table several times the query pool
+/// written by CREATE TABLE AS, INSERT … SELECT and UPDATE under a small budget is logged under
+/// its own statement with reserved bytes; `memory.query_limit` stops a write too, and the table
+/// stays as it was.
+#[test]
+fn writes_are_governed_statements() {
+    let lh = Lakehouse::new();
+    // 8 MiB to reserve, up to 72 MiB of allocator bytes: delta-rs's Parquet writer holds the
+    // file it writes, which no operator reserves (see ARCHITECTURE.md).
+    let budget = ["--memory-query", "8MiB", "--memory-cache", "0B", "--memory-temp", "64MiB"];
+    let run = |sql: &str| {
+        let mut args = budget.to_vec();
+        args.extend(["query", sql]);
+        gobi(&args, lh.path())
+    };
+    run("CREATE TABLE big AS SELECT value AS id, md5(CAST(value AS STRING)) AS s FROM generate_series(1, 300000) ORDER BY s").ok();
+    run("INSERT INTO big SELECT id + 300000, s FROM big ORDER BY s DESC").ok();
+    run("UPDATE big SET s = upper(s) WHERE id % 2 = 0").ok();
+    for (prefix, rows) in [("CREATE TABLE big", 300_000), ("INSERT INTO big", 300_000), ("UPDATE big", 300_000)] {
+        let rows_logged = logged(&lh, prefix);
+        assert_eq!(rows_logged.len(), 1, "{prefix}: one log row: {rows_logged:?}");
+        let (status, peak_reserved, changed) = &rows_logged[0];
+        assert_eq!(status, "ok", "{prefix}");
+        assert!(*peak_reserved > 0, "{prefix} reserved through its statement");
+        if !prefix.starts_with("CREATE") {
+            assert_eq!(*changed, rows, "{prefix}: rows changed");
+        }
+    }
+    let refused = run("SET memory.query_limit = '1KiB'; INSERT INTO big SELECT * FROM big ORDER BY s").user_error();
+    assert!(refused.stderr.contains("memory.query_limit"), "{}", refused.stderr);
+    assert_eq!(lh.values("SELECT count(*) FROM big"), crate::rows![[600000]], "the refused write changed nothing");
+    let failed = logged(&lh, "INSERT INTO big SELECT * FROM big ORDER BY s");
+    assert_eq!(failed.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["error"]);
+}
+
+/// Peak anonymous memory of a process so far, sampled from /proc while it runs.
+fn anonymous_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// A result ten times the memory budget streams: `--format csv` writes rows as they come, so
+/// the process's anonymous memory stays within 1.25 × the budget.
+#[test]
+fn a_result_ten_times_the_budget_streams_within_it() {
+    let budget: u64 = 64 << 20;
+    let lh = Lakehouse::new();
+    let mut child = Command::new(GOBI)
+        .args(["--memory-limit", "64MiB", "query", "--format", "csv", "SELECT value, repeat('x', 1000) AS payload FROM range(0, 700000)"])
+        .env_remove("GOBI_LAKEHOUSE")
+        .current_dir(lh.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let reader = std::thread::spawn({
+        let stdout = child.stdout.take().unwrap();
+        move || {
+            let mut bytes = 0u64;
+            for line in BufReader::new(stdout).lines() {
+                bytes += line.unwrap().len() as u64 + 1;
+            }
+            bytes
+        }
+    });
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        peak = peak.max(anonymous_bytes(pid).unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(child.wait().unwrap().success());
+    let written = reader.join().unwrap();
+    assert!(written > 10 * budget, "the result ({written} bytes) is ten times the budget");
+    assert!(peak > 0 && peak <= budget * 5 / 4, "peak anonymous memory {} MiB within 1.25 × the {} MiB budget", peak >> 20, budget >> 20);
+}
+
+/// A reader that stops early (`| head`) ends the statement at once: the process exits long
+/// before the query could have finished.
+#[test]
+fn a_reader_that_stops_ends_the_statement() {
+    let lh = Lakehouse::new();
+    let mut child = Command::new(GOBI)
+        .args(["query", "--format", "csv", "SELECT value FROM range(0, 100000000000)"])
+        .env_remove("GOBI_LAKEHOUSE")
+        .current_dir(lh.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines: Vec<String> = BufReader::new(child.stdout.take().unwrap()).lines().take(5).map(Result::unwrap).collect();
+    assert_eq!(lines, ["value", "0", "1", "2", "3"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "gobi goes on after its reader stopped");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "a reader going away is not an error");
+}
+
+/// Without a lakehouse, CREATE TABLE holds its rows from the temp pool, like a `let` table, and
+/// gives them back when dropped.
+#[test]
+fn tables_without_a_lakehouse_are_held_in_the_temp_pool() {
+    let runtime = runtime();
+    let session = Session::in_memory();
+    let temp = || session.engine().memory().pool(PoolKind::Temp).reserved();
+    runtime.block_on(session.run_script("CREATE TABLE t AS SELECT value AS v FROM range(0, 100000)")).unwrap();
+    let held = temp();
+    assert!(held >= 800_000, "100000 Int64 values reserved: {held}");
+    runtime.block_on(session.run_script("INSERT INTO t VALUES (1), (2)")).unwrap();
+    assert_eq!(strings(&runtime.block_on(session.run_script("SELECT count(*) FROM t")).unwrap()[0]), ["100002"]);
+    assert!(temp() >= held);
+    let consumers = runtime.block_on(session.run_script("SELECT consumer FROM gobi_memory_consumers() WHERE pool = 'temp'")).unwrap();
+    assert_eq!(strings(&consumers[0]), ["table t"]);
+    runtime.block_on(session.run_script("SET memory.temp_pool = '64KiB'")).unwrap();
+    let error = runtime.block_on(session.run_script("CREATE TABLE u AS SELECT value FROM range(0, 100000)")).unwrap_err();
+    assert!(error.message.contains("the temp pool is full"), "{}", error.message);
+    runtime.block_on(session.run_script("DROP TABLE t")).unwrap();
+    assert_eq!(temp(), 0);
+}
+
+/// `SET`, `SHOW SETTINGS`, "did you mean" and docs/settings.md all list the same settings.
+#[test]
+fn settings_are_declared_once() {
+    let declared: Vec<String> = SETTINGS.iter().map(|s| s.full_name()).collect();
+    let runtime = runtime();
+    let session = Session::in_memory();
+    let shown = runtime.block_on(session.run_script("SHOW SETTINGS")).unwrap();
+    assert_eq!(strings(&shown[0]), declared, "SHOW SETTINGS");
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/settings.md")).unwrap();
+    let documented: Vec<String> = docs.lines().filter_map(|l| l.strip_prefix("| `")?.split('`').next().map(str::to_string)).collect();
+    assert_eq!(documented, declared, "docs/settings.md");
+    for setting in SETTINGS {
+        let value = if setting.name == "query_limit" { "1MiB" } else { setting.default };
+        let done = runtime.block_on(session.run_script(&format!("SET {} = '{value}'", setting.full_name()))).unwrap_or_else(|e| panic!("{}: {}", setting.name, e.message));
+        let Collected::Done(message) = &done[0] else { panic!() };
+        let whose = match setting.owner {
+            gobi_engine::Owner::Engine => "(for every session of this engine)",
+            gobi_engine::Owner::Session => "(for this session)",
+        };
+        assert!(message.starts_with(&setting.full_name()) && message.ends_with(whose), "{message}");
+    }
+    let error = runtime.block_on(session.run_script("SET memory.query_pol = '1MiB'")).unwrap_err();
+    assert_eq!(error.hint.as_deref(), Some("did you mean memory.query_pool?"));
+}

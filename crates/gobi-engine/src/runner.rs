@@ -1,0 +1,338 @@
+//! The one governed path every statement that does work takes: queries and writes alike.
+//!
+//! ```text
+//!   Statement::begin(engine, text, session settings)
+//!     ├─ admission (engine.admit: evict the cache under pressure, wait while critical)
+//!     ├─ a statement scope (QueryMemory): query_limit, actual_margin, its own id
+//!     ├─ a state for it: the session's, with the scope as memory pool, batch size and sort
+//!     │  headroom fitted to the pool, and a physical optimizer rule that wraps every node of
+//!     │  every plan made with it in a ScopedExec (governed.rs) — also the plans delta-rs
+//!     │  makes for a write
+//!     └─ a log entry: one query-log row under the statement's id when it ends
+//!   then
+//!     query ─► execute ─► ResultStream (batches as they come; the scope ends when the stream
+//!              ends or is dropped; a result small enough is cached when it ends)
+//!     write ─► delta-rs with that state ─► one commit ─► row count
+//! ```
+//!
+//! Not followed by the allocator scope: the tasks delta-rs spawns to write Parquet files and
+//! the tasks DataFusion spawns outside an operator's poll; their reservations are charged all
+//! the same, through the scope as memory pool.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::config::ConfigOptions;
+use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, UnboundedMemoryPool};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::ExecutionPlan;
+use futures::StreamExt;
+use gobi_memory::{ByteSize, PoolKind, QueryMemory, StatementLimits};
+
+use crate::engine::{Engine, RETAINED_FREE_PAGES};
+use crate::error::{ErrorKind, GobiError, Result};
+use crate::output::{Output, ResultStream};
+use crate::governed;
+use crate::logs::{query_log_batch, QueryRecord, Status};
+use crate::result_cache::Versions;
+use crate::settings::SessionSettings;
+
+/// How long a finished statement waits for its aborted tasks to release their memory; what is
+/// still held after that is a leak.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One statement running under governance: its memory scope and its query-log row.
+pub(crate) struct Statement {
+    engine: Arc<Engine>,
+    scope: Arc<QueryMemory>,
+    entry: LogEntry,
+}
+
+impl Statement {
+    /// Admits a statement and opens its scope. `logged`: false for gobi's own report queries,
+    /// which stay out of the query log.
+    pub(crate) async fn begin(engine: &Arc<Engine>, text: &str, settings: SessionSettings, logged: bool) -> Result<Self> {
+        engine.admit().await?;
+        let scope = engine.memory().begin_query(text, StatementLimits { limit: settings.query_limit, actual_margin: settings.actual_margin });
+        let entry = LogEntry { engine: Arc::clone(engine), scope: Arc::clone(&scope), started: chrono::Utc::now(), spills: (0, 0), from_cache: false, logged, delivered: 0, outcome: None };
+        Ok(Self { engine: Arc::clone(engine), scope, entry })
+    }
+
+    /// The session's state with this statement's scope as its memory pool, execution fitted
+    /// to the query pool, and every physical plan it makes wrapped to charge the statement.
+    pub(crate) fn state(&self, session: &SessionState) -> Result<SessionState> {
+        let baseline = cfg!(feature = "baseline");
+        let pool: Arc<dyn MemoryPool> = if baseline { Arc::new(UnboundedMemoryPool::default()) } else { Arc::clone(&self.scope) as _ };
+        let runtime = RuntimeEnvBuilder::from_runtime_env(self.engine.runtime()).with_memory_pool(pool).build_arc()?;
+        let mut builder = SessionStateBuilder::new_from_existing(session.clone()).with_runtime_env(runtime);
+        if !baseline {
+            builder = builder.with_physical_optimizer_rule(Arc::new(Govern(Arc::clone(&self.scope))));
+        }
+        let mut state = builder.build();
+        let query_pool = self.engine.memory().pool(PoolKind::Query).limit();
+        fit_execution_to_pool(state.config_mut().options_mut(), query_pool as u64);
+        if let Some(bytes) = self.engine.take_fault_leak() {
+            let leak = MemoryConsumer::new("DeliberateLeak").register(&state.runtime_env().memory_pool);
+            leak.try_grow(bytes)?;
+            self.engine.keep_deliberate_leak(leak);
+        }
+        Ok(state)
+    }
+
+    /// Runs a write under this statement: `work` is given the statement's state (from
+    /// [`Statement::state`]) by the caller; the query log counts the rows it changed.
+    pub(crate) async fn finish_write(mut self, work: impl std::future::Future<Output = Result<Output>>) -> Result<Output> {
+        let result = work.await;
+        self.entry.outcome = Some(match &result {
+            Ok(Output::Count(rows)) => Ok(*rows),
+            Ok(_) => Ok(0),
+            Err(e) => Err(e.message.clone()),
+        });
+        self.scope.wait_released(RELEASE_WAIT).await;
+        drop(self);
+        result
+    }
+
+    /// Answers from cached batches (a result-cache hit).
+    pub(crate) fn cached(mut self, schema: SchemaRef, batches: Vec<RecordBatch>) -> ResultStream {
+        self.entry.from_cache = true;
+        self.entry.outcome = Some(Ok(batches.iter().map(|b| b.num_rows() as u64).sum()));
+        drop(self);
+        ResultStream::from_batches(schema, batches)
+    }
+
+    /// Plans and starts `plan` with `state` (from [`Statement::state`]): its batches stream
+    /// back as the plan makes them. `cache_key`: kept in the result cache when it ends, if
+    /// it fits an entry.
+    pub(crate) async fn query(self, state: &SessionState, plan: &LogicalPlan, cache_key: Option<(String, Versions)>) -> Result<ResultStream> {
+        let physical = state.create_physical_plan(plan).await?;
+        let schema = physical.schema();
+        let stream = datafusion::physical_plan::execute_stream(Arc::clone(&physical), state.task_ctx())?;
+        let cache_limit = self.engine.result_cache().entry_limit();
+        let running = Running { statement: Some(self), plan: Some(physical), stream, rows: 0, cache: cache_key.map(|key| CacheFill { key, batches: vec![], bytes: 0 }), cache_limit };
+        let stream = futures::stream::unfold(running, |mut running| async move {
+            let statement = running.statement.as_ref()?;
+            match running.stream.next().await {
+                Some(Ok(batch)) => {
+                    running.rows += batch.num_rows() as u64;
+                    running.fill(&batch);
+                    Some((Ok(batch), running))
+                }
+                Some(Err(error)) => {
+                    let error = statement.engine.classify(error);
+                    running.end(Err(error.message.clone())).await;
+                    Some((Err(error), running))
+                }
+                None => {
+                    running.end(Ok(())).await;
+                    None
+                }
+            }
+        });
+        Ok(ResultStream::new(schema, Box::pin(stream)))
+    }
+}
+
+/// A query's plan while its batches stream out.
+struct Running {
+    /// Taken when the statement ends.
+    statement: Option<Statement>,
+    plan: Option<Arc<dyn ExecutionPlan>>,
+    stream: SendableRecordBatchStream,
+    rows: u64,
+    cache: Option<CacheFill>,
+    cache_limit: usize,
+}
+
+/// A result being gathered for the cache while it streams, given up once it passes an entry's
+/// limit (the result still streams, uncached).
+struct CacheFill {
+    key: (String, Versions),
+    batches: Vec<RecordBatch>,
+    bytes: usize,
+}
+
+impl Running {
+    fn fill(&mut self, batch: &RecordBatch) {
+        let Some(fill) = &mut self.cache else { return };
+        fill.bytes += batch.get_array_memory_size();
+        if fill.bytes > self.cache_limit {
+            self.cache = None;
+        } else {
+            fill.batches.push(batch.clone());
+        }
+    }
+
+    /// Ends the statement: the plan goes (some operators keep memory in the node itself, such
+    /// as a join's built side), its tasks are given time to release, the log row is written
+    /// and, after success, the result cached.
+    async fn end(&mut self, outcome: std::result::Result<(), String>) {
+        let Some(mut statement) = self.statement.take() else { return };
+        if let Some(plan) = self.plan.take() {
+            statement.entry.spills = governed::spills(&plan);
+        }
+        self.stream = Box::pin(datafusion::physical_plan::EmptyRecordBatchStream::new(self.stream.schema()));
+        statement.scope.wait_released(RELEASE_WAIT).await;
+        let succeeded = outcome.is_ok();
+        statement.entry.outcome = Some(outcome.map(|()| self.rows));
+        let engine = Arc::clone(&statement.engine);
+        drop(statement);
+        if let (true, Some(fill)) = (succeeded, self.cache.take()) {
+            let schema = self.stream.schema();
+            engine.result_cache().insert(fill.key.0, fill.key.1, schema, fill.batches);
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Dropped before its end (the reader stopped: `| head`, Ctrl-C): the stream and the plan
+        // go first, so the plan's tasks are aborted; the log row (cancelled, with the rows
+        // delivered) is written once they have given their memory back.
+        let Some(mut statement) = self.statement.take() else { return };
+        self.stream = Box::pin(datafusion::physical_plan::EmptyRecordBatchStream::new(self.stream.schema()));
+        if let Some(plan) = self.plan.take() {
+            statement.entry.spills = governed::spills(&plan);
+        }
+        statement.entry.delivered = self.rows;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                statement.scope.wait_released(RELEASE_WAIT).await;
+                drop(statement);
+            });
+        }
+    }
+}
+
+/// Wraps every node of every physical plan made with a statement's state (its queries and the
+/// plans delta-rs makes for its writes) so the work is charged to the statement.
+#[derive(Debug)]
+struct Govern(Arc<QueryMemory>);
+
+impl PhysicalOptimizerRule for Govern {
+    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        governed::scoped(plan, &self.0)
+    }
+
+    fn name(&self) -> &str {
+        "gobi_govern"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+impl Engine {
+    /// An error from a running plan, in gobi's words.
+    fn classify(&self, error: DataFusionError) -> GobiError {
+        if !crate::error::spill_budget_exceeded(&error) {
+            return error.into();
+        }
+        let limit = self.runtime().disk_manager.max_temp_directory_size();
+        GobiError::new(ErrorKind::Memory, format!("the query's spill files passed the spill disk budget (memory.spill_limit = {})", ByteSize(limit)))
+            .with_hint(format!("raise it: SET memory.spill_limit = '{}'", ByteSize(limit.saturating_mul(4))))
+    }
+}
+
+/// Scales the settings whose memory is fixed per partition to the query pool, so spilling
+/// operators can finish in a small one:
+/// - what each sort sets aside to merge its spill files: DataFusion's 10 MiB per partition
+///   would not fit a small pool at all, so a quarter of the pool shared by the partitions
+///   (at least 64 KiB);
+/// - the batch size: merging spill files holds a batch of each run (and the final
+///   aggregation's merge cannot spill again), so 8192-row batches leave a 4 MiB pool no room to
+///   merge; one row per 8 KiB of each partition's share keeps the merges inside it (256 to
+///   DataFusion's 8192).
+pub(crate) fn fit_execution_to_pool(options: &mut ConfigOptions, query_pool: u64) {
+    let partitions = options.execution.target_partitions.max(1) as u64;
+    let headroom = query_pool / (4 * partitions);
+    options.execution.sort_spill_reservation_bytes = usize::try_from(headroom.clamp(64 << 10, 10 << 20)).unwrap_or(10 << 20);
+    let rows = (query_pool / (partitions * (8 << 10))).clamp(256, 8192) as usize;
+    options.execution.batch_size = datafusion::config::ConfigNonZeroUsize::try_new(rows).expect("at least 256 rows");
+}
+
+/// A statement's row in the query log, written when it is dropped: after success, an error,
+/// or cancellation (dropped with no outcome). Dropping it also ends the statement's scope.
+struct LogEntry {
+    engine: Arc<Engine>,
+    scope: Arc<QueryMemory>,
+    started: chrono::DateTime<chrono::Utc>,
+    /// Spill files and bytes the plan's operators wrote.
+    spills: (u64, u64),
+    from_cache: bool,
+    logged: bool,
+    /// Rows handed out before the reader stopped (a cancelled statement's row count).
+    delivered: u64,
+    /// Rows returned or changed, or the error's message; `None` until finished (cancelled if
+    /// dropped so).
+    outcome: Option<std::result::Result<u64, String>>,
+}
+
+impl Drop for LogEntry {
+    fn drop(&mut self) {
+        self.scope.end();
+        let (spills, spilled_bytes) = self.spills;
+        let (status, rows, error) = match self.outcome.take() {
+            Some(Ok(rows)) => (Status::Ok, rows, None),
+            Some(Err(message)) => (Status::Error, 0, Some(message)),
+            None => (Status::Cancelled, self.delivered, None),
+        };
+        let memory = self.engine.memory();
+        let leaked_bytes = self.scope.reserved_bytes() as u64;
+        if leaked_bytes > 0 {
+            memory.record_event(PoolKind::Query, format!("leak: query {} ended holding {}: {}", self.scope.id(), ByteSize(leaked_bytes), self.scope.text().chars().take(60).collect::<String>()), 0);
+        }
+        gobi_memory::allocator::purge_if_retained_over(RETAINED_FREE_PAGES);
+        if !self.logged {
+            return;
+        }
+        let record = QueryRecord {
+            query_id: self.scope.id(),
+            started_at: self.started,
+            text: self.scope.text().to_string(),
+            status,
+            error,
+            duration_ms: self.scope.started().elapsed().as_secs_f64() * 1000.0,
+            rows,
+            peak_reserved_bytes: self.scope.peak() as u64,
+            peak_actual_bytes: self.scope.actual().peak() as u64,
+            cache_bytes: memory.pool(PoolKind::Cache).reserved() as u64,
+            temp_bytes: memory.pool(PoolKind::Temp).reserved() as u64,
+            rejected: self.scope.rejected(),
+            spills,
+            spilled_bytes,
+            leaked_bytes,
+            from_cache: self.from_cache,
+        };
+        match query_log_batch(&[record]) {
+            Ok(rows) => self.engine.query_log().append(rows),
+            Err(e) => tracing::warn!("a query log row could not be built: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn execution_fits_the_query_pool() {
+        let mut options = ConfigOptions::default();
+        options.execution.target_partitions = 2;
+        fit_execution_to_pool(&mut options, 4 << 20);
+        assert_eq!((options.execution.batch_size.get(), options.execution.sort_spill_reservation_bytes), (256, 512 << 10), "4 MiB: the smallest batches, a quarter of the pool to merge");
+        fit_execution_to_pool(&mut options, 50 << 20);
+        assert_eq!((options.execution.batch_size.get(), options.execution.sort_spill_reservation_bytes), (3200, 50 << 20 >> 3));
+        fit_execution_to_pool(&mut options, 1 << 30);
+        assert_eq!((options.execution.batch_size.get(), options.execution.sort_spill_reservation_bytes), (8192, 10 << 20), "DataFusion's own defaults at most");
+        fit_execution_to_pool(&mut options, 0);
+        assert_eq!((options.execution.batch_size.get(), options.execution.sort_spill_reservation_bytes), (256, 64 << 10));
+    }
+}

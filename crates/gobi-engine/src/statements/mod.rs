@@ -1,0 +1,11 @@
+//! What each kind of statement does, as `impl Session` blocks, one concern a file:
+//! - `query.rs`: SQL statements — dispatch, then a query's governed, streaming execution;
+//! - `write.rs`: changes to tables (Delta writes through the governed path, in-memory tables
+//!   without a lakehouse, COPY from a file, ALTER TABLE);
+//! - `define.rs`: `let` variables and user functions;
+//! - `show.rs`: SHOW TABLES, SHOW MEMORY, SHOW SETTINGS and SET memory.*.
+
+mod define;
+mod query;
+mod show;
+mod write;

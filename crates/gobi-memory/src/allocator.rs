@@ -45,7 +45,7 @@ impl AllocScope {
         self.peak.load(Ordering::Relaxed).max(0) as usize
     }
 
-    fn add(&self, bytes: i64) {
+    pub(crate) fn add(&self, bytes: i64) {
         let now = self.current.fetch_add(bytes, Ordering::Relaxed) + bytes;
         self.peak.fetch_max(now, Ordering::Relaxed);
     }
@@ -148,6 +148,12 @@ pub type GobiAllocator = CountingAllocator<tikv_jemallocator::Jemalloc>;
 impl GobiAllocator {
     pub const fn new() -> Self {
         CountingAllocator(tikv_jemallocator::Jemalloc)
+    }
+}
+
+impl Default for GobiAllocator {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use datafusion::execution::memory_pool::{FairSpillPool, GreedyMemoryPool, MemoryConsumer, MemoryPool};
-use gobi_memory::{ByteSize, MemoryManager, PoolLimits};
+use gobi_memory::{ByteSize, MemoryManager, PoolLimits, StatementLimits};
 
 const GROWTHS: usize = 64;
 const STEPS: [(&str, usize); 2] = [("small", 1 << 10), ("batch", 64 << 10)];
@@ -25,7 +25,7 @@ const LIMIT: usize = 1 << 30;
 
 fn pools() -> Vec<(&'static str, Arc<dyn MemoryPool>)> {
     let manager = MemoryManager::new(PoolLimits { query: ByteSize(LIMIT as u64), ..PoolLimits::default() });
-    let gobi: Arc<dyn MemoryPool> = manager.begin_query("bench", None);
+    let gobi: Arc<dyn MemoryPool> = manager.begin_query("bench", StatementLimits::default());
     vec![
         ("gobi", gobi),
         ("greedy", Arc::new(GreedyMemoryPool::new(LIMIT))),

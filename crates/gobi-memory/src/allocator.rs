@@ -14,8 +14,9 @@
 //! Each thread keeps a pending count and flushes it to its scope once it passes 256 KiB either
 //! way (and whenever the scope changes), so the shared counter is touched about once per
 //! quarter MiB, not once per allocation. The figure is net: memory allocated under a query and
-//! freed under it cancels out; memory allocated under a query and freed after it (a result
-//! printed later) stays charged to it, which is what it cost.
+//! freed under it cancels out. A batch of its result handed to the reader leaves its count
+//! ([`AllocScope::hand_over`]): the reader frees it outside any poll, and a streamed result
+//! must not count every batch it ever returned.
 //!
 //! Not counted per query: allocations made outside any poll (planning, printing). The
 //! process figures ([`ProcessMemory`]) come from jemalloc and the OS and see everything.
@@ -45,7 +46,13 @@ impl AllocScope {
         self.peak.load(Ordering::Relaxed).max(0) as usize
     }
 
-    fn add(&self, bytes: i64) {
+    /// Takes `bytes` off the count: memory the statement handed over to its reader (a result
+    /// batch), which will be freed outside its polls.
+    pub fn hand_over(&self, bytes: usize) {
+        self.current.fetch_sub(i64::try_from(bytes).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    pub(crate) fn add(&self, bytes: i64) {
         let now = self.current.fetch_add(bytes, Ordering::Relaxed) + bytes;
         self.peak.fetch_max(now, Ordering::Relaxed);
     }
@@ -148,6 +155,12 @@ pub type GobiAllocator = CountingAllocator<tikv_jemallocator::Jemalloc>;
 impl GobiAllocator {
     pub const fn new() -> Self {
         CountingAllocator(tikv_jemallocator::Jemalloc)
+    }
+}
+
+impl Default for GobiAllocator {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -1,99 +1,41 @@
-//! The memory manager: the three pools, and the accounting of each running query inside the
-//! query pool.
+//! The memory manager: the registry of statements. It begins each statement's accounting
+//! ([`QueryMemory`]), finds the memory of those that ended (leaks) and gives it back
+//! (cleanup); everything else it answers from the [`Budget`] it shares with every statement.
 //!
 //! ```text
 //!                       MemoryManager
-//!         ┌───────────────┬───────────┬──────────┐
-//!         │ query pool    │ cache pool│ temp pool│   limits from gobi.toml / flags / SET
-//!         └──────▲────────┴───────────┴──────────┘
-//!                │ try_reserve / release (atomic)
-//!   QueryMemory (one per statement; DataFusion's MemoryPool for that statement's plan)
-//!     ├── consumer ExternalSorter[0]  reserved, peak, can spill, registered at
-//!     ├── consumer GroupedHashAggregateStream[1] …
-//!     └── query id, text, reserved, peak, optional per-query limit
+//!     next query id, statements (weak: a QueryMemory lives as long as its plan's streams)
+//!         │ begin_query(text, StatementLimits)        leaks(), release_ended(), consumers()
+//!         ▼
+//!   QueryMemory (one per statement) ──Arc──► Budget ◄──Arc── MemoryManager
+//!                                              │          (pools, stats, pressure, events,
+//!                                              │           reclaimers, reservations, settings:
+//!                                              │           delegated)
+//!                            query pool │ cache pool │ temp pool
 //! ```
 //!
-//! DataFusion operators register a `MemoryConsumer` and grow a `MemoryReservation` before they
-//! buffer; the reservation calls back into the statement's [`QueryMemory`] (`query.rs`), which
-//! charges the shared query pool in whole blocks and records who holds what. When a reservation
-//! cannot grow, spillable operators (sort, hash aggregation, repartition) write to disk and try
-//! again; the others fail with one message naming the pool, the request, the limit, the
-//! largest holders and the setting to raise.
-//!
-//! Not tracked here: memory operators do not reserve (decoding buffers, batches in flight,
-//! kernel intermediates). The counting allocator (`allocator.rs`) sees those: each statement's
-//! actual bytes beside its reserved ones.
-//!
-//! Elastic borrowing: the query and cache pools lend each other room. A query short of memory
-//! takes back what cached results borrowed from the query pool, then borrows the cache pool's
-//! room (evicting cached results through a [`Reclaim`]er); each pool stays within its limit.
+//! The manager imports the statements (`query.rs`), the reservations kept between them
+//! (`reservation.rs`) and the budget (`budget.rs`); none of them imports the manager. The
+//! budget reaches the registry only through the [`Registry`] trait, to name the largest
+//! holders when a request is refused.
 
-use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
-use crate::pool::{raise_peak, surplus, Pool, PoolKind, PoolStats, Pressure};
-use crate::query::QueryMemory;
-use crate::{ByteSize, PoolLimits};
-
-pub type QueryId = u64;
-
-/// Memory held longer than this is reported as a leak unless `memory.leak_threshold` says
-/// otherwise.
-pub const DEFAULT_LEAK_THRESHOLD: Duration = Duration::from_secs(300);
-
-/// A pool this full (in percent of its limit) is under `high` pressure.
-pub const HIGH_PRESSURE_PERCENT: usize = 80;
-/// A pool this full is under `critical` pressure.
-pub const CRITICAL_PRESSURE_PERCENT: usize = 95;
+use crate::budget::{largest_first, Budget, ConsumerStats, MemoryEvent, PoolLimits, Reclaim, Registry};
+use crate::byte_size::ByteSize;
+use crate::pool::{Pool, PoolKind, PoolStats, Pressure};
+use crate::query::{QueryMemory, StatementLimits};
+use crate::reservation::{PoolFull, Reservation};
 
 #[derive(Debug)]
 pub struct MemoryManager {
-    pools: [Pool; 3],
+    /// The pools and the rules over them, shared with every statement.
+    budget: Arc<Budget>,
     next_query: AtomicU64,
     /// Statements whose memory may still be held (their `QueryMemory` is alive).
     queries: Mutex<Vec<Weak<QueryMemory>>>,
-    /// Registered consumers that can spill, over all statements: they share what the
-    /// unspillable ones leave of the query pool.
-    pub(crate) spillable: AtomicUsize,
-    pub(crate) unspillable_reserved: AtomicUsize,
-    /// `memory.fault_probability` as f64 bits: the fraction of reservation requests refused
-    /// on purpose, so tests drive every out-of-memory path with real queries.
-    fault_probability: AtomicU64,
-    /// `memory.leak_threshold` in milliseconds: held longer than this counts as a leak.
-    leak_threshold_ms: AtomicU64,
-    /// `memory.actual_margin`: how far past its limit a query's allocator bytes may go before
-    /// it is stopped.
-    actual_margin: RwLock<Margin>,
-    /// What the manager did about pressure, leaks and cleanup, oldest first, until taken.
-    events: Mutex<Vec<MemoryEvent>>,
-    /// Holders of evictable memory (the result cache), asked to give some back.
-    reclaimers: RwLock<Vec<Weak<dyn Reclaim>>>,
-    /// What each live [`Reservation`] holds, for the consumer listing.
-    kept: Mutex<Vec<Weak<Kept>>>,
-}
-
-/// Something holding memory it can drop on demand (cached entries), in the cache pool or
-/// borrowed from the query pool.
-pub trait Reclaim: Send + Sync + fmt::Debug {
-    /// Drops entries (least recently used first) held in pool `kind` until at least `bytes`
-    /// are freed or none are left; returns the bytes freed.
-    fn reclaim(&self, kind: PoolKind, bytes: usize) -> usize;
-    /// What could be freed in pool `kind`.
-    fn reclaimable(&self, kind: PoolKind) -> usize;
-}
-
-/// One response to memory pressure (or a leak, or a cleanup), as `gobi memory pressure
-/// --history` lists it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MemoryEvent {
-    pub at: std::time::SystemTime,
-    pub pool: PoolKind,
-    /// The pool's pressure when it happened.
-    pub level: Pressure,
-    pub action: String,
-    pub bytes_freed: u64,
 }
 
 /// What [`MemoryManager::release_ended`] gave back.
@@ -102,37 +44,6 @@ pub struct Released {
     pub reservations: usize,
     pub bytes: usize,
 }
-
-/// How far past its limit a query's allocator bytes may go: decoding buffers, batches in
-/// flight and the query's result are memory no operator reserves.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Margin {
-    Bytes(usize),
-    /// A part of the query's limit (0.5: half of it).
-    Fraction(f64),
-}
-
-impl Margin {
-    pub fn of(self, limit: usize) -> usize {
-        match self {
-            Margin::Bytes(bytes) => bytes,
-            Margin::Fraction(fraction) => (limit as f64 * fraction) as usize,
-        }
-    }
-}
-
-impl fmt::Display for Margin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Margin::Bytes(bytes) => write!(f, "{}", ByteSize(*bytes as u64)),
-            Margin::Fraction(fraction) => write!(f, "{:.0}%", fraction * 100.0),
-        }
-    }
-}
-
-/// The default margin: a fixed amount rather than a part of the limit, because a small pool's
-/// query still decodes whole Parquet pages and holds its result.
-pub const DEFAULT_ACTUAL_MARGIN: Margin = Margin::Bytes(64 << 20);
 
 /// Memory that outlived its reason: still held after its statement ended, or held longer than
 /// the leak threshold.
@@ -145,162 +56,34 @@ pub struct LeakStats {
     pub ended: bool,
 }
 
-/// One consumer as `gobi memory stats` lists it: an operator of a running statement, or
-/// something gobi keeps between statements (a cached result, a table's metadata, a `let`
-/// value, a function memo), which belongs to no statement.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsumerStats {
-    pub pool: PoolKind,
-    pub query: Option<QueryId>,
-    pub name: String,
-    pub can_spill: bool,
-    pub reserved: usize,
-    pub peak: usize,
-    pub age: Duration,
-}
-
 impl MemoryManager {
     pub fn new(limits: PoolLimits) -> Arc<Self> {
-        let bytes = |size: ByteSize| usize::try_from(size.0).unwrap_or(usize::MAX);
-        Arc::new(Self {
-            pools: [
-                Pool::new(PoolKind::Query, bytes(limits.query)),
-                Pool::new(PoolKind::Cache, bytes(limits.cache)),
-                Pool::new(PoolKind::Temp, bytes(limits.temp)),
-            ],
-            next_query: AtomicU64::new(1),
-            queries: Mutex::new(vec![]),
-            spillable: AtomicUsize::new(0),
-            unspillable_reserved: AtomicUsize::new(0),
-            fault_probability: AtomicU64::new(0f64.to_bits()),
-            leak_threshold_ms: AtomicU64::new(DEFAULT_LEAK_THRESHOLD.as_millis() as u64),
-            actual_margin: RwLock::new(DEFAULT_ACTUAL_MARGIN),
-            events: Mutex::new(vec![]),
-            reclaimers: RwLock::new(vec![]),
-            kept: Mutex::new(vec![]),
-        })
+        let manager = Arc::new(Self { budget: Arc::new(Budget::new(limits)), next_query: AtomicU64::new(1), queries: Mutex::new(vec![]) });
+        let registry: Weak<MemoryManager> = Arc::downgrade(&manager);
+        manager.budget.set_registry(registry);
+        manager
     }
 
-    pub fn pool(&self, kind: PoolKind) -> &Pool {
-        &self.pools[kind as usize]
-    }
+    // The registry of statements.
 
-    pub fn stats(&self) -> Vec<PoolStats> {
-        self.pools.iter().map(Pool::stats).collect()
-    }
-
-    /// The accounting of a new statement. Keep the handle until its plan's streams are dropped.
-    pub fn begin_query(self: &Arc<Self>, text: &str, limits: StatementLimits) -> Arc<QueryMemory> {
-        self.set_actual_margin(limits.actual_margin);
-        let limit = limits.limit;
-        let query = Arc::new(QueryMemory::new(Arc::clone(self), self.next_query.fetch_add(1, Ordering::Relaxed), text, limit));
+    /// The accounting of a new statement, held to its own `limits`. Keep the handle until its
+    /// plan's streams are dropped.
+    pub fn begin_query(&self, text: &str, limits: StatementLimits) -> Arc<QueryMemory> {
+        let query = Arc::new(QueryMemory::new(Arc::clone(&self.budget), self.next_query.fetch_add(1, Ordering::Relaxed), text, limits));
         let mut queries = self.queries.lock().expect("the query list is never poisoned");
         queries.retain(|q| q.strong_count() > 0);
         queries.push(Arc::downgrade(&query));
         query
     }
 
-    /// What one spillable consumer may hold: an equal share of what the unspillable ones
-    /// leave. A consumer past its share spills itself, so one partition's hash table cannot take
-    /// the whole pool and leave its siblings nothing (DataFusion only lets the requester spill).
-    pub(crate) fn spill_share(&self) -> usize {
-        let free = self.elastic_limit().saturating_sub(self.unspillable_reserved.load(Ordering::Acquire));
-        free / self.spillable.load(Ordering::Acquire).max(1)
-    }
-
-    /// What queries can hold at most: the query pool plus the cache pool they can borrow from.
-    /// An upper bound (cache bytes no one can evict, such as memos, are counted as lendable):
-    /// it sets the fair share on every growth, so it reads two atomics and takes no lock; a
-    /// share the pools cannot give is refused by the pools, and the operator spills.
-    fn elastic_limit(&self) -> usize {
-        self.pool(PoolKind::Query).limit() + self.pool(PoolKind::Cache).limit()
-    }
-
-    /// The three pools' limits together: the memory budget of the whole process.
-    pub fn total_limit(&self) -> usize {
-        self.pools.iter().map(Pool::limit).fold(0, usize::saturating_add)
-    }
-
-    /// Registers a holder of evictable memory; it is forgotten once dropped.
-    pub fn register_reclaimer(&self, reclaimer: Weak<dyn Reclaim>) {
-        self.reclaimers.write().expect("the reclaimer list is never poisoned").push(reclaimer);
-    }
-
-    fn reclaimers(&self) -> Vec<Arc<dyn Reclaim>> {
-        self.reclaimers.read().expect("the reclaimer list is never poisoned").iter().filter_map(Weak::upgrade).collect()
-    }
-
-    /// Asks the holders of evictable memory in pool `kind` to free `bytes`; returns what they
-    /// freed.
-    pub fn reclaim(&self, kind: PoolKind, bytes: usize) -> usize {
-        let mut freed = 0;
-        for reclaimer in self.reclaimers() {
-            if freed >= bytes {
-                break;
-            }
-            freed += reclaimer.reclaim(kind, bytes - freed);
-        }
-        freed
-    }
-
-    /// What the reclaimers could free in pool `kind` (asked before borrowing; takes no
-    /// allocation).
-    pub fn reclaimable(&self, kind: PoolKind) -> usize {
-        let reclaimers = self.reclaimers.read().expect("the reclaimer list is never poisoned");
-        reclaimers.iter().filter_map(Weak::upgrade).map(|r| r.reclaimable(kind)).sum()
+    fn live_queries(&self) -> Vec<Arc<QueryMemory>> {
+        self.queries.lock().expect("the query list is never poisoned").iter().filter_map(Weak::upgrade).collect()
     }
 
     /// Whether any statement's operators hold memory now: while none do, the cache may borrow
     /// the query pool's free space.
     pub fn queries_idle(&self) -> bool {
         self.live_queries().iter().all(|q| q.has_ended() || q.reserved_bytes() == 0)
-    }
-
-    fn live_queries(&self) -> Vec<Arc<QueryMemory>> {
-        self.queries.lock().expect("the query list is never poisoned").iter().filter_map(Weak::upgrade).collect()
-    }
-
-    /// Makes that fraction (0 to 1) of later reservation requests fail, as if the pool were full.
-    pub fn set_fault_probability(&self, probability: f64) {
-        self.fault_probability.store(probability.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
-    }
-
-    /// Whether this request is one of those refused on purpose.
-    pub(crate) fn inject_fault(&self) -> Option<f64> {
-        let probability = f64::from_bits(self.fault_probability.load(Ordering::Relaxed));
-        (probability > 0.0 && fault_dice() < probability).then_some(probability)
-    }
-
-    /// Holds `bytes` of pool `kind` for `what` (e.g. `let big`) until the reservation drops.
-    pub fn reserve(self: &Arc<Self>, kind: PoolKind, bytes: usize, what: &str) -> std::result::Result<Reservation, PoolFull> {
-        let mut reservation = self.empty_reservation(kind, what);
-        reservation.try_grow(bytes)?;
-        Ok(reservation)
-    }
-
-    /// A reservation of pool `kind` for `what`, holding nothing yet, to grow and shrink.
-    pub fn empty_reservation(self: &Arc<Self>, kind: PoolKind, what: &str) -> Reservation {
-        let kept = Arc::new(Kept { pool: kind, name: what.to_string(), since: Instant::now(), bytes: AtomicUsize::new(0), peak: AtomicUsize::new(0) });
-        let mut all = self.kept.lock().expect("the kept list is never poisoned");
-        all.retain(|k| k.strong_count() > 0);
-        all.push(Arc::downgrade(&kept));
-        Reservation { manager: Arc::clone(self), kind, bytes: 0, granted: 0, kept }
-    }
-
-    pub fn set_leak_threshold(&self, threshold: Duration) {
-        self.leak_threshold_ms.store(threshold.as_millis() as u64, Ordering::Relaxed);
-    }
-
-    pub fn set_actual_margin(&self, margin: Margin) {
-        *self.actual_margin.write().expect("the margin is never poisoned") = margin;
-    }
-
-    pub fn actual_margin(&self) -> Margin {
-        *self.actual_margin.read().expect("the margin is never poisoned")
-    }
-
-    pub fn leak_threshold(&self) -> Duration {
-        Duration::from_millis(self.leak_threshold_ms.load(Ordering::Relaxed))
     }
 
     /// Consumers holding bytes after their statement ended, or for longer than `threshold`,
@@ -318,29 +101,8 @@ impl MemoryManager {
                     .map(move |consumer| LeakStats { consumer, text: q.text().chars().take(60).collect(), ended })
             })
             .collect();
-        leaks.sort_by(|a, b| b.consumer.reserved.cmp(&a.consumer.reserved));
+        leaks.sort_by_key(|leak| std::cmp::Reverse(leak.consumer.reserved));
         leaks
-    }
-
-    pub fn pressure(&self, kind: PoolKind) -> Pressure {
-        self.pool(kind).pressure()
-    }
-
-    /// The pressure of all pools together (reserved over the sum of the limits), or the worst
-    /// single pool's if that is higher.
-    pub fn overall_pressure(&self) -> Pressure {
-        let (reserved, limit) = self.pools.iter().fold((0, 0), |(r, l), p| (r + p.reserved(), l + p.limit()));
-        PoolKind::ALL.iter().map(|&kind| self.pressure(kind)).max().unwrap_or(Pressure::Normal).max(Pressure::of(reserved, limit))
-    }
-
-    pub fn record_event(&self, pool: PoolKind, action: impl Into<String>, bytes_freed: u64) {
-        let event = MemoryEvent { at: std::time::SystemTime::now(), pool, level: self.pressure(pool), action: action.into(), bytes_freed };
-        self.events.lock().expect("the event list is never poisoned").push(event);
-    }
-
-    /// The events recorded since the last call.
-    pub fn take_events(&self) -> Vec<MemoryEvent> {
-        std::mem::take(&mut *self.events.lock().expect("the event list is never poisoned"))
     }
 
     /// Gives back to the pool what statements that have ended still hold (a leak): the bytes are
@@ -361,126 +123,106 @@ impl MemoryManager {
     /// Every consumer of every live statement, and every reservation kept between statements,
     /// largest first.
     pub fn consumers(&self) -> Vec<ConsumerStats> {
-        let mut all: Vec<ConsumerStats> = self.live_queries().iter().flat_map(|q| q.consumers()).collect();
-        let kept = self.kept.lock().expect("the kept list is never poisoned");
-        all.extend(kept.iter().filter_map(Weak::upgrade).map(|k| ConsumerStats {
-            pool: k.pool,
-            query: None,
-            name: k.name.clone(),
-            can_spill: false,
-            reserved: k.bytes.load(Ordering::Relaxed),
-            peak: k.peak.load(Ordering::Relaxed),
-            age: k.since.elapsed(),
-        }));
-        all.sort_by(|a, b| b.reserved.cmp(&a.reserved).then(a.query.cmp(&b.query)));
+        let mut all = self.statement_consumers();
+        all.extend(self.budget.kept_consumers());
+        largest_first(&mut all);
         all
     }
-}
 
-/// A number in [0, 1) from a per-thread xorshift generator: cheap, and good enough to pick
-/// which requests fail.
-fn fault_dice() -> f64 {
-    use std::cell::Cell;
-    static SEEDS: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(SEEDS.fetch_add(0x2545_F491_4F6C_DD1D, Ordering::Relaxed) | 1);
-    }
-    STATE.with(|state| {
-        let mut x = state.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        state.set(x);
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    })
-}
+    // Answered by the budget.
 
-/// A request that did not fit its pool, with the message users see.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct PoolFull(pub String);
-
-/// Bytes held from one pool (a `let` table, a cached result, a table's metadata, a function
-/// memo) until dropped. The pool holds whole blocks ([`PoolKind::block`]): a reservation that
-/// grows a little at a time goes to the pool once per block.
-#[derive(Debug)]
-pub struct Reservation {
-    manager: Arc<MemoryManager>,
-    kind: PoolKind,
-    /// What the owner asked for.
-    bytes: usize,
-    /// What the pool holds for it: `bytes` rounded up to blocks, plus at most one spare block.
-    granted: usize,
-    /// What the consumer listing shows of it.
-    kept: Arc<Kept>,
-}
-
-/// A reservation as `gobi_memory_consumers()` lists it: its pool's bytes, by name.
-#[derive(Debug)]
-struct Kept {
-    pool: PoolKind,
-    name: String,
-    since: Instant,
-    /// What the pool holds for it.
-    bytes: AtomicUsize,
-    peak: AtomicUsize,
-}
-
-impl Reservation {
-    pub fn bytes(&self) -> usize {
-        self.bytes
+    pub fn pool(&self, kind: PoolKind) -> &Pool {
+        self.budget.pool(kind)
     }
 
-    pub fn pool(&self) -> PoolKind {
-        self.kind
+    pub fn stats(&self) -> Vec<PoolStats> {
+        self.budget.stats()
     }
 
-    /// Grows by `bytes`, reserving whole blocks when the ones held are short (or just the
-    /// bytes short, when the pool has less than a block left).
-    pub fn try_grow(&mut self, bytes: usize) -> std::result::Result<(), PoolFull> {
-        let short = (self.bytes + bytes).saturating_sub(self.granted);
-        if short > 0 {
-            let (manager, kind, what) = (&self.manager, self.kind, &self.kept.name);
-            if let Some(probability) = manager.inject_fault() {
-                return Err(PoolFull(format!("injected fault (memory.fault_probability = {probability}): {what} was refused {}", ByteSize(bytes as u64))));
-            }
-            let pool = manager.pool(kind);
-            let granted = pool.try_reserve_between(short, short.next_multiple_of(kind.block())).map_err(|available| {
-                let limit = pool.limit();
-                let needed = (limit + short - available).div_ceil(1 << 20);
-                PoolFull(format!(
-                    "the {kind} pool is full: {what} needs {} with {} of the {} limit reserved. Raise the limit: SET memory.{kind}_pool = '{needed}MiB'",
-                    ByteSize(bytes as u64),
-                    ByteSize((limit - available) as u64),
-                    ByteSize(limit as u64),
-                ))
-            })?;
-            self.granted += granted;
-        }
-        self.bytes += bytes;
-        self.show();
-        Ok(())
+    /// The three pools' limits together: the memory budget of the whole process.
+    pub fn total_limit(&self) -> usize {
+        self.budget.total_limit()
     }
 
-    /// Shrinks by `bytes`, giving spare blocks back (all of them once nothing is held).
-    pub fn shrink(&mut self, bytes: usize) {
-        self.bytes -= bytes;
-        let spare = if self.bytes == 0 { self.granted } else { surplus((self.granted - self.bytes) as isize, self.kind.block()) };
-        self.manager.pool(self.kind).release(spare);
-        self.granted -= spare;
-        self.show();
+    pub fn pressure(&self, kind: PoolKind) -> Pressure {
+        self.budget.pressure(kind)
     }
 
-    /// What the consumer listing shows: the bytes the pool holds for it.
-    fn show(&self) {
-        self.kept.bytes.store(self.granted, Ordering::Relaxed);
-        raise_peak(&self.kept.peak, self.granted);
+    /// The pressure of all pools together (reserved over the sum of the limits), or the worst
+    /// single pool's if that is higher.
+    pub fn overall_pressure(&self) -> Pressure {
+        self.budget.overall_pressure()
+    }
+
+    /// Waits until pool `kind`'s pressure is below `level`, at most `timeout`; whether it is.
+    /// Woken by the pool's releases (and a larger limit), never polls: admission waits here
+    /// while the query pool is critical. Needs a Tokio runtime with its timer.
+    pub async fn wait_for_pressure_below(&self, kind: PoolKind, level: Pressure, timeout: Duration) -> bool {
+        self.pool(kind).wait_for_pressure_below(level, timeout).await
+    }
+
+    /// Holds `bytes` of pool `kind` for `what` (e.g. `let big`) until the reservation drops.
+    pub fn reserve(&self, kind: PoolKind, bytes: usize, what: &str) -> std::result::Result<Reservation, PoolFull> {
+        Reservation::new(&self.budget, kind, bytes, what)
+    }
+
+    /// A reservation of pool `kind` for `what`, holding nothing yet, to grow and shrink.
+    pub fn empty_reservation(&self, kind: PoolKind, what: &str) -> Reservation {
+        Reservation::empty(&self.budget, kind, what)
+    }
+
+    /// Registers a holder of evictable memory; it is forgotten once dropped.
+    pub fn register_reclaimer(&self, reclaimer: Weak<dyn Reclaim>) {
+        self.budget.register_reclaimer(reclaimer);
+    }
+
+    /// Asks the holders of evictable memory in pool `kind` to free `bytes`; returns what they
+    /// freed.
+    pub fn reclaim(&self, kind: PoolKind, bytes: usize) -> usize {
+        self.budget.reclaim(kind, bytes)
+    }
+
+    /// What the reclaimers could free in pool `kind`.
+    pub fn reclaimable(&self, kind: PoolKind) -> usize {
+        self.budget.reclaimable(kind)
+    }
+
+    pub fn record_event(&self, pool: PoolKind, action: impl Into<String>, bytes_freed: u64) {
+        self.budget.record_event(pool, action, bytes_freed);
+    }
+
+    /// The events recorded since the last call.
+    pub fn take_events(&self) -> Vec<MemoryEvent> {
+        self.budget.take_events()
+    }
+
+    /// The fraction of reservation requests refused on purpose (`memory.fault_probability`).
+    pub fn fault_probability(&self) -> f64 {
+        self.budget.fault_probability()
+    }
+
+    /// How many new statements wait for the query pool's pressure to fall (admission).
+    pub fn admission_waiters(&self) -> usize {
+        self.pool(PoolKind::Query).waiting()
+    }
+
+    /// Makes that fraction (0 to 1) of later reservation requests fail, as if the pool were full.
+    pub fn set_fault_probability(&self, probability: f64) {
+        self.budget.set_fault_probability(probability);
+    }
+
+    pub fn set_leak_threshold(&self, threshold: Duration) {
+        self.budget.set_leak_threshold(threshold);
+    }
+
+    pub fn leak_threshold(&self) -> Duration {
+        self.budget.leak_threshold()
     }
 }
 
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        self.manager.pool(self.kind).release(self.granted);
+impl Registry for MemoryManager {
+    fn statement_consumers(&self) -> Vec<ConsumerStats> {
+        self.live_queries().iter().flat_map(|q| q.consumers()).collect()
     }
 }
 
@@ -489,6 +231,8 @@ mod tests {
     use datafusion_execution::memory_pool::{MemoryConsumer, MemoryPool};
 
     use super::*;
+    use crate::query::{Margin, DEFAULT_ACTUAL_MARGIN};
+    use crate::wait::once_waiting;
 
     /// A manager whose cache pool has nothing to lend, so the query pool's limit is the limit.
     fn manager(query: u64) -> Arc<MemoryManager> {
@@ -498,7 +242,7 @@ mod tests {
     #[test]
     fn a_statement_charges_the_query_pool_and_names_its_consumers() {
         let manager = manager(1000);
-        let query: Arc<dyn MemoryPool> = manager.begin_query("SELECT 1", None);
+        let query: Arc<dyn MemoryPool> = manager.begin_query("SELECT 1", StatementLimits::default());
         let sort = MemoryConsumer::new("ExternalSorter[0]").with_can_spill(true).register(&query);
         let join = MemoryConsumer::new("HashJoinInput").register(&query);
         sort.try_grow(600).unwrap();
@@ -518,26 +262,16 @@ mod tests {
     }
 
     #[test]
-    fn a_reservation_holds_its_pool_until_dropped() {
-        let manager = MemoryManager::new(PoolLimits { temp: ByteSize(1 << 20), ..PoolLimits::default() });
-        let held = manager.reserve(PoolKind::Temp, 800 << 10, "let a").unwrap();
-        let error = manager.reserve(PoolKind::Temp, 300 << 10, "let b").unwrap_err().to_string();
-        assert!(error.contains("the temp pool is full: let b needs 300KiB") && error.contains("SET memory.temp_pool = '2MiB'"), "{error}");
-        drop(held);
-        assert_eq!(manager.pool(PoolKind::Temp).reserved(), 0);
-    }
-
-    #[test]
     fn memory_held_after_its_statement_ended_is_a_leak_and_nothing_else_is() {
         let manager = manager(1 << 20);
-        let finished: Arc<dyn MemoryPool> = manager.begin_query("SELECT * FROM t LIMIT 1", None);
+        let finished: Arc<dyn MemoryPool> = manager.begin_query("SELECT * FROM t LIMIT 1", StatementLimits::default());
         let released = MemoryConsumer::new("ExternalSorter[0]").register(&finished);
         released.try_grow(1000).unwrap();
         drop(released);
         manager.live_queries()[0].end();
         assert!(manager.leaks(Duration::from_secs(300)).is_empty(), "released before the end: no leak");
 
-        let leaky: Arc<dyn MemoryPool> = manager.begin_query("SELECT leaky", None);
+        let leaky: Arc<dyn MemoryPool> = manager.begin_query("SELECT leaky", StatementLimits::default());
         let kept = MemoryConsumer::new("HashJoinInput").register(&leaky);
         kept.try_grow(4096).unwrap();
         assert!(manager.leaks(Duration::from_secs(300)).is_empty(), "a running statement is not leaking");
@@ -556,25 +290,48 @@ mod tests {
     }
 
     #[test]
-    fn fault_injection_refuses_about_that_fraction_of_requests() {
-        let manager = manager(1 << 30);
-        manager.set_fault_probability(0.25);
-        let query: Arc<dyn MemoryPool> = manager.begin_query("SELECT 3", None);
-        let r = MemoryConsumer::new("c").register(&query);
-        let refused = (0..4000).filter(|_| r.try_grow(1).is_err()).count();
-        assert!((800..1200).contains(&refused), "{refused} of 4000 refused at 0.25");
-        manager.set_fault_probability(0.0);
-        assert!((0..1000).all(|_| r.try_grow(1).is_ok()));
+    fn a_refusal_names_the_largest_holders_of_every_statement() {
+        let manager = manager(64 << 10);
+        let first: Arc<dyn MemoryPool> = manager.begin_query("SELECT big", StatementLimits::default());
+        let second: Arc<dyn MemoryPool> = manager.begin_query("SELECT small", StatementLimits::default());
+        let big = MemoryConsumer::new("HashJoinInput").register(&first);
+        big.try_grow(48 << 10).unwrap();
+        let small = MemoryConsumer::new("ExternalSorter[0]").register(&second);
+        let error = small.try_grow(20 << 10).unwrap_err().to_string();
+        assert!(error.contains("Largest holders: HashJoinInput of query 1 (cannot spill) holds 48KiB"), "{error}");
+        let _kept = manager.reserve(PoolKind::Temp, 1 << 20, "let a").unwrap();
+        assert_eq!(manager.consumers().iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["let a", "HashJoinInput", "ExternalSorter[0]"], "statements' consumers and kept reservations, largest first");
     }
 
     #[test]
-    fn a_query_limit_stops_one_query_before_the_pool() {
-        let manager = manager(1000);
-        let query: Arc<dyn MemoryPool> = manager.begin_query("SELECT 2", Some(100));
-        let r = MemoryConsumer::new("GroupedHashAggregateStream[0]").register(&query);
-        r.try_grow(100).unwrap();
-        let error = r.try_grow(1).unwrap_err().to_string();
-        assert!(error.contains("this query's memory limit is full") && error.contains("memory.query_limit"), "{error}");
+    fn each_statement_keeps_its_own_limits() {
+        let manager = manager(1 << 20);
+        let strict = manager.begin_query("SELECT strict", StatementLimits { limit: Some(1000), actual_margin: Margin::Fraction(0.5) });
+        let open = manager.begin_query("SELECT open", StatementLimits::default());
+        assert_eq!((strict.limit(), strict.actual_margin()), (1000, Margin::Fraction(0.5)));
+        assert_eq!((open.limit(), open.actual_margin(), open.id()), (1 << 20, DEFAULT_ACTUAL_MARGIN, strict.id() + 1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn admission_waits_for_a_release_without_polling() {
+        let manager = manager(1 << 20);
+        let held = manager.reserve(PoolKind::Query, 1000 << 10, "a running query's hash table").unwrap();
+        assert_eq!(manager.pressure(PoolKind::Query), Pressure::Critical);
+        let waiter = {
+            let manager = Arc::clone(&manager);
+            tokio::spawn(async move { manager.wait_for_pressure_below(PoolKind::Query, Pressure::Critical, Duration::from_secs(60)).await })
+        };
+        let releaser = once_waiting(&manager, |manager| manager.pool(PoolKind::Query).waiting(), move |_| drop(held));
+        assert!(waiter.await.unwrap(), "woken by the reservation's release");
+        releaser.join().unwrap();
+        assert_eq!(manager.pressure(PoolKind::Query), Pressure::Normal);
+    }
+
+    #[tokio::test]
+    async fn admission_gives_up_after_its_timeout() {
+        let manager = manager(1 << 20);
+        let _held = manager.reserve(PoolKind::Query, 1000 << 10, "a running query's hash table").unwrap();
+        assert!(!manager.wait_for_pressure_below(PoolKind::Query, Pressure::Critical, Duration::from_millis(20)).await);
     }
 }
 
@@ -617,7 +374,7 @@ mod concurrency {
                             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                             (state >> 33) as usize % n.max(1)
                         };
-                        let query: Arc<dyn MemoryPool> = manager.begin_query("fuzz", None);
+                        let query: Arc<dyn MemoryPool> = manager.begin_query("fuzz", StatementLimits::default());
                         let reservations: Vec<MemoryReservation> =
                             (0..3).map(|i| MemoryConsumer::new(format!("c{t}.{i}")).with_can_spill(i % 2 == 0).register(&query)).collect();
                         for _ in 0..2_000 {
@@ -648,50 +405,5 @@ mod concurrency {
             }
             prop_assert!(manager.consumers().is_empty());
         }
-    }
-}
-
-/// SHIM (replaced by the memory-shape branch).
-#[derive(Debug, Clone, Copy)]
-pub struct StatementLimits {
-    pub limit: Option<usize>,
-    pub actual_margin: Margin,
-}
-
-impl Default for StatementLimits {
-    fn default() -> Self {
-        Self { limit: None, actual_margin: DEFAULT_ACTUAL_MARGIN }
-    }
-}
-
-static WAITERS: AtomicUsize = AtomicUsize::new(0);
-
-impl MemoryManager {
-    pub async fn wait_for_pressure_below(&self, kind: PoolKind, level: Pressure, timeout: Duration) -> bool {
-        let started = Instant::now();
-        WAITERS.fetch_add(1, Ordering::SeqCst);
-        while self.pressure(kind) >= level && started.elapsed() < timeout {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        WAITERS.fetch_sub(1, Ordering::SeqCst);
-        self.pressure(kind) < level
-    }
-
-    pub fn fault_probability(&self) -> f64 {
-        f64::from_bits(self.fault_probability.load(Ordering::Relaxed))
-    }
-
-    pub fn admission_waiters(&self) -> usize {
-        WAITERS.load(Ordering::SeqCst)
-    }
-}
-
-impl QueryMemory {
-    pub async fn wait_released(&self, timeout: Duration) -> bool {
-        let started = Instant::now();
-        while self.reserved_bytes() > 0 && started.elapsed() < timeout {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        self.reserved_bytes() == 0
     }
 }

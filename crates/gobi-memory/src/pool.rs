@@ -1,19 +1,31 @@
 //! One named pool: a limit and the bytes reserved from it, with the counters `gobi memory
-//! stats` shows.
+//! stats` shows, and how full it is (its [`Pressure`]).
 //!
 //! ```text
 //!   try_reserve(n) ──► reserved + n <= limit ? reserved += n : rejected += 1, Err(available)
-//!   release(n)     ──► reserved -= n
+//!   release(n)     ──► reserved -= n ──► anyone waiting for less pressure? wake them
+//!
+//!   pressure:  0 ──── normal ────┤80 %├──── high ────┤95 %├── critical ──┤ limit
 //! ```
 //!
 //! Every counter is an atomic, and a reservation is one compare-and-swap loop on `reserved`:
 //! no lock on the hot path, correct under any number of threads. Reserved never exceeds the
 //! limit through `try_reserve`; `force_reserve` exists for the one case that cannot fail
 //! (DataFusion's infallible `grow`, for memory an operator already holds) and is counted as an
-//! overrun so it is visible rather than silent.
+//! overrun so it is visible rather than silent. A release wakes the tasks waiting for the
+//! pool's pressure to fall ([`Pool::wait_for_pressure_below`]); with none waiting, that is one
+//! more load.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::wait::Waiters;
+
+/// A pool this full (in percent of its limit) is under `high` pressure.
+pub const HIGH_PRESSURE_PERCENT: usize = 80;
+/// A pool this full is under `critical` pressure.
+pub const CRITICAL_PRESSURE_PERCENT: usize = 95;
 
 /// Which pool: what the memory is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -67,8 +79,8 @@ impl Pressure {
     pub fn of(reserved: usize, limit: usize) -> Self {
         let percent = reserved as u128 * 100 / (limit.max(1) as u128);
         match percent {
-            p if p >= crate::manager::CRITICAL_PRESSURE_PERCENT as u128 => Pressure::Critical,
-            p if p >= crate::manager::HIGH_PRESSURE_PERCENT as u128 => Pressure::High,
+            p if p >= CRITICAL_PRESSURE_PERCENT as u128 => Pressure::Critical,
+            p if p >= HIGH_PRESSURE_PERCENT as u128 => Pressure::High,
             _ => Pressure::Normal,
         }
     }
@@ -112,6 +124,8 @@ pub struct Pool {
     deallocations: AtomicU64,
     rejected: AtomicU64,
     overruns: AtomicU64,
+    /// Tasks waiting for the pressure to fall.
+    waiters: Waiters,
 }
 
 /// A snapshot of one pool's counters.
@@ -142,6 +156,7 @@ impl Pool {
             deallocations: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             overruns: AtomicU64::new(0),
+            waiters: Waiters::default(),
         }
     }
 
@@ -155,7 +170,9 @@ impl Pool {
 
     /// A new limit; memory reserved above it stays reserved until released.
     pub fn set_limit(&self, limit: usize) {
-        self.limit.store(limit, Ordering::Relaxed);
+        // SeqCst: a larger limit lowers the pressure, which a waiter must see (`wait.rs`).
+        self.limit.store(limit, Ordering::SeqCst);
+        self.waiters.wake();
     }
 
     pub fn reserved(&self) -> usize {
@@ -164,6 +181,13 @@ impl Pool {
 
     pub fn pressure(&self) -> Pressure {
         Pressure::of(self.reserved(), self.limit())
+    }
+
+    /// Waits until the pool's pressure is below `level` (a release or a larger limit brings it
+    /// there), at most `timeout`; whether it is. Woken by releases, never polls. Needs a Tokio
+    /// runtime with its timer.
+    pub async fn wait_for_pressure_below(&self, level: Pressure, timeout: Duration) -> bool {
+        self.waiters.until(|| self.pressure() < level, timeout).await
     }
 
     /// Reserves `bytes` if the pool has room; otherwise returns the bytes still available.
@@ -206,9 +230,17 @@ impl Pool {
         if bytes == 0 {
             return;
         }
-        let before = self.reserved.fetch_sub(bytes, Ordering::AcqRel);
+        // SeqCst (the same instruction as AcqRel on x86 and ARMv8): a waiter must see either
+        // this release or, through `wake`, be told of it (`wait.rs`).
+        let before = self.reserved.fetch_sub(bytes, Ordering::SeqCst);
         debug_assert!(before >= bytes, "{} pool released {bytes} bytes with {before} reserved", self.kind);
         self.deallocations.fetch_add(1, Ordering::Relaxed);
+        self.waiters.wake();
+    }
+
+    /// How many tasks wait for the pressure to fall (a test's releaser waits for its waiter).
+    pub fn waiting(&self) -> usize {
+        self.waiters.waiting()
     }
 
     fn note_growth(&self, now: usize) {
@@ -233,6 +265,7 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wait::once_waiting;
 
     #[test]
     fn surplus_keeps_one_spare_block() {
@@ -252,5 +285,39 @@ mod tests {
         pool.release(100);
         let stats = pool.stats();
         assert_eq!((stats.reserved, stats.peak, stats.allocations, stats.deallocations, stats.rejected), (0, 100, 2, 2, 1));
+    }
+
+    #[test]
+    fn pressure_thresholds() {
+        assert_eq!([0, 79, 80, 94, 95, 100, 120].map(|r| Pressure::of(r, 100)), [Pressure::Normal, Pressure::Normal, Pressure::High, Pressure::High, Pressure::Critical, Pressure::Critical, Pressure::Critical]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_release_on_another_thread_wakes_who_waits_for_less_pressure() {
+        let pool = std::sync::Arc::new(Pool::new(PoolKind::Query, 100));
+        pool.try_reserve(96).unwrap();
+        let releaser = once_waiting(&pool, Pool::waiting, |pool| pool.release(10));
+        assert!(pool.wait_for_pressure_below(Pressure::Critical, Duration::from_secs(60)).await, "woken by the release");
+        assert_eq!(pool.pressure(), Pressure::High);
+        releaser.join().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_larger_limit_wakes_who_waits_for_less_pressure() {
+        let pool = std::sync::Arc::new(Pool::new(PoolKind::Query, 100));
+        pool.try_reserve(100).unwrap();
+        let raiser = once_waiting(&pool, Pool::waiting, |pool| pool.set_limit(1000));
+        assert!(pool.wait_for_pressure_below(Pressure::High, Duration::from_secs(60)).await);
+        raiser.join().unwrap();
+        pool.release(100);
+    }
+
+    #[tokio::test]
+    async fn waiting_for_less_pressure_times_out_while_the_pool_stays_full() {
+        let pool = Pool::new(PoolKind::Query, 100);
+        pool.try_reserve(95).unwrap();
+        assert!(!pool.wait_for_pressure_below(Pressure::Critical, Duration::from_millis(20)).await);
+        pool.release(95);
+        assert!(pool.wait_for_pressure_below(Pressure::High, Duration::ZERO).await, "already below: no wait");
     }
 }

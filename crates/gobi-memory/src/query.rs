@@ -1,7 +1,13 @@
 //! One statement's memory: DataFusion's `MemoryPool` for its plan, charging the shared query
-//! pool in whole blocks.
+//! pool in whole blocks. It holds the [`Budget`] (pools, fair share, borrowing, events), never
+//! the manager: the manager holds it.
 //!
 //! ```text
+//!   QueryMemory (one per statement: id, text, its limits, reserved, peak, borrowed)
+//!     ├── consumer ExternalSorter[0]  granted, headroom, peak, can spill, registered at
+//!     ├── consumer GroupedHashAggregateStream[1] …
+//!     └── Arc<Budget> ──► query pool, cache pool (to borrow), fair share, events
+//!
 //!   MemoryReservation::try_grow(n)          (DataFusion operator, any thread)
 //!        │
 //!        ▼
@@ -12,7 +18,20 @@
 //!   from the cache pool) ──► granted += blocks, headroom += blocks, statement/node counters
 //!
 //!   shrink(n): headroom += n; two spare blocks or more ──► give all but one back
+//!   reserved reaches 0 ──► wake who waits for the statement's memory (wait_released)
 //! ```
+//!
+//! DataFusion operators register a `MemoryConsumer` and grow a `MemoryReservation` before they
+//! buffer; the reservation calls back into the statement's `QueryMemory`, which charges the
+//! query pool and records who holds what. When a reservation cannot grow, spillable operators
+//! (sort, hash aggregation, repartition) write to disk and try again; the others fail with one
+//! message naming the pool, the request, the limit, the largest holders and the setting to
+//! raise.
+//!
+//! Not tracked here: memory operators do not reserve (decoding buffers, batches in flight,
+//! kernel intermediates). The counting allocator (`allocator.rs`) sees those: each statement's
+//! actual bytes beside its reserved ones, held to the statement's limit plus its
+//! `memory.actual_margin` ([`QueryMemory::check_actual`]).
 //!
 //! Per consumer, `granted − headroom` is what its reservations hold, and `granted` is what the
 //! pools hold for it: never less, and less than two blocks more once it shrinks. A consumer's
@@ -32,15 +51,16 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use datafusion_common::{DataFusionError, Result};
 use datafusion_execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation};
 
 use crate::allocator::AllocScope;
-use crate::manager::{ConsumerStats, MemoryManager, QueryId};
+use crate::budget::{Budget, ConsumerStats, Loan, QueryId};
+use crate::byte_size::ByteSize;
 use crate::pool::{raise_peak, surplus, PoolKind, Pressure};
-use crate::ByteSize;
+use crate::wait::Waiters;
 
 /// How many of the largest consumers an out-of-memory message names.
 const TOP_CONSUMERS: usize = 5;
@@ -53,6 +73,53 @@ const BLOCK: usize = PoolKind::Query.block();
 /// 175 MiB limit hung in 6 of 40 runs). What it holds is batches in flight between operators,
 /// bounded by its channels' gate, so granting it is bounded too; refusing it is not safe.
 const NEVER_REFUSED: &str = "RepartitionExec";
+
+/// How far past its limit a query's allocator bytes may go: decoding buffers, batches in
+/// flight and the query's result are memory no operator reserves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Margin {
+    Bytes(usize),
+    /// A part of the query's limit (0.5: half of it).
+    Fraction(f64),
+}
+
+impl Margin {
+    pub fn of(self, limit: usize) -> usize {
+        match self {
+            Margin::Bytes(bytes) => bytes,
+            Margin::Fraction(fraction) => (limit as f64 * fraction) as usize,
+        }
+    }
+}
+
+impl fmt::Display for Margin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Margin::Bytes(bytes) => write!(f, "{}", ByteSize(*bytes as u64)),
+            Margin::Fraction(fraction) => write!(f, "{:.0}%", fraction * 100.0),
+        }
+    }
+}
+
+/// The default margin: a fixed amount rather than a part of the limit, because a small pool's
+/// query still decodes whole Parquet pages and holds its result.
+pub const DEFAULT_ACTUAL_MARGIN: Margin = Margin::Bytes(64 << 20);
+
+/// One statement's own limits, from its session's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StatementLimits {
+    /// `memory.query_limit`: the most it may reserve (else the query pool's limit).
+    pub limit: Option<usize>,
+    /// `memory.actual_margin`: how far past its limit its allocator bytes may go before it is
+    /// stopped.
+    pub actual_margin: Margin,
+}
+
+impl Default for StatementLimits {
+    fn default() -> Self {
+        Self { limit: None, actual_margin: DEFAULT_ACTUAL_MARGIN }
+    }
+}
 
 /// What the consumers one plan node registers reserve together, now and at most: the
 /// per-operator figure `EXPLAIN ANALYZE` shows. A node's consumers are those registered while
@@ -84,23 +151,29 @@ pub fn registering_for<T>(node: &Arc<NodeMemory>, f: impl FnOnce() -> T) -> T {
 
 const RECENT_SLOTS: usize = 4;
 
+/// A thread's recent consumers: DataFusion's consumer id and the consumer, by id modulo the slots.
+type Recent = [Option<(usize, Arc<Consumer>)>; RECENT_SLOTS];
+
 thread_local! {
     /// The consumers this thread grew or shrank last, by DataFusion's consumer id (unique in
     /// the process): an operator's stream mostly runs on one thread, so its reservation's
     /// consumer is found here without reading the statement's consumer map.
-    static RECENT: RefCell<[Option<(usize, Arc<Consumer>)>; RECENT_SLOTS]> = const { RefCell::new([const { None }; RECENT_SLOTS]) };
+    static RECENT: RefCell<Recent> = const { RefCell::new([const { None }; RECENT_SLOTS]) };
 }
 
 /// The memory of one statement, and DataFusion's `MemoryPool` for its plan.
 #[derive(Debug)]
 pub struct QueryMemory {
-    manager: Arc<MemoryManager>,
+    budget: Arc<Budget>,
     id: QueryId,
     text: String,
     started: Instant,
     limit: Option<usize>,
+    actual_margin: Margin,
     /// What the pools hold for this statement: its consumers' blocks.
     reserved: AtomicUsize,
+    /// Tasks waiting for `reserved` to reach 0.
+    released: Waiters,
     peak: AtomicUsize,
     /// Requests refused (by the pool, the query's limit, an operator's share or a fault).
     rejected: AtomicU64,
@@ -108,7 +181,7 @@ pub struct QueryMemory {
     actual: Arc<AllocScope>,
     /// Bytes of `reserved` held in the cache pool (borrowed when the query pool was short);
     /// releases return these first.
-    borrowed: AtomicUsize,
+    borrowed: Loan,
     ended: AtomicBool,
     consumers: RwLock<HashMap<usize, Arc<Consumer>>>,
 }
@@ -200,18 +273,20 @@ impl Consumer {
 }
 
 impl QueryMemory {
-    pub(crate) fn new(manager: Arc<MemoryManager>, id: QueryId, text: &str, limit: Option<usize>) -> Self {
+    pub(crate) fn new(budget: Arc<Budget>, id: QueryId, text: &str, limits: StatementLimits) -> Self {
         Self {
-            manager,
+            budget,
             id,
             text: text.chars().take(120).collect(),
             started: Instant::now(),
-            limit,
+            limit: limits.limit,
+            actual_margin: limits.actual_margin,
             reserved: AtomicUsize::new(0),
+            released: Waiters::default(),
             peak: AtomicUsize::new(0),
             rejected: AtomicU64::new(0),
             actual: Arc::default(),
-            borrowed: AtomicUsize::new(0),
+            borrowed: Loan::default(),
             ended: AtomicBool::new(false),
             consumers: RwLock::new(HashMap::new()),
         }
@@ -240,7 +315,12 @@ impl QueryMemory {
 
     /// The most this statement may reserve: its own limit, else the query pool's.
     pub fn limit(&self) -> usize {
-        self.limit.unwrap_or_else(|| self.manager.pool(PoolKind::Query).limit())
+        self.limit.unwrap_or_else(|| self.budget.pool(PoolKind::Query).limit())
+    }
+
+    /// How far past its limit its allocator bytes may go (`memory.actual_margin`).
+    pub fn actual_margin(&self) -> Margin {
+        self.actual_margin
     }
 
     /// Stops a statement whose allocator bytes passed its limit by more than
@@ -250,9 +330,9 @@ impl QueryMemory {
         let actual = self.actual.current();
         // What it borrowed from the cache pool is part of its limit too; the margin never lets
         // it hold more than all the pools together.
-        let limit = self.limit() + self.borrowed.load(Ordering::Relaxed);
-        let margin = self.manager.actual_margin();
-        let allowed = (limit + margin.of(limit)).min(self.manager.total_limit().max(limit));
+        let limit = self.limit() + self.borrowed.bytes();
+        let margin = self.actual_margin;
+        let allowed = (limit + margin.of(limit)).min(self.budget.total_limit().max(limit));
         if actual <= allowed {
             return Ok(());
         }
@@ -267,7 +347,7 @@ impl QueryMemory {
             ByteSize(allowed as u64),
             ByteSize(limit as u64),
             margin,
-            ByteSize(self.manager.total_limit() as u64),
+            ByteSize(self.budget.total_limit() as u64),
             ByteSize(self.peak() as u64),
             ByteSize(actual.saturating_sub(self.reserved_bytes()) as u64),
             (limit + actual - allowed).div_ceil(1 << 20),
@@ -277,6 +357,13 @@ impl QueryMemory {
     /// What the pools hold for the statement's operators now.
     pub fn reserved_bytes(&self) -> usize {
         self.reserved.load(Ordering::Acquire)
+    }
+
+    /// Waits until the pools hold nothing for the statement's operators (its aborted tasks
+    /// have given back what they held), at most `timeout`; whether they hold nothing. Woken by
+    /// the release that reaches 0, never polls. Needs a Tokio runtime with its timer.
+    pub async fn wait_released(&self, timeout: Duration) -> bool {
+        self.released.until(|| self.reserved_bytes() == 0, timeout).await
     }
 
     pub fn started(&self) -> Instant {
@@ -365,7 +452,7 @@ impl QueryMemory {
     }
 
     /// Counts `blocks` newly granted to `consumer` (already reserved from the pools). The
-    /// statement's, node's and manager's counters go first: whatever a release takes off the
+    /// statement's, node's and budget's counters go first: whatever a release takes off the
     /// consumer's grant is then already in them.
     fn granted(&self, consumer: &Consumer, blocks: usize) {
         let now = self.reserved.fetch_add(blocks, Ordering::AcqRel) + blocks;
@@ -375,7 +462,7 @@ impl QueryMemory {
             raise_peak(&node.peak, now);
         }
         if !consumer.can_spill {
-            self.manager.unspillable_reserved.fetch_add(blocks, Ordering::AcqRel);
+            self.budget.unspillable_granted(blocks);
         }
         let now = consumer.granted.fetch_add(blocks, Ordering::AcqRel) + blocks;
         raise_peak(&consumer.peak, now);
@@ -390,20 +477,24 @@ impl QueryMemory {
     }
 
     /// Gives `bytes` taken off a consumer's grant back to the pools (borrowed cache-pool bytes
-    /// first) and off the statement's, node's and manager's counters.
+    /// first) and off the statement's, node's and budget's counters. The release that brings
+    /// the statement to 0 wakes who waits for it.
     fn release(&self, consumer: &Consumer, bytes: usize) {
         if bytes == 0 {
             return;
         }
-        let from_cache = take_up_to(&self.borrowed, bytes);
-        self.manager.pool(PoolKind::Cache).release(from_cache);
-        self.manager.pool(PoolKind::Query).release(bytes - from_cache);
-        self.reserved.fetch_sub(bytes, Ordering::AcqRel);
+        self.budget.give_back(bytes, &self.borrowed);
+        // SeqCst (the same instruction as AcqRel on x86 and ARMv8): a waiter sees this release
+        // or is woken by it (`wait.rs`).
+        let before = self.reserved.fetch_sub(bytes, Ordering::SeqCst);
         if let Some(node) = &consumer.node {
             node.reserved.fetch_sub(bytes, Ordering::AcqRel);
         }
         if !consumer.can_spill {
-            self.manager.unspillable_reserved.fetch_sub(bytes, Ordering::AcqRel);
+            self.budget.unspillable_released(bytes);
+        }
+        if before == bytes {
+            self.released.wake();
         }
     }
 
@@ -424,7 +515,7 @@ impl QueryMemory {
 
     /// Grants `blocks` even past the pool's limit (counted as an overrun there).
     fn force_grant(&self, consumer: &Consumer, blocks: usize) {
-        self.manager.pool(PoolKind::Query).force_reserve(blocks);
+        self.budget.pool(PoolKind::Query).force_reserve(blocks);
         self.granted(consumer, blocks);
     }
 
@@ -443,49 +534,22 @@ impl QueryMemory {
             // Holding nothing, it has nothing to spill: only the pool's own limit applies.
             let share = match held {
                 0 => usize::MAX,
-                _ if consumer.spills_early => self.manager.spill_share() / 2,
-                _ => self.manager.spill_share(),
+                _ if consumer.spills_early => self.budget.spill_share() / 2,
+                _ => self.budget.spill_share(),
             };
             if held + short > share {
                 return Err(Refused { available: share.saturating_sub(held), limit: share, what: "this operator's share of the query pool", setting: "memory.query_pool" });
             }
             most = most.min(share - held);
         }
-        let pool = self.manager.pool(PoolKind::Query);
+        let pool = self.budget.pool(PoolKind::Query);
         let bytes = match pool.try_reserve_between(short, most) {
             Ok(bytes) => bytes,
-            Err(_) if self.borrow(reservation, short) => short,
+            Err(_) if self.budget.borrow(short, &self.borrowed, reservation.consumer().name(), self.id) => short,
             Err(available) => return Err(Refused { available, limit: pool.limit(), what: "the query pool", setting: "memory.query_pool" }),
         };
         self.granted(consumer, bytes);
         Ok(())
-    }
-
-    /// Elastic borrowing, before a request is refused: first the cache gives back what it
-    /// borrowed from the query pool; then the query borrows the cache pool's free space,
-    /// evicting cached entries to make room. True when `additional` was reserved.
-    fn borrow(&self, reservation: &MemoryReservation, additional: usize) -> bool {
-        let manager = &self.manager;
-        let query_pool = manager.pool(PoolKind::Query);
-        if manager.reclaimable(PoolKind::Query) > 0 {
-            let freed = manager.reclaim(PoolKind::Query, additional);
-            if freed > 0 {
-                manager.record_event(PoolKind::Query, format!("evicted {} of cache entries borrowed from the query pool for {} of query {}", ByteSize(freed as u64), reservation.consumer().name(), self.id), freed as u64);
-            }
-            if query_pool.try_reserve(additional).is_ok() {
-                return true;
-            }
-        }
-        let cache_pool = manager.pool(PoolKind::Cache);
-        if cache_pool.try_reserve(additional).is_err() {
-            let freed = manager.reclaim(PoolKind::Cache, additional);
-            if freed == 0 || cache_pool.try_reserve(additional).is_err() {
-                return false;
-            }
-            manager.record_event(PoolKind::Cache, format!("evicted {} of cache entries so {} of query {} could borrow it", ByteSize(freed as u64), reservation.consumer().name(), self.id), freed as u64);
-        }
-        self.borrowed.fetch_add(additional, Ordering::AcqRel);
-        true
     }
 
     /// The one message for a request that does not fit: pool, request, limit, who holds the
@@ -493,15 +557,15 @@ impl QueryMemory {
     fn exhausted(&self, reservation: &MemoryReservation, bytes: usize, refused: Refused) -> DataFusionError {
         let Refused { available, limit, what, setting } = refused;
         self.rejected.fetch_add(1, Ordering::Relaxed);
-        let pool = self.manager.pool(PoolKind::Query);
+        let pool = self.budget.pool(PoolKind::Query);
         if pool.pressure() > Pressure::Normal {
-            self.manager.record_event(
+            self.budget.record_event(
                 PoolKind::Query,
                 format!("refused {} to {} of query {}: it spills if it can, else fails", ByteSize(bytes as u64), reservation.consumer().name(), self.id),
                 0,
             );
         }
-        let consumers = self.manager.consumers();
+        let consumers = self.budget.statement_consumers();
         let top: Vec<String> = consumers
             .iter()
             .filter_map(|c| Some((c, c.query?)))
@@ -516,7 +580,7 @@ impl QueryMemory {
             })
             .collect();
         let needed = (limit + bytes - available).div_ceil(1 << 20) as u64;
-        let borrowed = self.borrowed.load(Ordering::Relaxed);
+        let borrowed = self.borrowed.bytes();
         let borrowed = if borrowed > 0 { format!(", and {} borrowed from the cache pool", ByteSize(borrowed as u64)) } else { String::new() };
         DataFusionError::ResourcesExhausted(format!(
             "{what} is full: {} (query {}) asked for {} more with {} of the {} limit reserved ({} in the whole query pool{borrowed}). \
@@ -541,15 +605,6 @@ struct Refused {
     setting: &'static str,
 }
 
-/// Takes up to `most` from `counter`; returns what was taken.
-fn take_up_to(counter: &AtomicUsize, most: usize) -> usize {
-    // Almost always 0: a plain load keeps the shared line unwritten.
-    if counter.load(Ordering::Acquire) == 0 {
-        return 0;
-    }
-    counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| Some(held - held.min(most))).map_or(0, |held| held.min(most))
-}
-
 impl fmt::Display for QueryMemory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "gobi query pool (query {})", self.id)
@@ -562,9 +617,9 @@ impl MemoryPool for QueryMemory {
     }
 
     fn register(&self, consumer: &MemoryConsumer) {
-        let spills_early = consumer.can_spill() && self.manager.pool(PoolKind::Query).pressure() >= Pressure::High;
+        let spills_early = consumer.can_spill() && self.budget.pool(PoolKind::Query).pressure() >= Pressure::High;
         if spills_early {
-            self.manager.record_event(PoolKind::Query, format!("high pressure: {} of query {} spills at half its fair share", consumer.name(), self.id), 0);
+            self.budget.record_event(PoolKind::Query, format!("high pressure: {} of query {} spills at half its fair share", consumer.name(), self.id), 0);
         }
         let entry = Arc::new(Consumer {
             name: consumer.name().to_string(),
@@ -578,7 +633,7 @@ impl MemoryPool for QueryMemory {
             node: REGISTERING_FOR.with(|current| current.borrow().clone()),
         });
         if consumer.can_spill() {
-            self.manager.spillable.fetch_add(1, Ordering::AcqRel);
+            self.budget.spillable_registered();
         }
         self.consumers.write().expect("the consumer map is never poisoned").insert(consumer.id(), entry);
     }
@@ -587,7 +642,7 @@ impl MemoryPool for QueryMemory {
         if let Some(entry) = self.consumers.write().expect("the consumer map is never poisoned").remove(&consumer.id()) {
             self.release(&entry, entry.take_all());
             if entry.can_spill {
-                self.manager.spillable.fetch_sub(1, Ordering::AcqRel);
+                self.budget.spillable_unregistered();
             }
         }
     }
@@ -611,7 +666,7 @@ impl MemoryPool for QueryMemory {
         if additional == 0 {
             return Ok(());
         }
-        if let Some(probability) = self.manager.inject_fault().filter(|_| !reservation.consumer().name().starts_with(NEVER_REFUSED)) {
+        if let Some(probability) = self.budget.inject_fault().filter(|_| !reservation.consumer().name().starts_with(NEVER_REFUSED)) {
             self.rejected.fetch_add(1, Ordering::Relaxed);
             return Err(DataFusionError::ResourcesExhausted(format!(
                 "injected fault (memory.fault_probability = {probability}): {} (query {}) was refused {}",
@@ -634,31 +689,39 @@ impl MemoryPool for QueryMemory {
     /// The query pool's own limit, not what borrowing could add: operators size their merges
     /// by it, and borrowed room may be gone by the time they ask.
     fn memory_limit(&self) -> MemoryLimit {
-        let pool = self.manager.pool(PoolKind::Query).limit();
+        let pool = self.budget.pool(PoolKind::Query).limit();
         MemoryLimit::Finite(self.limit.map_or(pool, |l| l.min(pool)))
     }
 }
 
+/// A statement of its own over a new budget, for tests: query 1.
+#[cfg(test)]
+fn statement(limits: crate::budget::PoolLimits, statement: StatementLimits) -> (Arc<Budget>, Arc<QueryMemory>, Arc<dyn MemoryPool>) {
+    let budget = Arc::new(Budget::new(limits));
+    let query = Arc::new(QueryMemory::new(Arc::clone(&budget), 1, "SELECT test", statement));
+    let pool: Arc<dyn MemoryPool> = Arc::clone(&query) as _;
+    (budget, query, pool)
+}
+
 #[cfg(test)]
 mod tests {
-    use datafusion_execution::memory_pool::{MemoryConsumer, MemoryPool};
+    use datafusion_execution::memory_pool::MemoryConsumer;
 
     use super::*;
-    use crate::PoolLimits;
+    use crate::budget::PoolLimits;
 
     #[test]
     fn small_growths_go_to_the_pool_once_per_block_and_shrinks_keep_one_spare_block() {
-        let manager = MemoryManager::new(PoolLimits { query: ByteSize::mib(1), cache: ByteSize(0), ..PoolLimits::default() });
-        let query: Arc<dyn MemoryPool> = manager.begin_query("SELECT blocks", None);
+        let (budget, statement, query) = statement(PoolLimits { query: ByteSize::mib(1), cache: ByteSize(0), ..PoolLimits::default() }, StatementLimits::default());
         let reservation = MemoryConsumer::new("GroupedHashAggregateStream[0]").with_can_spill(true).register(&query);
-        let pool = manager.pool(PoolKind::Query);
+        let pool = budget.pool(PoolKind::Query);
         for _ in 0..81 {
             reservation.try_grow(100).unwrap();
         }
         assert_eq!((pool.reserved(), pool.stats().allocations), (BLOCK, 1), "8100 bytes fit one block");
         reservation.try_grow(100).unwrap();
         assert_eq!((pool.reserved(), pool.stats().allocations), (2 * BLOCK, 2));
-        assert_eq!(manager.consumers()[0].reserved, 8200, "consumers show what the reservation holds");
+        assert_eq!(statement.consumers()[0].reserved, 8200, "consumers show what the reservation holds");
 
         reservation.try_grow(40_000).unwrap();
         assert_eq!(pool.reserved(), 48_200usize.next_multiple_of(BLOCK));
@@ -672,47 +735,116 @@ mod tests {
 
     #[test]
     fn a_pool_smaller_than_a_block_still_grants_the_bytes_asked() {
-        let manager = MemoryManager::new(PoolLimits { query: ByteSize(1000), cache: ByteSize(0), ..PoolLimits::default() });
-        let query: Arc<dyn MemoryPool> = manager.begin_query("SELECT small", None);
+        let (budget, _, query) = statement(PoolLimits { query: ByteSize(1000), cache: ByteSize(0), ..PoolLimits::default() }, StatementLimits::default());
         let reservation = MemoryConsumer::new("ExternalSorter[0]").register(&query);
         reservation.try_grow(999).unwrap();
-        assert_eq!(manager.pool(PoolKind::Query).reserved(), 999);
+        assert_eq!(budget.pool(PoolKind::Query).reserved(), 999);
         let error = reservation.try_grow(2).unwrap_err().to_string();
         assert!(error.contains("asked for 2B more"), "{error}");
+    }
+
+    #[test]
+    fn a_query_limit_stops_one_query_before_the_pool() {
+        let (_, _, query) = statement(PoolLimits { query: ByteSize(1000), cache: ByteSize(0), ..PoolLimits::default() }, StatementLimits { limit: Some(100), ..StatementLimits::default() });
+        let r = MemoryConsumer::new("GroupedHashAggregateStream[0]").register(&query);
+        r.try_grow(100).unwrap();
+        let error = r.try_grow(1).unwrap_err().to_string();
+        assert!(error.contains("this query's memory limit is full") && error.contains("memory.query_limit"), "{error}");
+    }
+
+    #[test]
+    fn fault_injection_refuses_about_that_fraction_of_requests() {
+        let (budget, _, query) = statement(PoolLimits { query: ByteSize(1 << 30), cache: ByteSize(0), ..PoolLimits::default() }, StatementLimits::default());
+        budget.set_fault_probability(0.25);
+        let r = MemoryConsumer::new("c").register(&query);
+        let refused = (0..4000).filter(|_| r.try_grow(1).is_err()).count();
+        assert!((800..1200).contains(&refused), "{refused} of 4000 refused at 0.25");
+        budget.set_fault_probability(0.0);
+        assert!((0..1000).all(|_| r.try_grow(1).is_ok()));
+    }
+
+    #[test]
+    fn each_statement_is_held_to_its_own_actual_margin() {
+        let limits = PoolLimits { query: ByteSize::mib(1), ..PoolLimits::default() };
+        let (_, strict, _) = statement(limits, StatementLimits { actual_margin: Margin::Bytes(512 << 10), ..StatementLimits::default() });
+        let (_, lenient, _) = statement(limits, StatementLimits { actual_margin: Margin::Fraction(1.5), ..StatementLimits::default() });
+        for query in [&strict, &lenient] {
+            query.actual().add(2 << 20);
+        }
+        let error = strict.check_actual().unwrap_err().to_string();
+        assert!(error.contains("more than the 1.5MiB it may hold (its 1MiB limit plus the 512KiB margin"), "{error}");
+        assert_eq!(strict.rejected(), 1);
+        assert!(lenient.check_actual().is_ok(), "1 MiB plus 150 %");
+        assert_eq!((strict.actual_margin(), StatementLimits::default().actual_margin), (Margin::Bytes(512 << 10), DEFAULT_ACTUAL_MARGIN));
+    }
+}
+
+#[cfg(test)]
+mod wait {
+    use datafusion_execution::memory_pool::MemoryConsumer;
+
+    use super::*;
+    use crate::budget::PoolLimits;
+    use crate::wait::once_waiting;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_release_on_another_thread_wakes_who_waits_for_the_statement() {
+        let (budget, statement, query) = statement(PoolLimits::default(), StatementLimits::default());
+        let (sort, join) = (MemoryConsumer::new("ExternalSorter[0]").with_can_spill(true).register(&query), MemoryConsumer::new("HashJoinInput").register(&query));
+        sort.try_grow(100_000).unwrap();
+        join.try_grow(10).unwrap();
+        let releaser = once_waiting(&statement, |statement| statement.released.waiting(), move |_| {
+            drop(sort);
+            drop(join);
+        });
+        assert!(statement.wait_released(Duration::from_secs(60)).await, "woken by the release that reached 0");
+        assert_eq!((statement.reserved_bytes(), budget.pool(PoolKind::Query).reserved()), (0, 0));
+        releaser.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_statement_times_out_while_it_holds_memory() {
+        let (_, statement, query) = statement(PoolLimits::default(), StatementLimits::default());
+        let sort = MemoryConsumer::new("ExternalSorter[0]").register(&query);
+        sort.try_grow(1).unwrap();
+        assert!(!statement.wait_released(Duration::from_millis(20)).await);
+        sort.shrink(1);
+        assert!(!statement.wait_released(Duration::ZERO).await, "a spare block is held until the consumer goes");
+        drop(sort);
+        assert!(statement.wait_released(Duration::ZERO).await, "nothing held: no wait");
     }
 }
 
 #[cfg(test)]
 mod never_refused {
-    use datafusion_execution::memory_pool::{MemoryConsumer, MemoryPool};
+    use datafusion_execution::memory_pool::MemoryConsumer;
 
     use super::*;
-    use crate::PoolLimits;
+    use crate::budget::PoolLimits;
 
     #[test]
     fn repartition_is_granted_past_the_limit_and_counted_as_an_overrun() {
-        let manager = MemoryManager::new(PoolLimits { query: ByteSize(64 << 10), cache: ByteSize(0), ..PoolLimits::default() });
-        manager.set_fault_probability(1.0);
-        let query: Arc<dyn MemoryPool> = manager.begin_query("SELECT repartition", None);
+        let (budget, _, query) = statement(PoolLimits { query: ByteSize(64 << 10), cache: ByteSize(0), ..PoolLimits::default() }, StatementLimits::default());
+        budget.set_fault_probability(1.0);
         let sort = MemoryConsumer::new("ExternalSorter[0]").with_can_spill(true).register(&query);
         assert!(sort.try_grow(1).is_err(), "others still see injected faults");
         let repartition = MemoryConsumer::new("RepartitionExec[0]").with_can_spill(true).register(&query);
         repartition.try_grow(100 << 10).expect("never refused: not by a fault, not by the limit");
-        manager.set_fault_probability(0.0);
-        let pool = manager.pool(PoolKind::Query).stats();
+        budget.set_fault_probability(0.0);
+        let pool = budget.pool(PoolKind::Query).stats();
         assert_eq!((pool.reserved, pool.overruns), (104 << 10, 1));
         assert!(sort.try_grow(1).is_err(), "the pool is past its limit for everyone else");
         drop(repartition);
-        assert_eq!(manager.pool(PoolKind::Query).reserved(), 0);
+        assert_eq!(budget.pool(PoolKind::Query).reserved(), 0);
     }
 }
 
 #[cfg(test)]
 mod pressure {
-    use datafusion_execution::memory_pool::{MemoryConsumer, MemoryPool};
+    use datafusion_execution::memory_pool::MemoryConsumer;
 
     use super::*;
-    use crate::PoolLimits;
+    use crate::budget::PoolLimits;
 
     /// The largest a spillable consumer can grow to, in 8 KiB steps, before it is told to spill.
     fn grows_to(reservation: &MemoryReservation) -> usize {
@@ -722,16 +854,15 @@ mod pressure {
 
     #[test]
     fn under_high_pressure_new_spillable_consumers_spill_at_half_their_share() {
-        let manager = MemoryManager::new(PoolLimits { query: ByteSize::mib(1), cache: ByteSize(0), ..PoolLimits::default() });
-        let query: Arc<dyn MemoryPool> = manager.begin_query("SELECT pressure", None);
+        let (budget, _, query) = statement(PoolLimits { query: ByteSize::mib(1), cache: ByteSize(0), ..PoolLimits::default() }, StatementLimits::default());
         let before = MemoryConsumer::new("ExternalSorter[0]").with_can_spill(true).register(&query);
         let join = MemoryConsumer::new("HashJoinInput").register(&query);
         join.try_grow(840 << 10).unwrap();
-        assert_eq!(manager.pool(PoolKind::Query).pressure(), Pressure::High);
+        assert_eq!(budget.pool(PoolKind::Query).pressure(), Pressure::High);
         let after = MemoryConsumer::new("ExternalSorter[1]").with_can_spill(true).register(&query);
         // Two spillable consumers share the 184 KiB the join leaves: 92 KiB each.
         assert_eq!(grows_to(&after), 40 << 10, "registered under high pressure: half of its 92 KiB share, in whole blocks");
         assert_eq!(grows_to(&before), 88 << 10, "registered before: its whole share");
-        assert!(manager.take_events().iter().any(|e| e.action.contains("ExternalSorter[1] of query 1 spills at half its fair share") && e.level == Pressure::High));
+        assert!(budget.take_events().iter().any(|e| e.action.contains("ExternalSorter[1] of query 1 spills at half its fair share") && e.level == Pressure::High));
     }
 }

@@ -31,9 +31,17 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Pla
 use futures::Stream;
 use gobi_memory::{allocator, registering_for, NodeMemory, QueryMemory};
 
-/// Wraps every node of `plan` so its work is charged to `query`.
+/// Wraps every node of `plan` so its work is charged to `query`. The root hands each batch it
+/// returns over to its reader: the reader (the CLI printing rows, delta-rs's writer tasks)
+/// frees it outside any poll, so without that a streamed result or a write would count every
+/// batch it ever made.
 pub fn scoped(plan: Arc<dyn ExecutionPlan>, query: &Arc<QueryMemory>) -> Result<Arc<dyn ExecutionPlan>> {
-    let children = plan.children().into_iter().map(|child| scoped(Arc::clone(child), query)).collect::<Result<Vec<_>>>()?;
+    let scoped = wrap(plan, query)?;
+    Ok(Arc::new(ScopedExec { root: true, ..scoped }))
+}
+
+fn wrap(plan: Arc<dyn ExecutionPlan>, query: &Arc<QueryMemory>) -> Result<ScopedExec> {
+    let children = plan.children().into_iter().map(|child| wrap(Arc::clone(child), query).map(|c| Arc::new(c) as _)).collect::<Result<Vec<_>>>()?;
     let inner = if children.is_empty() {
         plan
     } else {
@@ -41,7 +49,7 @@ pub fn scoped(plan: Arc<dyn ExecutionPlan>, query: &Arc<QueryMemory>) -> Result<
         // its state (a hash join's dynamic filter stays the one its scan was given).
         plan.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep))?
     };
-    Ok(Arc::new(ScopedExec { inner, query: Arc::clone(query), node: Arc::default() }))
+    Ok(ScopedExec { inner, query: Arc::clone(query), node: Arc::default(), root: false })
 }
 
 /// What the plan's operators spilled: (spill files written, bytes written).
@@ -54,6 +62,8 @@ pub struct ScopedExec {
     inner: Arc<dyn ExecutionPlan>,
     query: Arc<QueryMemory>,
     node: Arc<NodeMemory>,
+    /// The plan's root: the batches it returns leave the statement's allocator count.
+    root: bool,
 }
 
 impl fmt::Debug for ScopedExec {
@@ -64,7 +74,7 @@ impl fmt::Debug for ScopedExec {
 
 impl ScopedExec {
     fn rewrapped(&self, inner: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
-        Arc::new(ScopedExec { inner, query: Arc::clone(&self.query), node: Arc::clone(&self.node) })
+        Arc::new(ScopedExec { inner, query: Arc::clone(&self.query), node: Arc::clone(&self.node), root: self.root })
     }
 }
 
@@ -117,7 +127,7 @@ impl ExecutionPlan for ScopedExec {
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let _scope = allocator::enter(self.query.actual());
         let inner = registering_for(&self.node, || self.inner.execute(partition, context))?;
-        Ok(Box::pin(ScopedStream { inner, query: Arc::clone(&self.query), node: Arc::clone(&self.node) }))
+        Ok(Box::pin(ScopedStream { inner, query: Arc::clone(&self.query), node: Arc::clone(&self.node), root: self.root }))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -137,19 +147,26 @@ struct ScopedStream {
     inner: SendableRecordBatchStream,
     query: Arc<QueryMemory>,
     node: Arc<NodeMemory>,
+    root: bool,
 }
 
 impl Stream for ScopedStream {
     type Item = Result<RecordBatch>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let ScopedStream { inner, query, node } = &mut *self;
+        let ScopedStream { inner, query, node, root } = &mut *self;
         let polled = {
             let _scope = allocator::enter(query.actual());
             registering_for(node, || inner.as_mut().poll_next(cx))
         };
         match polled {
-            Poll::Ready(Some(Ok(batch))) => Poll::Ready(Some(query.check_actual().map(|()| batch))),
+            Poll::Ready(Some(Ok(batch))) => {
+                let checked = query.check_actual();
+                if *root {
+                    query.actual().hand_over(batch.get_array_memory_size());
+                }
+                Poll::Ready(Some(checked.map(|()| batch)))
+            }
             other => other,
         }
     }

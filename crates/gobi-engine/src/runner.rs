@@ -120,7 +120,6 @@ impl Statement {
             let statement = running.statement.as_ref()?;
             match running.stream.next().await {
                 Some(Ok(batch)) => {
-                    statement.scope.actual().hand_over(batch.get_array_memory_size());
                     running.rows += batch.num_rows() as u64;
                     running.fill(&batch);
                     Some((Ok(batch), running))

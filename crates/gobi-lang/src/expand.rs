@@ -278,7 +278,7 @@ fn single_name(name: &ObjectName) -> Option<String> {
 }
 
 fn normalize(ident: &Ident) -> String {
-    crate::script::normalize(ident.clone())
+    crate::ident::normalize(ident.clone())
 }
 
 fn error(message: String, span: Span) -> SyntaxError {

@@ -78,13 +78,13 @@ impl FunctionDef {
 
 /// Parses what follows the `FUNCTION` keyword. `text` and `start` describe the statement.
 pub(crate) fn parse_function(parser: &mut Parser, text: String, start: Position) -> Result<FunctionDef, ParserError> {
-    let name = crate::script::normalize(parser.parse_identifier()?);
+    let name = crate::ident::normalize(parser.parse_identifier()?);
     parser.expect_token(&Token::LParen)?;
     let mut params: Vec<Param> = vec![];
     if !parser.consume_token(&Token::RParen) {
         loop {
             let ident = parser.parse_identifier()?;
-            let param_name = crate::script::normalize(ident.clone());
+            let param_name = crate::ident::normalize(ident.clone());
             if params.iter().any(|p| p.name == param_name) {
                 return Err(ParserError::ParserError(format!(
                     "parameter {param_name} appears twice at Line: {}, Column: {}",
@@ -138,7 +138,7 @@ fn parse_block(parser: &mut Parser, until: &[&str]) -> Result<Vec<BlockStatement
 fn parse_block_statement(parser: &mut Parser) -> Result<BlockStatement, ParserError> {
     let token = parser.next_token();
     if is_keyword(&token.token, "let") {
-        let name = crate::script::normalize(parser.parse_identifier()?);
+        let name = crate::ident::normalize(parser.parse_identifier()?);
         parser.expect_token(&Token::Eq)?;
         return Ok(BlockStatement::Let { name, value: parser.parse_expr()? });
     }

@@ -28,6 +28,7 @@ mod diagnostic;
 mod dialect;
 mod expand;
 mod function;
+mod ident;
 mod script;
 mod versioned;
 
@@ -38,6 +39,7 @@ pub use diagnostic::{closest_name, render_snippet, Position, SyntaxError};
 pub use dialect::GrizzlyDialect;
 pub use expand::{expand_expr, expand_statement, Scope};
 pub use function::{BlockStatement, FunctionBody, FunctionDef, Param};
+pub use ident::normalize as normalize_ident;
 pub use script::{is_complete, parse_script, Command, LetValue, Statement};
 pub use versioned::{TableVersion, VersionedName};
 

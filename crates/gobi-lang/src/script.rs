@@ -2,7 +2,7 @@
 
 use datafusion::error::DataFusionError;
 use datafusion::sql::parser::{DFParserBuilder, Statement as Ast};
-use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Ident};
+use datafusion::sql::sqlparser::ast::Expr as SqlExpr;
 use datafusion::sql::sqlparser::keywords::{Keyword, RESERVED_FOR_TABLE_ALIAS};
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::{Span, Token, TokenWithSpan, Tokenizer, Whitespace, Word};
@@ -138,7 +138,7 @@ fn parse_gobi_statement(tokens: &[TokenWithSpan], text: &str, start: Position) -
     let command = if word(0, "show") && word(1, "history") {
         parser.next_token();
         parser.next_token();
-        let table = normalize(parser.parse_identifier().map_err(parser_error)?);
+        let table = crate::ident::normalize(parser.parse_identifier().map_err(parser_error)?);
         Command::ShowHistory { table }
     } else if word(0, "show") && word(1, "functions") {
         parser.next_token();
@@ -148,7 +148,7 @@ fn parse_gobi_statement(tokens: &[TokenWithSpan], text: &str, start: Position) -
         parser.next_token();
         parser.next_token();
         let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
-        let name = normalize(parser.parse_identifier().map_err(parser_error)?);
+        let name = crate::ident::normalize(parser.parse_identifier().map_err(parser_error)?);
         Command::DropFunction { name, if_exists }
     } else if word(0, "function") {
         parser.next_token();
@@ -158,11 +158,11 @@ fn parse_gobi_statement(tokens: &[TokenWithSpan], text: &str, start: Position) -
         parser.next_token();
         let file = parser.parse_literal_string().map_err(parser_error)?;
         parser.expect_keyword(Keyword::TO).map_err(parser_error)?;
-        let table = normalize(parser.parse_identifier().map_err(parser_error)?);
+        let table = crate::ident::normalize(parser.parse_identifier().map_err(parser_error)?);
         Command::CopyFrom { file, table }
     } else if word(0, "let") {
         parser.next_token();
-        let name = normalize(parser.parse_identifier().map_err(parser_error)?);
+        let name = crate::ident::normalize(parser.parse_identifier().map_err(parser_error)?);
         let equals = parser.expect_token(&Token::Eq).map_err(parser_error)?;
         let starts_query = ["select", "from", "with", "values", "table"].iter().any(|w| word(3, w));
         if starts_query {
@@ -180,15 +180,6 @@ fn parse_gobi_statement(tokens: &[TokenWithSpan], text: &str, start: Position) -
         return Err(SyntaxError { message: format!("expected the end of the statement, found {}", next.token), position: position(next.span) });
     }
     Ok(Some(command))
-}
-
-/// An identifier as SQL resolves it: folded to lower case unless quoted.
-pub(crate) fn normalize(ident: Ident) -> String {
-    if ident.quote_style.is_some() {
-        ident.value
-    } else {
-        ident.value.to_lowercase()
-    }
 }
 
 /// Cuts the token stream at every `;` outside parentheses and braces, and after the `}` that

@@ -141,14 +141,10 @@ fn what_it_did(plan: &LogicalPlan) -> String {
     }
 }
 
-/// The last part of a (possibly qualified) name, lower-cased unless quoted.
+/// The last part of a (possibly qualified) name, as SQL resolves it.
 pub(crate) fn object_name(name: &datafusion::sql::sqlparser::ast::ObjectName) -> String {
     let last = name.0.last().and_then(|part| part.as_ident()).cloned().unwrap_or_else(|| datafusion::sql::sqlparser::ast::Ident::new(name.to_string()));
-    if last.quote_style.is_some() {
-        last.value
-    } else {
-        last.value.to_lowercase()
-    }
+    gobi_lang::normalize_ident(last)
 }
 
 #[cfg(test)]

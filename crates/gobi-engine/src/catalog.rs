@@ -36,7 +36,7 @@ use parking_lot::RwLock;
 
 use crate::delta_scan::delta_provider;
 use crate::error::{GobiError, Result};
-use crate::lakehouse::{directory_url, Lakehouse};
+use crate::lakehouse::{checked_name, directory_url, Lakehouse, NameKind};
 
 /// The `public` schema of a lakehouse session: Delta tables, persisted views, and tables
 /// that live only as long as the session (external tables).
@@ -320,7 +320,13 @@ impl UrlTableFactory for FileTableFactory {
         let looks_like_a_path = url.contains('/') || path.extension().is_some();
         let is_remote = url.contains("://");
         if looks_like_a_path && !is_remote && !path.exists() {
-            return Err(to_datafusion(GobiError::plan(format!("no such file or folder: {url}"))));
+            // DataFusion looks up every name a statement mentions, also the one CREATE TABLE
+            // or INSERT is about to write: say why it cannot be a table name either.
+            let error = GobiError::plan(format!("no such file or folder: {url}"));
+            return Err(to_datafusion(match checked_name(NameKind::Table, url) {
+                Err(name) => error.with_hint(format!("{}; {}", name.message, name.hint.unwrap_or_default())),
+                Ok(_) => error,
+            }));
         }
         if !looks_like_a_path {
             return Ok(None);

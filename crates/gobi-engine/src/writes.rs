@@ -29,7 +29,6 @@ use crate::session::Output;
 
 pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create: &CreateMemoryTable) -> Result<Output> {
     let name = create.name.table();
-    validate_new_name(name)?;
     let lakehouse = schema.lakehouse();
     let exists = lakehouse.table_exists(name);
     if lakehouse.view_sql(name).is_some() || schema.is_session_table(name) {
@@ -43,7 +42,7 @@ pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create
         return Err(GobiError::plan(format!("table {name} already exists"))
             .with_hint("use CREATE TABLE IF NOT EXISTS, CREATE OR REPLACE TABLE, or DROP TABLE first"));
     }
-    std::fs::create_dir_all(lakehouse.table_path(name))?;
+    std::fs::create_dir_all(lakehouse.table_path(name)?)?;
     let table = if exists { schema.delta_table(name).await? } else { DeltaTable::try_from_url(lakehouse.table_url(name)?).await? };
     let has_rows = !matches!(create.input.as_ref(), LogicalPlan::EmptyRelation(empty) if !empty.produce_one_row);
     let table = if has_rows || exists {
@@ -241,7 +240,6 @@ pub async fn add_columns(schema: &LakehouseSchema, name: &str, columns: Vec<(Fie
 }
 
 pub fn create_view(schema: &LakehouseSchema, name: &str, or_replace: bool, create_view_sql: &str) -> Result<Output> {
-    validate_new_name(name)?;
     let lakehouse = schema.lakehouse();
     if lakehouse.table_exists(name) || schema.is_session_table(name) {
         return Err(GobiError::plan(format!("a table named {name} already exists")));
@@ -387,20 +385,6 @@ fn refuse_defaults(create: &CreateMemoryTable) -> Result<()> {
     match create.column_defaults.first() {
         Some((column, _)) => Err(GobiError::plan(format!("column {column}: DEFAULT values are not supported on Delta tables"))),
         None => Ok(()),
-    }
-}
-
-/// Table and view names become folder and file names, so they are kept to plain identifiers.
-fn validate_new_name(name: &str) -> Result<()> {
-    let mut chars = name.chars();
-    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if valid {
-        Ok(())
-    } else {
-        Err(GobiError::plan(format!(
-            "{name:?} cannot name a table or view: use letters, digits and _, starting with a letter or _"
-        )))
     }
 }
 

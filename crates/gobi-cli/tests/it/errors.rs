@@ -1,7 +1,9 @@
 //! Every user mistake: one clear message, exit code 1, no panic, nothing half-written.
 
+use std::path::{Path, PathBuf};
+
 use crate::rows;
-use crate::support::{gobi, Lakehouse};
+use crate::support::{gobi, gobi_stdin, Lakehouse};
 
 #[test]
 fn syntax_error_shows_line_column_and_caret_and_runs_nothing() {
@@ -129,4 +131,68 @@ fn names_cannot_reach_outside_the_lakehouse() {
     lh.run(&format!("DROP VIEW \"../../../{other_name}/notes\"")).user_error();
     assert!(other.table_log("victim").is_dir());
     assert!(other.path().join("notes.sql").exists());
+}
+
+/// Every file and folder under `dir` (if it exists), relative to it.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut found = vec![];
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            found.push(entry.path().strip_prefix(dir).unwrap().to_path_buf());
+            if entry.file_type().unwrap().is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// Tables, views and functions named `..`, with `/`, `\`, a control character, NUL, or too
+/// long: each refused with a message that says what is wrong with the name, and nothing is
+/// written outside the lakehouse, nor any table, view or function inside it. (DataFusion first
+/// looks a table name with `/` up as a file: "no such file or folder", with the name's problem
+/// as the hint.)
+#[test]
+fn names_that_are_not_one_file_name_are_refused_for_every_kind() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("lh");
+    gobi(&["init", dir.to_str().unwrap()], parent.path()).ok();
+    let long = "x".repeat(300);
+    let names = ["..", "../x", "../../../escaped", "a/b", "/tmp/gobi-escaped", "a\\b", "..\\..\\x", "tab\there", long.as_str()];
+    for name in names {
+        for sql in [
+            format!("CREATE TABLE \"{name}\" (a INT)"),
+            format!("CREATE TABLE \"{name}\" AS SELECT 1 AS a"),
+            format!("CREATE VIEW \"{name}\" AS SELECT 1"),
+            format!("CREATE OR REPLACE VIEW \"{name}\" AS SELECT 1"),
+            format!("FUNCTION \"{name}\"(a) => a"),
+            format!("FUNCTION \"{name}\"(a INT) RETURNS INT {{ return a; }}"),
+            format!("DROP VIEW \"{name}\""),
+            format!("DROP FUNCTION \"{name}\""),
+        ] {
+            let run = gobi(&["query", &sql], &dir).user_error();
+            let kind = if sql.contains("VIEW") { "view" } else if sql.contains("FUNCTION") { "function" } else { "table" };
+            assert!(run.stderr.contains(&format!("cannot name a {kind}: ")), "{sql}: {}", run.stderr);
+            assert!(run.stderr.contains("a name becomes a file name in the lakehouse"), "{sql}: {}", run.stderr);
+        }
+        // Such a table cannot exist.
+        for sql in [format!("DROP TABLE \"{name}\""), format!("INSERT INTO \"{name}\" VALUES (1)")] {
+            let run = gobi(&["query", &sql], &dir).user_error();
+            assert!(run.stderr.contains("not found") || run.stderr.contains("cannot name a table"), "{sql}: {}", run.stderr);
+        }
+    }
+    for sql in ["CREATE TABLE \"a\0b\" (a INT)", "CREATE VIEW \"a\0b\" AS SELECT 1", "FUNCTION \"a\0b\"(a) => a"] {
+        let run = gobi_stdin(&["query", "-"], &dir, sql).user_error();
+        assert!(run.stderr.contains("it contains NUL"), "{sql}: {}", run.stderr);
+    }
+    let outside: Vec<PathBuf> = tree(parent.path()).into_iter().filter(|p| !p.starts_with("lh")).collect();
+    assert!(outside.is_empty(), "written outside the lakehouse: {outside:?}");
+    for folder in ["tables", "_gobi/views", "_gobi/functions"] {
+        let inside = tree(&dir.join(folder));
+        assert!(inside.is_empty(), "written into {folder}: {inside:?}");
+    }
+    let mut top: Vec<String> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    top.sort();
+    assert_eq!(top, ["_gobi", "gobi.toml", "tables"]);
 }

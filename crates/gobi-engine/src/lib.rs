@@ -27,6 +27,6 @@ mod session;
 mod variables;
 mod writes;
 
-pub use error::{ErrorKind, GobiError, Result};
+pub use error::{classify, classify_delta, is_duplicate_output_name, spill_budget_exceeded, unknown_table_name, ErrorKind, GobiError, Result};
 pub use lakehouse::{Config, Lakehouse, CONFIG_FILE};
 pub use session::{CleanupReport, Output, Session, VariableSummary};

@@ -34,9 +34,7 @@ impl TableValue {
     /// Takes ownership of the batches once their bytes are reserved from the temp pool.
     pub fn new(schema: SchemaRef, batches: Vec<RecordBatch>, memory: &Arc<MemoryManager>, name: &str) -> Result<Self> {
         let bytes = batches.iter().map(RecordBatch::get_array_memory_size).sum();
-        let reservation = memory
-            .reserve(PoolKind::Temp, bytes, &format!("let {name}"))
-            .map_err(|e| GobiError::plan(e.to_string()))?;
+        let reservation = memory.reserve(PoolKind::Temp, bytes, &format!("let {name}"))?;
         Ok(Self { schema, batches, bytes, _reservation: Arc::new(reservation) })
     }
 

@@ -1,14 +1,15 @@
-//! Every user mistake: one clear message, exit code 1, no panic, nothing half-written.
+//! Every user mistake: one clear message, the exit code of its kind, no panic, nothing
+//! half-written.
 
 use std::path::{Path, PathBuf};
 
 use crate::rows;
-use crate::support::{gobi, gobi_stdin, Lakehouse};
+use crate::support::{exit, gobi, gobi_stdin, Lakehouse};
 
 #[test]
 fn syntax_error_shows_line_column_and_caret_and_runs_nothing() {
     let lh = Lakehouse::new();
-    let run = lh.run("CREATE TABLE t (a INT);\nINSERT INTO t VALUES (1);\nSELECT a FROM t WHERE a = = 1").user_error();
+    let run = lh.run("CREATE TABLE t (a INT);\nINSERT INTO t VALUES (1);\nSELECT a FROM t WHERE a = = 1").fails_with(exit::SYNTAX);
     assert_eq!(
         run.stderr,
         "error: Expected: an expression, found: =\n --> 3:27\n  |\n3 | SELECT a FROM t WHERE a = = 1\n  |                           ^\n"
@@ -73,7 +74,7 @@ fn bad_files_are_named() {
 #[test]
 fn a_folder_that_is_not_a_lakehouse_is_refused_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let run = gobi(&["query", "SELECT 1"], dir.path()).user_error();
+    let run = gobi(&["query", "SELECT 1"], dir.path()).fails_with(exit::LAKEHOUSE);
     assert!(run.stderr.contains("is not a gobi lakehouse"), "{}", run.stderr);
     assert!(run.stderr.contains("hint: run `gobi init"), "{}", run.stderr);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing may be created");
@@ -195,4 +196,45 @@ fn names_that_are_not_one_file_name_are_refused_for_every_kind() {
     let mut top: Vec<String> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     top.sort();
     assert_eq!(top, ["_gobi", "gobi.toml", "tables"]);
+}
+
+/// Each kind of failure exits with its own code, and `gobi --help` lists them.
+#[test]
+fn exit_codes_follow_the_kind_of_error_and_help_lists_them() {
+    let lh = Lakehouse::new();
+    let help = gobi(&["--help"], lh.path()).ok().stdout;
+    for line in [
+        "Exit codes:",
+        "  0    success",
+        "  1    a statement failed",
+        "  2    usage",
+        "  3    syntax",
+        "  4    memory",
+        "  5    conflict",
+        "  6    lakehouse",
+        "  7    internal",
+        "  130  cancelled",
+    ] {
+        assert!(help.contains(line), "{line:?} missing from --help:\n{help}");
+    }
+
+    let run = lh.run("CREATE TABLE t (a INT);\nSELEC * FROM t").fails_with(exit::SYNTAX);
+    assert!(run.stderr.contains("2:1"), "{}", run.stderr);
+    assert!(!lh.path().join("tables/t").exists(), "nothing of a script that does not parse runs");
+
+    let run = lh.run("SELECT * FROM nope").fails_with(exit::FAILED);
+    assert!(run.stderr.starts_with("error: table nope not found"), "{}", run.stderr);
+    lh.run("SELECT $nope").fails_with(exit::FAILED);
+
+    // A hash join's build side cannot spill: with 1 MiB of query pool and no cache pool to
+    // borrow from, the join is refused.
+    let strings = "(SELECT md5(CAST(value AS STRING)) AS s FROM generate_series(1, 200000))";
+    let join = format!("SELECT count(*) FROM {strings} a JOIN {strings} b ON a.s = b.s");
+    let run = gobi(&["--memory-query", "1MiB", "--memory-cache", "0B", "query", &join], lh.path()).fails_with(exit::MEMORY);
+    assert!(run.stderr.contains("SET memory."), "{}", run.stderr);
+
+    gobi(&["query", "SELECT 1", "--no-such-option"], lh.path()).fails_with(exit::USAGE);
+    let run = gobi(&["query"], lh.path()).fails_with(exit::USAGE);
+    assert!(run.stderr.contains("no statements given"), "{}", run.stderr);
+    gobi(&["run", "missing.sql"], lh.path()).fails_with(exit::USAGE);
 }

@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use clap::{Args, Parser, Subcommand};
-use gobi_engine::{Engine, GobiError, Lakehouse, Output, Session};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+use gobi_engine::{Engine, ErrorKind, GobiError, Lakehouse, Output, Session};
 use gobi_memory::{ByteSize, PoolKind};
 use gobi_lang::parse_script;
 
@@ -47,6 +47,7 @@ unsafe impl Sync for JemallocConf {}
     name = "gobi",
     version,
     about = "An embedded lakehouse: Delta tables in a folder, SQL on top.",
+    // The exit codes are appended from `EXIT_CODES` (see `help_text`).
     after_help = "Examples:\n  gobi demo                               # TPC-H in ./gobi-demo, a few queries\n  gobi init sales && cd sales             # a new lakehouse\n  gobi query \"CREATE TABLE t AS SELECT 1 AS x\"\n  gobi query \"SELECT * FROM t\" --format json\n  gobi repl"
 )]
 struct Cli {
@@ -170,10 +171,64 @@ enum SummaryFormat {
     Json,
 }
 
+/// How `gobi` exits, by the kind of error that stopped it, in the spirit of psql's and
+/// sysexits' codes but small and contiguous, so a script can tell what to do next:
+/// - 1 is "the statement failed" (a name, a type, a value, a file): fix the statement or the
+///   data. Plan and data errors share it; the message says which.
+/// - 2 is a wrong command line, as clap already exits for its own usage errors.
+/// - 3 is a syntax error: gobi parses a whole script before running it, so nothing ran
+///   (except for the few syntax errors DataFusion's planner finds, such as a numeric literal
+///   it cannot read, which come when their statement is planned).
+/// - 4 memory and 5 conflict are the failures worth retrying unchanged or with other
+///   settings: more memory (`--memory-query`, `SET memory.…`), or again after the other writer.
+/// - 6 is a folder that is not a lakehouse or a wrong `gobi.toml`: fix the setup.
+/// - 7 is gobi's fault or the machine's (a bug, an I/O failure).
+/// - 130 is a cancelled query, what shells report for a program stopped by Ctrl-C (128 +
+///   SIGINT).
+///
+/// The REPL reports errors and goes on; it exits 0 unless it cannot run at all.
+fn exit_code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::Plan | ErrorKind::Data => 1,
+        ErrorKind::Usage => 2,
+        ErrorKind::Syntax => 3,
+        ErrorKind::Memory => 4,
+        ErrorKind::Conflict => 5,
+        ErrorKind::Lakehouse => 6,
+        ErrorKind::Internal => 7,
+        ErrorKind::Cancelled => 130,
+    }
+}
+
+/// The table `gobi --help` shows: each code of [`exit_code`] (and clap's 2) with its meaning.
+const EXIT_CODES: [(u8, &str); 9] = [
+    (0, "success"),
+    (1, "a statement failed: unknown name, wrong type, bad value or file"),
+    (2, "usage: wrong arguments or options"),
+    (3, "syntax: the script does not parse (none of it ran)"),
+    (4, "memory: a memory limit refused a query (raise it or make the query smaller)"),
+    (5, "conflict: another writer committed first (run it again)"),
+    (6, "lakehouse: not a lakehouse folder, or gobi.toml is wrong"),
+    (7, "internal: a bug or an I/O failure"),
+    (130, "cancelled (Ctrl-C)"),
+];
+
+/// The top-level `after_help`: the examples, then the exit codes.
+fn help_text(examples: &str) -> String {
+    let mut text = format!("{examples}\n\nExit codes:");
+    for (code, meaning) in EXIT_CODES {
+        text.push_str(&format!("\n  {code:<3}  {meaning}"));
+    }
+    text
+}
+
 fn main() -> ExitCode {
     #[cfg(not(feature = "baseline"))]
     gobi_memory::allocator::mark_installed();
-    let cli = Cli::parse();
+    let command = Cli::command();
+    let examples = command.get_after_help().map(|help| help.to_string()).unwrap_or_default();
+    let matches = command.after_help(help_text(&examples)).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let format = cli.format.unwrap_or(if std::io::stdout().is_terminal() { Format::Table } else { Format::Csv });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     let printer = Printer::new(format);
@@ -194,7 +249,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprint!("{}", failure.error.render(failure.source.as_deref()));
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(failure.error.kind))
         }
     }
 }
@@ -235,7 +290,7 @@ async fn query(lakehouse: Option<PathBuf>, memory: &MemoryArgs, args: QueryArgs,
         }
         (Some(sql), None) => sql.clone(),
         (None, None) => {
-            return Err(GobiError::plan("no statements given")
+            return Err(GobiError::new(ErrorKind::Usage, "no statements given")
                 .with_hint("gobi query \"SELECT 1\", gobi query - < script.sql, or gobi query --file script.sql")
                 .into())
         }
@@ -274,7 +329,7 @@ async fn memory_report(lakehouse: Option<PathBuf>, memory: &MemoryArgs, report: 
 }
 
 fn read_file(file: &Path) -> Result<String, GobiError> {
-    std::fs::read_to_string(file).map_err(|e| GobiError::plan(format!("cannot read {}: {e}", file.display())))
+    std::fs::read_to_string(file).map_err(|e| GobiError::new(ErrorKind::Usage, format!("cannot read {}: {e}", file.display())))
 }
 
 pub struct Summary {

@@ -36,7 +36,7 @@ use parking_lot::RwLock;
 
 use crate::delta_scan::delta_provider;
 use crate::error::{GobiError, Result};
-use crate::lakehouse::{directory_url, Lakehouse};
+use crate::lakehouse::{checked_name, directory_url, Lakehouse, NameKind};
 
 /// The Delta tables of a lakehouse kept open between statements: one per engine, shared by
 /// its sessions, each table's metadata reserved from the cache pool.
@@ -237,8 +237,10 @@ pub fn unknown_table(name: &str, known: &[String]) -> GobiError {
 
 /// DataFusion's "table 'datafusion.public.x' not found" as gobi says it: "table x not found",
 /// with the closest of `known`.
-pub fn explain_unknown_table(error: GobiError, known: &[String]) -> GobiError {
-    match crate::error::unknown_table_name(&error) {
+pub fn explain_unknown_table(error: DataFusionError, known: &[String]) -> GobiError {
+    let missing = crate::error::unknown_table_name(&error);
+    let error = GobiError::from(error);
+    match missing {
         Some(name) => GobiError { position: error.position, width: error.width, ..unknown_table(&name, known) },
         None => error,
     }
@@ -351,7 +353,13 @@ impl UrlTableFactory for FileTableFactory {
         let looks_like_a_path = url.contains('/') || path.extension().is_some();
         let is_remote = url.contains("://");
         if looks_like_a_path && !is_remote && !path.exists() {
-            return Err(to_datafusion(GobiError::plan(format!("no such file or folder: {url}"))));
+            // DataFusion looks up every name a statement mentions, also the one CREATE TABLE
+            // or INSERT is about to write: say why it cannot be a table name either.
+            let error = GobiError::plan(format!("no such file or folder: {url}"));
+            return Err(to_datafusion(match checked_name(NameKind::Table, url) {
+                Err(name) => error.with_hint(format!("{}; {}", name.message, name.hint.unwrap_or_default())),
+                Ok(_) => error,
+            }));
         }
         if !looks_like_a_path {
             return Ok(None);

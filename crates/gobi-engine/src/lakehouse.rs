@@ -11,11 +11,17 @@
 //!     │                          its process is gone)
 //!     └── trash/             dropped tables on their way out (a rename, then a delete)
 //! ```
+//!
+//! Names become file and folder names in exactly one place, [`Lakehouse::name_path`], after
+//! [`checked_name`]: a table, view or function name (and any kind of name added later) is
+//! one plain file name or it is refused, so nothing a statement names is read or written
+//! outside this folder.
 
 use std::fs;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
+use gobi_lang::VersionedName;
 use gobi_memory::PoolLimits;
 use serde::Deserialize;
 use url::Url;
@@ -129,22 +135,35 @@ impl Lakehouse {
         Ok((mine, swept))
     }
 
+    /// Where a name of `kind` lives: the only way a name becomes a path, so every name is
+    /// checked by [`checked_name`] before it is joined to this folder.
+    fn name_path(&self, kind: NameKind, name: &str) -> Result<PathBuf> {
+        let name = checked_name(kind, name)?;
+        Ok(match kind {
+            NameKind::Table => self.root.join(TABLES_DIR).join(name),
+            NameKind::View | NameKind::Function => self.root.join(STATE_DIR).join(kind.folder()).join(format!("{name}.sql")),
+            NameKind::Log => self.root.join(STATE_DIR).join(name),
+        })
+    }
+
     /// One of gobi's own Delta tables (`query_log`, `memory_events`): `_gobi/<name>/`.
     pub fn log_url(&self, name: &str) -> Result<Url> {
-        let path = self.root.join(STATE_DIR).join(name);
+        let path = self.name_path(NameKind::Log, name)?;
         fs::create_dir_all(&path)?;
         directory_url(&path)
     }
 
-    pub fn table_path(&self, name: &str) -> PathBuf {
-        self.root.join(TABLES_DIR).join(name)
+    /// The folder of table `name`: `tables/<name>/`; an error if `name` is not one file name.
+    pub fn table_path(&self, name: &str) -> Result<PathBuf> {
+        self.name_path(NameKind::Table, name)
     }
 
     pub fn table_url(&self, name: &str) -> Result<Url> {
-        directory_url(&self.table_path(name))
+        directory_url(&self.table_path(name)?)
     }
 
-    /// Names of the tables on disk: every folder under `tables/` with a Delta log.
+    /// Names of the tables on disk: every folder under `tables/` with a Delta log whose name
+    /// gobi can use (see [`checked_name`]).
     pub fn table_names(&self) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(self.root.join(TABLES_DIR))
             .into_iter()
@@ -152,25 +171,28 @@ impl Lakehouse {
             .flatten()
             .filter(|entry| entry.path().join("_delta_log").is_dir())
             .filter_map(|entry| entry.file_name().into_string().ok())
+            .filter(|name| checked_name(NameKind::Table, name).is_ok())
             .collect();
         names.sort();
         names
     }
 
+    /// Whether table `name` exists; a name that is not one file name names no table.
     pub fn table_exists(&self, name: &str) -> bool {
-        stays_inside(name) && self.table_path(name).join("_delta_log").is_dir()
+        self.table_path(name).is_ok_and(|path| path.join("_delta_log").is_dir())
     }
 
     /// Removes a table's folder: first renamed into `_gobi/trash` (one atomic step, after
     /// which the table is gone for every reader), then deleted.
     pub fn remove_table(&self, name: &str) -> Result<()> {
+        let folder = self.table_path(name)?;
         let trash = self.root.join(STATE_DIR).join("trash");
         fs::create_dir_all(&trash)?;
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let target = trash.join(format!("{name}-{stamp}"));
-        fs::rename(self.table_path(name), &target)?;
+        fs::rename(folder, &target)?;
         fs::remove_dir_all(&target)?;
         Ok(())
     }
@@ -191,40 +213,38 @@ impl Lakehouse {
         self.remove_definition(Definition::View, name)
     }
 
-    fn definition_path(&self, kind: Definition, name: &str) -> PathBuf {
-        self.root.join(STATE_DIR).join(kind.folder()).join(format!("{name}.sql"))
-    }
-
     /// The names of every stored definition of `kind`, sorted.
     pub fn definition_names(&self, kind: Definition) -> Vec<String> {
+        let kind = NameKind::from(kind);
         let mut names: Vec<String> = fs::read_dir(self.root.join(STATE_DIR).join(kind.folder()))
             .into_iter()
             .flatten()
             .flatten()
             .filter_map(|entry| entry.file_name().into_string().ok())
             .filter_map(|file| file.strip_suffix(".sql").map(str::to_string))
+            .filter(|name| checked_name(kind, name).is_ok())
             .collect();
         names.sort();
         names
     }
 
-    /// The statement that defines `name`, as it was written.
+    /// The statement that defines `name`, as it was written; a name that is not one file
+    /// name names nothing.
     pub fn definition(&self, kind: Definition, name: &str) -> Option<String> {
-        stays_inside(name).then(|| fs::read_to_string(self.definition_path(kind, name)).ok()).flatten()
+        fs::read_to_string(self.name_path(kind.into(), name).ok()?).ok()
     }
 
+    /// Stores the statement that defines `name`; an error if `name` is not one file name.
     pub fn save_definition(&self, kind: Definition, name: &str, text: &str) -> Result<()> {
-        let path = self.definition_path(kind, name);
+        let path = self.name_path(kind.into(), name)?;
         fs::create_dir_all(path.parent().expect("definitions live in folders"))?;
         write_atomically(&path, text.as_bytes())
     }
 
-    /// Removes the definition; `false` when there was none.
+    /// Removes the definition; `false` when there was none, an error if `name` is not one
+    /// file name.
     pub fn remove_definition(&self, kind: Definition, name: &str) -> Result<bool> {
-        if !stays_inside(name) {
-            return Ok(false);
-        }
-        match fs::remove_file(self.definition_path(kind, name)) {
+        match fs::remove_file(self.name_path(kind.into(), name)?) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e.into()),
@@ -239,12 +259,102 @@ pub enum Definition {
     Function,
 }
 
-impl Definition {
+/// What a name that becomes a file or folder name names; each kind has its place in the
+/// lakehouse (see [`Lakehouse::name_path`]). A new kind (users, say) is added here, so its
+/// names get the same check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameKind {
+    /// `tables/<name>/`
+    Table,
+    /// `_gobi/views/<name>.sql`
+    View,
+    /// `_gobi/functions/<name>.sql`
+    Function,
+    /// `_gobi/<name>/`: gobi's own Delta tables (`query_log`, `memory_events`).
+    Log,
+}
+
+impl NameKind {
+    fn noun(self) -> &'static str {
+        match self {
+            NameKind::Table => "table",
+            NameKind::View => "view",
+            NameKind::Function => "function",
+            NameKind::Log => "log",
+        }
+    }
+
     fn folder(self) -> &'static str {
         match self {
-            Definition::View => "views",
-            Definition::Function => "functions",
+            NameKind::Table => TABLES_DIR,
+            NameKind::View => "views",
+            NameKind::Function => "functions",
+            NameKind::Log => STATE_DIR,
         }
+    }
+}
+
+impl From<Definition> for NameKind {
+    fn from(kind: Definition) -> Self {
+        match kind {
+            Definition::View => NameKind::View,
+            Definition::Function => NameKind::Function,
+        }
+    }
+}
+
+/// The longest name, in bytes. File systems allow 255-byte file names; gobi adds at most 40
+/// bytes to a name (`.sql`; `-<nanoseconds>` for a dropped table in the trash), so 200 leaves
+/// room for both.
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// `name` if it can be a file or folder name inside the lakehouse: one plain path component,
+/// so it can neither climb out (`..`), reach into another folder (`/`, `\`), nor be cut
+/// short or hidden by the OS (NUL and other control characters), and not longer than
+/// [`MAX_NAME_BYTES`]; and a table name must not read as time travel (`t@version=3`).
+/// Anything else is a `Plan` error that says what is wrong and what is allowed. Any name
+/// that passes is usable, such as the `my-table` other tools write.
+///
+/// [`Lakehouse::name_path`] calls this for every name it turns into a path; callers may call
+/// it earlier to refuse a name before doing anything else.
+pub fn checked_name(kind: NameKind, name: &str) -> Result<&str> {
+    let problem = if name.is_empty() {
+        Some("it is empty".to_string())
+    } else if name == "." || name == ".." {
+        Some(format!("{name} names a folder, not a {}", kind.noun()))
+    } else if let Some(c) = name.chars().find(|c| matches!(c, '/' | '\\') || c.is_control()) {
+        Some(format!("it contains {}", describe_char(c)))
+    } else if name.len() > MAX_NAME_BYTES {
+        Some(format!("it is {} bytes long", name.len()))
+    } else if !matches!(Path::new(name).components().collect::<Vec<_>>().as_slice(), [Component::Normal(part)] if *part == name) {
+        Some("it is not a plain file name".to_string())
+    } else if kind == NameKind::Table && VersionedName::parse(name).is_some() {
+        Some("FROM would read it as time travel (`t@version=3` is how gobi writes `t AS OF VERSION 3`)".to_string())
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(name),
+        Some(problem) => Err(GobiError::plan(format!("{} cannot name a {}: {problem}", shown(name), kind.noun())).with_hint(format!(
+            "a name becomes a file name in the lakehouse: at most {MAX_NAME_BYTES} bytes, not . or .., without /, \\, NUL or other control characters"
+        ))),
+    }
+}
+
+/// A name quoted for a message, cut short when it is long.
+fn shown(name: &str) -> String {
+    match name.char_indices().nth(40) {
+        Some((end, _)) => format!("{:?}…", &name[..end]),
+        None => format!("{name:?}"),
+    }
+}
+
+fn describe_char(c: char) -> String {
+    match c {
+        '/' => "'/'".to_string(),
+        '\\' => "'\\'".to_string(),
+        '\0' => "NUL".to_string(),
+        c => format!("the control character {c:?}"),
     }
 }
 
@@ -253,12 +363,6 @@ impl Definition {
 fn process_is_running(pid: u32) -> bool {
     let proc = Path::new("/proc");
     !proc.join("self").exists() || proc.join(pid.to_string()).exists()
-}
-
-/// Names map to folders and files; one that could climb out of the lakehouse names nothing.
-/// (Tables written by other tools may have names gobi would not create, such as `my-table`.)
-fn stays_inside(name: &str) -> bool {
-    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\'])
 }
 
 /// A `file://` URL for a local folder, as delta-rs wants it.
@@ -306,5 +410,88 @@ mod tests {
         assert_eq!(error.kind, ErrorKind::Lakehouse);
         assert!(error.hint.unwrap().contains("gobi init"));
         assert!(!other.path().join(CONFIG_FILE).exists());
+    }
+
+    /// Every file and folder under `dir`, relative to it, sorted.
+    fn tree(dir: &Path) -> Vec<PathBuf> {
+        let mut found = vec![];
+        let mut pending = vec![dir.to_path_buf()];
+        while let Some(folder) = pending.pop() {
+            for entry in fs::read_dir(&folder).unwrap().flatten() {
+                found.push(entry.path().strip_prefix(dir).unwrap().to_path_buf());
+                if entry.file_type().unwrap().is_dir() {
+                    pending.push(entry.path());
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    const BAD_NAMES: [&str; 13] =
+        ["", ".", "..", "../x", "../../../escaped", "a/b", "/tmp/abs", "a\\b", "..\\x", "a\0b", "a\nb", "tab\there", "del\u{7f}"];
+
+    #[track_caller]
+    fn assert_refused<T: std::fmt::Debug>(result: Result<T>, noun: &str, name: &str) {
+        let error = result.expect_err(name);
+        assert_eq!(error.kind, ErrorKind::Plan, "{name:?}: {error:?}");
+        assert!(error.message.contains(&format!("cannot name a {noun}: ")), "{name:?}: {}", error.message);
+        assert!(error.hint.as_deref().is_some_and(|h| h.contains("at most 200 bytes")), "{name:?}: {error:?}");
+    }
+
+    /// Each kind of name, with each kind of bad name: a clear error, and nothing is written
+    /// anywhere, inside the lakehouse or beside it.
+    #[test]
+    fn names_that_are_not_one_file_name_are_refused_for_every_kind() {
+        let parent = tempfile::tempdir().unwrap();
+        let lakehouse = Lakehouse::init(&parent.path().join("lh")).unwrap();
+        let before = tree(parent.path());
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        for name in BAD_NAMES.into_iter().chain([long.as_str()]) {
+            assert_refused(lakehouse.table_path(name), "table", name);
+            assert_refused(lakehouse.table_url(name), "table", name);
+            assert_refused(lakehouse.remove_table(name), "table", name);
+            assert!(!lakehouse.table_exists(name), "{name:?}");
+            assert_refused(lakehouse.save_view(name, "CREATE VIEW v AS SELECT 1"), "view", name);
+            assert_refused(lakehouse.remove_view(name), "view", name);
+            assert_eq!(lakehouse.view_sql(name), None, "{name:?}");
+            assert_refused(lakehouse.save_definition(Definition::Function, name, "FUNCTION f(a) => a"), "function", name);
+            assert_refused(lakehouse.remove_definition(Definition::Function, name), "function", name);
+            assert_eq!(lakehouse.definition(Definition::Function, name), None, "{name:?}");
+            assert_refused(lakehouse.log_url(name), "log", name);
+        }
+        assert_eq!(tree(parent.path()), before, "nothing was created, inside or outside the lakehouse");
+    }
+
+    #[test]
+    fn refusals_say_what_is_wrong() {
+        let message = |name: &str| checked_name(NameKind::Function, name).unwrap_err().message;
+        assert_eq!(message("../../../escaped"), "\"../../../escaped\" cannot name a function: it contains '/'");
+        assert_eq!(message(".."), "\"..\" cannot name a function: .. names a folder, not a function");
+        assert_eq!(message(""), "\"\" cannot name a function: it is empty");
+        assert_eq!(message("a\\b"), "\"a\\\\b\" cannot name a function: it contains '\\'");
+        assert_eq!(message("a\0b"), "\"a\\0b\" cannot name a function: it contains NUL");
+        assert_eq!(message("a\nb"), "\"a\\nb\" cannot name a function: it contains the control character '\\n'");
+        let long = "x".repeat(300);
+        assert_eq!(message(&long), format!("\"{}\"… cannot name a function: it is 300 bytes long", "x".repeat(40)));
+    }
+
+    /// Names other tools write, and anything else that is one file name, are usable.
+    #[test]
+    fn plain_file_names_are_accepted() {
+        let parent = tempfile::tempdir().unwrap();
+        let lakehouse = Lakehouse::init(&parent.path().join("lh")).unwrap();
+        let longest = "x".repeat(MAX_NAME_BYTES);
+        for name in ["users", "my-table", "a.b", "...", "Ünïcode name", "_x", longest.as_str()] {
+            assert_eq!(checked_name(NameKind::Table, name).unwrap(), name);
+            assert_eq!(lakehouse.table_path(name).unwrap(), lakehouse.root().join("tables").join(name));
+            lakehouse.save_view(name, "CREATE VIEW v AS SELECT 1").unwrap();
+            assert_eq!(lakehouse.view_sql(name).as_deref(), Some("CREATE VIEW v AS SELECT 1"));
+            assert!(lakehouse.view_names().contains(&name.to_string()));
+            assert!(lakehouse.remove_view(name).unwrap());
+        }
+        assert_eq!(tree(parent.path()).iter().filter(|p| !p.starts_with("lh")).count(), 0);
+        assert!(checked_name(NameKind::Table, "t@version=3").unwrap_err().message.contains("time travel"));
+        assert!(checked_name(NameKind::View, "t@version=3").is_ok());
     }
 }

@@ -246,7 +246,7 @@ impl Session {
             }
             planned => planned.map(|plan| (plan, None)),
         };
-        planned.map_err(|e| crate::catalog::explain_unknown_table(e.into(), &self.table_names()))
+        planned.map_err(|e| crate::catalog::explain_unknown_table(e, &self.table_names()))
     }
 
     /// Ends the session: writes the engine's query log and memory events to the lakehouse.

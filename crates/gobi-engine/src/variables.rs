@@ -19,7 +19,7 @@ use datafusion::sql::unparser::Unparser;
 
 use gobi_memory::{MemoryManager, PoolKind, Reservation};
 
-use crate::error::{ErrorKind, GobiError, Result};
+use crate::error::{GobiError, Result};
 
 /// The batches of a table variable, and the temp-pool reservation for their bytes.
 #[derive(Debug, Clone)]
@@ -35,7 +35,7 @@ impl TableValue {
     /// the name of `what` (`let t`, `table t`).
     pub fn new(schema: SchemaRef, batches: Vec<RecordBatch>, memory: &Arc<MemoryManager>, what: &str) -> Result<Self> {
         let bytes = batches.iter().map(RecordBatch::get_array_memory_size).sum();
-        let reservation = memory.reserve(PoolKind::Temp, bytes, what).map_err(|e| GobiError::new(ErrorKind::Memory, e.to_string()))?;
+        let reservation = memory.reserve(PoolKind::Temp, bytes, what)?;
         Ok(Self { schema, batches, bytes, _reservation: Arc::new(reservation) })
     }
 

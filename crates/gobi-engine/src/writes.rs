@@ -21,15 +21,14 @@ use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::StructField;
 use deltalake::protocol::SaveMode;
-use deltalake::DeltaTable;
+use deltalake::{DeltaTable, DeltaTableError};
 
 use crate::catalog::{unknown_table, LakehouseSchema};
-use crate::error::{ErrorKind, GobiError, Result};
+use crate::error::{classify_delta, not_null_violation, ErrorKind, GobiError, NotNullViolation, Result};
 use crate::output::Output;
 
 pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create: &CreateMemoryTable) -> Result<Output> {
     let name = create.name.table();
-    validate_new_name(name)?;
     let lakehouse = schema.lakehouse();
     let exists = lakehouse.table_exists(name);
     if lakehouse.view_sql(name).is_some() || schema.is_session_table(name) {
@@ -43,7 +42,7 @@ pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create
         return Err(GobiError::plan(format!("table {name} already exists"))
             .with_hint("use CREATE TABLE IF NOT EXISTS, CREATE OR REPLACE TABLE, or DROP TABLE first"));
     }
-    std::fs::create_dir_all(lakehouse.table_path(name))?;
+    std::fs::create_dir_all(lakehouse.table_path(name)?)?;
     let table = if exists { schema.delta_table(name).await? } else { DeltaTable::try_from_url(lakehouse.table_url(name)?).await? };
     let has_rows = !matches!(create.input.as_ref(), LogicalPlan::EmptyRelation(empty) if !empty.produce_one_row);
     let table = if has_rows || exists {
@@ -64,12 +63,12 @@ pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create
         let columns = delta_columns(create.input.schema().inner())?;
         table.create().with_columns(columns).with_table_name(name).with_commit_properties(commit_properties()).await
     };
-    let table = table.map_err(|e| match e {
-        deltalake::DeltaTableError::VersionAlreadyExists(_) => GobiError::new(
+    let table = table.map_err(|e| match classify_delta(&e) {
+        ErrorKind::Conflict => GobiError::new(
             ErrorKind::Conflict,
-            format!("table {name} was created by another writer at the same time"),
+            format!("table {name} was {} by another writer at the same time", if exists { "changed" } else { "created" }),
         ),
-        other => other.into(),
+        _ => e.into(),
     })?;
     let rows = committed_metric(&table, "num_added_rows").await;
     schema.remember(name, table).await;
@@ -96,7 +95,7 @@ pub async fn insert(state: &SessionState, schema: &LakehouseSchema, name: &str, 
         .with_target_file_size(target_file_size(state))
         .with_commit_properties(commit_properties())
         .await
-        .map_err(|e| not_null_message(e.into(), name, &input_columns, &table_columns))?;
+        .map_err(|e| not_null_message(e, name, &input_columns, &table_columns))?;
     let rows = committed_metric(&table, "num_added_rows").await.unwrap_or(0);
     schema.remember(name, table).await;
     Ok(Output::Count(rows))
@@ -131,7 +130,7 @@ pub async fn update(state: &SessionState, schema: &LakehouseSchema, name: &str, 
     if let Some(predicate) = change.predicate {
         builder = builder.with_predicate(predicate);
     }
-    let (table, metrics) = builder.await.map_err(|e| not_null_message(e.into(), name, &[], &columns))?;
+    let (table, metrics) = builder.await.map_err(|e| not_null_message(e, name, &[], &columns))?;
     schema.remember(name, table).await;
     Ok(Output::Count(metrics.num_updated_rows as u64))
 }
@@ -256,7 +255,6 @@ pub async fn add_columns(schema: &LakehouseSchema, name: &str, columns: Vec<(Fie
 }
 
 pub fn create_view(schema: &LakehouseSchema, name: &str, or_replace: bool, create_view_sql: &str) -> Result<Output> {
-    validate_new_name(name)?;
     let lakehouse = schema.lakehouse();
     if lakehouse.table_exists(name) || schema.is_session_table(name) {
         return Err(GobiError::plan(format!("a table named {name} already exists")));
@@ -401,20 +399,6 @@ fn refuse_defaults(create: &CreateMemoryTable) -> Result<()> {
     }
 }
 
-/// Table and view names become folder and file names, so they are kept to plain identifiers.
-fn validate_new_name(name: &str) -> Result<()> {
-    let mut chars = name.chars();
-    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if valid {
-        Ok(())
-    } else {
-        Err(GobiError::plan(format!(
-            "{name:?} cannot name a table or view: use letters, digits and _, starting with a letter or _"
-        )))
-    }
-}
-
 /// The Delta type for an Arrow type Delta cannot store: the next wider integer, or for
 /// timestamps microseconds (Delta's only unit; finer values are truncated).
 fn delta_type(data_type: &DataType) -> Option<DataType> {
@@ -484,27 +468,29 @@ fn table_columns(table: &DeltaTable) -> Result<Vec<(String, bool)>> {
     Ok(table.snapshot()?.schema().fields().map(|f| (f.name().clone(), f.is_nullable())).collect())
 }
 
-/// delta-rs reports a NULL in a NOT NULL column in its own words: either naming the column
-/// as the plan feeding the write calls it (`column2` of VALUES; the plan's columns are in the
-/// table's order, so the position maps it to the table's name), or as "rows failed validation
-/// check" with a preview. Either way, say which table and column in the user's terms.
-fn not_null_message(error: GobiError, table: &str, input_columns: &[Vec<String>], table_columns: &[(String, bool)]) -> GobiError {
-    if error.message.contains("non-nullable") {
-        let plan_name = error.message.split("Column '").nth(1).and_then(|rest| rest.split('\'').next()).unwrap_or_default();
-        let column = input_columns
-            .iter()
-            .position(|names| names.iter().any(|n| n == plan_name))
-            .and_then(|i| table_columns.get(i))
-            .map_or(plan_name, |(name, _)| name.as_str());
-        return GobiError::data(format!("NOT NULL violation: column {column} of {table} cannot hold NULL, and the new rows have NULL in it"));
+/// delta-rs reports a NULL in a NOT NULL column in its own words (read by
+/// [`not_null_violation`]): either naming the column as the plan feeding the write calls it
+/// (`column2` of VALUES; the plan's columns are in the table's order, so the position maps it
+/// to the table's name), or as rows that failed its validation, with a preview. Either way,
+/// say which table and column in the user's terms.
+fn not_null_message(error: DeltaTableError, table: &str, input_columns: &[Vec<String>], table_columns: &[(String, bool)]) -> GobiError {
+    match not_null_violation(&error) {
+        Some(NotNullViolation::Column(plan_name)) => {
+            let column = input_columns
+                .iter()
+                .position(|names| names.iter().any(|n| *n == plan_name))
+                .and_then(|i| table_columns.get(i))
+                .map_or(plan_name.as_str(), |(name, _)| name.as_str());
+            GobiError::data(format!("NOT NULL violation: column {column} of {table} cannot hold NULL, and the new rows have NULL in it"))
+        }
+        Some(NotNullViolation::Rows { rows, preview }) => {
+            let required: Vec<&str> = table_columns.iter().filter(|(_, nullable)| !nullable).map(|(n, _)| n.as_str()).collect();
+            GobiError::data(format!(
+                "NOT NULL violation in {table}: {rows} {} would have NULL in a NOT NULL column ({}){preview}",
+                if rows == 1 { "row" } else { "rows" },
+                required.join(", "),
+            ))
+        }
+        None => error.into(),
     }
-    if let Some((count, preview)) = error.message.split_once(" failed validation check.") {
-        let required: Vec<&str> = table_columns.iter().filter(|(_, nullable)| !nullable).map(|(n, _)| n.as_str()).collect();
-        return GobiError::data(format!(
-            "NOT NULL violation in {table}: {count} would have NULL in a NOT NULL column ({}){}",
-            required.join(", "),
-            preview.trim_end()
-        ));
-    }
-    error
 }

@@ -23,6 +23,16 @@ pub struct SyntaxError {
     pub position: Position,
 }
 
+/// A statement that parses but names a PL-GRIZZLY variable or function that cannot be used
+/// there (unknown, recursive, wrong arguments): found when the statement is expanded, just
+/// before it runs, so the statements before it have run.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message} at {position}")]
+pub struct NameError {
+    pub message: String,
+    pub position: Position,
+}
+
 impl SyntaxError {
     /// Reads the position sqlparser appends to its messages (`... at Line: 3, Column: 7`).
     pub(crate) fn from_parser_message(raw: &str, fallback: Position) -> Self {

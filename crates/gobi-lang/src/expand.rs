@@ -20,7 +20,7 @@ use datafusion::sql::sqlparser::ast::{
 };
 use datafusion::sql::sqlparser::tokenizer::Span;
 
-use crate::diagnostic::{closest_name, Position, SyntaxError};
+use crate::diagnostic::{closest_name, NameError, Position};
 use crate::function::{FunctionBody, FunctionDef};
 use crate::Ast;
 
@@ -39,7 +39,7 @@ pub trait Scope {
 const MAX_INLINE_DEPTH: usize = 32;
 
 /// Rewrites every PL-GRIZZLY addition in `statement` (see the module docs).
-pub fn expand_statement(statement: &mut Ast, scope: &dyn Scope) -> Result<(), SyntaxError> {
+pub fn expand_statement(statement: &mut Ast, scope: &dyn Scope) -> Result<(), NameError> {
     let mut expander = Expander { scope, depth: 0 };
     let flow = match statement {
         Ast::Statement(s) => s.visit(&mut expander),
@@ -57,7 +57,7 @@ pub fn expand_statement(statement: &mut Ast, scope: &dyn Scope) -> Result<(), Sy
 }
 
 /// Rewrites the additions inside one expression (a `let` value, a function body).
-pub fn expand_expr(expr: &mut Expr, scope: &dyn Scope) -> Result<(), SyntaxError> {
+pub fn expand_expr(expr: &mut Expr, scope: &dyn Scope) -> Result<(), NameError> {
     match expr.visit(&mut Expander { scope, depth: 0 }) {
         ControlFlow::Break(error) => Err(error),
         ControlFlow::Continue(()) => Ok(()),
@@ -70,9 +70,9 @@ struct Expander<'a> {
 }
 
 impl VisitorMut for Expander<'_> {
-    type Break = SyntaxError;
+    type Break = NameError;
 
-    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<SyntaxError> {
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<NameError> {
         if let SetExpr::Select(select) = query.body.as_mut() {
             for item in &mut select.projection {
                 name_after_the_call(item, self.scope);
@@ -81,12 +81,12 @@ impl VisitorMut for Expander<'_> {
         ControlFlow::Continue(())
     }
 
-    fn post_visit_query(&mut self, query: &mut Query) -> ControlFlow<SyntaxError> {
+    fn post_visit_query(&mut self, query: &mut Query) -> ControlFlow<NameError> {
         select_star_when_from_first(&mut query.body);
         ControlFlow::Continue(())
     }
 
-    fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<SyntaxError> {
+    fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<NameError> {
         match self.rewrite(expr) {
             Ok(Some(new)) => {
                 *expr = new;
@@ -99,7 +99,7 @@ impl VisitorMut for Expander<'_> {
 }
 
 impl Expander<'_> {
-    fn rewrite(&mut self, expr: &Expr) -> Result<Option<Expr>, SyntaxError> {
+    fn rewrite(&mut self, expr: &Expr) -> Result<Option<Expr>, NameError> {
         match expr {
             Expr::Value(ValueWithSpan { value: Value::Placeholder(placeholder), span }) => {
                 let Some(name) = placeholder.strip_prefix('$').filter(|n| !n.starts_with(|c: char| c.is_ascii_digit())) else {
@@ -141,7 +141,7 @@ impl Expander<'_> {
         }
     }
 
-    fn inline(&mut self, function: &FunctionDef, body: &Expr, args: Vec<Expr>, span: Span) -> Result<Expr, SyntaxError> {
+    fn inline(&mut self, function: &FunctionDef, body: &Expr, args: Vec<Expr>, span: Span) -> Result<Expr, NameError> {
         if self.depth >= MAX_INLINE_DEPTH {
             return Err(error(format!("function {} calls itself (directly or through other functions)", function.name), span));
         }
@@ -153,12 +153,12 @@ impl Expander<'_> {
         self.depth -= 1;
         match expanded {
             // The body's positions are in the definition's text: point at this call instead.
-            ControlFlow::Break(e) => Err(SyntaxError { position: error(String::new(), span).position, ..e }),
+            ControlFlow::Break(e) => Err(NameError { position: error(String::new(), span).position, ..e }),
             ControlFlow::Continue(()) => Ok(Expr::Nested(Box::new(inlined))),
         }
     }
 
-    fn type_of(&self, call: &datafusion::sql::sqlparser::ast::Function, span: Span) -> Result<Expr, SyntaxError> {
+    fn type_of(&self, call: &datafusion::sql::sqlparser::ast::Function, span: Span) -> Result<Expr, NameError> {
         let args = plain_args(&call.args).filter(|a| a.len() == 1).ok_or_else(|| error("@TypeOf takes one expression or table".into(), span))?;
         if let Expr::Identifier(ident) = &args[0] {
             if let Some(table_type) = self.scope.table_type(&normalize(ident)) {
@@ -281,12 +281,12 @@ fn normalize(ident: &Ident) -> String {
     crate::ident::normalize(ident.clone())
 }
 
-fn error(message: String, span: Span) -> SyntaxError {
-    SyntaxError { message, position: Position { line: span.start.line.max(1), column: span.start.column.max(1) } }
+fn error(message: String, span: Span) -> NameError {
+    NameError { message, position: Position { line: span.start.line.max(1), column: span.start.column.max(1) } }
 }
 
 /// "unknown variable $thresold" with "did you mean $threshold?" when one is close.
-fn unknown(kind: &str, name: &str, known: &[String], span: Span) -> SyntaxError {
+fn unknown(kind: &str, name: &str, known: &[String], span: Span) -> NameError {
     let mut message = format!("unknown {kind} {name}");
     if let Some(close) = closest_name(name, known) {
         message.push_str(&format!("; did you mean {close}?"));

@@ -35,7 +35,7 @@ mod versioned;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 
-pub use diagnostic::{closest_name, render_snippet, Position, SyntaxError};
+pub use diagnostic::{closest_name, render_snippet, NameError, Position, SyntaxError};
 pub use dialect::GrizzlyDialect;
 pub use expand::{expand_expr, expand_statement, Scope};
 pub use function::{BlockStatement, FunctionBody, FunctionDef, Param};

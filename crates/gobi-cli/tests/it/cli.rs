@@ -1,7 +1,7 @@
 //! The command line itself: init, input sources, formats, help.
 
 use crate::rows;
-use crate::support::{gobi, gobi_stdin, Lakehouse, GOBI};
+use crate::support::{exit, gobi, gobi_stdin, Lakehouse, GOBI};
 
 #[test]
 fn init_writes_a_commented_config_with_the_default_pool_limits() {
@@ -13,7 +13,8 @@ fn init_writes_a_commented_config_with_the_default_pool_limits() {
         assert!(config.contains(line), "{line} missing from:\n{config}");
     }
     assert!(target.join("tables").is_dir() && target.join("_gobi").is_dir());
-    gobi(&["init", target.to_str().unwrap()], dir.path()).user_error();
+    let run = gobi(&["init", target.to_str().unwrap()], dir.path()).fails_with(exit::LAKEHOUSE);
+    assert!(run.stderr.contains("is already a gobi lakehouse"), "{}", run.stderr);
 }
 
 #[test]

@@ -112,7 +112,7 @@ fn writes_are_governed_statements() {
         }
     }
     // A hash join's build side cannot spill: past the statement's limit the write fails.
-    let refused = run("SET memory.query_limit = '64KiB'; INSERT INTO big SELECT a.id, b.s FROM big a JOIN big b ON a.id = b.id").user_error();
+    let refused = run("SET memory.query_limit = '64KiB'; INSERT INTO big SELECT a.id, b.s FROM big a JOIN big b ON a.id = b.id").fails_with(crate::support::exit::MEMORY);
     assert!(refused.stderr.contains("memory.query_limit"), "{}", refused.stderr);
     assert_eq!(lh.values("SELECT count(*) FROM big"), crate::rows![[600000]], "the refused write changed nothing");
     let failed = logged(&lh, "INSERT INTO big SELECT a.id");

@@ -1,12 +1,15 @@
-//! Every user mistake: one clear message, exit code 1, no panic, nothing half-written.
+//! Every user mistake: one clear message, the exit code of its kind, no panic, nothing
+//! half-written.
+
+use std::path::{Path, PathBuf};
 
 use crate::rows;
-use crate::support::{gobi, Lakehouse};
+use crate::support::{exit, gobi, gobi_stdin, Lakehouse};
 
 #[test]
 fn syntax_error_shows_line_column_and_caret_and_runs_nothing() {
     let lh = Lakehouse::new();
-    let run = lh.run("CREATE TABLE t (a INT);\nINSERT INTO t VALUES (1);\nSELECT a FROM t WHERE a = = 1").user_error();
+    let run = lh.run("CREATE TABLE t (a INT);\nINSERT INTO t VALUES (1);\nSELECT a FROM t WHERE a = = 1").fails_with(exit::SYNTAX);
     assert_eq!(
         run.stderr,
         "error: Expected: an expression, found: =\n --> 3:27\n  |\n3 | SELECT a FROM t WHERE a = = 1\n  |                           ^\n"
@@ -71,7 +74,7 @@ fn bad_files_are_named() {
 #[test]
 fn a_folder_that_is_not_a_lakehouse_is_refused_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let run = gobi(&["query", "SELECT 1"], dir.path()).user_error();
+    let run = gobi(&["query", "SELECT 1"], dir.path()).fails_with(exit::LAKEHOUSE);
     assert!(run.stderr.contains("is not a gobi lakehouse"), "{}", run.stderr);
     assert!(run.stderr.contains("hint: run `gobi init"), "{}", run.stderr);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing may be created");
@@ -129,4 +132,109 @@ fn names_cannot_reach_outside_the_lakehouse() {
     lh.run(&format!("DROP VIEW \"../../../{other_name}/notes\"")).user_error();
     assert!(other.table_log("victim").is_dir());
     assert!(other.path().join("notes.sql").exists());
+}
+
+/// Every file and folder under `dir` (if it exists), relative to it.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut found = vec![];
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            found.push(entry.path().strip_prefix(dir).unwrap().to_path_buf());
+            if entry.file_type().unwrap().is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// Tables, views and functions named `..`, with `/`, `\`, a control character, NUL, or too
+/// long: each refused with a message that says what is wrong with the name, and nothing is
+/// written outside the lakehouse, nor any table, view or function inside it. (DataFusion first
+/// looks a table name with `/` up as a file: "no such file or folder", with the name's problem
+/// as the hint.)
+#[test]
+fn names_that_are_not_one_file_name_are_refused_for_every_kind() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("lh");
+    gobi(&["init", dir.to_str().unwrap()], parent.path()).ok();
+    let long = "x".repeat(300);
+    let names = ["..", "../x", "../../../escaped", "a/b", "/tmp/gobi-escaped", "a\\b", "..\\..\\x", "tab\there", long.as_str()];
+    for name in names {
+        for sql in [
+            format!("CREATE TABLE \"{name}\" (a INT)"),
+            format!("CREATE TABLE \"{name}\" AS SELECT 1 AS a"),
+            format!("CREATE VIEW \"{name}\" AS SELECT 1"),
+            format!("CREATE OR REPLACE VIEW \"{name}\" AS SELECT 1"),
+            format!("FUNCTION \"{name}\"(a) => a"),
+            format!("FUNCTION \"{name}\"(a INT) RETURNS INT {{ return a; }}"),
+            format!("DROP VIEW \"{name}\""),
+            format!("DROP FUNCTION \"{name}\""),
+        ] {
+            let run = gobi(&["query", &sql], &dir).user_error();
+            let kind = if sql.contains("VIEW") { "view" } else if sql.contains("FUNCTION") { "function" } else { "table" };
+            assert!(run.stderr.contains(&format!("cannot name a {kind}: ")), "{sql}: {}", run.stderr);
+            assert!(run.stderr.contains("a name becomes a file name in the lakehouse"), "{sql}: {}", run.stderr);
+        }
+        // Such a table cannot exist.
+        for sql in [format!("DROP TABLE \"{name}\""), format!("INSERT INTO \"{name}\" VALUES (1)")] {
+            let run = gobi(&["query", &sql], &dir).user_error();
+            assert!(run.stderr.contains("not found") || run.stderr.contains("cannot name a table"), "{sql}: {}", run.stderr);
+        }
+    }
+    for sql in ["CREATE TABLE \"a\0b\" (a INT)", "CREATE VIEW \"a\0b\" AS SELECT 1", "FUNCTION \"a\0b\"(a) => a"] {
+        let run = gobi_stdin(&["query", "-"], &dir, sql).user_error();
+        assert!(run.stderr.contains("it contains NUL"), "{sql}: {}", run.stderr);
+    }
+    let outside: Vec<PathBuf> = tree(parent.path()).into_iter().filter(|p| !p.starts_with("lh")).collect();
+    assert!(outside.is_empty(), "written outside the lakehouse: {outside:?}");
+    for folder in ["tables", "_gobi/views", "_gobi/functions"] {
+        let inside = tree(&dir.join(folder));
+        assert!(inside.is_empty(), "written into {folder}: {inside:?}");
+    }
+    let mut top: Vec<String> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    top.sort();
+    assert_eq!(top, ["_gobi", "gobi.toml", "tables"]);
+}
+
+/// Each kind of failure exits with its own code, and `gobi --help` lists them.
+#[test]
+fn exit_codes_follow_the_kind_of_error_and_help_lists_them() {
+    let lh = Lakehouse::new();
+    let help = gobi(&["--help"], lh.path()).ok().stdout;
+    for line in [
+        "Exit codes:",
+        "  0    success",
+        "  1    a statement failed",
+        "  2    usage",
+        "  3    syntax",
+        "  4    memory",
+        "  5    conflict",
+        "  6    lakehouse",
+        "  7    internal",
+        "  130  cancelled",
+    ] {
+        assert!(help.contains(line), "{line:?} missing from --help:\n{help}");
+    }
+
+    let run = lh.run("CREATE TABLE t (a INT);\nSELEC * FROM t").fails_with(exit::SYNTAX);
+    assert!(run.stderr.contains("2:1"), "{}", run.stderr);
+    assert!(!lh.path().join("tables/t").exists(), "nothing of a script that does not parse runs");
+
+    let run = lh.run("SELECT * FROM nope").fails_with(exit::FAILED);
+    assert!(run.stderr.starts_with("error: table nope not found"), "{}", run.stderr);
+    lh.run("SELECT $nope").fails_with(exit::FAILED);
+
+    // A hash join's build side cannot spill: with 1 MiB of query pool and no cache pool to
+    // borrow from, the join is refused.
+    let strings = "(SELECT md5(CAST(value AS STRING)) AS s FROM generate_series(1, 200000))";
+    let join = format!("SELECT count(*) FROM {strings} a JOIN {strings} b ON a.s = b.s");
+    let run = gobi(&["--memory-query", "1MiB", "--memory-cache", "0B", "query", &join], lh.path()).fails_with(exit::MEMORY);
+    assert!(run.stderr.contains("SET memory."), "{}", run.stderr);
+
+    gobi(&["query", "SELECT 1", "--no-such-option"], lh.path()).fails_with(exit::USAGE);
+    let run = gobi(&["query"], lh.path()).fails_with(exit::USAGE);
+    assert!(run.stderr.contains("no statements given"), "{}", run.stderr);
+    gobi(&["run", "missing.sql"], lh.path()).fails_with(exit::USAGE);
 }

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::support::{gobi, gobi_stdin, Lakehouse};
+use crate::support::{exit, gobi, gobi_stdin, Lakehouse};
 
 /// 400 000 rows with 100 003 distinct keys: grouping them needs several MiB of hash table.
 fn wide_table() -> Lakehouse {
@@ -87,7 +87,7 @@ fn a_sort_and_a_group_by_bigger_than_the_pool_spill_and_give_the_unlimited_answe
 fn a_query_allocating_without_reserving_is_stopped_past_its_margin() {
     let lh = Lakehouse::new();
     let query = "SELECT repeat(md5(CAST(value AS STRING)), 30) AS big, count(*) OVER () AS n FROM generate_series(1, 200000)";
-    let run = gobi(&["--memory-query", "16MiB", "query", "--format", "csv", &format!("SET memory.actual_margin = '100%'; {query}")], lh.path()).user_error();
+    let run = gobi(&["--memory-query", "16MiB", "query", "--format", "csv", &format!("SET memory.actual_margin = '100%'; {query}")], lh.path()).fails_with(exit::MEMORY);
     for part in ["was stopped", "from the allocator", "untracked", "SET memory.query_pool = '"] {
         assert!(run.stderr.contains(part), "{part}: {}", run.stderr);
     }
@@ -100,7 +100,7 @@ fn a_query_allocating_without_reserving_is_stopped_past_its_margin() {
 
     // However wide the margin, a query never holds more than all the pools together.
     let pools = ["--memory-query", "16MiB", "--memory-cache", "0B", "--memory-temp", "8MiB"];
-    let run = gobi(&[&pools[..], &["query", "--format", "csv", &format!("SET memory.actual_margin = '1000%'; {query}")]].concat(), lh.path()).user_error();
+    let run = gobi(&[&pools[..], &["query", "--format", "csv", &format!("SET memory.actual_margin = '1000%'; {query}")]].concat(), lh.path()).fails_with(exit::MEMORY);
     assert!(run.stderr.contains("never more than all pools' 24MiB together"), "{}", run.stderr);
     let (_, _, actual, _, _) = &logged(&lh, query)[0];
     assert!(*actual > 24 << 20 && *actual < 64 << 20, "stopped past 24 MiB, not 176: actual {actual}");
@@ -155,7 +155,7 @@ fn a_query_that_cannot_fit_fails_with_one_clear_message_and_the_session_goes_on(
     // A per-query limit below what a hash join's build side needs (it cannot spill).
     let run = lh
         .run("SET memory.query_limit = '64KiB'; SELECT count(*) FROM t a JOIN t b ON a.s = b.s")
-        .user_error();
+        .fails_with(exit::MEMORY);
     for part in ["this query's memory limit is full", "HashJoinInput", "cannot spill", "SET memory.query_limit = '"] {
         assert!(run.stderr.contains(part), "{part} in:\n{}", run.stderr);
     }
@@ -200,7 +200,7 @@ fn let_tables_hold_temp_pool_memory_while_they_live() {
     assert!(temp.2 > 0 && temp.2 == temp.3, "the let table's bytes are reserved: {temp:?}");
     let replaced = pools_after(&lh, &[], "let few = FROM t WHERE id <= 1000; let few = SELECT 1 AS x; SHOW MEMORY");
     assert!(replaced[2].2 < temp.2, "replacing the value releases the old one: {:?}", replaced[2]);
-    let run = gobi(&["--memory-temp", "1MiB", "query", "let everything = FROM t"], lh.path()).user_error();
+    let run = gobi(&["--memory-temp", "1MiB", "query", "let everything = FROM t"], lh.path()).fails_with(exit::MEMORY);
     assert!(run.stderr.contains("the temp pool is full: let everything needs"), "{}", run.stderr);
     assert!(run.stderr.contains("SET memory.temp_pool = '"), "{}", run.stderr);
 }
@@ -422,7 +422,7 @@ fn the_result_cache_answers_repeats_forgets_changed_tables_and_evicts_least_rece
 fn a_query_short_of_memory_evicts_the_cache_and_borrows_its_room() {
     let lh = wide_table();
     let join = "SELECT count(*) AS n FROM t a JOIN (SELECT * FROM t WHERE id % 3 = 0) b ON a.s = b.s";
-    let failed = gobi(&["--memory-query", "4MiB", "--memory-cache", "0B", "query", join], lh.path()).user_error();
+    let failed = gobi(&["--memory-query", "4MiB", "--memory-cache", "0B", "query", join], lh.path()).fails_with(exit::MEMORY);
     assert!(failed.stderr.contains("HashJoinInput") && failed.stderr.contains("cannot spill"), "{}", failed.stderr);
 
     let fill: Vec<String> = (0..14).map(|i| format!("SELECT * FROM t WHERE id % 20 = {i}")).collect();

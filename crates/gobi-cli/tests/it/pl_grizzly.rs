@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use crate::rows;
-use crate::support::{gobi, Lakehouse};
+use crate::support::{exit, gobi, Lakehouse};
 
 const ORDERS: &str = "
 CREATE TABLE users (id BIGINT NOT NULL, name STRING, active BOOLEAN);
@@ -327,8 +327,18 @@ fn mistakes_are_reported_with_position_and_a_useful_message() {
         ("let orders = FROM users", "already exists", "1:1"),
         ("DROP FUNCTION nope", "function nope not found", "1:1"),
     ];
+    // These do not parse (exit code 3: nothing of the script ran); the others fail as they run.
+    let do_not_parse = [
+        "FROM orders SELECT match status { 'a' -> 1, 2 }",
+        "FROM orders SELECT match status { _ -> 1, 'a' -> 2 }",
+        "FUNCTION f(x INT) RETURNS INT {\n  if x > 1 then return 1;\n}",
+        "FUNCTION f(x INT, x INT) => x",
+        "FUNCTION f(x) => x +",
+        "let = 1",
+        "let x 1",
+    ];
     for (script, message, position) in cases {
-        let run = lh.run(script).user_error();
+        let run = lh.run(script).fails_with(if do_not_parse.contains(script) { exit::SYNTAX } else { exit::FAILED });
         assert!(run.stderr.contains(message), "{script}\nwanted: {message}\ngot:\n{}", run.stderr);
         assert!(run.stderr.contains(&format!("--> {position}\n")), "{script}\nwanted at {position}, got:\n{}", run.stderr);
     }

@@ -33,16 +33,44 @@ impl Run {
         self
     }
 
-    /// Asserts a clean user error: exit code 1, a message, no panic or backtrace.
+    /// Asserts a clean error of a failed statement: exit code 1, a message, no panic or
+    /// backtrace.
     #[track_caller]
     pub fn user_error(self) -> Self {
-        assert_eq!(self.code, 1, "expected exit code 1:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self.fails_with(exit::FAILED)
+    }
+
+    /// Asserts a clean error with exit code `code` (see [`exit`]): a message, no panic or
+    /// backtrace.
+    #[track_caller]
+    pub fn fails_with(self, code: i32) -> Self {
+        self.fails_with_one_of(&[code])
+    }
+
+    /// Like [`Self::fails_with`], for an error that may be of either of several kinds.
+    #[track_caller]
+    pub fn fails_with_one_of(self, codes: &[i32]) -> Self {
+        assert!(codes.contains(&self.code), "expected exit code {codes:?}:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
         assert!(self.stderr.starts_with("error: ") || self.stderr.contains("\nerror: "), "stderr: {}", self.stderr);
         for bad in ["panicked", "RUST_BACKTRACE", "stack backtrace"] {
             assert!(!self.stderr.contains(bad), "stderr has {bad}: {}", self.stderr);
         }
         self
     }
+}
+
+/// gobi's exit codes, as `gobi --help` lists them.
+pub mod exit {
+    /// A statement failed: unknown name, wrong type, bad value or file.
+    pub const FAILED: i32 = 1;
+    /// Wrong arguments or options.
+    pub const USAGE: i32 = 2;
+    /// The script does not parse; none of it ran.
+    pub const SYNTAX: i32 = 3;
+    /// A memory limit refused a query.
+    pub const MEMORY: i32 = 4;
+    /// Not a lakehouse folder, or a wrong gobi.toml.
+    pub const LAKEHOUSE: i32 = 6;
 }
 
 pub fn gobi(args: &[&str], cwd: &Path) -> Run {

@@ -249,11 +249,15 @@ impl Engine {
 /// - the batch size: merging spill files holds a batch of each run (and the final
 ///   aggregation's merge cannot spill again), so 8192-row batches leave a 4 MiB pool no room to
 ///   merge; one row per 8 KiB of each partition's share keeps the merges inside it (256 to
-///   DataFusion's 8192).
+///   DataFusion's 8192);
+/// - below what a sort concatenates its buffered batches into one to sort in place (and so
+///   spills, and later merges, as one batch): a quarter of its merge headroom, at most
+///   DataFusion's 1 MiB, so a run read back while merging fits beside the others.
 pub(crate) fn fit_execution_to_pool(options: &mut ConfigOptions, query_pool: u64) {
     let partitions = options.execution.target_partitions.max(1) as u64;
     let headroom = query_pool / (4 * partitions);
     options.execution.sort_spill_reservation_bytes = usize::try_from(headroom.clamp(64 << 10, 10 << 20)).unwrap_or(10 << 20);
+    options.execution.sort_in_place_threshold_bytes = usize::try_from((headroom / 4).clamp(16 << 10, 1 << 20)).unwrap_or(1 << 20);
     let rows = (query_pool / (partitions * (8 << 10))).clamp(256, 8192) as usize;
     options.execution.batch_size = datafusion::config::ConfigNonZeroUsize::try_new(rows).expect("at least 256 rows");
 }
@@ -328,10 +332,12 @@ mod tests {
         options.execution.target_partitions = 2;
         fit_execution_to_pool(&mut options, 4 << 20);
         assert_eq!((options.execution.batch_size.get(), options.execution.sort_spill_reservation_bytes), (256, 512 << 10), "4 MiB: the smallest batches, a quarter of the pool to merge");
+        assert_eq!(options.execution.sort_in_place_threshold_bytes, 128 << 10);
         fit_execution_to_pool(&mut options, 50 << 20);
         assert_eq!((options.execution.batch_size.get(), options.execution.sort_spill_reservation_bytes), (3200, 50 << 20 >> 3));
         fit_execution_to_pool(&mut options, 1 << 30);
         assert_eq!((options.execution.batch_size.get(), options.execution.sort_spill_reservation_bytes), (8192, 10 << 20), "DataFusion's own defaults at most");
+        assert_eq!(options.execution.sort_in_place_threshold_bytes, 1 << 20);
         fit_execution_to_pool(&mut options, 0);
         assert_eq!((options.execution.batch_size.get(), options.execution.sort_spill_reservation_bytes), (256, 64 << 10));
     }

@@ -137,15 +137,15 @@ pub async fn update(state: &SessionState, schema: &LakehouseSchema, name: &str, 
 
 /// The size new data files are cut at, fitted to the statement's memory: delta-rs holds the
 /// file it is writing in memory until it reaches this size (and a few more while they upload),
-/// so its 100 MiB default would not fit a small pool. A quarter of the statement's limit,
-/// from 4 MiB to delta-rs's 100 MiB. (UPDATE and DELETE cut files at the table's own
+/// so its 100 MiB default would not fit a small pool. Half the statement's limit, from 8 MiB
+/// to delta-rs's 100 MiB. (UPDATE and DELETE cut files at the table's own
 /// `delta.targetFileSize`.)
 fn target_file_size(state: &SessionState) -> Option<std::num::NonZeroU64> {
     let limit = match state.runtime_env().memory_pool.memory_limit() {
         datafusion::execution::memory_pool::MemoryLimit::Finite(bytes) => bytes as u64,
         _ => return None,
     };
-    std::num::NonZeroU64::new((limit / 4).clamp(4 << 20, 100 << 20))
+    std::num::NonZeroU64::new((limit / 2).clamp(8 << 20, 100 << 20))
 }
 
 /// What a DELETE or UPDATE planned by DataFusion changes, in the terms delta-rs takes: the

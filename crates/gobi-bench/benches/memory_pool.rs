@@ -26,11 +26,7 @@ const LIMIT: usize = 1 << 30;
 fn pools() -> Vec<(&'static str, Arc<dyn MemoryPool>)> {
     let manager = MemoryManager::new(PoolLimits { query: ByteSize(LIMIT as u64), ..PoolLimits::default() });
     let gobi: Arc<dyn MemoryPool> = manager.begin_query("bench", StatementLimits::default());
-    vec![
-        ("gobi", gobi),
-        ("greedy", Arc::new(GreedyMemoryPool::new(LIMIT))),
-        ("fair_spill", Arc::new(FairSpillPool::new(LIMIT))),
-    ]
+    vec![("gobi", gobi), ("greedy", Arc::new(GreedyMemoryPool::new(LIMIT))), ("fair_spill", Arc::new(FairSpillPool::new(LIMIT)))]
 }
 
 /// `iterations` rounds of 64 growths of `step` bytes and one shrink on a fresh consumer of `pool`.

@@ -168,9 +168,8 @@ fn orders_table() -> MemTable {
     let partitions = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut batches = vec![vec![]; partitions];
     for (i, start) in (0..ROWS).step_by(BATCH_ROWS).enumerate() {
-        let values: Float64Array = (start..(start + BATCH_ROWS).min(ROWS))
-            .map(|row| (row % 97 != 0).then(|| (row as u64 * 7919 % 1_000_003) as f64 * 0.002))
-            .collect();
+        let values: Float64Array =
+            (start..(start + BATCH_ROWS).min(ROWS)).map(|row| (row % 97 != 0).then(|| (row as u64 * 7919 % 1_000_003) as f64 * 0.002)).collect();
         let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(values)]).expect("a batch");
         batches[i % partitions].push(batch);
     }
@@ -204,9 +203,7 @@ fn compare_queries(c: &mut Criterion, rt: &Runtime, session: &Session, group: &s
     let mut group = c.benchmark_group(group);
     group.sample_size(10);
     for (name, query) in [(name_a, query_a), (name_b, query_b)] {
-        group.bench_function(name, |b| {
-            b.iter(|| black_box(rt.block_on(session.run_script(query)).expect("the query runs")))
-        });
+        group.bench_function(name, |b| b.iter(|| black_box(rt.block_on(session.run_script(query)).expect("the query runs"))));
     }
     group.finish();
 }

@@ -20,8 +20,7 @@ use gobi_engine::{GobiError, Lakehouse, Session};
 use gobi_lang::parse_script;
 use indicatif::{ProgressBar, ProgressStyle};
 use tpchgen::generators::{
-    CustomerGenerator, LineItemGenerator, NationGenerator, OrderGenerator, PartGenerator, PartSuppGenerator,
-    RegionGenerator, SupplierGenerator,
+    CustomerGenerator, LineItemGenerator, NationGenerator, OrderGenerator, PartGenerator, PartSuppGenerator, RegionGenerator, SupplierGenerator,
 };
 use tpchgen_arrow::{CustomerArrow, LineItemArrow, NationArrow, OrderArrow, PartArrow, PartSuppArrow, RegionArrow, SupplierArrow};
 
@@ -125,8 +124,14 @@ async fn load(session: &Session, table: &TpchTable, scale: f64) -> CliResult {
     let parts = if expected > 100_000 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { 1 };
     let partitions: Vec<Arc<dyn PartitionStream>> = (1..=parts)
         .map(|part| {
-            Arc::new(GeneratorPartition { schema: (table.schema)(), make: table.make, scale, part: part as i32, parts: parts as i32, progress: progress.clone() })
-                as Arc<dyn PartitionStream>
+            Arc::new(GeneratorPartition {
+                schema: (table.schema)(),
+                make: table.make,
+                scale,
+                part: part as i32,
+                parts: parts as i32,
+                progress: progress.clone(),
+            }) as Arc<dyn PartitionStream>
         })
         .collect();
     let source = format!("tpchgen_{}", table.name);

@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use gobi_engine::{Engine, ErrorKind, GobiError, Lakehouse, Output, Session};
-use gobi_memory::{ByteSize, PoolKind};
 use gobi_lang::parse_script;
+use gobi_memory::{ByteSize, PoolKind};
 
 use crate::output::{Format, Printer};
 
@@ -75,7 +75,9 @@ enum Command {
         dir: Option<PathBuf>,
     },
     /// Run statements given on the command line, on stdin (`-`) or in a file.
-    #[command(after_help = "Examples:\n  gobi query \"SELECT count(*) FROM orders\"\n  gobi query \"FROM orders |> WHERE total > 100 |> AGGREGATE count(*) GROUP BY status\"\n  echo \"SHOW TABLES\" | gobi query -\n  gobi query --file q1.sql --data tpch-parquet/ --summary json")]
+    #[command(
+        after_help = "Examples:\n  gobi query \"SELECT count(*) FROM orders\"\n  gobi query \"FROM orders |> WHERE total > 100 |> AGGREGATE count(*) GROUP BY status\"\n  echo \"SHOW TABLES\" | gobi query -\n  gobi query --file q1.sql --data tpch-parquet/ --summary json"
+    )]
     Query(QueryArgs),
     /// Run a script file of statements separated by `;`.
     #[command(after_help = "Example:\n  gobi run setup.sql")]
@@ -241,9 +243,7 @@ fn main() -> ExitCode {
             Err(error) => Err(error.into()),
         },
         Command::Memory { report, json } => runtime.block_on(memory_report(cli.lakehouse, &cli.memory, report, json, &printer)),
-        Command::Demo { dir, scale } => {
-            runtime.block_on(demo::run(dir.or(cli.lakehouse).unwrap_or_else(|| "gobi-demo".into()), scale, &printer))
-        }
+        Command::Demo { dir, scale } => runtime.block_on(demo::run(dir.or(cli.lakehouse).unwrap_or_else(|| "gobi-demo".into()), scale, &printer)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -90,7 +90,18 @@ fn pools(session: &Session) -> Section {
         .stats()
         .iter()
         .map(|s| {
-            row(vec![("pool", json!(s.kind.name())), ("limit_bytes", json!(s.limit)), ("reserved_bytes", json!(s.reserved)), ("usage", json!(bar(s.reserved, s.limit))), ("peak_bytes", json!(s.peak)), ("pressure", json!(memory.pressure(s.kind).name())), ("allocations", json!(s.allocations)), ("deallocations", json!(s.deallocations)), ("rejected", json!(s.rejected)), ("overruns", json!(s.overruns))])
+            row(vec![
+                ("pool", json!(s.kind.name())),
+                ("limit_bytes", json!(s.limit)),
+                ("reserved_bytes", json!(s.reserved)),
+                ("usage", json!(bar(s.reserved, s.limit))),
+                ("peak_bytes", json!(s.peak)),
+                ("pressure", json!(memory.pressure(s.kind).name())),
+                ("allocations", json!(s.allocations)),
+                ("deallocations", json!(s.deallocations)),
+                ("rejected", json!(s.rejected)),
+                ("overruns", json!(s.overruns)),
+            ])
         })
         .collect();
     Section { title: "pools", rows }
@@ -125,11 +136,23 @@ fn pressure(session: &Session) -> Section {
         .iter()
         .map(|&kind| {
             let pool = memory.pool(kind);
-            row(vec![("pool", json!(kind.name())), ("level", json!(pool.pressure().name())), ("reserved_bytes", json!(pool.reserved())), ("limit_bytes", json!(pool.limit())), ("usage", json!(bar(pool.reserved(), pool.limit())))])
+            row(vec![
+                ("pool", json!(kind.name())),
+                ("level", json!(pool.pressure().name())),
+                ("reserved_bytes", json!(pool.reserved())),
+                ("limit_bytes", json!(pool.limit())),
+                ("usage", json!(bar(pool.reserved(), pool.limit()))),
+            ])
         })
         .collect();
     let (reserved, limit) = PoolKind::ALL.iter().fold((0, 0), |(r, l), &kind| (r + memory.pool(kind).reserved(), l + memory.pool(kind).limit()));
-    rows.push(row(vec![("pool", json!("overall")), ("level", json!(memory.overall_pressure().name())), ("reserved_bytes", json!(reserved)), ("limit_bytes", json!(limit)), ("usage", json!(bar(reserved, limit)))]));
+    rows.push(row(vec![
+        ("pool", json!("overall")),
+        ("level", json!(memory.overall_pressure().name())),
+        ("reserved_bytes", json!(reserved)),
+        ("limit_bytes", json!(limit)),
+        ("usage", json!(bar(reserved, limit))),
+    ]));
     Section { title: "pressure", rows }
 }
 
@@ -139,9 +162,8 @@ async fn sql_rows(session: &Session, sql: &str) -> Result<Vec<Row>, GobiError> {
     let Collected::Rows { batches, schema } = session.execute_report(&statement).await? else { return Ok(vec![]) };
     let mut bytes = vec![];
     {
-        let mut writer = datafusion::arrow::json::WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, datafusion::arrow::json::writer::JsonArray>(&mut bytes);
+        let mut writer =
+            datafusion::arrow::json::WriterBuilder::new().with_explicit_nulls(true).build::<_, datafusion::arrow::json::writer::JsonArray>(&mut bytes);
         writer.write_batches(&batches.iter().collect::<Vec<_>>()).map_err(|e| GobiError::internal(e.to_string()))?;
         writer.finish().map_err(|e| GobiError::internal(e.to_string()))?;
     }
@@ -156,10 +178,8 @@ async fn sql_rows(session: &Session, sql: &str) -> Result<Vec<Row>, GobiError> {
 }
 
 fn render_json(sections: &[Section]) -> String {
-    let object: Map<String, Value> = sections
-        .iter()
-        .map(|s| (s.title.to_string(), Value::Array(s.rows.iter().map(|r| Value::Object(r.iter().cloned().collect())).collect())))
-        .collect();
+    let object: Map<String, Value> =
+        sections.iter().map(|s| (s.title.to_string(), Value::Array(s.rows.iter().map(|r| Value::Object(r.iter().cloned().collect())).collect()))).collect();
     format!("{}\n", Value::Object(object))
 }
 

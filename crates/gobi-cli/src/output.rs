@@ -76,10 +76,15 @@ impl Printer {
 /// Where a result's batches go as they arrive.
 enum Sink {
     /// Keeps the first [`TABLE_PREVIEW_ROWS`] rows, drawn once the result ends.
-    Table { rows: Vec<RecordBatch>, shown: usize },
+    Table {
+        rows: Vec<RecordBatch>,
+        shown: usize,
+    },
     Csv,
     /// One JSON array of row objects per result.
-    Json { first: bool },
+    Json {
+        first: bool,
+    },
 }
 
 impl Sink {
@@ -151,16 +156,15 @@ pub fn table(schema: &SchemaRef, batches: &[RecordBatch], shown: usize, total: u
     let options = FormatOptions::default().with_null("NULL");
     let numeric: Vec<bool> = schema.fields().iter().map(|f| f.data_type().is_numeric()).collect();
     for batch in batches {
-        let formatters = batch
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(arrow_error)?;
+        let formatters = batch.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &options)).collect::<Result<Vec<_>, _>>().map_err(arrow_error)?;
         for row in 0..batch.num_rows() {
             table.add_row(formatters.iter().zip(&numeric).map(|(f, numeric)| {
                 let cell = Cell::new(f.value(row));
-                if *numeric { cell.set_alignment(CellAlignment::Right) } else { cell }
+                if *numeric {
+                    cell.set_alignment(CellAlignment::Right)
+                } else {
+                    cell
+                }
             }));
         }
     }
@@ -183,9 +187,8 @@ fn csv(batch: &RecordBatch, header: bool) -> Result<String, GobiError> {
 fn json_rows(batch: &RecordBatch) -> Result<String, GobiError> {
     let mut bytes = vec![];
     {
-        let mut writer = datafusion::arrow::json::WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, datafusion::arrow::json::writer::JsonArray>(&mut bytes);
+        let mut writer =
+            datafusion::arrow::json::WriterBuilder::new().with_explicit_nulls(true).build::<_, datafusion::arrow::json::writer::JsonArray>(&mut bytes);
         writer.write(batch).map_err(arrow_error)?;
         writer.finish().map_err(arrow_error)?;
     }

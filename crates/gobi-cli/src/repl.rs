@@ -35,13 +35,91 @@ Ctrl-C cancels a running query (or clears the input), Ctrl-D or .quit leaves.
 
 /// The words highlighted as keywords and offered by completion, besides the session's names.
 const KEYWORDS: &[&str] = &[
-    "SELECT", "FROM", "WHERE", "GROUP", "BY", "ORDER", "HAVING", "LIMIT", "OFFSET", "JOIN", "LEFT", "RIGHT", "FULL",
-    "INNER", "OUTER", "CROSS", "ON", "USING", "AS", "AND", "OR", "NOT", "NULL", "IS", "IN", "BETWEEN", "LIKE", "ILIKE",
-    "CASE", "WHEN", "THEN", "ELSE", "END", "DISTINCT", "UNION", "ALL", "EXCEPT", "INTERSECT", "WITH", "INSERT", "INTO",
-    "VALUES", "UPDATE", "SET", "DELETE", "CREATE", "REPLACE", "TABLE", "VIEW", "DROP", "ALTER", "ADD", "COLUMN",
-    "DESCRIBE", "SHOW", "TABLES", "FUNCTIONS", "HISTORY", "EXPLAIN", "ANALYZE", "COPY", "TO", "LET", "FUNCTION",
-    "RETURNS", "RETURN", "IF", "ELIF", "MATCH", "EXTEND", "AGGREGATE", "OVER", "PARTITION", "ASC", "DESC", "TRUE",
-    "FALSE", "CAST", "VERSION", "TIMESTAMP", "OF", "EXISTS", "PRIMARY", "KEY", "DEFAULT",
+    "SELECT",
+    "FROM",
+    "WHERE",
+    "GROUP",
+    "BY",
+    "ORDER",
+    "HAVING",
+    "LIMIT",
+    "OFFSET",
+    "JOIN",
+    "LEFT",
+    "RIGHT",
+    "FULL",
+    "INNER",
+    "OUTER",
+    "CROSS",
+    "ON",
+    "USING",
+    "AS",
+    "AND",
+    "OR",
+    "NOT",
+    "NULL",
+    "IS",
+    "IN",
+    "BETWEEN",
+    "LIKE",
+    "ILIKE",
+    "CASE",
+    "WHEN",
+    "THEN",
+    "ELSE",
+    "END",
+    "DISTINCT",
+    "UNION",
+    "ALL",
+    "EXCEPT",
+    "INTERSECT",
+    "WITH",
+    "INSERT",
+    "INTO",
+    "VALUES",
+    "UPDATE",
+    "SET",
+    "DELETE",
+    "CREATE",
+    "REPLACE",
+    "TABLE",
+    "VIEW",
+    "DROP",
+    "ALTER",
+    "ADD",
+    "COLUMN",
+    "DESCRIBE",
+    "SHOW",
+    "TABLES",
+    "FUNCTIONS",
+    "HISTORY",
+    "EXPLAIN",
+    "ANALYZE",
+    "COPY",
+    "TO",
+    "LET",
+    "FUNCTION",
+    "RETURNS",
+    "RETURN",
+    "IF",
+    "ELIF",
+    "MATCH",
+    "EXTEND",
+    "AGGREGATE",
+    "OVER",
+    "PARTITION",
+    "ASC",
+    "DESC",
+    "TRUE",
+    "FALSE",
+    "CAST",
+    "VERSION",
+    "TIMESTAMP",
+    "OF",
+    "EXISTS",
+    "PRIMARY",
+    "KEY",
+    "DEFAULT",
 ];
 
 const DOT_COMMANDS: &[&str] = &[".tables", ".schema", ".vars", ".memory", ".help", ".quit"];
@@ -74,11 +152,7 @@ impl Completer for GrizzlyHelper {
     type Candidate = Pair;
 
     fn complete(&self, line: &str, pos: usize, _ctx: &Context<'_>) -> rustyline::Result<(usize, Vec<Pair>)> {
-        let start = line[..pos]
-            .char_indices()
-            .rev()
-            .find(|(_, c)| !(c.is_alphanumeric() || matches!(c, '_' | '$' | '.')))
-            .map_or(0, |(i, c)| i + c.len_utf8());
+        let start = line[..pos].char_indices().rev().find(|(_, c)| !(c.is_alphanumeric() || matches!(c, '_' | '$' | '.'))).map_or(0, |(i, c)| i + c.len_utf8());
         let word = &line[start..pos];
         if word.is_empty() {
             return Ok((pos, vec![]));
@@ -91,10 +165,8 @@ impl Completer for GrizzlyHelper {
             DOT_COMMANDS.iter().filter(|c| c.starts_with(&lower)).map(|c| pair(c.to_string())).collect()
         } else {
             let lowercase_word = word.chars().next().is_some_and(char::is_lowercase);
-            let keywords = KEYWORDS
-                .iter()
-                .filter(|k| k.to_lowercase().starts_with(&lower))
-                .map(|k| if lowercase_word { k.to_lowercase() } else { k.to_string() });
+            let keywords =
+                KEYWORDS.iter().filter(|k| k.to_lowercase().starts_with(&lower)).map(|k| if lowercase_word { k.to_lowercase() } else { k.to_string() });
             let names = self.names.iter().filter(|n| n.to_lowercase().starts_with(&lower)).cloned();
             names.chain(keywords).map(pair).collect()
         };
@@ -150,8 +222,7 @@ fn highlight(line: &str) -> Option<String> {
 }
 
 pub fn run(runtime: &tokio::runtime::Runtime, session: Session, printer: &Printer) -> CliResult {
-    let mut editor: Editor<GrizzlyHelper, DefaultHistory> =
-        Editor::new().map_err(|e| GobiError::internal(e.to_string()))?;
+    let mut editor: Editor<GrizzlyHelper, DefaultHistory> = Editor::new().map_err(|e| GobiError::internal(e.to_string()))?;
     let mut helper = GrizzlyHelper { color: std::env::var_os("NO_COLOR").is_none(), ..Default::default() };
     helper.refresh(runtime, &session);
     editor.set_helper(Some(helper));
@@ -273,9 +344,7 @@ fn print_variables(runtime: &tokio::runtime::Runtime, session: &Session, printer
         Field::new("type", DataType::Utf8, false),
         Field::new("size", DataType::Utf8, false),
     ]));
-    let column = |f: &dyn Fn(&gobi_engine::VariableSummary) -> String| {
-        Arc::new(StringArray::from(variables.iter().map(f).collect::<Vec<_>>())) as _
-    };
+    let column = |f: &dyn Fn(&gobi_engine::VariableSummary) -> String| Arc::new(StringArray::from(variables.iter().map(f).collect::<Vec<_>>())) as _;
     let batch = RecordBatch::try_new(
         Arc::clone(&schema),
         vec![

@@ -30,8 +30,8 @@ use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use deltalake::{DeltaTable, DeltaTableBuilder};
 use gobi_lang::closest_name;
-use gobi_memory::{MemoryManager, PoolKind, Reservation};
 use gobi_lang::{TableVersion, VersionedName};
+use gobi_memory::{MemoryManager, PoolKind, Reservation};
 use parking_lot::RwLock;
 
 use crate::delta_scan::delta_provider;
@@ -123,17 +123,16 @@ impl OpenTables {
                 let latest = self.delta_table(&name.table).await?.version().unwrap_or(0);
                 match u64::try_from(*version) {
                     Ok(v) if v <= latest => Ok(builder.with_version(v).load().await?),
-                    _ => Err(GobiError::plan(format!(
-                        "table {} has no version {version} (the latest is {latest})",
-                        name.table
-                    ))),
+                    _ => Err(GobiError::plan(format!("table {} has no version {version} (the latest is {latest})", name.table))),
                 }
             }
             TableVersion::Timestamp(text) => {
                 let timestamp = parse_timestamp(text)?;
-                builder.with_timestamp(timestamp).load().await.map_err(|e| {
-                    GobiError::plan(format!("table {} at {text}: {}", name.table, GobiError::from(e).message))
-                })
+                builder
+                    .with_timestamp(timestamp)
+                    .load()
+                    .await
+                    .map_err(|e| GobiError::plan(format!("table {} at {text}: {}", name.table, GobiError::from(e).message)))
             }
         }
     }
@@ -169,11 +168,7 @@ impl LakehouseSchema {
     }
 
     fn session_state(&self) -> DfResult<SessionState> {
-        self.state
-            .get()
-            .and_then(Weak::upgrade)
-            .map(|state| state.read().clone())
-            .ok_or_else(|| DataFusionError::Internal("the session has ended".into()))
+        self.state.get().and_then(Weak::upgrade).map(|state| state.read().clone()).ok_or_else(|| DataFusionError::Internal("the session has ended".into()))
     }
 
     pub fn is_session_table(&self, name: &str) -> bool {
@@ -272,9 +267,9 @@ impl SchemaProvider for LakehouseSchema {
             self.delta_table(name).await.map_err(to_datafusion)?
         } else if let Some(sql) = lakehouse.view_sql(name) {
             // The view's own text is not the user's script: its positions would point nowhere.
-            let view = plan_view(&self.session_state()?, &sql).await.map_err(|e| {
-                to_datafusion(GobiError { position: None, ..GobiError::plan(format!("in view {name}: {}", GobiError::from(e).message)) })
-            })?;
+            let view = plan_view(&self.session_state()?, &sql)
+                .await
+                .map_err(|e| to_datafusion(GobiError { position: None, ..GobiError::plan(format!("in view {name}: {}", GobiError::from(e).message)) }))?;
             return Ok(Some(Arc::new(view)));
         } else {
             return Ok(None);
@@ -304,22 +299,15 @@ impl SchemaProvider for LakehouseSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.session_tables.read().contains_key(name)
-            || self.lakehouse().table_exists(name)
-            || self.lakehouse().view_sql(name).is_some()
+        self.session_tables.read().contains_key(name) || self.lakehouse().table_exists(name) || self.lakehouse().view_sql(name).is_some()
     }
 }
 
 /// A persisted view is its `CREATE VIEW` statement; planning it again yields the view's query.
 pub async fn plan_view(state: &SessionState, create_view_sql: &str) -> DfResult<ViewTable> {
     match state.create_logical_plan(create_view_sql).await? {
-        LogicalPlan::Ddl(DdlStatement::CreateView(view)) => {
-            Ok(ViewTable::new(Arc::unwrap_or_clone(view.input), Some(create_view_sql.to_string())))
-        }
-        other => Err(DataFusionError::Internal(format!(
-            "a stored view is not a CREATE VIEW statement: {}",
-            other.display()
-        ))),
+        LogicalPlan::Ddl(DdlStatement::CreateView(view)) => Ok(ViewTable::new(Arc::unwrap_or_clone(view.input), Some(create_view_sql.to_string()))),
+        other => Err(DataFusionError::Internal(format!("a stored view is not a CREATE VIEW statement: {}", other.display()))),
     }
 }
 
@@ -341,12 +329,8 @@ impl UrlTableFactory for FileTableFactory {
     async fn try_new(&self, url: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         let path = Path::new(url);
         if path.join("_delta_log").is_dir() {
-            let table = deltalake::open_table(directory_url(path).map_err(to_datafusion)?)
-                .await
-                .map_err(|e| to_datafusion(e.into()))?;
-            let state = self.files.session_store().get_session().upgrade().and_then(|session| {
-                session.read().as_any().downcast_ref::<SessionState>().cloned()
-            });
+            let table = deltalake::open_table(directory_url(path).map_err(to_datafusion)?).await.map_err(|e| to_datafusion(e.into()))?;
+            let state = self.files.session_store().get_session().upgrade().and_then(|session| session.read().as_any().downcast_ref::<SessionState>().cloned());
             let state = state.ok_or_else(|| DataFusionError::Internal("the session has ended".into()))?;
             return Ok(Some(delta_provider(&table, state).await?));
         }

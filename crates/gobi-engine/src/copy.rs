@@ -100,11 +100,7 @@ fn match_columns(file_schema: &Schema, target: &Schema, file: &str, table: &str)
             });
         }
     }
-    Ok(target
-        .fields()
-        .iter()
-        .map(|f| file_schema.fields().iter().position(|g| g.name().eq_ignore_ascii_case(f.name())))
-        .collect())
+    Ok(target.fields().iter().map(|f| file_schema.fields().iter().position(|g| g.name().eq_ignore_ascii_case(f.name()))).collect())
 }
 
 /// Checks that one batch converts to the table's columns and types; the first value that does
@@ -123,12 +119,7 @@ fn check(batch: &RecordBatch, mapping: &[Option<usize>], target: &SchemaRef, fir
         if cast.null_count() > column.null_count() {
             let row = (0..column.len()).find(|&i| column.is_valid(i) && cast.is_null(i)).expect("a value was lost");
             let value = array_value_to_string(column, row).unwrap_or_default();
-            return Err(GobiError::data(format!(
-                "row {} of {file}, column {}: {value:?} is not a valid {}",
-                first_row + row,
-                field.name(),
-                field.data_type()
-            )));
+            return Err(GobiError::data(format!("row {} of {file}, column {}: {value:?} is not a valid {}", first_row + row, field.name(), field.data_type())));
         }
         if !field.is_nullable() && cast.null_count() > 0 {
             let row = (0..cast.len()).find(|&i| cast.is_null(i)).expect("counted a null");

@@ -25,9 +25,7 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::CardinalityEffect;
-use datafusion::physical_plan::filter_pushdown::{
-    ChildPushdownResult, FilterDescription, FilterPushdownPhase, FilterPushdownPropagation,
-};
+use datafusion::physical_plan::filter_pushdown::{ChildPushdownResult, FilterDescription, FilterPushdownPhase, FilterPushdownPropagation};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, StatisticsArgs};
 use deltalake::DeltaTable;
 
@@ -107,11 +105,7 @@ fn table_statistics(table: &DeltaTable, schema: &datafusion::arrow::datatypes::S
             statistics
         })
         .collect();
-    Some(Statistics {
-        num_rows: Precision::Inexact(rows),
-        total_byte_size: Precision::Inexact(bytes),
-        column_statistics,
-    })
+    Some(Statistics { num_rows: Precision::Inexact(rows), total_byte_size: Precision::Inexact(bytes), column_statistics })
 }
 
 /// The smallest (`Less`) or largest (`Greater`) of the per-file values; absent if any file
@@ -221,10 +215,7 @@ impl ExecutionPlan for DeltaStatisticsExec {
         vec![&self.input]
     }
 
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
-    ) -> DfResult<TreeNodeRecursion> {
+    fn apply_expressions(&self, _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>) -> DfResult<TreeNodeRecursion> {
         Ok(TreeNodeRecursion::Continue)
     }
 

@@ -312,7 +312,11 @@ impl Engine {
         let rss_after = gobi_memory::allocator::rss_bytes();
         self.memory.record_event(
             PoolKind::Query,
-            format!("cleanup: {} reservations of ended queries, {folders} stale spill folders{}", released.reservations, if purged { ", allocator purged" } else { "" }),
+            format!(
+                "cleanup: {} reservations of ended queries, {folders} stale spill folders{}",
+                released.reservations,
+                if purged { ", allocator purged" } else { "" }
+            ),
             released.bytes as u64,
         );
         CleanupReport {

@@ -130,11 +130,7 @@ impl From<DataFusionError> for GobiError {
             return error.clone();
         }
         let position = e.diagnostic().and_then(|d| d.span).map(|span| {
-            let width = if span.start.line == span.end.line {
-                span.end.column.saturating_sub(span.start.column).max(1) as usize
-            } else {
-                1
-            };
+            let width = if span.start.line == span.end.line { span.end.column.saturating_sub(span.start.column).max(1) as usize } else { 1 };
             (Position { line: span.start.line, column: span.start.column }, width)
         });
         let mut error = Self::new(classify(&e), clean_message(&e.find_root().strip_backtrace()));
@@ -220,12 +216,10 @@ pub fn classify_delta(error: &DeltaTableError) -> ErrorKind {
     match error {
         D::VersionAlreadyExists(_) | D::VersionMismatch(..) => ErrorKind::Conflict,
         D::Transaction { source } => match source {
-            TransactionError::VersionAlreadyExists(_) | TransactionError::CommitConflict(_) | TransactionError::MaxCommitAttempts(_) => {
-                ErrorKind::Conflict
+            TransactionError::VersionAlreadyExists(_) | TransactionError::CommitConflict(_) | TransactionError::MaxCommitAttempts(_) => ErrorKind::Conflict,
+            TransactionError::DeltaTableAppendOnly | TransactionError::UnsupportedTableFeatures(_) | TransactionError::TableFeaturesRequired(_) => {
+                ErrorKind::Plan
             }
-            TransactionError::DeltaTableAppendOnly
-            | TransactionError::UnsupportedTableFeatures(_)
-            | TransactionError::TableFeaturesRequired(_) => ErrorKind::Plan,
             _ => ErrorKind::Internal,
         },
         D::InvalidData { .. } | D::Parquet { .. } => ErrorKind::Data,
@@ -466,12 +460,12 @@ mod tests {
     use super::*;
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use datafusion::datasource::MemTable;
-    use datafusion::logical_expr::LogicalPlan;
     use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
     use datafusion::execution::memory_pool::GreedyMemoryPool;
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
     use datafusion::execution::session_state::SessionStateBuilder;
     use datafusion::logical_expr::lit;
+    use datafusion::logical_expr::LogicalPlan;
     use datafusion::prelude::{SessionConfig, SessionContext};
     use datafusion::scalar::ScalarValue;
     use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
@@ -480,8 +474,7 @@ mod tests {
 
     #[test]
     fn render_shows_line_caret_and_hint() {
-        let error = GobiError { width: 3, ..GobiError::plan("no column nme").at(Position { line: 2, column: 8 }) }
-            .with_hint("did you mean name?");
+        let error = GobiError { width: 3, ..GobiError::plan("no column nme").at(Position { line: 2, column: 8 }) }.with_hint("did you mean name?");
         let text = error.render(Some("SELECT 1;\nSELECT nme FROM t"));
         assert_eq!(text, "error: no column nme\n --> 2:8\n  |\n2 | SELECT nme FROM t\n  |        ^^^\nhint: did you mean name?\n");
     }
@@ -510,11 +503,7 @@ mod tests {
             0 => DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
             bytes => DiskManagerBuilder::default().with_max_temp_directory_size(bytes),
         };
-        let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(GreedyMemoryPool::new(pool)))
-            .with_disk_manager_builder(disk)
-            .build_arc()
-            .unwrap();
+        let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(GreedyMemoryPool::new(pool))).with_disk_manager_builder(disk).build_arc().unwrap();
         let mut config = SessionConfig::new().with_target_partitions(1).with_batch_size(1024);
         config.options_mut().execution.sort_spill_reservation_bytes = 64 << 10;
         SessionStateBuilder::new()
@@ -711,12 +700,7 @@ mod tests {
         assert_eq!(classify_delta(&error), ErrorKind::Data);
 
         let table = write("SELECT CAST(1 AS BIGINT) AS id", table).await.unwrap();
-        let error = table
-            .update()
-            .with_update("id", lit(ScalarValue::Int64(None)))
-            .with_session_state(Arc::new(ctx.state()))
-            .await
-            .unwrap_err();
+        let error = table.update().with_update("id", lit(ScalarValue::Int64(None))).with_session_state(Arc::new(ctx.state())).await.unwrap_err();
         match not_null_violation(&error) {
             Some(NotNullViolation::Rows { rows: 1, preview }) => assert!(preview.contains("Preview"), "{preview}"),
             other => panic!("{other:?} from {error:?}"),
@@ -741,13 +725,8 @@ mod tests {
         let ctx = roomy();
         let plan = ctx.sql("SELECT CAST(1 AS BIGINT) AS id").await.unwrap().into_unoptimized_plan();
         let opened = deltalake::open_table(url).await.unwrap();
-        let error = opened
-            .write(vec![])
-            .with_input_plan(plan)
-            .with_session_state(Arc::new(ctx.state()))
-            .with_save_mode(SaveMode::ErrorIfExists)
-            .await
-            .unwrap_err();
+        let error =
+            opened.write(vec![]).with_input_plan(plan).with_session_state(Arc::new(ctx.state())).with_save_mode(SaveMode::ErrorIfExists).await.unwrap_err();
         assert_eq!(classify_delta(&error), ErrorKind::Conflict, "{error:?}");
     }
 

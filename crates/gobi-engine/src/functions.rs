@@ -32,9 +32,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::{DFSchema, Result as DfResult, ScalarValue};
 use datafusion::error::DataFusionError;
 use datafusion::execution::session_state::SessionState;
-use datafusion::logical_expr::{
-    ColumnarValue, ExprSchemable, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
-};
+use datafusion::logical_expr::{ColumnarValue, ExprSchemable, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::sql::sqlparser::ast::{DataType as SqlDataType, Expr as SqlExpr};
 use gobi_lang::{BlockStatement, FunctionBody, FunctionDef};
@@ -124,8 +122,16 @@ pub struct BlockFunction {
 #[derive(Debug)]
 enum Step {
     /// `let name = expr`: a new column (`slot: None`) or a new value for an existing one.
-    Let { expr: Arc<dyn PhysicalExpr>, name: String, data_type: DataType, slot: Option<usize> },
-    If { branches: Vec<(Arc<dyn PhysicalExpr>, Vec<Step>)>, otherwise: Vec<Step> },
+    Let {
+        expr: Arc<dyn PhysicalExpr>,
+        name: String,
+        data_type: DataType,
+        slot: Option<usize>,
+    },
+    If {
+        branches: Vec<(Arc<dyn PhysicalExpr>, Vec<Step>)>,
+        otherwise: Vec<Step>,
+    },
     Return(Arc<dyn PhysicalExpr>),
 }
 
@@ -202,8 +208,7 @@ impl BlockFunction {
             })
             .collect();
         let mut memo = self.memo.lock();
-        let mut results: Vec<Option<ScalarValue>> =
-            representatives.iter().map(|&i| memo.get(rows.row(i as usize).data())).collect();
+        let mut results: Vec<Option<ScalarValue>> = representatives.iter().map(|&i| memo.get(rows.row(i as usize).data())).collect();
         let missing: Vec<u32> = (0..results.len() as u32).filter(|&d| results[d as usize].is_none()).collect();
         if !missing.is_empty() {
             let indices = UInt32Array::from_iter_values(missing.iter().map(|&d| representatives[d as usize]));
@@ -378,10 +383,7 @@ impl Compiler<'_> {
                         let condition = self.expr(condition, &schema)?;
                         let condition_type = condition.get_type(&schema)?;
                         if !matches!(condition_type, DataType::Boolean | DataType::Null) {
-                            return Err(GobiError::plan(format!(
-                                "in {}: an if condition must be BOOLEAN, `{condition}` is {condition_type}",
-                                self.function
-                            )));
+                            return Err(GobiError::plan(format!("in {}: an if condition must be BOOLEAN, `{condition}` is {condition_type}", self.function)));
                         }
                         compiled.push((self.physical(condition, &schema)?, self.block(body, fields.clone())?));
                     }
@@ -419,12 +421,7 @@ impl ScalarUDFImpl for BlockFunction {
     /// an error that names the parameter.
     fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
         if arg_types.len() != self.params.len() {
-            return Err(DataFusionError::Plan(format!(
-                "function {} takes {} arguments, got {}",
-                self.name,
-                self.params.len(),
-                arg_types.len()
-            )));
+            return Err(DataFusionError::Plan(format!("function {} takes {} arguments, got {}", self.name, self.params.len(), arg_types.len())));
         }
         for (i, (given, (name, wanted))) in arg_types.iter().zip(&self.params).enumerate() {
             let fits = given == wanted
@@ -433,11 +430,7 @@ impl ScalarUDFImpl for BlockFunction {
                 || (is_string(given) && is_string(wanted))
                 || (given.is_temporal() && wanted.is_temporal());
             if !fits {
-                return Err(DataFusionError::Plan(format!(
-                    "function {}: argument {} ({name}) must be {wanted}, got {given}",
-                    self.name,
-                    i + 1
-                )));
+                return Err(DataFusionError::Plan(format!("function {}: argument {} ({name}) must be {wanted}, got {given}", self.name, i + 1)));
             }
         }
         Ok(self.params.iter().map(|(_, t)| t.clone()).collect())
@@ -453,11 +446,7 @@ impl ScalarUDFImpl for BlockFunction {
             &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
         )?;
         let fields = self.params.iter().map(|(_, t)| SortField::new(t.clone())).collect();
-        let result = if !self.params.is_empty() && arguments_repeat(&batch, fields)? {
-            self.evaluate_memoized(batch)?
-        } else {
-            self.evaluate(batch)?
-        };
+        let result = if !self.params.is_empty() && arguments_repeat(&batch, fields)? { self.evaluate_memoized(batch)? } else { self.evaluate(batch)? };
         if all_scalar {
             Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&result, 0)?))
         } else {

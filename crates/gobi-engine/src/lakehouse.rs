@@ -66,10 +66,7 @@ impl Lakehouse {
     /// Creates a lakehouse in `dir` (created if missing); an existing lakehouse is an error.
     pub fn init(dir: &Path) -> Result<Self> {
         if dir.join(CONFIG_FILE).exists() {
-            return Err(GobiError::new(
-                ErrorKind::Lakehouse,
-                format!("{} is already a gobi lakehouse", dir.display()),
-            ));
+            return Err(GobiError::new(ErrorKind::Lakehouse, format!("{} is already a gobi lakehouse", dir.display())));
         }
         fs::create_dir_all(dir)?;
         fs::create_dir_all(dir.join(TABLES_DIR))?;
@@ -82,19 +79,11 @@ impl Lakehouse {
     pub fn open(dir: &Path) -> Result<Self> {
         let config_path = dir.join(CONFIG_FILE);
         if !config_path.is_file() {
-            return Err(GobiError::new(
-                ErrorKind::Lakehouse,
-                format!("{} is not a gobi lakehouse (no {CONFIG_FILE})", dir.display()),
-            )
-            .with_hint(format!(
-                "run `gobi init {}` to create one, or pass --lakehouse DIR",
-                dir.display()
-            )));
+            return Err(GobiError::new(ErrorKind::Lakehouse, format!("{} is not a gobi lakehouse (no {CONFIG_FILE})", dir.display()))
+                .with_hint(format!("run `gobi init {}` to create one, or pass --lakehouse DIR", dir.display())));
         }
         let text = fs::read_to_string(&config_path)?;
-        let config: Config = toml::from_str(&text).map_err(|e| {
-            GobiError::new(ErrorKind::Lakehouse, format!("{}: {}", config_path.display(), e.message()))
-        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| GobiError::new(ErrorKind::Lakehouse, format!("{}: {}", config_path.display(), e.message())))?;
         let root = dir.canonicalize()?;
         Ok(Self { root, config })
     }
@@ -188,9 +177,7 @@ impl Lakehouse {
         let folder = self.table_path(name)?;
         let trash = self.root.join(STATE_DIR).join("trash");
         fs::create_dir_all(&trash)?;
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let target = trash.join(format!("{name}-{stamp}"));
         fs::rename(folder, &target)?;
         fs::remove_dir_all(&target)?;
@@ -381,8 +368,7 @@ fn folder_bytes(dir: &Path) -> u64 {
 
 pub fn directory_url(path: &Path) -> Result<Url> {
     let absolute = std::path::absolute(path)?;
-    Url::from_directory_path(&absolute)
-        .map_err(|()| GobiError::internal(format!("cannot make a URL of {}", absolute.display())))
+    Url::from_directory_path(&absolute).map_err(|()| GobiError::internal(format!("cannot make a URL of {}", absolute.display())))
 }
 
 /// Writes a file so that readers see either the old content or the new, never a part.
@@ -428,8 +414,7 @@ mod tests {
         found
     }
 
-    const BAD_NAMES: [&str; 13] =
-        ["", ".", "..", "../x", "../../../escaped", "a/b", "/tmp/abs", "a\\b", "..\\x", "a\0b", "a\nb", "tab\there", "del\u{7f}"];
+    const BAD_NAMES: [&str; 13] = ["", ".", "..", "../x", "../../../escaped", "a/b", "/tmp/abs", "a\\b", "..\\x", "a\0b", "a\nb", "tab\there", "del\u{7f}"];
 
     #[track_caller]
     fn assert_refused<T: std::fmt::Debug>(result: Result<T>, noun: &str, name: &str) {

@@ -189,7 +189,11 @@ impl DeltaLog {
     /// Writes the pending rows once there are `FLUSH_ROWS` of them.
     pub async fn flush_if_full(&self) -> Result<()> {
         let full = self.pending.lock().iter().map(RecordBatch::num_rows).sum::<usize>() >= FLUSH_ROWS;
-        if full { self.flush().await } else { Ok(()) }
+        if full {
+            self.flush().await
+        } else {
+            Ok(())
+        }
     }
 
     /// Appends the pending rows to the Delta table in one commit (creating it the first time).
@@ -280,7 +284,13 @@ impl TableProvider for LogTable {
         TableType::View
     }
 
-    async fn scan(&self, state: &dyn CatalogSession, projection: Option<&Vec<usize>>, filters: &[Expr], limit: Option<usize>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    async fn scan(
+        &self,
+        state: &dyn CatalogSession,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let Some(session_state) = state.as_any().downcast_ref::<SessionState>() else {
             return plan_err!("gobi_{}() needs a gobi session", self.0.name);
         };

@@ -129,11 +129,13 @@ impl Stream for ResultStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let at = self.at;
-        self.inner.as_mut().poll_next(cx).map(|item| item.map(|result| result.map_err(|e| match at {
-            Some(position) => e.at(position),
-            None => e,
-        })))
+        self.inner.as_mut().poll_next(cx).map(|item| {
+            item.map(|result| {
+                result.map_err(|e| match at {
+                    Some(position) => e.at(position),
+                    None => e,
+                })
+            })
+        })
     }
 }
-
-

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::arrow::datatypes::FieldRef;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, Result};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{BinaryExpr, Expr, Filter, LogicalPlan, LogicalPlanBuilder, Operator, Subquery};
@@ -44,9 +44,7 @@ fn name_columns(body: &mut SetExpr) {
             for item in &mut select.projection {
                 let (name, computed) = match item {
                     SelectItem::UnnamedExpr(SqlExpr::Identifier(id)) => (id.value.to_lowercase(), false),
-                    SelectItem::UnnamedExpr(SqlExpr::CompoundIdentifier(parts)) => {
-                        (parts.last().map(|p| p.value.to_lowercase()).unwrap_or_default(), false)
-                    }
+                    SelectItem::UnnamedExpr(SqlExpr::CompoundIdentifier(parts)) => (parts.last().map(|p| p.value.to_lowercase()).unwrap_or_default(), false),
                     SelectItem::UnnamedExpr(expr) => (expr.to_string(), true),
                     SelectItem::ExprWithAlias { alias, .. } => (alias.value.to_lowercase(), false),
                     _ => continue,
@@ -140,9 +138,7 @@ fn correlated_filter(subquery: &Subquery) -> Option<&Filter> {
                 let below_is_plain = !filter.input.exists(|p| Ok(p.contains_outer_reference())).unwrap_or(true);
                 let conjuncts = split_conjunction(&filter.predicate);
                 let non_equi = conjuncts.iter().any(|c| c.contains_outer() && !is_pullable_equality(c));
-                let null_rejecting = outer_references(&filter.predicate)
-                    .iter()
-                    .all(|(_, column)| conjuncts.iter().any(|c| null_if_null(c, column)));
+                let null_rejecting = outer_references(&filter.predicate).iter().all(|(_, column)| conjuncts.iter().any(|c| null_if_null(c, column)));
                 return (aggregated && below_is_plain && non_equi && null_rejecting).then_some(filter);
             }
             LogicalPlan::Aggregate(aggregate) if aggregate.group_expr.is_empty() => aggregated = true,
@@ -176,9 +172,7 @@ fn null_if_null(expr: &Expr, column: &Column) -> bool {
     match expr {
         Expr::OuterReferenceColumn(_, c) => c == column,
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
-            Eq | NotEq | Lt | LtEq | Gt | GtEq | Plus | Minus | Multiply | Divide | Modulo | And => {
-                null_if_null(left, column) || null_if_null(right, column)
-            }
+            Eq | NotEq | Lt | LtEq | Gt | GtEq | Plus | Minus | Multiply | Divide | Modulo | And => null_if_null(left, column) || null_if_null(right, column),
             Or => null_if_null(left, column) && null_if_null(right, column),
             _ => false,
         },
@@ -193,10 +187,9 @@ fn null_if_null(expr: &Expr, column: &Column) -> bool {
 /// `inner_column = outer_column`, the form DataFusion decorrelates itself.
 fn is_pullable_equality(expr: &Expr) -> bool {
     match expr {
-        Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) => matches!(
-            (left.as_ref(), right.as_ref()),
-            (Expr::Column(_), Expr::OuterReferenceColumn(..)) | (Expr::OuterReferenceColumn(..), Expr::Column(_))
-        ),
+        Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) => {
+            matches!((left.as_ref(), right.as_ref()), (Expr::Column(_), Expr::OuterReferenceColumn(..)) | (Expr::OuterReferenceColumn(..), Expr::Column(_)))
+        }
         _ => false,
     }
 }
@@ -218,10 +211,7 @@ fn with_outer_values(subquery: Subquery, outer: &LogicalPlan, id: usize) -> Resu
         }
         other => Ok(Transformed::no(other)),
     })?;
-    let correlation = references
-        .iter()
-        .enumerate()
-        .map(|(i, (field, column))| value(i).eq(Expr::OuterReferenceColumn(Arc::clone(field), column.clone())));
+    let correlation = references.iter().enumerate().map(|(i, (field, column))| value(i).eq(Expr::OuterReferenceColumn(Arc::clone(field), column.clone())));
     let predicate = conjunction(std::iter::once(local.data).chain(correlation)).expect("at least one conjunct");
     let plan = Arc::unwrap_or_clone(Arc::clone(&subquery.subquery)).transform_up(|node| match node {
         LogicalPlan::Filter(f) if f.predicate == original => {
@@ -267,14 +257,11 @@ mod tests {
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.sql("CREATE TABLE t (c INT) AS VALUES (1), (2), (3)").await.unwrap().collect().await.unwrap();
-        let batches = ctx
-            .sql("SELECT c, (SELECT count(*) FROM t x WHERE x.c > t.c) AS above FROM t ORDER BY c")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
+        let batches = ctx.sql("SELECT c, (SELECT count(*) FROM t x WHERE x.c > t.c) AS above FROM t ORDER BY c").await.unwrap().collect().await.unwrap();
         let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
-        assert_eq!(text.lines().filter(|l| l.starts_with("| ")).skip(1).map(|l| l.split_whitespace().collect::<String>()).collect::<Vec<_>>(), ["|1|2|", "|2|1|", "|3|0|"]);
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("| ")).skip(1).map(|l| l.split_whitespace().collect::<String>()).collect::<Vec<_>>(),
+            ["|1|2|", "|2|1|", "|3|0|"]
+        );
     }
 }

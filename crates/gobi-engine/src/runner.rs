@@ -37,9 +37,9 @@ use gobi_memory::{ByteSize, PoolKind, QueryMemory, StatementLimits};
 
 use crate::engine::{Engine, RETAINED_FREE_PAGES};
 use crate::error::{ErrorKind, GobiError, Result};
-use crate::output::{Output, ResultStream};
 use crate::governed;
 use crate::logs::{query_log_batch, QueryRecord, Status};
+use crate::output::{Output, ResultStream};
 use crate::result_cache::Versions;
 use crate::settings::SessionSettings;
 
@@ -60,7 +60,16 @@ impl Statement {
     pub(crate) async fn begin(engine: &Arc<Engine>, text: &str, settings: SessionSettings, logged: bool) -> Result<Self> {
         engine.admit().await?;
         let scope = engine.memory().begin_query(text, StatementLimits { limit: settings.query_limit, actual_margin: settings.actual_margin });
-        let entry = LogEntry { engine: Arc::clone(engine), scope: Arc::clone(&scope), started: chrono::Utc::now(), spills: (0, 0), from_cache: false, logged, delivered: 0, outcome: None };
+        let entry = LogEntry {
+            engine: Arc::clone(engine),
+            scope: Arc::clone(&scope),
+            started: chrono::Utc::now(),
+            spills: (0, 0),
+            from_cache: false,
+            logged,
+            delivered: 0,
+            outcome: None,
+        };
         Ok(Self { engine: Arc::clone(engine), scope, entry })
     }
 
@@ -115,7 +124,14 @@ impl Statement {
         let schema = physical.schema();
         let stream = datafusion::physical_plan::execute_stream(Arc::clone(&physical), state.task_ctx())?;
         let cache_limit = self.engine.result_cache().entry_limit();
-        let running = Running { statement: Some(self), plan: Some(physical), stream, rows: 0, cache: cache_key.map(|key| CacheFill { key, batches: vec![], bytes: 0 }), cache_limit };
+        let running = Running {
+            statement: Some(self),
+            plan: Some(physical),
+            stream,
+            rows: 0,
+            cache: cache_key.map(|key| CacheFill { key, batches: vec![], bytes: 0 }),
+            cache_limit,
+        };
         let stream = futures::stream::unfold(running, |mut running| async move {
             let statement = running.statement.as_ref()?;
             match running.stream.next().await {
@@ -291,7 +307,11 @@ impl Drop for LogEntry {
         let memory = self.engine.memory();
         let leaked_bytes = self.scope.reserved_bytes() as u64;
         if leaked_bytes > 0 {
-            memory.record_event(PoolKind::Query, format!("leak: query {} ended holding {}: {}", self.scope.id(), ByteSize(leaked_bytes), self.scope.text().chars().take(60).collect::<String>()), 0);
+            memory.record_event(
+                PoolKind::Query,
+                format!("leak: query {} ended holding {}: {}", self.scope.id(), ByteSize(leaked_bytes), self.scope.text().chars().take(60).collect::<String>()),
+                0,
+            );
         }
         gobi_memory::allocator::purge_if_retained_over(RETAINED_FREE_PAGES);
         if !self.logged {
@@ -331,7 +351,11 @@ mod tests {
         let mut options = ConfigOptions::default();
         options.execution.target_partitions = 2;
         fit_execution_to_pool(&mut options, 4 << 20);
-        assert_eq!((options.execution.batch_size.get(), options.execution.sort_spill_reservation_bytes), (256, 512 << 10), "4 MiB: the smallest batches, a quarter of the pool to merge");
+        assert_eq!(
+            (options.execution.batch_size.get(), options.execution.sort_spill_reservation_bytes),
+            (256, 512 << 10),
+            "4 MiB: the smallest batches, a quarter of the pool to merge"
+        );
         assert_eq!(options.execution.sort_in_place_threshold_bytes, 128 << 10);
         fit_execution_to_pool(&mut options, 50 << 20);
         assert_eq!((options.execution.batch_size.get(), options.execution.sort_spill_reservation_bytes), (3200, 50 << 20 >> 3));

@@ -213,11 +213,7 @@ impl Session {
 
     /// Every variable with its type and the bytes its value holds (for `.vars`).
     pub fn variables(&self) -> Vec<VariableSummary> {
-        self.variables
-            .read()
-            .iter()
-            .map(|(name, value)| VariableSummary { name: name.clone(), type_name: value.type_name(), bytes: value.bytes() })
-            .collect()
+        self.variables.read().iter().map(|(name, value)| VariableSummary { name: name.clone(), type_name: value.type_name(), bytes: value.bytes() }).collect()
     }
 
     /// The names of the user functions (for completion).

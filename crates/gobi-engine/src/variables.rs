@@ -123,16 +123,7 @@ impl Variables {
 /// number as Int64 or Float64 and a string as Utf8, so other types keep an explicit cast.
 fn scalar_literal(value: &ScalarValue) -> Result<SqlExpr> {
     use datafusion::logical_expr::{cast, lit};
-    let plain = matches!(
-        value,
-        ScalarValue::Int64(_) | ScalarValue::Float64(_) | ScalarValue::Utf8(Some(_)) | ScalarValue::Boolean(_) | ScalarValue::Null
-    );
-    let expr = if plain {
-        lit(value.clone())
-    } else {
-        cast(lit(value.clone()), value.data_type())
-    };
-    Unparser::default()
-        .expr_to_sql(&expr)
-        .map_err(|e| GobiError::internal(format!("cannot write the value {value} as SQL: {e}")))
+    let plain = matches!(value, ScalarValue::Int64(_) | ScalarValue::Float64(_) | ScalarValue::Utf8(Some(_)) | ScalarValue::Boolean(_) | ScalarValue::Null);
+    let expr = if plain { lit(value.clone()) } else { cast(lit(value.clone()), value.data_type()) };
+    Unparser::default().expr_to_sql(&expr).map_err(|e| GobiError::internal(format!("cannot write the value {value} as SQL: {e}")))
 }

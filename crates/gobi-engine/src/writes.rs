@@ -10,18 +10,18 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::Column;
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{cast, CreateMemoryTable, DdlStatement, Expr, LogicalPlan, LogicalPlanBuilder};
-use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::sql::sqlparser::ast::{ColumnDef, Statement as SqlStatement};
-use gobi_lang::Ast;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::StructField;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
+use gobi_lang::Ast;
 
 use crate::catalog::{unknown_table, LakehouseSchema};
 use crate::error::{classify_delta, not_null_violation, ErrorKind, GobiError, NotNullViolation, Result};
@@ -39,8 +39,9 @@ pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create
     }
     refuse_defaults(create)?;
     if exists && !create.or_replace {
-        return Err(GobiError::plan(format!("table {name} already exists"))
-            .with_hint("use CREATE TABLE IF NOT EXISTS, CREATE OR REPLACE TABLE, or DROP TABLE first"));
+        return Err(
+            GobiError::plan(format!("table {name} already exists")).with_hint("use CREATE TABLE IF NOT EXISTS, CREATE OR REPLACE TABLE, or DROP TABLE first")
+        );
     }
     std::fs::create_dir_all(lakehouse.table_path(name)?)?;
     let table = if exists { schema.delta_table(name).await? } else { DeltaTable::try_from_url(lakehouse.table_url(name)?).await? };
@@ -64,10 +65,9 @@ pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create
         table.create().with_columns(columns).with_table_name(name).with_commit_properties(commit_properties()).await
     };
     let table = table.map_err(|e| match classify_delta(&e) {
-        ErrorKind::Conflict => GobiError::new(
-            ErrorKind::Conflict,
-            format!("table {name} was {} by another writer at the same time", if exists { "changed" } else { "created" }),
-        ),
+        ErrorKind::Conflict => {
+            GobiError::new(ErrorKind::Conflict, format!("table {name} was {} by another writer at the same time", if exists { "changed" } else { "created" }))
+        }
         _ => e.into(),
     })?;
     let rows = committed_metric(&table, "num_added_rows").await;
@@ -174,9 +174,10 @@ fn planned_change(input: &LogicalPlan, statement: &str) -> Result<PlannedChange>
         LogicalPlan::Limit(_) => return Err(GobiError::plan(format!("{statement} … LIMIT is not supported on Delta tables"))),
         _ => return Err(GobiError::plan(format!("{statement} with FROM or joins is not supported on Delta tables yet"))),
     };
-    let has_subquery = predicate.iter().chain(assignments.iter().map(|(_, e)| e)).any(|e| {
-        e.exists(|e| Ok(matches!(e, Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)))).unwrap_or(true)
-    });
+    let has_subquery = predicate
+        .iter()
+        .chain(assignments.iter().map(|(_, e)| e))
+        .any(|e| e.exists(|e| Ok(matches!(e, Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)))).unwrap_or(true));
     if has_subquery {
         return Err(GobiError::plan(format!("{statement} with a subquery is not supported on Delta tables yet"))
             .with_hint("compute the rows first, e.g. CREATE TABLE keep AS SELECT … then CREATE OR REPLACE TABLE"));
@@ -231,10 +232,7 @@ pub async fn add_columns(schema: &LakehouseSchema, name: &str, columns: Vec<(Fie
             return Err(GobiError::plan(format!("column {} already exists in {name}", field.name())));
         }
         if !field.is_nullable() {
-            return Err(GobiError::plan(format!(
-                "cannot add NOT NULL column {}: the rows already in {name} would have no value for it",
-                field.name()
-            )));
+            return Err(GobiError::plan(format!("cannot add NOT NULL column {}: the rows already in {name} would have no value for it", field.name())));
         }
         fields.push(field);
     }
@@ -332,11 +330,7 @@ pub async fn history(schema: &LakehouseSchema, name: &str) -> Result<Output> {
         let Some(info) = commit_info(&table, version).await else { continue };
         versions.push(version as i64);
         let millis = info.get("timestamp").and_then(|t| t.as_i64()).unwrap_or(0);
-        timestamps.push(
-            chrono::DateTime::from_timestamp_millis(millis)
-                .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
-                .unwrap_or_default(),
-        );
+        timestamps.push(chrono::DateTime::from_timestamp_millis(millis).map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()).unwrap_or_default());
         operations.push(info.get("operation").and_then(|o| o.as_str()).unwrap_or("").to_string());
         parameters.push(info.get("operationParameters").map(|p| p.to_string()).unwrap_or_default());
         metrics.push(info.get("operationMetrics").map(|p| p.to_string()).unwrap_or_default());
@@ -375,19 +369,13 @@ async fn committed_metric(table: &DeltaTable, key: &str) -> Option<u64> {
 }
 
 fn commit_properties() -> CommitProperties {
-    CommitProperties::default().with_metadata([(
-        "engineInfo".to_string(),
-        serde_json::Value::String(format!("gobi/{}", env!("CARGO_PKG_VERSION"))),
-    )])
+    CommitProperties::default().with_metadata([("engineInfo".to_string(), serde_json::Value::String(format!("gobi/{}", env!("CARGO_PKG_VERSION"))))])
 }
 
 /// The row count that INSERT, UPDATE and DELETE return, shaped as DataFusion returns it.
 fn batch_output(columns: Vec<(&str, DataType, ArrayRef)>) -> Result<Output> {
-    let schema = Arc::new(Schema::new(
-        columns.iter().map(|(name, data_type, _)| Field::new(*name, data_type.clone(), false)).collect::<Vec<_>>(),
-    ));
-    let batch = RecordBatch::try_new(Arc::clone(&schema), columns.into_iter().map(|(_, _, a)| a).collect())
-        .map_err(|e| GobiError::internal(e.to_string()))?;
+    let schema = Arc::new(Schema::new(columns.iter().map(|(name, data_type, _)| Field::new(*name, data_type.clone(), false)).collect::<Vec<_>>()));
+    let batch = RecordBatch::try_new(Arc::clone(&schema), columns.into_iter().map(|(_, _, a)| a).collect()).map_err(|e| GobiError::internal(e.to_string()))?;
     Ok(Output::rows(vec![batch], schema))
 }
 
@@ -408,9 +396,7 @@ fn delta_type(data_type: &DataType) -> Option<DataType> {
         DataType::UInt32 | DataType::UInt64 => Some(DataType::Int64),
         DataType::Float16 => Some(DataType::Float32),
         DataType::Null => Some(DataType::Utf8),
-        DataType::Timestamp(unit, zone) if *unit != TimeUnit::Microsecond => {
-            Some(DataType::Timestamp(TimeUnit::Microsecond, zone.clone()))
-        }
+        DataType::Timestamp(unit, zone) if *unit != TimeUnit::Microsecond => Some(DataType::Timestamp(TimeUnit::Microsecond, zone.clone())),
         _ => None,
     }
 }

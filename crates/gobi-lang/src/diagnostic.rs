@@ -40,13 +40,9 @@ impl SyntaxError {
         let (message, position) = match raw.rfind(" at Line: ") {
             Some(at) => {
                 let tail = &raw[at + " at Line: ".len()..];
-                let mut numbers = tail
-                    .split(", Column: ")
-                    .map(|n| n.trim().parse::<u64>().ok());
+                let mut numbers = tail.split(", Column: ").map(|n| n.trim().parse::<u64>().ok());
                 match (numbers.next().flatten(), numbers.next().flatten()) {
-                    (Some(line), Some(column)) if line > 0 => {
-                        (raw[..at].to_string(), Position { line, column })
-                    }
+                    (Some(line), Some(column)) if line > 0 => (raw[..at].to_string(), Position { line, column }),
                     _ => (raw.to_string(), fallback),
                 }
             }
@@ -70,15 +66,8 @@ pub fn render_snippet(source: &str, position: Position, width: usize) -> String 
     };
     let number = position.line.to_string();
     let gutter = " ".repeat(number.len());
-    let indent: String = line_text
-        .chars()
-        .take(position.column.saturating_sub(1) as usize)
-        .map(|c| if c == '\t' { '\t' } else { ' ' })
-        .collect();
-    format!(
-        "{gutter}--> {position}\n{gutter} |\n{number} | {line_text}\n{gutter} | {indent}{}\n",
-        "^".repeat(width.max(1))
-    )
+    let indent: String = line_text.chars().take(position.column.saturating_sub(1) as usize).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
+    format!("{gutter}--> {position}\n{gutter} |\n{number} | {line_text}\n{gutter} | {indent}{}\n", "^".repeat(width.max(1)))
 }
 
 /// The known name within a small edit distance of `name`, if any.

@@ -153,8 +153,8 @@ fn parse_match_arms(parser: &mut Parser, subject: Expr) -> Result<Expr, ParserEr
         if default.is_some() {
             return parser.expected("`}` after the `_` arm, which must come last", parser.peek_token());
         }
-        let is_default = matches!(&parser.peek_token().token, Token::Word(w) if w.quote_style.is_none() && w.value == "_")
-            && parser.peek_nth_token(1).token == Token::Arrow;
+        let is_default =
+            matches!(&parser.peek_token().token, Token::Word(w) if w.quote_style.is_none() && w.value == "_") && parser.peek_nth_token(1).token == Token::Arrow;
         let pattern = if is_default {
             parser.next_token();
             None
@@ -175,13 +175,7 @@ fn parse_match_arms(parser: &mut Parser, subject: Expr) -> Result<Expr, ParserEr
     if conditions.is_empty() {
         return parser.expected("at least one `pattern -> result` arm in match", parser.peek_token());
     }
-    Ok(Expr::Case {
-        case_token: AttachedToken::empty(),
-        end_token: AttachedToken::empty(),
-        operand: Some(Box::new(subject)),
-        conditions,
-        else_result: default,
-    })
+    Ok(Expr::Case { case_token: AttachedToken::empty(), end_token: AttachedToken::empty(), operand: Some(Box::new(subject)), conditions, else_result: default })
 }
 
 pub(crate) fn is_keyword(token: &Token, text: &str) -> bool {

@@ -15,8 +15,8 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use datafusion::sql::sqlparser::ast::{
-    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, ObjectName, ObjectNamePart, Query, SelectFlavor, SelectItem,
-    SetExpr, Value, ValueWithSpan, VisitMut, VisitorMut,
+    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, ObjectName, ObjectNamePart, Query, SelectFlavor, SelectItem, SetExpr, Value, ValueWithSpan,
+    VisitMut, VisitorMut,
 };
 use datafusion::sql::sqlparser::tokenizer::Span;
 
@@ -108,7 +108,9 @@ impl Expander<'_> {
                 let name = name.to_lowercase();
                 match self.scope.variable(&name) {
                     Some(value) => Ok(Some(Expr::Nested(Box::new(value)))),
-                    None => Err(unknown("variable", &format!("${name}"), &self.scope.variable_names().iter().map(|n| format!("${n}")).collect::<Vec<_>>(), *span)),
+                    None => {
+                        Err(unknown("variable", &format!("${name}"), &self.scope.variable_names().iter().map(|n| format!("${n}")).collect::<Vec<_>>(), *span))
+                    }
                 }
             }
             Expr::Function(call) => {
@@ -118,9 +120,7 @@ impl Expander<'_> {
                     return self.type_of(call, span).map(Some);
                 }
                 let Some(function) = self.scope.function(&name) else { return Ok(None) };
-                let args = plain_args(&call.args).ok_or_else(|| {
-                    error(format!("{} takes plain arguments: {}", function.name, function.signature()), span)
-                })?;
+                let args = plain_args(&call.args).ok_or_else(|| error(format!("{} takes plain arguments: {}", function.name, function.signature()), span))?;
                 if args.len() != function.params.len() {
                     return Err(error(
                         format!(
@@ -194,8 +194,7 @@ impl VisitorMut for FindsAdditions<'_> {
     fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
         self.found = match expr {
             Expr::Value(ValueWithSpan { value: Value::Placeholder(_), .. }) => true,
-            Expr::Function(call) => single_name(&call.name)
-                .is_some_and(|name| name == "@typeof" || self.scope.function(&name).is_some_and(|f| !f.is_block())),
+            Expr::Function(call) => single_name(&call.name).is_some_and(|name| name == "@typeof" || self.scope.function(&name).is_some_and(|f| !f.is_block())),
             _ => false,
         };
         if self.found {

@@ -48,9 +48,15 @@ pub enum FunctionBody {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum BlockStatement {
-    Let { name: String, value: Expr },
+    Let {
+        name: String,
+        value: Expr,
+    },
     /// `if c1 then … elif c2 then … else … end`: the first true condition's branch runs.
-    If { branches: Vec<(Expr, Vec<BlockStatement>)>, otherwise: Vec<BlockStatement> },
+    If {
+        branches: Vec<(Expr, Vec<BlockStatement>)>,
+        otherwise: Vec<BlockStatement>,
+    },
     Return(Expr),
 }
 

@@ -38,9 +38,47 @@ pub const CORPUS: &[&str] = &[
 
 /// Pieces that stress the additions' grammar when dropped into a statement.
 const FRAGMENTS: &[&str] = &[
-    "|>", "{", "}", "(", ")", "match", "->", "_", "$x", "$", "let", "FUNCTION", "=>", ";", "'", "\"", "FROM", "SELECT",
-    "WHERE", "if", "then", "elif", "else", "end", "return", "RETURNS", "@TypeOf", "AS OF VERSION", ",", "\n", "--", "/*",
-    "AGGREGATE", "EXTEND", "JOIN", "COPY", "TO", "1e999", "NULL", "é", "\u{0}",
+    "|>",
+    "{",
+    "}",
+    "(",
+    ")",
+    "match",
+    "->",
+    "_",
+    "$x",
+    "$",
+    "let",
+    "FUNCTION",
+    "=>",
+    ";",
+    "'",
+    "\"",
+    "FROM",
+    "SELECT",
+    "WHERE",
+    "if",
+    "then",
+    "elif",
+    "else",
+    "end",
+    "return",
+    "RETURNS",
+    "@TypeOf",
+    "AS OF VERSION",
+    ",",
+    "\n",
+    "--",
+    "/*",
+    "AGGREGATE",
+    "EXTEND",
+    "JOIN",
+    "COPY",
+    "TO",
+    "1e999",
+    "NULL",
+    "é",
+    "\u{0}",
 ];
 
 /// A corpus statement with one edit: a span deleted, a fragment inserted, or a span repeated.
@@ -50,8 +88,7 @@ pub fn mutated() -> impl Strategy<Value = String> {
             let text: Vec<char> = CORPUS[statement].chars().collect();
             let (i, j) = (a.index(text.len() + 1), b.index(text.len() + 1));
             let (from, to) = (i.min(j), i.max(j));
-            let (head, middle, tail): (String, String, String) =
-                (text[..from].iter().collect(), text[from..to].iter().collect(), text[to..].iter().collect());
+            let (head, middle, tail): (String, String, String) = (text[..from].iter().collect(), text[from..to].iter().collect(), text[to..].iter().collect());
             match edit {
                 0 => format!("{head}{tail}"),
                 1 => format!("{head} {} {middle}{tail}", FRAGMENTS[fragment]),
@@ -69,9 +106,7 @@ pub fn arbitrary() -> impl Strategy<Value = String> {
 /// An error's position lies within the text (one past its end at most).
 pub fn within(source: &str, line: u64, column: u64) -> bool {
     let lines: Vec<&str> = source.split('\n').collect();
-    line >= 1
-        && column >= 1
-        && lines.get(line as usize - 1).is_some_and(|l| column as usize <= l.chars().count() + 1)
+    line >= 1 && column >= 1 && lines.get(line as usize - 1).is_some_and(|l| column as usize <= l.chars().count() + 1)
 }
 
 #[cfg(test)]

@@ -17,17 +17,28 @@ use crate::versioned::{TableVersion, VersionedName};
 pub enum Command {
     Sql(Ast),
     /// `SHOW HISTORY table`: the table's Delta commits.
-    ShowHistory { table: String },
+    ShowHistory {
+        table: String,
+    },
     /// `let name = value`: a session variable, replaced if it exists.
-    Let { name: String, value: LetValue },
+    Let {
+        name: String,
+        value: LetValue,
+    },
     /// `FUNCTION name(…) …`: defines (or replaces) a user function.
     DefineFunction(Box<FunctionDef>),
     /// `SHOW FUNCTIONS`
     ShowFunctions,
     /// `DROP FUNCTION [IF EXISTS] name`
-    DropFunction { name: String, if_exists: bool },
+    DropFunction {
+        name: String,
+        if_exists: bool,
+    },
     /// `COPY 'file' TO table`: appends the file's rows to a table.
-    CopyFrom { file: String, table: String },
+    CopyFrom {
+        file: String,
+        table: String,
+    },
 }
 
 /// What a `let` binds: a scalar (read as `$name`) or a table (named in `FROM`).
@@ -238,9 +249,7 @@ fn rewrite_time_travel(tokens: Vec<TokenWithSpan>) -> Result<Vec<TokenWithSpan>,
     while i < significant.len() {
         let is_clause = is_word(&significant[i].token, "as")
             && significant.get(i + 1).is_some_and(|t| is_word(&t.token, "of"))
-            && significant
-                .get(i + 2)
-                .is_some_and(|t| is_word(&t.token, "version") || is_word(&t.token, "timestamp"));
+            && significant.get(i + 2).is_some_and(|t| is_word(&t.token, "version") || is_word(&t.token, "timestamp"));
         let previous_is_name = matches!(out.last().map(|t| &t.token), Some(Token::Word(_)));
         if !(is_clause && previous_is_name) {
             out.push(significant[i].clone());
@@ -350,9 +359,7 @@ struct LineIndex {
 
 impl LineIndex {
     fn new(source: &str) -> Self {
-        let starts = std::iter::once(0)
-            .chain(source.match_indices('\n').map(|(i, _)| i + 1))
-            .collect();
+        let starts = std::iter::once(0).chain(source.match_indices('\n').map(|(i, _)| i + 1)).collect();
         Self { starts }
     }
 
@@ -360,10 +367,7 @@ impl LineIndex {
         let Some(&start) = self.starts.get(line.saturating_sub(1) as usize) else {
             return source.len();
         };
-        source[start..]
-            .char_indices()
-            .nth(column.saturating_sub(1) as usize)
-            .map_or(source.len(), |(i, _)| start + i)
+        source[start..].char_indices().nth(column.saturating_sub(1) as usize).map_or(source.len(), |(i, _)| start + i)
     }
 
     fn slice<'a>(

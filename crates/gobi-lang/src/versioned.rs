@@ -31,10 +31,7 @@ impl VersionedName {
             return Some(Self { table: table.to_string(), version: TableVersion::Version(version) });
         }
         let (table, timestamp) = name.split_once(TIMESTAMP_TAG)?;
-        Some(Self {
-            table: table.to_string(),
-            version: TableVersion::Timestamp(timestamp.to_string()),
-        })
+        Some(Self { table: table.to_string(), version: TableVersion::Timestamp(timestamp.to_string()) })
     }
 }
 

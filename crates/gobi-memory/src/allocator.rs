@@ -184,10 +184,7 @@ impl ProcessMemory {
     pub fn now() -> Self {
         let (allocated, resident) = if counting() {
             let _ = tikv_jemalloc_ctl::epoch::advance();
-            (
-                tikv_jemalloc_ctl::stats::allocated::read().unwrap_or(0),
-                tikv_jemalloc_ctl::stats::resident::read().unwrap_or(0),
-            )
+            (tikv_jemalloc_ctl::stats::allocated::read().unwrap_or(0), tikv_jemalloc_ctl::stats::resident::read().unwrap_or(0))
         } else {
             (0, 0)
         };

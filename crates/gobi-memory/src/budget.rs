@@ -61,11 +61,7 @@ pub struct PoolLimits {
 
 impl Default for PoolLimits {
     fn default() -> Self {
-        Self {
-            query: ByteSize::mib(50),
-            cache: ByteSize::mib(100),
-            temp: ByteSize::mib(25),
-        }
+        Self { query: ByteSize::mib(50), cache: ByteSize::mib(100), temp: ByteSize::mib(25) }
     }
 }
 
@@ -277,7 +273,11 @@ impl Budget {
         if self.reclaimable(PoolKind::Query) > 0 {
             let freed = self.reclaim(PoolKind::Query, bytes);
             if freed > 0 {
-                self.record_event(PoolKind::Query, format!("evicted {} of cache entries borrowed from the query pool for {consumer} of query {query}", ByteSize(freed as u64)), freed as u64);
+                self.record_event(
+                    PoolKind::Query,
+                    format!("evicted {} of cache entries borrowed from the query pool for {consumer} of query {query}", ByteSize(freed as u64)),
+                    freed as u64,
+                );
             }
             if query_pool.try_reserve(bytes).is_ok() {
                 return true;
@@ -289,7 +289,11 @@ impl Budget {
             if freed == 0 || cache_pool.try_reserve(bytes).is_err() {
                 return false;
             }
-            self.record_event(PoolKind::Cache, format!("evicted {} of cache entries so {consumer} of query {query} could borrow it", ByteSize(freed as u64)), freed as u64);
+            self.record_event(
+                PoolKind::Cache,
+                format!("evicted {} of cache entries so {consumer} of query {query} could borrow it", ByteSize(freed as u64)),
+                freed as u64,
+            );
         }
         loan.0.fetch_add(bytes, Ordering::AcqRel);
         true
@@ -475,7 +479,11 @@ mod tests {
         budget.pool(PoolKind::Query).try_reserve(400).unwrap();
         let loan = Loan::default();
         assert!(budget.borrow(300, &loan, "HashJoinInput", 7));
-        assert_eq!((cache.reclaimable(PoolKind::Query), budget.pool(PoolKind::Query).reserved(), loan.bytes()), (300, 1000, 0), "evicted just enough, nothing borrowed");
+        assert_eq!(
+            (cache.reclaimable(PoolKind::Query), budget.pool(PoolKind::Query).reserved(), loan.bytes()),
+            (300, 1000, 0),
+            "evicted just enough, nothing borrowed"
+        );
         assert!(budget.take_events()[0].action.contains("evicted 300B of cache entries borrowed from the query pool for HashJoinInput of query 7"));
     }
 
@@ -494,7 +502,11 @@ mod tests {
         assert_eq!((cache.reclaimable(PoolKind::Cache), budget.pool(PoolKind::Cache).reserved()), (0, 250), "the cache was evicted trying");
 
         budget.give_back(300, &loan);
-        assert_eq!((loan.bytes(), budget.pool(PoolKind::Cache).reserved(), budget.pool(PoolKind::Query).reserved()), (0, 0, 950), "borrowed bytes go back first");
+        assert_eq!(
+            (loan.bytes(), budget.pool(PoolKind::Cache).reserved(), budget.pool(PoolKind::Query).reserved()),
+            (0, 0, 950),
+            "borrowed bytes go back first"
+        );
     }
 
     #[test]

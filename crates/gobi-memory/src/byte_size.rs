@@ -43,17 +43,11 @@ impl FromStr for ByteSize {
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         let error = || ByteSizeError { input: input.to_string() };
         let text = input.trim();
-        let split = text
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(text.len());
+        let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
         let (number, unit) = text.split_at(split);
         let number: f64 = number.parse().map_err(|_| error())?;
         let unit = unit.trim().to_ascii_lowercase();
-        let multiplier = if unit.is_empty() {
-            1
-        } else {
-            UNITS.iter().find(|(name, _)| *name == unit).ok_or_else(error)?.1
-        };
+        let multiplier = if unit.is_empty() { 1 } else { UNITS.iter().find(|(name, _)| *name == unit).ok_or_else(error)?.1 };
         let bytes = number * multiplier as f64;
         if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
             return Err(error());
@@ -66,10 +60,8 @@ impl fmt::Display for ByteSize {
     /// The largest binary unit that keeps the number at least 1, without trailing zeros:
     /// `50MiB`, `1.5GiB`, `100B`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (unit, size) = [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)]
-            .into_iter()
-            .find(|(_, size)| self.0 >= *size)
-            .unwrap_or(("B", 1));
+        let (unit, size) =
+            [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)].into_iter().find(|(_, size)| self.0 >= *size).unwrap_or(("B", 1));
         let value = self.0 as f64 / size as f64;
         let text = format!("{value:.2}");
         let text = text.trim_end_matches('0').trim_end_matches('.');

@@ -95,10 +95,11 @@ impl MemoryManager {
             .iter()
             .flat_map(|q| {
                 let ended = q.has_ended();
-                q.consumers()
-                    .into_iter()
-                    .filter(move |c| c.reserved > 0 && (ended || c.age >= threshold))
-                    .map(move |consumer| LeakStats { consumer, text: q.text().chars().take(60).collect(), ended })
+                q.consumers().into_iter().filter(move |c| c.reserved > 0 && (ended || c.age >= threshold)).map(move |consumer| LeakStats {
+                    consumer,
+                    text: q.text().chars().take(60).collect(),
+                    ended,
+                })
             })
             .collect();
         leaks.sort_by_key(|leak| std::cmp::Reverse(leak.consumer.reserved));
@@ -114,7 +115,11 @@ impl MemoryManager {
             for (consumer, bytes) in query.write_off() {
                 released.reservations += 1;
                 released.bytes += bytes;
-                self.record_event(PoolKind::Query, format!("cleanup: released {} held by {consumer} of ended query {}", ByteSize(bytes as u64), query.id()), bytes as u64);
+                self.record_event(
+                    PoolKind::Query,
+                    format!("cleanup: released {} held by {consumer} of ended query {}", ByteSize(bytes as u64), query.id()),
+                    bytes as u64,
+                );
             }
         }
         released
@@ -249,7 +254,12 @@ mod tests {
         join.try_grow(300).unwrap();
         assert_eq!(manager.pool(PoolKind::Query).reserved(), 900);
         let error = join.try_grow(200).unwrap_err().to_string();
-        for part in ["the query pool is full", "HashJoinInput (query 1) asked for 200B", "ExternalSorter[0] of query 1 (can spill) holds 600B", "SET memory.query_pool = '1MiB'"] {
+        for part in [
+            "the query pool is full",
+            "HashJoinInput (query 1) asked for 200B",
+            "ExternalSorter[0] of query 1 (can spill) holds 600B",
+            "SET memory.query_pool = '1MiB'",
+        ] {
             assert!(error.contains(part), "{part} in {error}");
         }
         let consumers = manager.consumers();
@@ -279,7 +289,10 @@ mod tests {
         manager.live_queries().iter().find(|q| q.text() == "SELECT leaky").unwrap().end();
         let leaks = manager.leaks(Duration::from_secs(300));
         assert_eq!(leaks.len(), 1);
-        assert_eq!((leaks[0].consumer.name.as_str(), leaks[0].consumer.reserved, leaks[0].text.as_str(), leaks[0].ended), ("HashJoinInput", 4096, "SELECT leaky", true));
+        assert_eq!(
+            (leaks[0].consumer.name.as_str(), leaks[0].consumer.reserved, leaks[0].text.as_str(), leaks[0].ended),
+            ("HashJoinInput", 4096, "SELECT leaky", true)
+        );
         let released = manager.release_ended();
         assert_eq!((released.reservations, released.bytes), (1, PoolKind::Query.block()), "the whole block the pool held for it");
         assert_eq!(manager.pool(PoolKind::Query).reserved(), 0);
@@ -300,7 +313,11 @@ mod tests {
         let error = small.try_grow(20 << 10).unwrap_err().to_string();
         assert!(error.contains("Largest holders: HashJoinInput of query 1 (cannot spill) holds 48KiB"), "{error}");
         let _kept = manager.reserve(PoolKind::Temp, 1 << 20, "let a").unwrap();
-        assert_eq!(manager.consumers().iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["let a", "HashJoinInput", "ExternalSorter[0]"], "statements' consumers and kept reservations, largest first");
+        assert_eq!(
+            manager.consumers().iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            ["let a", "HashJoinInput", "ExternalSorter[0]"],
+            "statements' consumers and kept reservations, largest first"
+        );
     }
 
     #[test]

@@ -289,7 +289,10 @@ mod tests {
 
     #[test]
     fn pressure_thresholds() {
-        assert_eq!([0, 79, 80, 94, 95, 100, 120].map(|r| Pressure::of(r, 100)), [Pressure::Normal, Pressure::Normal, Pressure::High, Pressure::High, Pressure::Critical, Pressure::Critical, Pressure::Critical]);
+        assert_eq!(
+            [0, 79, 80, 94, 95, 100, 120].map(|r| Pressure::of(r, 100)),
+            [Pressure::Normal, Pressure::Normal, Pressure::High, Pressure::High, Pressure::Critical, Pressure::Critical, Pressure::Critical]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -428,13 +428,8 @@ impl QueryMemory {
         if let Ok(Some(result)) = recent {
             return result;
         }
-        let consumer = self
-            .consumers
-            .read()
-            .expect("the consumer map is never poisoned")
-            .get(&id)
-            .cloned()
-            .expect("DataFusion registers a consumer before it reserves");
+        let consumer =
+            self.consumers.read().expect("the consumer map is never poisoned").get(&id).cloned().expect("DataFusion registers a consumer before it reserves");
         let result = f.take().map(|f| f(&consumer)).expect("not called yet");
         // (Not at all while the thread is ending and its locals are gone.)
         let _ = RECENT.try_with(|recent| {
@@ -538,7 +533,12 @@ impl QueryMemory {
                 _ => self.budget.spill_share(),
             };
             if held + short > share {
-                return Err(Refused { available: share.saturating_sub(held), limit: share, what: "this operator's share of the query pool", setting: "memory.query_pool" });
+                return Err(Refused {
+                    available: share.saturating_sub(held),
+                    limit: share,
+                    what: "this operator's share of the query pool",
+                    setting: "memory.query_pool",
+                });
             }
             most = most.min(share - held);
         }
@@ -571,12 +571,7 @@ impl QueryMemory {
             .filter_map(|c| Some((c, c.query?)))
             .take(TOP_CONSUMERS)
             .map(|(c, query)| {
-                format!(
-                    "{} of query {query} ({}) holds {}",
-                    c.name,
-                    if c.can_spill { "can spill" } else { "cannot spill" },
-                    ByteSize(c.reserved as u64)
-                )
+                format!("{} of query {query} ({}) holds {}", c.name, if c.can_spill { "can spill" } else { "cannot spill" }, ByteSize(c.reserved as u64))
             })
             .collect();
         let needed = (limit + bytes - available).div_ceil(1 << 20) as u64;
@@ -712,7 +707,8 @@ mod tests {
 
     #[test]
     fn small_growths_go_to_the_pool_once_per_block_and_shrinks_keep_one_spare_block() {
-        let (budget, statement, query) = statement(PoolLimits { query: ByteSize::mib(1), cache: ByteSize(0), ..PoolLimits::default() }, StatementLimits::default());
+        let (budget, statement, query) =
+            statement(PoolLimits { query: ByteSize::mib(1), cache: ByteSize(0), ..PoolLimits::default() }, StatementLimits::default());
         let reservation = MemoryConsumer::new("GroupedHashAggregateStream[0]").with_can_spill(true).register(&query);
         let pool = budget.pool(PoolKind::Query);
         for _ in 0..81 {
@@ -745,7 +741,10 @@ mod tests {
 
     #[test]
     fn a_query_limit_stops_one_query_before_the_pool() {
-        let (_, _, query) = statement(PoolLimits { query: ByteSize(1000), cache: ByteSize(0), ..PoolLimits::default() }, StatementLimits { limit: Some(100), ..StatementLimits::default() });
+        let (_, _, query) = statement(
+            PoolLimits { query: ByteSize(1000), cache: ByteSize(0), ..PoolLimits::default() },
+            StatementLimits { limit: Some(100), ..StatementLimits::default() },
+        );
         let r = MemoryConsumer::new("GroupedHashAggregateStream[0]").register(&query);
         r.try_grow(100).unwrap();
         let error = r.try_grow(1).unwrap_err().to_string();
@@ -790,13 +789,18 @@ mod wait {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_release_on_another_thread_wakes_who_waits_for_the_statement() {
         let (budget, statement, query) = statement(PoolLimits::default(), StatementLimits::default());
-        let (sort, join) = (MemoryConsumer::new("ExternalSorter[0]").with_can_spill(true).register(&query), MemoryConsumer::new("HashJoinInput").register(&query));
+        let (sort, join) =
+            (MemoryConsumer::new("ExternalSorter[0]").with_can_spill(true).register(&query), MemoryConsumer::new("HashJoinInput").register(&query));
         sort.try_grow(100_000).unwrap();
         join.try_grow(10).unwrap();
-        let releaser = once_waiting(&statement, |statement| statement.released.waiting(), move |_| {
-            drop(sort);
-            drop(join);
-        });
+        let releaser = once_waiting(
+            &statement,
+            |statement| statement.released.waiting(),
+            move |_| {
+                drop(sort);
+                drop(join);
+            },
+        );
         assert!(statement.wait_released(Duration::from_secs(60)).await, "woken by the release that reached 0");
         assert_eq!((statement.reserved_bytes(), budget.pool(PoolKind::Query).reserved()), (0, 0));
         releaser.join().unwrap();
@@ -863,6 +867,9 @@ mod pressure {
         // Two spillable consumers share the 184 KiB the join leaves: 92 KiB each.
         assert_eq!(grows_to(&after), 40 << 10, "registered under high pressure: half of its 92 KiB share, in whole blocks");
         assert_eq!(grows_to(&before), 88 << 10, "registered before: its whole share");
-        assert!(budget.take_events().iter().any(|e| e.action.contains("ExternalSorter[1] of query 1 spills at half its fair share") && e.level == Pressure::High));
+        assert!(budget
+            .take_events()
+            .iter()
+            .any(|e| e.action.contains("ExternalSorter[1] of query 1 spills at half its fair share") && e.level == Pressure::High));
     }
 }

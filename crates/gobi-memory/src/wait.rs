@@ -76,7 +76,11 @@ impl Waiters {
 /// For tests: runs `act` on `on` in a new thread once `waiting` counts a waiter, so that only
 /// a wake-up can end the wait (a change made before the waiter registered would prove nothing).
 #[cfg(test)]
-pub(crate) fn once_waiting<T: Send + Sync + 'static>(on: &std::sync::Arc<T>, waiting: fn(&T) -> usize, act: impl FnOnce(&T) + Send + 'static) -> std::thread::JoinHandle<()> {
+pub(crate) fn once_waiting<T: Send + Sync + 'static>(
+    on: &std::sync::Arc<T>,
+    waiting: fn(&T) -> usize,
+    act: impl FnOnce(&T) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
     let on = std::sync::Arc::clone(on);
     std::thread::spawn(move || {
         while waiting(&on) == 0 {

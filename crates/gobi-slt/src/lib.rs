@@ -148,14 +148,7 @@ fn batch_rows(batch: &RecordBatch) -> Result<Vec<Vec<String>>, GobiError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| GobiError::internal(e.to_string()))?;
     Ok((0..batch.num_rows())
-        .map(|row| {
-            batch
-                .columns()
-                .iter()
-                .zip(&formatters)
-                .map(|(column, formatter)| cell(column, row, &formatter.value(row).to_string()))
-                .collect()
-        })
+        .map(|row| batch.columns().iter().zip(&formatters).map(|(column, formatter)| cell(column, row, &formatter.value(row).to_string())).collect())
         .collect())
 }
 
@@ -178,10 +171,18 @@ fn float(value: f64) -> String {
     if value.is_nan() {
         "NaN".into()
     } else if value.is_infinite() {
-        if value > 0.0 { "Infinity".into() } else { "-Infinity".into() }
+        if value > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        }
     } else {
         let text = trim_fraction(format!("{value:.12}"));
-        if text == "-0" { "0".into() } else { text }
+        if text == "-0" {
+            "0".into()
+        } else {
+            text
+        }
     }
 }
 

@@ -75,7 +75,8 @@ fn every_command_explains_itself_with_an_example() {
 #[test]
 fn repl_reads_multi_line_statements_and_dot_commands() {
     let lh = Lakehouse::new();
-    let session = "CREATE TABLE t (a INT,\n  b STRING);\nINSERT INTO t\nVALUES (1, 'x');\nSELECT a, b\n  FROM t;\n.tables\n.schema t\nSELECT nope FROM t;\n.quit\n";
+    let session =
+        "CREATE TABLE t (a INT,\n  b STRING);\nINSERT INTO t\nVALUES (1, 'x');\nSELECT a, b\n  FROM t;\n.tables\n.schema t\nSELECT nope FROM t;\n.quit\n";
     let run = gobi_stdin(&["repl", "--format", "csv"], lh.path(), session).ok();
     assert!(run.stdout.contains("a,b\n1,x\n"), "{}", run.stdout);
     assert!(run.stdout.contains("name,kind\nt,table\n"), "{}", run.stdout);

@@ -12,17 +12,8 @@ fn concurrent_writers_lose_no_write() {
     lh.run("CREATE TABLE t (writer INT, n INT)").ok();
     let writers: Vec<_> = (0..4)
         .map(|writer| {
-            let script = (0..3)
-                .map(|n| format!("INSERT INTO t VALUES ({writer}, {n}), ({writer}, {})", n + 100))
-                .collect::<Vec<_>>()
-                .join(";\n");
-            Command::new(GOBI)
-                .args(["query", &script])
-                .current_dir(lh.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+            let script = (0..3).map(|n| format!("INSERT INTO t VALUES ({writer}, {n}), ({writer}, {})", n + 100)).collect::<Vec<_>>().join(";\n");
+            Command::new(GOBI).args(["query", &script]).current_dir(lh.path()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
         })
         .collect();
     for writer in writers {
@@ -44,9 +35,8 @@ fn a_kill_during_insert_leaves_the_table_at_its_previous_version() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let data_files = || {
-        std::fs::read_dir(lh.path().join("tables/t")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".parquet")).count()
-    };
+    let data_files =
+        || std::fs::read_dir(lh.path().join("tables/t")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".parquet")).count();
     let files_before = data_files();
     let started = Instant::now();
     while data_files() == files_before && started.elapsed() < Duration::from_secs(60) {

@@ -25,13 +25,7 @@ fn committed() -> BTreeMap<String, u64> {
 /// Runs `gobi-slt` on the committed files under `dir` (their paths relative to it).
 fn run_corpus(dir: &Path, files: &[&String]) -> BTreeMap<String, Counts> {
     let out = tempfile::NamedTempFile::new().unwrap();
-    let output = Command::new(GOBI_SLT)
-        .args(files.iter().map(|f| f.as_str()))
-        .arg("--json")
-        .arg(out.path())
-        .current_dir(dir)
-        .output()
-        .unwrap();
+    let output = Command::new(GOBI_SLT).args(files.iter().map(|f| f.as_str())).arg("--json").arg(out.path()).current_dir(dir).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(matches!(output.status.code(), Some(0 | 1)), "gobi-slt broke: {}", String::from_utf8_lossy(&output.stderr));
     let counts: BTreeMap<String, Counts> = serde_json::from_slice(&std::fs::read(out.path()).unwrap()).unwrap();
@@ -75,11 +69,7 @@ fn gobi_slt_goes_on_after_a_failure_and_logs_it() {
          query I rowsort\nSELECT a FROM t\n----\n1\n2\n",
     )
     .unwrap();
-    let output = Command::new(GOBI_SLT)
-        .args(["mixed.slt", "--json", "counts.json", "--fail-log", "failures.log"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let output = Command::new(GOBI_SLT).args(["mixed.slt", "--json", "counts.json", "--fail-log", "failures.log"]).current_dir(dir.path()).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "a failed record makes the run fail");
     assert_eq!(stdout, "mixed.slt: 3 passed, 1 failed, 1 skipped\n3 passed, 1 failed, 1 skipped\n");

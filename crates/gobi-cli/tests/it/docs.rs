@@ -16,15 +16,9 @@ fn examples(markdown: &str) -> Vec<Example> {
     let mut lines = markdown.lines().enumerate();
     while let Some((number, line)) = lines.next() {
         let fence = line.trim();
-        let body = |lines: &mut dyn Iterator<Item = (usize, &str)>| {
-            lines.take_while(|(_, l)| l.trim() != "```").map(|(_, l)| l).collect::<Vec<_>>().join("\n")
-        };
+        let body = |lines: &mut dyn Iterator<Item = (usize, &str)>| lines.take_while(|(_, l)| l.trim() != "```").map(|(_, l)| l).collect::<Vec<_>>().join("\n");
         match fence {
-            "```sql" | "```sql error" => examples.push(Example {
-                line: number + 1,
-                sql: body(&mut lines),
-                error: (fence == "```sql error").then(Vec::new),
-            }),
+            "```sql" | "```sql error" => examples.push(Example { line: number + 1, sql: body(&mut lines), error: (fence == "```sql error").then(Vec::new) }),
             "```text" => {
                 let text = body(&mut lines);
                 if let Some(Example { error: Some(expected), .. }) = examples.last_mut() {

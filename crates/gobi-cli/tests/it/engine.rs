@@ -17,10 +17,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// The rows of a one-column result as strings.
 fn strings(output: &Collected) -> Vec<String> {
     let Collected::Rows { batches, .. } = output else { panic!("no rows: {output:?}") };
-    batches
-        .iter()
-        .flat_map(|b| (0..b.num_rows()).map(move |row| datafusion::arrow::util::display::array_value_to_string(b.column(0), row).unwrap()))
-        .collect()
+    batches.iter().flat_map(|b| (0..b.num_rows()).map(move |row| datafusion::arrow::util::display::array_value_to_string(b.column(0), row).unwrap())).collect()
 }
 
 /// A setting's value as `SHOW memory.name` gives it.
@@ -112,7 +109,8 @@ fn writes_are_governed_statements() {
         }
     }
     // A hash join's build side cannot spill: past the statement's limit the write fails.
-    let refused = run("SET memory.query_limit = '64KiB'; INSERT INTO big SELECT a.id, b.s FROM big a JOIN big b ON a.id = b.id").fails_with(crate::support::exit::MEMORY);
+    let refused =
+        run("SET memory.query_limit = '64KiB'; INSERT INTO big SELECT a.id, b.s FROM big a JOIN big b ON a.id = b.id").fails_with(crate::support::exit::MEMORY);
     assert!(refused.stderr.contains("memory.query_limit"), "{}", refused.stderr);
     assert_eq!(lh.values("SELECT count(*) FROM big"), crate::rows![[600000]], "the refused write changed nothing");
     let failed = logged(&lh, "INSERT INTO big SELECT a.id");
@@ -223,7 +221,9 @@ fn settings_are_declared_once() {
     assert_eq!(documented, declared, "docs/settings.md");
     for setting in SETTINGS {
         let value = if setting.name == "query_limit" { "1MiB" } else { setting.default };
-        let done = runtime.block_on(session.run_script(&format!("SET {} = '{value}'", setting.full_name()))).unwrap_or_else(|e| panic!("{}: {}", setting.name, e.message));
+        let done = runtime
+            .block_on(session.run_script(&format!("SET {} = '{value}'", setting.full_name())))
+            .unwrap_or_else(|e| panic!("{}: {}", setting.name, e.message));
         let Collected::Done(message) = &done[0] else { panic!() };
         let whose = match setting.owner {
             gobi_engine::Owner::Engine => "(for every session of this engine)",

@@ -10,10 +10,7 @@ use crate::support::{exit, gobi, gobi_stdin, Lakehouse};
 fn syntax_error_shows_line_column_and_caret_and_runs_nothing() {
     let lh = Lakehouse::new();
     let run = lh.run("CREATE TABLE t (a INT);\nINSERT INTO t VALUES (1);\nSELECT a FROM t WHERE a = = 1").fails_with(exit::SYNTAX);
-    assert_eq!(
-        run.stderr,
-        "error: Expected: an expression, found: =\n --> 3:27\n  |\n3 | SELECT a FROM t WHERE a = = 1\n  |                           ^\n"
-    );
+    assert_eq!(run.stderr, "error: Expected: an expression, found: =\n --> 3:27\n  |\n3 | SELECT a FROM t WHERE a = = 1\n  |                           ^\n");
     assert!(!lh.path().join("tables/t").exists(), "a script with a syntax error must not run at all");
 }
 
@@ -173,7 +170,13 @@ fn names_that_are_not_one_file_name_are_refused_for_every_kind() {
             format!("DROP FUNCTION \"{name}\""),
         ] {
             let run = gobi(&["query", &sql], &dir).user_error();
-            let kind = if sql.contains("VIEW") { "view" } else if sql.contains("FUNCTION") { "function" } else { "table" };
+            let kind = if sql.contains("VIEW") {
+                "view"
+            } else if sql.contains("FUNCTION") {
+                "function"
+            } else {
+                "table"
+            };
             assert!(run.stderr.contains(&format!("cannot name a {kind}: ")), "{sql}: {}", run.stderr);
             assert!(run.stderr.contains("a name becomes a file name in the lakehouse"), "{sql}: {}", run.stderr);
         }

@@ -32,11 +32,8 @@ fn data_mode_reads_parquet_files_without_a_lakehouse_and_prints_a_summary() {
     lh.run(&format!("COPY (SELECT * FROM (VALUES (1), (2), (3)) v(n)) TO '{}'", target.display())).ok();
     let query = data.path().join("q.sql");
     std::fs::write(&query, "create view big as select n from nums where n > 1;\nselect n from big order by n;\ndrop view big;").unwrap();
-    let run = gobi(
-        &["query", "--file", query.to_str().unwrap(), "--data", data.path().to_str().unwrap(), "--summary", "json", "--format", "json"],
-        data.path(),
-    )
-    .ok();
+    let run =
+        gobi(&["query", "--file", query.to_str().unwrap(), "--data", data.path().to_str().unwrap(), "--summary", "json", "--format", "json"], data.path()).ok();
     let last: serde_json::Value = serde_json::from_str(run.stdout.lines().last().unwrap()).unwrap();
     assert_eq!(last["rows"], 2);
     assert!(last["seconds"].as_f64().unwrap() > 0.0);

@@ -43,10 +43,7 @@ print(json.dumps({{"types": [str(f.type) for f in t.schema], "rows": [[None if v
 "#
     ));
     assert_eq!(from_deltalake["types"], json!(["int64", "string", "decimal128(10, 2)", "double", "bool", "date32[day]", "int32"]));
-    assert_eq!(
-        from_deltalake["rows"],
-        json!([["1", "a", "1.50", "0.25", "True", "2026-01-02", "7"], ["2", "b", null, null, null, null, null]])
-    );
+    assert_eq!(from_deltalake["rows"], json!([["1", "a", "1.50", "0.25", "True", "2026-01-02", "7"], ["2", "b", null, null, null, null, null]]));
     let from_polars = python(&format!(
         r#"
 import json, polars as pl
@@ -55,10 +52,7 @@ print(json.dumps({{"types": [str(t) for t in df.dtypes], "rows": [[None if v is 
 "#
     ));
     assert_eq!(from_polars["types"], json!(["Int64", "String", "Decimal(precision=10, scale=2)", "Float64", "Boolean", "Date", "Int32"]));
-    assert_eq!(
-        from_polars["rows"],
-        json!([["1", "a", "1.50", "0.25", "True", "2026-01-02", "7"], ["2", "b", null, null, null, null, null]])
-    );
+    assert_eq!(from_polars["rows"], json!([["1", "a", "1.50", "0.25", "True", "2026-01-02", "7"], ["2", "b", null, null, null, null, null]]));
 }
 
 #[test]

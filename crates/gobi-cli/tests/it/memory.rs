@@ -45,10 +45,7 @@ fn logged(lh: &Lakehouse, prefix: &str) -> Vec<(String, u64, u64, u64, u64)> {
 #[test]
 fn a_sort_and_a_group_by_bigger_than_the_pool_spill_and_give_the_unlimited_answer() {
     let lh = wide_table();
-    let queries = [
-        "SELECT k, count(*) AS n, sum(id) AS total, max(s) AS top FROM t GROUP BY k ORDER BY k",
-        "SELECT s, id, k FROM t ORDER BY s, id",
-    ];
+    let queries = ["SELECT k, count(*) AS n, sum(id) AS total, max(s) AS top FROM t GROUP BY k ORDER BY k", "SELECT s, id, k FROM t ORDER BY s, id"];
     for query in queries {
         // An empty cache pool would lend the query its room (elastic borrowing): give it none,
         // so 4 MiB is all the query has.
@@ -87,7 +84,8 @@ fn a_sort_and_a_group_by_bigger_than_the_pool_spill_and_give_the_unlimited_answe
 fn a_query_allocating_without_reserving_is_stopped_past_its_margin() {
     let lh = Lakehouse::new();
     let query = "SELECT b, count(*) OVER () FROM (SELECT repeat(md5(CAST(value AS STRING)), 30) AS b FROM generate_series(1, 200000))";
-    let run = gobi(&["--memory-query", "16MiB", "query", "--format", "csv", &format!("SET memory.actual_margin = '100%'; {query}")], lh.path()).fails_with(exit::MEMORY);
+    let run = gobi(&["--memory-query", "16MiB", "query", "--format", "csv", &format!("SET memory.actual_margin = '100%'; {query}")], lh.path())
+        .fails_with(exit::MEMORY);
     for part in ["was stopped", "from the allocator", "untracked", "SET memory.query_pool = '"] {
         assert!(run.stderr.contains(part), "{part}: {}", run.stderr);
     }
@@ -100,7 +98,8 @@ fn a_query_allocating_without_reserving_is_stopped_past_its_margin() {
 
     // However wide the margin, a query never holds more than all the pools together.
     let pools = ["--memory-query", "16MiB", "--memory-cache", "0B", "--memory-temp", "8MiB"];
-    let run = gobi(&[&pools[..], &["query", "--format", "csv", &format!("SET memory.actual_margin = '1000%'; {query}")]].concat(), lh.path()).fails_with(exit::MEMORY);
+    let run = gobi(&[&pools[..], &["query", "--format", "csv", &format!("SET memory.actual_margin = '1000%'; {query}")]].concat(), lh.path())
+        .fails_with(exit::MEMORY);
     assert!(run.stderr.contains("never more than all pools' 24MiB together"), "{}", run.stderr);
     let (_, _, actual, _, _) = &logged(&lh, query)[0];
     assert!(*actual > 24 << 20 && *actual < 64 << 20, "stopped past 24 MiB, not 176: actual {actual}");
@@ -117,10 +116,7 @@ fn a_query_allocating_without_reserving_is_stopped_past_its_margin() {
 fn limits_come_from_defaults_flags_environment_and_set() {
     let lh = Lakehouse::new();
     let limits = |pools: Vec<(String, u64, u64, u64)>| pools.into_iter().map(|p| (p.0, p.1)).collect::<Vec<_>>();
-    assert_eq!(
-        limits(pools_after(&lh, &[], "SHOW MEMORY")),
-        [("query".into(), 52428800), ("cache".into(), 104857600), ("temp".into(), 26214400)]
-    );
+    assert_eq!(limits(pools_after(&lh, &[], "SHOW MEMORY")), [("query".into(), 52428800), ("cache".into(), 104857600), ("temp".into(), 26214400)]);
     assert_eq!(
         limits(pools_after(&lh, &["--memory-limit", "350MiB"], "SHOW MEMORY")),
         [("query".into(), 100 << 20), ("cache".into(), 200 << 20), ("temp".into(), 50 << 20)]
@@ -153,9 +149,7 @@ fn limits_come_from_defaults_flags_environment_and_set() {
 fn a_query_that_cannot_fit_fails_with_one_clear_message_and_the_session_goes_on() {
     let lh = wide_table();
     // A per-query limit below what a hash join's build side needs (it cannot spill).
-    let run = lh
-        .run("SET memory.query_limit = '64KiB'; SELECT count(*) FROM t a JOIN t b ON a.s = b.s")
-        .fails_with(exit::MEMORY);
+    let run = lh.run("SET memory.query_limit = '64KiB'; SELECT count(*) FROM t a JOIN t b ON a.s = b.s").fails_with(exit::MEMORY);
     for part in ["this query's memory limit is full", "HashJoinInput", "cannot spill", "SET memory.query_limit = '"] {
         assert!(run.stderr.contains(part), "{part} in:\n{}", run.stderr);
     }
@@ -223,10 +217,7 @@ fn spill_folders_of_processes_that_are_gone_are_removed() {
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
-    entries
-        .flatten()
-        .flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path()] })
-        .collect()
+    entries.flatten().flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path()] }).collect()
 }
 
 /// TPC-H at scale 0.1 with a fraction of reservations refused on purpose: each query gives
@@ -321,7 +312,10 @@ fn memory_commands_report_a_workload_run_by_an_earlier_process() {
 
     let cleanup = json(&["cleanup"]);
     let freed: Vec<&str> = cleanup["cleanup"].as_array().unwrap().iter().map(|f| f["freed"].as_str().unwrap()).collect();
-    assert_eq!(freed, ["reservations of ended queries", "cached results of tables changed since", "stale spill folders", "free allocator pages returned to the OS"]);
+    assert_eq!(
+        freed,
+        ["reservations of ended queries", "cached results of tables changed since", "stale spill folders", "free allocator pages returned to the OS"]
+    );
     assert!(cleanup["process"][0]["rss_after_bytes"].as_u64().unwrap() > 0);
 
     let table = gobi(&["memory", "stats"], lh.path()).ok().stdout;
@@ -392,7 +386,10 @@ fn the_result_cache_answers_repeats_forgets_changed_tables_and_evicts_least_rece
     assert_eq!((cache[2].2, cache[2].3), (1, 2), "now() is never cached: {cache:?}");
     let log = logged(&lh, count);
     assert_eq!(log.len(), 3);
-    let from_cache = gobi(&["query", "--format", "csv", &format!("SELECT from_cache FROM gobi_query_log() WHERE text = '{count}' ORDER BY started_at")], lh.path()).ok().stdout;
+    let from_cache =
+        gobi(&["query", "--format", "csv", &format!("SELECT from_cache FROM gobi_query_log() WHERE text = '{count}' ORDER BY started_at")], lh.path())
+            .ok()
+            .stdout;
     assert_eq!(from_cache.lines().collect::<Vec<_>>(), ["from_cache", "false", "true", "false"]);
 
     // A table dropped and created again starts at version 0 again, with a new table id: the

@@ -37,10 +37,7 @@ fn from_first_and_pipes_give_the_results_of_their_sql_twins() {
     let pairs = [
         ("FROM orders ORDER BY id", "SELECT * FROM orders ORDER BY id"),
         ("FROM orders WHERE total > 100 ORDER BY id", "SELECT * FROM orders WHERE total > 100 ORDER BY id"),
-        (
-            "FROM users SELECT name WHERE active ORDER BY name",
-            "SELECT name FROM users WHERE active ORDER BY name",
-        ),
+        ("FROM users SELECT name WHERE active ORDER BY name", "SELECT name FROM users WHERE active ORDER BY name"),
         (
             "FROM orders o JOIN users u ON o.user_id = u.id SELECT u.name, sum(o.total) AS s GROUP BY u.name ORDER BY u.name",
             "SELECT u.name, sum(o.total) AS s FROM orders o JOIN users u ON o.user_id = u.id GROUP BY u.name ORDER BY u.name",
@@ -59,18 +56,12 @@ fn from_first_and_pipes_give_the_results_of_their_sql_twins() {
             "FROM orders |> AS o |> JOIN users u ON o.user_id = u.id |> SELECT o.id, u.name |> ORDER BY o.id",
             "SELECT o.id, u.name FROM orders o JOIN users u ON o.user_id = u.id ORDER BY o.id",
         ),
-        (
-            "FROM orders |> AGGREGATE count(*) AS n, max(total) AS top",
-            "SELECT count(*) AS n, max(total) AS top FROM orders",
-        ),
+        ("FROM orders |> AGGREGATE count(*) AS n, max(total) AS top", "SELECT count(*) AS n, max(total) AS top FROM orders"),
         (
             "CREATE TABLE open_orders AS FROM orders WHERE status = 'open'; FROM open_orders |> SELECT id |> ORDER BY id",
             "SELECT id FROM orders WHERE status = 'open' ORDER BY id",
         ),
-        (
-            "WITH big AS (FROM orders WHERE total >= 1000) FROM big SELECT id ORDER BY id",
-            "SELECT id FROM orders WHERE total >= 1000 ORDER BY id",
-        ),
+        ("WITH big AS (FROM orders WHERE total >= 1000) FROM big SELECT id ORDER BY id", "SELECT id FROM orders WHERE total >= 1000 ORDER BY id"),
     ];
     for (script, sql) in pairs {
         same_result(&lh, script, sql);
@@ -210,10 +201,7 @@ fn functions_persist_and_can_be_listed_and_dropped() {
         "SELECT id, total * 1.5, CASE WHEN total > 1000 THEN 'gold' WHEN total > 100 THEN 'silver' ELSE 'bronze' END FROM orders WHERE id <= 3 ORDER BY id",
     );
     let listed: Vec<Vec<Value>> = lh.values("SHOW FUNCTIONS").into_iter().map(|r| r[..3].to_vec()).collect();
-    assert_eq!(
-        listed,
-        rows![["gross", "expression", "gross(net, rate)"], ["tier", "block", "tier(total DOUBLE) RETURNS STRING"]]
-    );
+    assert_eq!(listed, rows![["gross", "expression", "gross(net, rate)"], ["tier", "block", "tier(total DOUBLE) RETURNS STRING"]]);
     lh.run("DROP FUNCTION tier").ok();
     let run = lh.run("SELECT tier(1.0)").user_error();
     assert!(run.stderr.contains("tier"), "{}", run.stderr);

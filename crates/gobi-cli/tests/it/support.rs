@@ -121,11 +121,7 @@ impl Lakehouse {
 
     /// Number of commits in a table's Delta log.
     pub fn commits(&self, table: &str) -> usize {
-        std::fs::read_dir(self.table_log(table))
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-            .count()
+        std::fs::read_dir(self.table_log(table)).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".json")).count()
     }
 }
 

@@ -14,11 +14,7 @@ fn create_insert_select_round_trip_typed_values() {
     lh.run(USERS).ok();
     assert_eq!(
         lh.values("SELECT id, name, active, joined, score, balance FROM users ORDER BY id"),
-        rows![
-            [1, "Ann", true, "2026-01-05", 9.5, 10.25],
-            [2, "Bo", false, null, null, 0.0],
-            [3, "Cy", true, "2026-03-01", 7.25, -3.5],
-        ]
+        rows![[1, "Ann", true, "2026-01-05", 9.5, 10.25], [2, "Bo", false, null, null, 0.0], [3, "Cy", true, "2026-03-01", 7.25, -3.5],]
     );
     assert_eq!(
         lh.values("DESCRIBE users"),
@@ -54,17 +50,11 @@ fn dml_returns_counts_and_changes_exactly_the_matching_rows() {
     let lh = Lakehouse::new();
     lh.run(USERS).ok();
     assert_eq!(lh.values("UPDATE users SET score = score * 2, name = upper(name) WHERE active"), rows![[2]]);
-    assert_eq!(
-        lh.values("SELECT id, name, score FROM users ORDER BY id"),
-        rows![[1, "ANN", 19.0], [2, "Bo", null], [3, "CY", 14.5]]
-    );
+    assert_eq!(lh.values("SELECT id, name, score FROM users ORDER BY id"), rows![[1, "ANN", 19.0], [2, "Bo", null], [3, "CY", 14.5]]);
     assert_eq!(lh.values("DELETE FROM users WHERE NOT active"), rows![[1]]);
     assert_eq!(lh.values("SELECT id FROM users ORDER BY id"), rows![[1], [3]]);
     assert_eq!(lh.values("INSERT INTO users (id, name) SELECT id + 10, name || '!' FROM users"), rows![[2]]);
-    assert_eq!(
-        lh.values("SELECT id, name, active FROM users ORDER BY id"),
-        rows![[1, "ANN", true], [3, "CY", true], [11, "ANN!", null], [13, "CY!", null]]
-    );
+    assert_eq!(lh.values("SELECT id, name, active FROM users ORDER BY id"), rows![[1, "ANN", true], [3, "CY", true], [11, "ANN!", null], [13, "CY!", null]]);
     assert_eq!(lh.values("DELETE FROM users"), rows![[4]]);
     assert_eq!(lh.values("SELECT count(*) FROM users"), rows![[0]]);
 }
@@ -89,10 +79,7 @@ fn alter_table_add_column_reads_old_rows_as_null() {
     let lh = Lakehouse::new();
     lh.run(USERS).ok();
     lh.run("ALTER TABLE users ADD COLUMN email STRING; INSERT INTO users (id, name, email) VALUES (4, 'Di', 'di@example.com')").ok();
-    assert_eq!(
-        lh.values("SELECT id, email FROM users ORDER BY id"),
-        rows![[1, null], [2, null], [3, null], [4, "di@example.com"]]
-    );
+    assert_eq!(lh.values("SELECT id, email FROM users ORDER BY id"), rows![[1, null], [2, null], [3, null], [4, "di@example.com"]]);
     lh.run("ALTER TABLE users ADD COLUMN email STRING").user_error();
 }
 
@@ -134,8 +121,7 @@ fn show_history_lists_every_commit_newest_first() {
     lh.run(USERS).ok();
     lh.run("DELETE FROM users WHERE id = 2").ok();
     let history = lh.values("SHOW HISTORY users");
-    let summary: Vec<(i64, String)> =
-        history.iter().map(|row| (row[0].as_i64().unwrap(), row[2].as_str().unwrap().to_string())).collect();
+    let summary: Vec<(i64, String)> = history.iter().map(|row| (row[0].as_i64().unwrap(), row[2].as_str().unwrap().to_string())).collect();
     assert_eq!(summary, vec![(2, "DELETE".into()), (1, "WRITE".into()), (0, "CREATE TABLE".into())]);
 }
 
@@ -152,10 +138,7 @@ fn time_travel_by_version_and_timestamp() {
     assert_eq!(lh.values("SELECT * FROM t AS OF VERSION 1"), rows![[1]]);
     assert_eq!(lh.values("SELECT t.a FROM t AS OF VERSION 2 ORDER BY t.a"), rows![[1], [2]]);
     assert_eq!(lh.values(&format!("SELECT count(*) FROM t AS OF TIMESTAMP '{between}'")), rows![[1]]);
-    assert_eq!(
-        lh.values("SELECT old.a, new.a FROM t AS OF VERSION 2 old JOIN t new ON new.a = old.a * 10 ORDER BY 1"),
-        rows![[1, 10], [2, 20]]
-    );
+    assert_eq!(lh.values("SELECT old.a, new.a FROM t AS OF VERSION 2 old JOIN t new ON new.a = old.a * 10 ORDER BY 1"), rows![[1, 10], [2, 20]]);
     let run = lh.run("SELECT * FROM t AS OF VERSION 9").user_error();
     assert!(run.stderr.contains("table t has no version 9 (the latest is 3)"), "{}", run.stderr);
 }
@@ -166,7 +149,9 @@ fn queries_cover_joins_windows_ctes_and_set_operations() {
     lh.run(USERS).ok();
     lh.run("CREATE TABLE orders (id INT, user_id BIGINT, total DOUBLE); INSERT INTO orders VALUES (10, 1, 5.0), (11, 1, 7.0), (12, 3, 1.5), (13, 9, 2.0)").ok();
     assert_eq!(
-        lh.values("SELECT u.name, sum(o.total) AS spent FROM users u JOIN orders o ON o.user_id = u.id GROUP BY u.name HAVING sum(o.total) > 2 ORDER BY spent DESC"),
+        lh.values(
+            "SELECT u.name, sum(o.total) AS spent FROM users u JOIN orders o ON o.user_id = u.id GROUP BY u.name HAVING sum(o.total) > 2 ORDER BY spent DESC"
+        ),
         rows![["Ann", 12.0]]
     );
     assert_eq!(
@@ -177,18 +162,9 @@ fn queries_cover_joins_windows_ctes_and_set_operations() {
         lh.values("SELECT id, row_number() OVER (PARTITION BY user_id ORDER BY total DESC) FROM orders ORDER BY id"),
         rows![[10, 2], [11, 1], [12, 1], [13, 1]]
     );
-    assert_eq!(
-        lh.values("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 4) SELECT sum(x) FROM n"),
-        rows![[10]]
-    );
-    assert_eq!(
-        lh.values("SELECT user_id FROM orders EXCEPT SELECT id FROM users ORDER BY 1"),
-        rows![[9]]
-    );
-    assert_eq!(
-        lh.values("SELECT name FROM users WHERE id IN (SELECT user_id FROM orders WHERE total > 6) ORDER BY 1"),
-        rows![["Ann"]]
-    );
+    assert_eq!(lh.values("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 4) SELECT sum(x) FROM n"), rows![[10]]);
+    assert_eq!(lh.values("SELECT user_id FROM orders EXCEPT SELECT id FROM users ORDER BY 1"), rows![[9]]);
+    assert_eq!(lh.values("SELECT name FROM users WHERE id IN (SELECT user_id FROM orders WHERE total > 6) ORDER BY 1"), rows![["Ann"]]);
     let explain = lh.values("EXPLAIN SELECT count(*) FROM orders WHERE total > 1");
     assert_eq!(explain[0][0], json!("logical_plan"));
 }

@@ -41,7 +41,6 @@ use crate::governed;
 use crate::logs::{query_log_batch, QueryRecord, Status};
 use crate::output::{Output, ResultStream};
 use crate::result_cache::Versions;
-use crate::settings::SessionSettings;
 
 /// How long a finished statement waits for its aborted tasks to release their memory; what is
 /// still held after that is a leak.
@@ -57,9 +56,9 @@ pub(crate) struct Statement {
 impl Statement {
     /// Admits a statement and opens its scope. `logged`: false for gobi's own report queries,
     /// which stay out of the query log.
-    pub(crate) async fn begin(engine: &Arc<Engine>, text: &str, settings: SessionSettings, logged: bool) -> Result<Self> {
+    pub(crate) async fn begin(engine: &Arc<Engine>, text: &str, limits: StatementLimits, logged: bool) -> Result<Self> {
         engine.admit().await?;
-        let scope = engine.memory().begin_query(text, StatementLimits { limit: settings.query_limit, actual_margin: settings.actual_margin });
+        let scope = engine.memory().begin_query(text, limits);
         let entry = LogEntry {
             engine: Arc::clone(engine),
             scope: Arc::clone(&scope),

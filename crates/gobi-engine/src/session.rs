@@ -21,6 +21,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::Expr as SqlExpr;
 use gobi_lang::{expand_statement, parse_script, Ast, Command, FunctionDef, Scope, Statement};
+use gobi_memory::StatementLimits;
 use parking_lot::RwLock;
 
 use crate::catalog::{FileTableFactory, LakehouseSchema};
@@ -31,7 +32,6 @@ use crate::lakehouse::Lakehouse;
 use crate::logs::LogFunction;
 use crate::output::{Collected, Output};
 use crate::rewrite;
-use crate::settings::SessionSettings;
 use crate::variables::{TableValue, Value, Variables};
 use crate::writes;
 
@@ -42,7 +42,8 @@ pub struct Session {
     pub(crate) schema: Option<Arc<LakehouseSchema>>,
     pub(crate) variables: RwLock<Variables>,
     pub(crate) functions: RwLock<Functions>,
-    pub(crate) settings: RwLock<SessionSettings>,
+    /// The limits this session's statements run with (`memory.query_limit`, `memory.actual_margin`).
+    pub(crate) settings: RwLock<StatementLimits>,
     /// Tables created in a session without a lakehouse: their batches, held from the temp pool.
     pub(crate) memory_tables: RwLock<std::collections::HashMap<String, TableValue>>,
     /// Set while gobi runs its own report queries (`gobi memory stats`), which stay out of

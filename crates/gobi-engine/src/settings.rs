@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use gobi_memory::{ByteSize, Margin, DEFAULT_ACTUAL_MARGIN};
+use gobi_memory::{ByteSize, Margin, StatementLimits};
 
 use crate::error::{GobiError, Result};
 
@@ -230,36 +230,21 @@ pub fn parse(setting: &Setting, text: &str) -> Result<SettingValue> {
     value.ok_or_else(|| GobiError::plan(format!("{} must be {}, not {text}", setting.full_name(), setting.kind.expected())))
 }
 
-/// The settings of one session: what limits its statements.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SessionSettings {
-    /// `memory.query_limit`: the most one statement may reserve (none: the pool's limit).
-    pub query_limit: Option<usize>,
-    /// `memory.actual_margin`.
-    pub actual_margin: Margin,
-}
-
-impl Default for SessionSettings {
-    fn default() -> Self {
-        Self { query_limit: None, actual_margin: DEFAULT_ACTUAL_MARGIN }
+/// Applies a session setting to the limits a session gives its statements.
+pub fn apply_to_session(limits: &mut StatementLimits, setting: &Setting, value: SettingValue) {
+    match (setting.name, value) {
+        ("query_limit", value) => limits.limit = Some(value.bytes()),
+        ("actual_margin", SettingValue::Margin(margin)) => limits.actual_margin = margin,
+        _ => unreachable!("{} is not a session setting of this kind", setting.name),
     }
 }
 
-impl SessionSettings {
-    pub fn apply(&mut self, setting: &Setting, value: SettingValue) {
-        match (setting.name, value) {
-            ("query_limit", value) => self.query_limit = Some(value.bytes()),
-            ("actual_margin", SettingValue::Margin(margin)) => self.actual_margin = margin,
-            _ => unreachable!("{} is not a session setting of this kind", setting.name),
-        }
-    }
-
-    pub fn current(&self, setting: &Setting) -> String {
-        match setting.name {
-            "query_limit" => self.query_limit.map_or_else(|| "none".to_string(), |bytes| ByteSize(bytes as u64).to_string()),
-            "actual_margin" => self.actual_margin.to_string(),
-            other => unreachable!("{other} is not a session setting"),
-        }
+/// A session setting's value now, as `SHOW` prints it.
+pub fn session_value(limits: &StatementLimits, setting: &Setting) -> String {
+    match setting.name {
+        "query_limit" => limits.limit.map_or_else(|| "none".to_string(), |bytes| ByteSize(bytes as u64).to_string()),
+        "actual_margin" => limits.actual_margin.to_string(),
+        other => unreachable!("{other} is not a session setting"),
     }
 }
 

@@ -464,7 +464,7 @@ fn not_null_message(error: DeltaTableError, table: &str, input_columns: &[Vec<St
         Some(NotNullViolation::Column(plan_name)) => {
             let column = input_columns
                 .iter()
-                .position(|names| names.iter().any(|n| *n == plan_name))
+                .position(|names| names.contains(&plan_name))
                 .and_then(|i| table_columns.get(i))
                 .map_or(plan_name.as_str(), |(name, _)| name.as_str());
             GobiError::data(format!("NOT NULL violation: column {column} of {table} cannot hold NULL, and the new rows have NULL in it"))

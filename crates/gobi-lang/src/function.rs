@@ -40,6 +40,8 @@ pub struct Param {
     pub data_type: Option<DataType>,
 }
 
+// One body per defined function: its size does not matter, and boxing would only add a hop.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum FunctionBody {
     Expr(Expr),

@@ -117,6 +117,11 @@ fn writes_are_governed_statements() {
     assert_eq!(failed.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["error"]);
 }
 
+/// `gobi ARGS` in the lakehouse, its rows readable as they come.
+fn gobi_piped(args: &[&str], lh: &Lakehouse) -> std::process::Child {
+    Command::new(GOBI).args(args).env_remove("GOBI_LAKEHOUSE").current_dir(lh.path()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap()
+}
+
 /// Peak anonymous memory of a process so far, sampled from /proc while it runs.
 fn anonymous_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -130,14 +135,8 @@ fn anonymous_bytes(pid: u32) -> Option<u64> {
 fn a_result_ten_times_the_budget_streams_within_it() {
     let budget: u64 = 64 << 20;
     let lh = Lakehouse::new();
-    let mut child = Command::new(GOBI)
-        .args(["--memory-limit", "64MiB", "query", "--format", "csv", "SELECT value, repeat('x', 1000) AS payload FROM range(0, 700000)"])
-        .env_remove("GOBI_LAKEHOUSE")
-        .current_dir(lh.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child =
+        gobi_piped(&["--memory-limit", "64MiB", "query", "--format", "csv", "SELECT value, repeat('x', 1000) AS payload FROM range(0, 700000)"], &lh);
     let pid = child.id();
     let reader = std::thread::spawn({
         let stdout = child.stdout.take().unwrap();
@@ -165,14 +164,7 @@ fn a_result_ten_times_the_budget_streams_within_it() {
 #[test]
 fn a_reader_that_stops_ends_the_statement() {
     let lh = Lakehouse::new();
-    let mut child = Command::new(GOBI)
-        .args(["query", "--format", "csv", "SELECT value FROM range(0, 100000000000)"])
-        .env_remove("GOBI_LAKEHOUSE")
-        .current_dir(lh.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = gobi_piped(&["query", "--format", "csv", "SELECT value FROM range(0, 100000000000)"], &lh);
     let lines: Vec<String> = BufReader::new(child.stdout.take().unwrap()).lines().take(5).map(Result::unwrap).collect();
     assert_eq!(lines, ["value", "0", "1", "2", "3"]);
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -108,7 +108,7 @@ fn strip_ansi(text: &str) -> String {
         }
         if chars.peek() == Some(&'[') {
             chars.next();
-            while let Some(c) = chars.next() {
+            for c in chars.by_ref() {
                 if c.is_ascii_alphabetic() || c == '~' {
                     break;
                 }

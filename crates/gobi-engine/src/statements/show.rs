@@ -27,9 +27,9 @@ impl Session {
         let now = match setting.owner {
             Owner::Engine => self.engine().apply(setting, value)?,
             Owner::Session => {
-                let mut settings = self.settings.write();
-                settings.apply(setting, value);
-                settings.current(setting)
+                let mut limits = self.settings.write();
+                settings::apply_to_session(&mut limits, setting, value);
+                settings::session_value(&limits, setting)
             }
         };
         let whose = match setting.owner {
@@ -43,7 +43,7 @@ impl Session {
     fn setting_value(&self, setting: &Setting) -> String {
         match setting.owner {
             Owner::Engine => self.engine().current(setting),
-            Owner::Session => self.settings.read().current(setting),
+            Owner::Session => settings::session_value(&self.settings.read(), setting),
         }
     }
 

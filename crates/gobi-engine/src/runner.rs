@@ -118,10 +118,21 @@ impl Statement {
     /// Plans and starts `plan` with `state` (from [`Statement::state`]): its batches stream
     /// back as the plan makes them. `cache_key`: kept in the result cache when it ends, if
     /// it fits an entry.
-    pub(crate) async fn query(self, state: &SessionState, plan: &LogicalPlan, cache_key: Option<(String, Versions)>) -> Result<ResultStream> {
-        let physical = state.create_physical_plan(plan).await?;
+    pub(crate) async fn query(mut self, state: &SessionState, plan: &LogicalPlan, cache_key: Option<(String, Versions)>) -> Result<ResultStream> {
+        let started = match state.create_physical_plan(plan).await {
+            Ok(physical) => datafusion::physical_plan::execute_stream(Arc::clone(&physical), state.task_ctx()).map(|stream| (physical, stream)),
+            Err(error) => Err(error),
+        };
+        let (physical, stream) = match started {
+            Ok(started) => started,
+            Err(error) => {
+                // Failed before its first batch: logged as an error, not as cancelled.
+                let error = self.engine.classify(error);
+                self.entry.outcome = Some(Err(error.message.clone()));
+                return Err(error);
+            }
+        };
         let schema = physical.schema();
-        let stream = datafusion::physical_plan::execute_stream(Arc::clone(&physical), state.task_ctx())?;
         let cache_limit = self.engine.result_cache().entry_limit();
         let running = Running {
             statement: Some(self),

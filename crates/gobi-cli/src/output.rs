@@ -50,7 +50,7 @@ impl Printer {
         let schema = Arc::clone(stream.schema());
         let mut sink = match self.format {
             Format::Table => Sink::Table { rows: vec![], shown: 0 },
-            Format::Csv => Sink::Csv,
+            Format::Csv => Sink::Csv { header_written: false },
             Format::Json => Sink::Json { first: true },
         };
         let mut rows = 0;
@@ -60,7 +60,7 @@ impl Printer {
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             rows += batch.num_rows();
-            if !sink.write(&batch, rows == batch.num_rows())? {
+            if !sink.write(&batch)? {
                 return Ok(rows);
             }
         }
@@ -76,15 +76,11 @@ impl Printer {
 /// Where a result's batches go as they arrive.
 enum Sink {
     /// Keeps the first [`TABLE_PREVIEW_ROWS`] rows, drawn once the result ends.
-    Table {
-        rows: Vec<RecordBatch>,
-        shown: usize,
-    },
-    Csv,
+    Table { rows: Vec<RecordBatch>, shown: usize },
+    /// The header line comes with the first batch that has rows (or at the end, with none).
+    Csv { header_written: bool },
     /// One JSON array of row objects per result.
-    Json {
-        first: bool,
-    },
+    Json { first: bool },
 }
 
 impl Sink {
@@ -97,7 +93,10 @@ impl Sink {
     }
 
     /// Writes (or keeps) one batch; false when the reader went away.
-    fn write(&mut self, batch: &RecordBatch, first: bool) -> Result<bool, GobiError> {
+    fn write(&mut self, batch: &RecordBatch) -> Result<bool, GobiError> {
+        if batch.num_rows() == 0 {
+            return Ok(true);
+        }
         match self {
             Sink::Table { rows, shown } => {
                 let room = TABLE_PREVIEW_ROWS - *shown;
@@ -108,26 +107,23 @@ impl Sink {
                 }
                 Ok(true)
             }
-            Sink::Csv => write_stdout(&csv(batch, first)?),
+            Sink::Csv { header_written } => write_stdout(&csv(batch, !std::mem::replace(header_written, true))?),
             Sink::Json { first } => {
                 let rows = json_rows(batch)?;
-                if rows.is_empty() {
-                    return Ok(true);
-                }
                 let separator = if std::mem::take(first) { "" } else { "," };
                 write_stdout(&format!("{separator}{rows}"))
             }
         }
     }
 
-    fn finish(&mut self, schema: &SchemaRef, total: usize) -> Result<(), GobiError> {
+    fn finish(&self, schema: &SchemaRef, total: usize) -> Result<(), GobiError> {
         match self {
             Sink::Table { rows, shown } => write_stdout(&table(schema, rows, *shown, total)?),
-            Sink::Csv if total == 0 => {
+            Sink::Csv { header_written: false } => {
                 let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
                 write_stdout(&format!("{}\n", names.join(",")))
             }
-            Sink::Csv => Ok(true),
+            Sink::Csv { .. } => Ok(true),
             Sink::Json { .. } => write_stdout("]\n"),
         }
         .map(|_| ())

@@ -204,9 +204,10 @@ impl Running {
             statement.entry.spills = governed::spills(&plan);
         }
         self.stream = Box::pin(datafusion::physical_plan::EmptyRecordBatchStream::new(self.stream.schema()));
-        statement.scope.wait_released(RELEASE_WAIT).await;
+        // The outcome first: dropped while it waits, the statement still logs how it ended.
         let succeeded = outcome.is_ok();
         statement.entry.outcome = Some(outcome.map(|()| self.rows));
+        statement.scope.wait_released(RELEASE_WAIT).await;
         let engine = Arc::clone(&statement.engine);
         drop(statement);
         if let (true, Some(fill)) = (succeeded, self.cache.take()) {

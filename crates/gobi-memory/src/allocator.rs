@@ -48,8 +48,11 @@ impl AllocScope {
 
     /// Takes `bytes` off the count: memory the statement handed over to its reader (a result
     /// batch), which will be freed outside its polls.
+    /// Never below 0: a batch's size counts whole shared buffers (a slice of a bigger batch, a
+    /// `let` table's rows the statement never allocated), so it can exceed what was charged.
     pub fn hand_over(&self, bytes: usize) {
-        self.current.fetch_sub(i64::try_from(bytes).unwrap_or(i64::MAX), Ordering::Relaxed);
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        let _ = self.current.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| Some((now - bytes).max(0)));
     }
 
     pub(crate) fn add(&self, bytes: i64) {

@@ -226,3 +226,14 @@ fn settings_are_declared_once() {
     let error = runtime.block_on(session.run_script("SET memory.query_pol = '1MiB'")).unwrap_err();
     assert_eq!(error.hint.as_deref(), Some("did you mean memory.query_pool?"));
 }
+
+/// A statement that measures a run (EXPLAIN ANALYZE) runs every time; a plain query over an
+/// unchanged table is answered from the result cache the second time.
+#[test]
+fn only_plain_queries_are_answered_from_the_result_cache() {
+    let lh = Lakehouse::new();
+    lh.run("CREATE TABLE t AS SELECT 1 AS x").ok();
+    lh.run("EXPLAIN ANALYZE SELECT * FROM t; SELECT * FROM t; EXPLAIN ANALYZE SELECT * FROM t; SELECT * FROM t").ok();
+    let log = lh.values("SELECT substr(text, 1, 7), from_cache FROM gobi_query_log() WHERE text NOT LIKE 'CREATE%' ORDER BY query_id");
+    assert_eq!(log, crate::rows![["EXPLAIN", false], ["SELECT ", false], ["EXPLAIN", false], ["SELECT ", true]]);
+}

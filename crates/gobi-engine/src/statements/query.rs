@@ -51,7 +51,10 @@ impl Session {
     /// `None` when the result may change without a table changing: it reads something other
     /// than Delta tables, or calls a function that is not immutable.
     fn result_cache_key(&self, plan: &LogicalPlan) -> Option<(String, Versions)> {
-        if !self.engine().result_cache_on() {
+        // A statement that writes (COPY TO a file, INSERT INTO a session table) or measures a
+        // run (EXPLAIN ANALYZE) must run every time.
+        let does_work = matches!(plan, LogicalPlan::Dml(_) | LogicalPlan::Copy(_) | LogicalPlan::Analyze(_) | LogicalPlan::Explain(_));
+        if does_work || !self.engine().result_cache_on() {
             return None;
         }
         let tables = scanned_versions(plan)?;
@@ -112,7 +115,9 @@ fn scanned_versions(plan: &LogicalPlan) -> Option<Versions> {
         let _ = node.apply_expressions(|expr| {
             expr.apply(|e| {
                 if let Expr::ScalarFunction(f) = e {
-                    if f.func.signature().volatility != Volatility::Immutable {
+                    // A user's block function can be replaced or dropped with no table changing.
+                    let user_function = f.func.inner().is::<crate::functions::BlockFunction>();
+                    if user_function || f.func.signature().volatility != Volatility::Immutable {
                         cacheable = false;
                     }
                 }

@@ -17,7 +17,6 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use gobi_engine::{GobiError, Lakehouse, Session};
-use gobi_lang::parse_script;
 use indicatif::{ProgressBar, ProgressStyle};
 use tpchgen::generators::{
     CustomerGenerator, LineItemGenerator, NationGenerator, OrderGenerator, PartGenerator, PartSuppGenerator, RegionGenerator, SupplierGenerator,
@@ -25,7 +24,7 @@ use tpchgen::generators::{
 use tpchgen_arrow::{CustomerArrow, LineItemArrow, NationArrow, OrderArrow, PartArrow, PartSuppArrow, RegionArrow, SupplierArrow};
 
 use crate::output::Printer;
-use crate::{CliResult, Failure};
+use crate::CliResult;
 
 type Batches = Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>> + Send>;
 /// Makes the batches of one part (1-based) out of `parts` at a scale factor.
@@ -92,10 +91,8 @@ pub async fn run(dir: PathBuf, scale: f64, printer: &Printer) -> CliResult {
     eprintln!();
     for (name, title, sql) in QUERIES {
         let started = Instant::now();
-        let with_source = |error: GobiError| Failure { error, source: Some(sql.to_string()) };
-        for statement in parse_script(sql).map_err(|e| with_source(e.into()))? {
-            let output = session.execute(&statement).await.map_err(with_source)?;
-            printer.print(output).await.map_err(with_source)?;
+        if crate::run_statements(&session, sql, printer).await?.reader_left {
+            return Ok(());
         }
         let seconds = started.elapsed().as_secs_f64();
         eprintln!("TPC-H {name} ({title}): {seconds:.3} s");

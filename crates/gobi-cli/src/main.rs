@@ -335,6 +335,8 @@ fn read_file(file: &Path) -> Result<String, GobiError> {
 pub struct Summary {
     rows: usize,
     seconds: f64,
+    /// The reader went away (a closed pipe); the statements after it were not run.
+    pub reader_left: bool,
 }
 
 /// Parses the whole script first (a syntax error anywhere stops it before anything runs),
@@ -342,15 +344,19 @@ pub struct Summary {
 pub async fn run_statements(session: &Session, source: &str, printer: &Printer) -> Result<Summary, Failure> {
     let with_source = |error: GobiError| Failure { error, source: Some(source.to_string()) };
     let statements = parse_script(source).map_err(|e| with_source(e.into()))?;
-    let mut summary = Summary { rows: 0, seconds: 0.0 };
+    let mut summary = Summary { rows: 0, seconds: 0.0, reader_left: false };
     for statement in &statements {
         let started = Instant::now();
         let output = session.execute(statement).await.map_err(with_source)?;
         let returns_rows = !matches!(output, Output::Done(_));
-        let rows = printer.print(output).await.map_err(with_source)?;
+        let printed = printer.print(output).await.map_err(with_source)?;
         summary.seconds += started.elapsed().as_secs_f64();
         if returns_rows {
-            summary.rows = rows;
+            summary.rows = printed.rows;
+        }
+        if printed.reader_left {
+            summary.reader_left = true;
+            break;
         }
     }
     Ok(summary)

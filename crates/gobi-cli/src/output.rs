@@ -22,6 +22,13 @@ pub struct Printer {
     format: Format,
 }
 
+/// What printing a statement's output came to.
+pub struct Printed {
+    pub rows: usize,
+    /// The reader went away (a closed pipe): nothing more should be printed.
+    pub reader_left: bool,
+}
+
 /// The most rows a table keeps to print: beyond it rows are counted, not held, and the footer
 /// says how many were shown (csv and json stream every row).
 const TABLE_PREVIEW_ROWS: usize = 10_000;
@@ -35,15 +42,15 @@ impl Printer {
         matches!(self.format, Format::Json)
     }
 
-    /// Prints a statement's output as its rows arrive; the number of rows. Result rows go to
-    /// stdout; what a statement did (created, dropped, …) goes to stderr, so stdout stays
-    /// parseable. A reader that went away (`gobi query … | head`) stops the statement: its
-    /// stream is dropped, and that is not an error.
-    pub async fn print(&self, output: Output) -> Result<usize, GobiError> {
+    /// Prints a statement's output as its rows arrive. Result rows go to stdout; what a
+    /// statement did (created, dropped, …) goes to stderr, so stdout stays parseable. A reader
+    /// that went away (`gobi query … | head`) stops the statement: its stream is dropped, and
+    /// that is not an error, but the caller should print nothing more.
+    pub async fn print(&self, output: Output) -> Result<Printed, GobiError> {
         let mut stream = match output {
             Output::Done(message) => {
                 eprintln!("{message}");
-                return Ok(0);
+                return Ok(Printed { rows: 0, reader_left: false });
             }
             rows => rows.into_rows().expect("rows or a count"),
         };
@@ -54,18 +61,21 @@ impl Printer {
             Format::Json => Sink::Json { first: true },
         };
         let mut rows = 0;
+        let reader_left = |rows| Ok(Printed { rows, reader_left: true });
         if !sink.start(&schema)? {
-            return Ok(0);
+            return reader_left(0);
         }
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             rows += batch.num_rows();
             if !sink.write(&batch)? {
-                return Ok(rows);
+                return reader_left(rows);
             }
         }
-        sink.finish(&schema, rows)?;
-        Ok(rows)
+        if !sink.finish(&schema, rows)? {
+            return reader_left(rows);
+        }
+        Ok(Printed { rows, reader_left: false })
     }
 
     pub fn print_line(&self, line: &str) -> Result<(), GobiError> {
@@ -116,7 +126,8 @@ impl Sink {
         }
     }
 
-    fn finish(&self, schema: &SchemaRef, total: usize) -> Result<(), GobiError> {
+    /// Writes what comes after the rows; false when the reader went away.
+    fn finish(&self, schema: &SchemaRef, total: usize) -> Result<bool, GobiError> {
         match self {
             Sink::Table { rows, shown } => write_stdout(&table(schema, rows, *shown, total)?),
             Sink::Csv { header_written: false } => {
@@ -126,7 +137,6 @@ impl Sink {
             Sink::Csv { .. } => Ok(true),
             Sink::Json { .. } => write_stdout("]\n"),
         }
-        .map(|_| ())
     }
 }
 

@@ -24,11 +24,10 @@ use gobi_lang::closest_name;
 
 use crate::catalog::LakehouseSchema;
 use crate::error::{GobiError, Result};
-use crate::output::Output;
-use crate::writes;
+use crate::writes::{self, Written};
 
 /// Runs with `state`, the statement's (its memory pool is the statement's scope).
-pub async fn copy_from(state: &SessionState, schema: &LakehouseSchema, file: &str, table: &str) -> Result<Output> {
+pub async fn copy_from(state: &SessionState, schema: &LakehouseSchema, file: &str, table: &str) -> Result<Written> {
     let ctx = &SessionContext::new_with_state(state.clone());
     if !schema.lakehouse().table_exists(table) {
         return Err(crate::catalog::unknown_table(table, &schema.lakehouse().table_names()));
@@ -47,7 +46,7 @@ pub async fn copy_from(state: &SessionState, schema: &LakehouseSchema, file: &st
         }
     }
     if rows == 0 {
-        return Ok(Output::Done(format!("{file} has no rows; {table} is unchanged")));
+        return Ok(Written::done(0, format!("{file} has no rows; {table} is unchanged")));
     }
     // Second pass: the same conversions as a plan, streamed into the one commit.
     let columns = target
@@ -63,8 +62,8 @@ pub async fn copy_from(state: &SessionState, schema: &LakehouseSchema, file: &st
         })
         .collect::<Vec<_>>();
     let plan = frame.select(columns)?.into_unoptimized_plan();
-    writes::insert(state, schema, table, plan, InsertOp::Append).await?;
-    Ok(Output::Done(format!("copied {rows} rows from {file} into {table}")))
+    let written = writes::insert(state, schema, table, plan, InsertOp::Append).await?;
+    Ok(Written::done(written.rows, format!("copied {rows} rows from {file} into {table}")))
 }
 
 /// The file as a frame; CSV columns stay text so conversion errors can name their row.

@@ -71,6 +71,9 @@ pub struct Engine {
     deliberate_leaks: Mutex<Vec<MemoryReservation>>,
     /// Spill folders of dead processes removed when the engine started: (folders, bytes).
     swept_at_start: (usize, u64),
+    /// Statements whose reader stopped early, waiting for their tasks to give memory back
+    /// before they log how they ended: awaited before the logs are written for the last time.
+    finishing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -141,6 +144,7 @@ impl Engine {
             fault_leak: Mutex::default(),
             deliberate_leaks: Mutex::default(),
             swept_at_start,
+            finishing: Mutex::default(),
         })
     }
 
@@ -273,6 +277,14 @@ impl Engine {
     /// otherwise once one has enough rows pending. A failure to write them is reported, and
     /// never undoes what the statements did.
     pub async fn write_logs(&self, closing: bool) {
+        if closing {
+            let finishing = std::mem::take(&mut *self.finishing.lock());
+            for statement in finishing {
+                if let Err(e) = statement.await {
+                    tracing::warn!("a statement's end could not be logged: {e}");
+                }
+            }
+        }
         let events = self.memory.take_events();
         if !events.is_empty() {
             match events_batch(&events) {
@@ -286,6 +298,15 @@ impl Engine {
                 tracing::warn!("the {} could not be written: {}", log.name(), e.message);
             }
         }
+    }
+
+    /// Runs `end` (a statement ending after its reader stopped) on the current runtime, or at
+    /// once without one; [`Engine::write_logs`] waits for it when closing.
+    pub(crate) fn finish_in_background(&self, end: impl std::future::Future<Output = ()> + Send + 'static) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let mut finishing = self.finishing.lock();
+        finishing.retain(|statement| !statement.is_finished());
+        finishing.push(runtime.spawn(end));
     }
 
     /// `gobi memory cleanup`: releases what ended statements still hold, drops cached results

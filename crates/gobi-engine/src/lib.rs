@@ -18,6 +18,7 @@ mod engine;
 mod error;
 mod functions;
 mod governed;
+mod join;
 mod lakehouse;
 mod logs;
 mod memo;

@@ -38,9 +38,11 @@ use gobi_memory::{ByteSize, PoolKind, QueryMemory, StatementLimits};
 use crate::engine::{Engine, RETAINED_FREE_PAGES};
 use crate::error::{ErrorKind, GobiError, Result};
 use crate::governed;
+use crate::join::SpillingJoins;
 use crate::logs::{query_log_batch, QueryRecord, Status};
 use crate::output::{Output, ResultStream};
 use crate::result_cache::Versions;
+use crate::writes::Written;
 
 /// How long a finished statement waits for its aborted tasks to release their memory; what is
 /// still held after that is a leak.
@@ -74,13 +76,27 @@ impl Statement {
 
     /// The session's state with this statement's scope as its memory pool, execution fitted
     /// to the query pool, and every physical plan it makes wrapped to charge the statement.
-    pub(crate) fn state(&self, session: &SessionState) -> Result<SessionState> {
+    /// A failure here is the statement's logged outcome.
+    pub(crate) fn state(&mut self, session: &SessionState) -> Result<SessionState> {
+        let state = self.governed_state(session);
+        if let Err(error) = &state {
+            self.entry.outcome = Some(Err(error.message.clone()));
+        }
+        state
+    }
+
+    fn governed_state(&self, session: &SessionState) -> Result<SessionState> {
         let baseline = cfg!(feature = "baseline");
         let pool: Arc<dyn MemoryPool> = if baseline { Arc::new(UnboundedMemoryPool::default()) } else { Arc::clone(&self.scope) as _ };
         let runtime = RuntimeEnvBuilder::from_runtime_env(self.engine.runtime()).with_memory_pool(pool).build_arc()?;
         let mut builder = SessionStateBuilder::new_from_existing(session.clone()).with_runtime_env(runtime);
         if !baseline {
-            builder = builder.with_physical_optimizer_rule(Arc::new(Govern(Arc::clone(&self.scope))));
+            let mut rules = session.physical_optimizers().to_vec();
+            // Before dynamic filters are pushed down: they would point at the replaced joins.
+            let before_dynamic_filters = rules.iter().position(|rule| rule.name() == "FilterPushdown(Post)").unwrap_or(rules.len());
+            rules.insert(before_dynamic_filters, Arc::new(SpillingJoins::new(self.scope.limit())));
+            rules.push(Arc::new(Govern(Arc::clone(&self.scope))));
+            builder = builder.with_physical_optimizer_rules(rules);
         }
         let mut state = builder.build();
         let query_pool = self.engine.memory().pool(PoolKind::Query).limit();
@@ -95,16 +111,15 @@ impl Statement {
 
     /// Runs a write under this statement: `work` is given the statement's state (from
     /// [`Statement::state`]) by the caller; the query log counts the rows it changed.
-    pub(crate) async fn finish_write(mut self, work: impl std::future::Future<Output = Result<Output>>) -> Result<Output> {
+    pub(crate) async fn finish_write(mut self, work: impl std::future::Future<Output = Result<Written>>) -> Result<Output> {
         let result = work.await;
         self.entry.outcome = Some(match &result {
-            Ok(Output::Count(rows)) => Ok(*rows),
-            Ok(_) => Ok(0),
+            Ok(written) => Ok(written.rows),
             Err(e) => Err(e.message.clone()),
         });
         self.scope.wait_released(RELEASE_WAIT).await;
         drop(self);
-        result
+        result.map(|written| written.output)
     }
 
     /// Answers from cached batches (a result-cache hit).
@@ -228,12 +243,11 @@ impl Drop for Running {
             statement.entry.spills = governed::spills(&plan);
         }
         statement.entry.delivered = self.rows;
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                statement.scope.wait_released(RELEASE_WAIT).await;
-                drop(statement);
-            });
-        }
+        let engine = Arc::clone(&statement.engine);
+        engine.finish_in_background(async move {
+            statement.scope.wait_released(RELEASE_WAIT).await;
+            drop(statement);
+        });
     }
 }
 

@@ -192,12 +192,11 @@ impl Session {
     /// query log.
     pub async fn execute_report(&self, statement: &Statement) -> Result<Collected> {
         self.reporting.store(true, Ordering::Relaxed);
-        let output = match self.execute(statement).await {
+        let _reporting = ReportingUntilDropped(&self.reporting);
+        match self.execute(statement).await {
             Ok(output) => output.collect().await,
             Err(e) => Err(e),
-        };
-        self.reporting.store(false, Ordering::Relaxed);
-        output
+        }
     }
 
     /// Whether this session's statements go into the query log now.
@@ -295,4 +294,14 @@ fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send 
 pub(crate) fn needs_lakehouse(what: &str) -> GobiError {
     GobiError::plan(format!("{what} needs a lakehouse; this session reads plain files"))
         .with_hint("run it with --lakehouse DIR (create one with `gobi init DIR`)")
+}
+
+/// Ends a report's exemption from the query log however the report ends (also when its
+/// future is dropped half-way).
+struct ReportingUntilDropped<'a>(&'a AtomicBool);
+
+impl Drop for ReportingUntilDropped<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
 }

@@ -27,7 +27,24 @@ use crate::catalog::{unknown_table, LakehouseSchema};
 use crate::error::{classify_delta, not_null_violation, ErrorKind, GobiError, NotNullViolation, Result};
 use crate::output::Output;
 
-pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create: &CreateMemoryTable) -> Result<Output> {
+/// What a write did: its output, and the rows it added or changed for the query log.
+pub struct Written {
+    pub rows: u64,
+    pub output: Output,
+}
+
+impl Written {
+    /// A write whose output is the count of the rows it changed.
+    fn count(rows: u64) -> Self {
+        Written { rows, output: Output::Count(rows) }
+    }
+
+    pub(crate) fn done(rows: u64, message: String) -> Self {
+        Written { rows, output: Output::Done(message) }
+    }
+}
+
+pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create: &CreateMemoryTable) -> Result<Written> {
     let name = create.name.table();
     let lakehouse = schema.lakehouse();
     let exists = lakehouse.table_exists(name);
@@ -35,7 +52,7 @@ pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create
         return Err(GobiError::plan(format!("{name} already exists and is not a Delta table")));
     }
     if exists && create.if_not_exists {
-        return Ok(Output::Done(format!("table {name} already exists; nothing done")));
+        return Ok(Written::done(0, format!("table {name} already exists; nothing done")));
     }
     refuse_defaults(create)?;
     if exists && !create.or_replace {
@@ -70,15 +87,12 @@ pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create
         }
         _ => e.into(),
     })?;
-    let rows = committed_metric(&table, "num_added_rows").await;
+    let rows = committed_metric(&table, "num_added_rows").await.unwrap_or(0);
     schema.remember(name, table).await;
-    Ok(Output::Done(match rows {
-        Some(rows) if rows > 0 => format!("created table {name} with {rows} rows"),
-        _ => format!("created table {name}"),
-    }))
+    Ok(Written::done(rows, if rows > 0 { format!("created table {name} with {rows} rows") } else { format!("created table {name}") }))
 }
 
-pub async fn insert(state: &SessionState, schema: &LakehouseSchema, name: &str, input: LogicalPlan, op: InsertOp) -> Result<Output> {
+pub async fn insert(state: &SessionState, schema: &LakehouseSchema, name: &str, input: LogicalPlan, op: InsertOp) -> Result<Written> {
     let mode = match op {
         InsertOp::Append => SaveMode::Append,
         InsertOp::Overwrite => SaveMode::Overwrite,
@@ -98,10 +112,10 @@ pub async fn insert(state: &SessionState, schema: &LakehouseSchema, name: &str, 
         .map_err(|e| not_null_message(e, name, &input_columns, &table_columns))?;
     let rows = committed_metric(&table, "num_added_rows").await.unwrap_or(0);
     schema.remember(name, table).await;
-    Ok(Output::Count(rows))
+    Ok(Written::count(rows))
 }
 
-pub async fn delete(state: &SessionState, schema: &LakehouseSchema, name: &str, input: &LogicalPlan) -> Result<Output> {
+pub async fn delete(state: &SessionState, schema: &LakehouseSchema, name: &str, input: &LogicalPlan) -> Result<Written> {
     let change = planned_change(input, "DELETE")?;
     let table = writable_table(schema, name).await?;
     let before = table.version();
@@ -116,10 +130,10 @@ pub async fn delete(state: &SessionState, schema: &LakehouseSchema, name: &str, 
         None => committed_metric(&table, "num_deleted_rows").await.unwrap_or(0),
     };
     schema.remember(name, table).await;
-    Ok(Output::Count(deleted))
+    Ok(Written::count(deleted))
 }
 
-pub async fn update(state: &SessionState, schema: &LakehouseSchema, name: &str, input: &LogicalPlan) -> Result<Output> {
+pub async fn update(state: &SessionState, schema: &LakehouseSchema, name: &str, input: &LogicalPlan) -> Result<Written> {
     let change = planned_change(input, "UPDATE")?;
     let table = writable_table(schema, name).await?;
     let columns = table_columns(&table)?;
@@ -132,7 +146,7 @@ pub async fn update(state: &SessionState, schema: &LakehouseSchema, name: &str, 
     }
     let (table, metrics) = builder.await.map_err(|e| not_null_message(e, name, &[], &columns))?;
     schema.remember(name, table).await;
-    Ok(Output::Count(metrics.num_updated_rows as u64))
+    Ok(Written::count(metrics.num_updated_rows as u64))
 }
 
 /// The size new data files are cut at, fitted to the statement's memory: delta-rs holds the

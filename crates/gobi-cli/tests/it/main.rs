@@ -10,6 +10,7 @@ mod errors;
 mod files;
 mod fuzz;
 mod interop;
+mod joins;
 mod memory;
 mod pl_grizzly;
 mod repl;

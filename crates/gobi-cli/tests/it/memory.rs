@@ -3,25 +3,13 @@
 
 use serde_json::Value;
 
-use crate::support::{exit, gobi, gobi_stdin, Lakehouse};
+use crate::support::{exit, files_under, gobi, gobi_stdin, pools_after, Lakehouse};
 
 /// 400 000 rows with 100 003 distinct keys: grouping them needs several MiB of hash table.
 fn wide_table() -> Lakehouse {
     let lh = Lakehouse::new();
     lh.run("CREATE TABLE t AS SELECT value AS id, (value * 7919) % 100003 AS k, md5(CAST(value AS STRING)) AS s FROM generate_series(1, 400000)").ok();
     lh
-}
-
-/// The pools after a script, as `SHOW MEMORY` reports them in the same session:
-/// (pool, limit, reserved, peak).
-fn pools_after(lh: &Lakehouse, args: &[&str], script: &str) -> Vec<(String, u64, u64, u64)> {
-    let mut all = args.to_vec();
-    all.extend(["query", "--format", "json", script]);
-    let run = gobi(&all, lh.path()).ok();
-    crate::support::parse_json_rows(&run.stdout)
-        .into_iter()
-        .map(|r| (r[0].as_str().unwrap().to_string(), r[1].as_u64().unwrap(), r[2].as_u64().unwrap(), r[3].as_u64().unwrap()))
-        .collect()
 }
 
 /// The query log's rows for statements whose text starts with `prefix`, newest first:
@@ -71,7 +59,7 @@ fn a_sort_and_a_group_by_bigger_than_the_pool_spill_and_give_the_unlimited_answe
         for (pool, _, reserved, _) in &pools {
             assert_eq!(*reserved, 0, "{query}: {pool} pool reads 0 after the query");
         }
-        let spill_files: Vec<_> = walk(&lh.path().join("_gobi/spill"));
+        let spill_files: Vec<_> = files_under(&lh.path().join("_gobi/spill"));
         assert!(spill_files.is_empty(), "{query}: spill files left behind: {spill_files:?}");
     }
 }
@@ -148,22 +136,19 @@ fn limits_come_from_defaults_flags_environment_and_set() {
 #[test]
 fn a_query_that_cannot_fit_fails_with_one_clear_message_and_the_session_goes_on() {
     let lh = wide_table();
-    // A per-query limit below what a hash join's build side needs (it cannot spill).
-    let run = lh.run("SET memory.query_limit = '64KiB'; SELECT count(*) FROM t a JOIN t b ON a.s = b.s").fails_with(exit::MEMORY);
-    for part in ["this query's memory limit is full", "HashJoinInput", "cannot spill", "SET memory.query_limit = '"] {
+    // A per-query limit below what an aggregate that cannot spill needs.
+    let gather = "SELECT cardinality(array_agg(s)) AS n FROM t";
+    let run = lh.run(&format!("SET memory.query_limit = '64KiB'; {gather}")).fails_with(exit::MEMORY);
+    for part in ["this query's memory limit is full", "AggregateStream", "cannot spill", "SET memory.query_limit = '"] {
         assert!(run.stderr.contains(part), "{part} in:\n{}", run.stderr);
     }
     // In one session (the REPL): the failed query releases everything and the next one runs.
     // (The result cache is off: it would keep the answer in the cache pool.)
-    let session = "SET memory.result_cache = off;
-SET memory.query_limit = '64KiB';
-SELECT count(*) FROM t a JOIN t b ON a.s = b.s;
-SET memory.query_pool = '1GiB';
-SET memory.query_limit = '1GiB';
-SELECT count(*) AS n FROM t a JOIN t b ON a.s = b.s;
-";
+    let session = format!(
+        "SET memory.result_cache = off;\nSET memory.query_limit = '64KiB';\n{gather};\nSET memory.query_pool = '1GiB';\nSET memory.query_limit = '1GiB';\n{gather};\n"
+    );
     let run = gobi_stdin(&["repl", "--format", "csv"], lh.path(), &format!("{session}{KEPT}")).ok();
-    assert!(run.stderr.contains("HashJoinInput"), "{}", run.stderr);
+    assert!(run.stderr.contains("AggregateStream"), "{}", run.stderr);
     assert!(run.stdout.contains("n\n400000\n"), "{}", run.stdout);
     assert_only_metadata_kept(&run.stdout, "after a failed and a finished query");
 }
@@ -215,11 +200,6 @@ fn spill_folders_of_processes_that_are_gone_are_removed() {
     assert!(spill.join("notes/spill.arrow").exists(), "folders gobi did not name are left alone");
 }
 
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
-    entries.flatten().flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path()] }).collect()
-}
-
 /// TPC-H at scale 0.1 with a fraction of reservations refused on purpose: each query gives
 /// the right answer or a clean error, and afterwards every pool reads 0 and no spill file is
 /// left.
@@ -253,7 +233,7 @@ fn with_injected_faults_every_tpch_query_is_right_or_fails_cleanly_and_releases_
             right += 1;
         }
         assert_only_metadata_kept(&run.stdout, &format!("q{n}"));
-        assert!(walk(&lh.join("_gobi/spill")).is_empty(), "q{n} left spill files");
+        assert!(files_under(&lh.join("_gobi/spill")).is_empty(), "q{n} left spill files");
         assert!(run.stdout.contains("leaks\n0\n"), "q{n}: memory reported as leaked after the query: {}", run.stdout);
     }
     assert!(right > 0 && failed > 0, "faults should fail some queries and spare others: {right} right, {failed} failed");
@@ -412,31 +392,31 @@ fn the_result_cache_answers_repeats_forgets_changed_tables_and_evicts_least_rece
     assert!(cache_pool[3].as_u64().unwrap() <= 1 << 20, "the cache never held more than its pool: {cache_pool:?}");
 }
 
-/// Elastic borrowing: a hash join whose build side cannot spill needs more than its 4 MiB
-/// query pool. With no cache pool it fails; with a cache pool full of cached results, it
-/// evicts them and borrows their room, and finishes with the right count.
+/// Elastic borrowing: an aggregate that cannot spill (one `array_agg` over 133 333 strings)
+/// needs more than its 4 MiB query pool. With no cache pool it fails; with a cache pool full
+/// of cached results, it evicts them and borrows their room, and finishes with the right count.
 #[test]
 fn a_query_short_of_memory_evicts_the_cache_and_borrows_its_room() {
     let lh = wide_table();
-    let join = "SELECT count(*) AS n FROM t a JOIN (SELECT * FROM t WHERE id % 3 = 0) b ON a.s = b.s";
-    let failed = gobi(&["--memory-query", "4MiB", "--memory-cache", "0B", "query", join], lh.path()).fails_with(exit::MEMORY);
-    assert!(failed.stderr.contains("HashJoinInput") && failed.stderr.contains("cannot spill"), "{}", failed.stderr);
+    let gather = "SELECT cardinality(array_agg(s)) AS n FROM t WHERE id % 3 = 0";
+    let failed = gobi(&["--memory-query", "4MiB", "--memory-cache", "0B", "query", gather], lh.path()).fails_with(exit::MEMORY);
+    assert!(failed.stderr.contains("AggregateStream") && failed.stderr.contains("cannot spill"), "{}", failed.stderr);
 
     let fill: Vec<String> = (0..14).map(|i| format!("SELECT * FROM t WHERE id % 20 = {i}")).collect();
     let stats = "SELECT * FROM gobi_result_cache()";
-    let script = format!("{}; {stats}; {join}; {stats}; SHOW MEMORY", fill.join("; "));
+    let script = format!("{}; {stats}; {gather}; {stats}; SHOW MEMORY", fill.join("; "));
     let run = gobi(&["--memory-query", "4MiB", "--memory-cache", "12MiB", "query", "--format", "json", &script], lh.path()).ok();
     let cache = cache_stats(&run.stdout);
     assert!(cache[0].1 > 6 << 20, "the cache held results before the join: {cache:?}");
-    assert!(cache[1].4 > cache[0].4, "the join made the cache evict: {cache:?}");
+    assert!(cache[1].4 > cache[0].4, "the aggregate made the cache evict: {cache:?}");
     let count = run.stdout.lines().find(|l| l.starts_with("[{\"n\"")).unwrap();
     assert_eq!(serde_json::from_str::<Value>(count).unwrap()[0]["n"], 133333);
     let pools = crate::support::parse_json_rows(&run.stdout);
     for pool in &pools {
         assert!(pool[3].as_u64().unwrap() <= pool[1].as_u64().unwrap(), "no pool went past its limit: {pool:?}");
     }
-    assert_eq!(pools[0][2], 0, "the query pool reads 0 after the join: {pools:?}");
-    let (status, peak, ..) = &logged(&lh, join)[0];
+    assert_eq!(pools[0][2], 0, "the query pool reads 0 after the aggregate: {pools:?}");
+    let (status, peak, ..) = &logged(&lh, gather)[0];
     assert_eq!(status, "ok");
     assert!(*peak > 4 << 20, "it held more than its own pool, borrowed from the cache pool: {peak}");
 }
@@ -451,7 +431,7 @@ fn spilling_past_the_spill_limit_fails_cleanly() {
     let run = gobi_stdin(&["--memory-query", "4MiB", "--memory-cache", "0B", "repl", "--format", "csv"], lh.path(), &session).ok();
     assert!(run.stderr.contains("spill disk budget (memory.spill_limit = 1MiB)") && run.stderr.contains("SET memory.spill_limit = '4MiB'"), "{}", run.stderr);
     assert!(run.stdout.contains("n\n400000\n"), "the session went on: {}", run.stdout);
-    assert!(walk(&lh.path().join("_gobi/spill")).is_empty(), "spill files left behind");
+    assert!(files_under(&lh.path().join("_gobi/spill")).is_empty(), "spill files left behind");
 }
 
 /// What an open Delta table keeps between statements (its files' paths and statistics) is held
@@ -540,7 +520,7 @@ fn a_cancelled_query_releases_its_memory_and_its_spill_files() {
         async move { session.run_script("SELECT * FROM t ORDER BY s, id").await }
     });
     let deadline = Instant::now() + Duration::from_secs(60);
-    while walk(&spill).is_empty() {
+    while files_under(&spill).is_empty() {
         assert!(!sort.is_finished() && Instant::now() < deadline, "the sort should spill before it ends");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -549,8 +529,8 @@ fn a_cancelled_query_releases_its_memory_and_its_spill_files() {
     assert!(runtime.block_on(sort).unwrap_err().is_cancelled());
 
     let deadline = Instant::now() + Duration::from_secs(10);
-    while memory.pool(PoolKind::Query).reserved() > 0 || !walk(&spill).is_empty() {
-        assert!(Instant::now() < deadline, "query pool {} bytes, spill files {:?}", memory.pool(PoolKind::Query).reserved(), walk(&spill));
+    while memory.pool(PoolKind::Query).reserved() > 0 || !files_under(&spill).is_empty() {
+        assert!(Instant::now() < deadline, "query pool {} bytes, spill files {:?}", memory.pool(PoolKind::Query).reserved(), files_under(&spill));
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(memory.pool(PoolKind::Temp).reserved(), 0);

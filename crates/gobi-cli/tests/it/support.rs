@@ -181,3 +181,21 @@ pub fn require(available: bool, what: &str) -> bool {
     eprintln!("not run: {what} is missing (bash .ci/run installs it)");
     false
 }
+
+/// The pools after a script, as `SHOW MEMORY` reports them in the same session:
+/// (pool, limit, reserved, peak).
+pub fn pools_after(lh: &Lakehouse, args: &[&str], script: &str) -> Vec<(String, u64, u64, u64)> {
+    let mut all = args.to_vec();
+    all.extend(["query", "--format", "json", script]);
+    let run = gobi(&all, lh.path()).ok();
+    parse_json_rows(&run.stdout)
+        .into_iter()
+        .map(|r| (r[0].as_str().unwrap().to_string(), r[1].as_u64().unwrap(), r[2].as_u64().unwrap(), r[3].as_u64().unwrap()))
+        .collect()
+}
+
+/// Every file under `dir` (none if it does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
+    entries.flatten().flat_map(|e| if e.path().is_dir() { files_under(&e.path()) } else { vec![e.path()] }).collect()
+}

@@ -57,10 +57,10 @@ impl Session {
     async fn governed_write<F, Fut>(&self, text: &str, write: F) -> Result<Output>
     where
         F: FnOnce(datafusion::execution::session_state::SessionState) -> Fut,
-        Fut: std::future::Future<Output = Result<Output>>,
+        Fut: std::future::Future<Output = Result<writes::Written>>,
     {
         let settings = *self.settings.read();
-        let statement = Statement::begin(self.engine(), text, settings, self.logged()).await?;
+        let mut statement = Statement::begin(self.engine(), text, settings, self.logged()).await?;
         let state = statement.state(&self.ctx.state())?;
         statement.finish_write(write(state)).await
     }

@@ -1,0 +1,73 @@
+//! The memory pool DataFusion's hash join runs on inside the spilling join.
+
+use std::sync::Arc;
+
+use datafusion::common::Result;
+use datafusion::execution::memory_pool::{MemoryPool, MemoryReservation};
+use parking_lot::Mutex;
+
+/// A pool for DataFusion's in-memory hash join over one build (a bucket, a chunk, or the whole
+/// build when it fits): it grants from bytes the spilling join reserved from the statement
+/// before it started that join, and asks the statement only for what goes past them. So a
+/// join that was promised its memory is not refused half-way because another operator took
+/// it in between.
+///
+/// ```text
+///   statement scope ──► reservation "SpillingHashJoin[p]" ──► BucketPool ──► HashJoinInput, …
+///                       (held until the join's stream is dropped)            (DataFusion's)
+/// ```
+#[derive(Debug)]
+pub(super) struct BucketPool {
+    held: Mutex<Held>,
+}
+
+#[derive(Debug)]
+struct Held {
+    reservation: MemoryReservation,
+    granted: usize,
+}
+
+impl BucketPool {
+    pub(super) fn new(reservation: MemoryReservation) -> Arc<Self> {
+        Arc::new(Self { held: Mutex::new(Held { reservation, granted: 0 }) })
+    }
+}
+
+impl std::fmt::Display for BucketPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("gobi_bucket_pool")
+    }
+}
+
+impl MemoryPool for BucketPool {
+    fn name(&self) -> &str {
+        "gobi_bucket_pool"
+    }
+
+    fn grow(&self, _reservation: &MemoryReservation, additional: usize) {
+        let mut held = self.held.lock();
+        held.granted += additional;
+        let short = held.granted.saturating_sub(held.reservation.size());
+        held.reservation.grow(short);
+    }
+
+    fn shrink(&self, _reservation: &MemoryReservation, shrink: usize) {
+        let mut held = self.held.lock();
+        held.granted = held.granted.saturating_sub(shrink);
+    }
+
+    fn try_grow(&self, _reservation: &MemoryReservation, additional: usize) -> Result<()> {
+        let mut held = self.held.lock();
+        let granted = held.granted + additional;
+        let short = granted.saturating_sub(held.reservation.size());
+        if short > 0 {
+            held.reservation.try_grow(short)?;
+        }
+        held.granted = granted;
+        Ok(())
+    }
+
+    fn reserved(&self) -> usize {
+        self.held.lock().granted
+    }
+}

@@ -1,0 +1,141 @@
+//! gobi's hash join that spills, and the rule that chooses it over DataFusion's.
+//!
+//! DataFusion's `HashJoinExec` holds its whole build side in memory and cannot spill: a build
+//! bigger than the query's memory fails the query. [`SpillingHashJoinExec`] holds the build
+//! while its reservations are granted and then runs DataFusion's own join over it (the same
+//! speed); the first refused reservation turns it into a grace hash join over buckets in
+//! spill files (`partition.rs`), so a build of any size finishes with the exact answer.
+//!
+//! ```text
+//!   physical plan (after DataFusion's rules, before dynamic filters are pushed down)
+//!     HashJoinExec, build estimated to fit its share with room ──► kept (full speed)
+//!     HashJoinExec, any other ──► SpillingHashJoinExec
+//!        Partitioned: same inputs · CollectLeft: both inputs hash-repartitioned on the keys
+//!        NOT IN (null-aware): one partition each
+//! ```
+//!
+//! Not tracked by reservations: the one batch being scattered and its parts (a batch at a
+//! time), the spill files' write buffers, and DataFusion's probe-side work inside its join
+//! (as with its own join).
+
+mod bucket_pool;
+mod buckets;
+mod exec;
+mod partition;
+
+use std::sync::Arc;
+
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+use datafusion::common::Result;
+use datafusion::physical_expr::{Partitioning, PhysicalExprRef};
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, StatisticsArgs, StatisticsContext};
+
+use exec::JoinSpec;
+pub use exec::SpillingHashJoinExec;
+
+/// How far an inexact estimate (after a filter, an aggregate, another join) is trusted: such a
+/// build keeps DataFusion's join only if it would still fit its share when 128 times the
+/// estimate. (An exact row count from the Delta log is trusted as it is.)
+const INEXACT_MARGIN: usize = 128;
+/// Bytes per row for an estimate with rows but no bytes.
+const ROW_BYTES_GUESS: usize = 64;
+
+/// The physical optimizer rule that puts [`SpillingHashJoinExec`] where a build may not fit.
+#[derive(Debug)]
+pub(crate) struct SpillingJoins {
+    /// The memory a join's build may take: a quarter of the statement's.
+    share: usize,
+}
+
+impl SpillingJoins {
+    /// `statement_memory`: what the statement may reserve (its pool, or its `query_limit`).
+    pub(crate) fn new(statement_memory: usize) -> Self {
+        Self { share: statement_memory / 4 }
+    }
+
+    /// Whether DataFusion's estimate of the build says it fits its share, with room.
+    fn build_fits(&self, build: &Arc<dyn ExecutionPlan>) -> Result<bool> {
+        let statistics = StatisticsContext::new().compute(build.as_ref(), &StatisticsArgs::new())?;
+        let bytes = match (statistics.total_byte_size.get_value(), statistics.num_rows.get_value()) {
+            (Some(&bytes), _) if bytes > 0 => bytes,
+            (_, Some(&rows)) => rows.saturating_mul(ROW_BYTES_GUESS),
+            _ => return Ok(false),
+        };
+        let margin = if statistics.num_rows.is_exact() == Some(true) { 1 } else { INEXACT_MARGIN };
+        Ok(bytes.saturating_mul(margin) <= self.share)
+    }
+
+    fn replacement(&self, join: &HashJoinExec, config: &ConfigOptions) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        if join.fetch().is_some() || self.build_fits(join.left())? {
+            return Ok(None);
+        }
+        let (left_keys, right_keys): (Vec<PhysicalExprRef>, Vec<PhysicalExprRef>) = join.on().iter().map(|(l, r)| (Arc::clone(l), Arc::clone(r))).unzip();
+        let (left, right) = match (join.null_aware, join.partition_mode()) {
+            (true, _) => (one_partition(join.left()), one_partition(join.right())),
+            (false, PartitionMode::Partitioned) => (Arc::clone(join.left()), Arc::clone(join.right())),
+            (false, PartitionMode::CollectLeft) => {
+                let partitions = config.execution.target_partitions.max(1);
+                (hash_partitioned(join.left(), left_keys, partitions)?, hash_partitioned(join.right(), right_keys, partitions)?)
+            }
+            (false, PartitionMode::Auto) => return Ok(None),
+        };
+        let spec = JoinSpec {
+            left_schema: left.schema(),
+            right_schema: right.schema(),
+            schema: join.schema(),
+            on: join.on().to_vec(),
+            filter: join.filter().cloned(),
+            join_type: *join.join_type(),
+            projection: join.projection.as_deref().map(<[usize]>::to_vec),
+            null_equality: join.null_equality(),
+            null_aware: join.null_aware,
+        };
+        Ok(Some(Arc::new(SpillingHashJoinExec::try_new(left, right, spec)?)))
+    }
+}
+
+impl PhysicalOptimizerRule for SpillingJoins {
+    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            let Some(join) = node.downcast_ref::<HashJoinExec>() else { return Ok(Transformed::no(node)) };
+            Ok(match self.replacement(join, config)? {
+                Some(spilling) => Transformed::yes(spilling),
+                None => Transformed::no(node),
+            })
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "gobi_spilling_joins"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+fn one_partition(input: &Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+    if input.output_partitioning().partition_count() <= 1 {
+        return Arc::clone(input);
+    }
+    Arc::new(CoalescePartitionsExec::new(Arc::clone(input)))
+}
+
+/// `input` (a collected build's rows, or a probe side partitioned some other way) hash-
+/// partitioned on `keys` into `partitions`.
+fn hash_partitioned(input: &Arc<dyn ExecutionPlan>, keys: Vec<PhysicalExprRef>, partitions: usize) -> Result<Arc<dyn ExecutionPlan>> {
+    let input = match input.downcast_ref::<CoalescePartitionsExec>() {
+        Some(coalesce) => Arc::clone(coalesce.input()),
+        None => Arc::clone(input),
+    };
+    if partitions == 1 {
+        return Ok(one_partition(&input));
+    }
+    Ok(Arc::new(RepartitionExec::try_new(input, Partitioning::Hash(keys, partitions))?))
+}

@@ -1,0 +1,343 @@
+//! One partition of the spilling join, from its build to its last output batch.
+//!
+//! ```text
+//!   build ──► held in memory, each batch reserved ──(all fit)──► DataFusion's hash join ──► out
+//!                    │ (a reservation refused: switch)                  ▲ probe streamed
+//!                    ▼
+//!   build and probe scattered into 16 bucket pairs (spill files), then bucket by bucket:
+//!     build bucket fits ──► DataFusion's hash join over it, probe bucket read back ──► out
+//!     else, above depth 3 and not skewed ──► split both into 8 with the next level's hash
+//!     else (skew: nearly every row has one key) ──► chunked: as much of the held side as fits,
+//!          joined against the other side read back in full, chunk after chunk
+//! ```
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::{filter_record_batch, is_not_null};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::utils::memory::RecordBatchMemoryCounter;
+use datafusion::common::{DataFusionError, JoinType, Result};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, Gauge, MetricBuilder, SpillMetrics};
+use datafusion::physical_plan::spill::SpillManager;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::EmptyRecordBatchStream;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+
+use super::bucket_pool::BucketPool;
+use super::buckets::{Bucket, Scatter, Scattered};
+use super::exec::JoinSpec;
+
+/// Buckets of the first scatter, and of each re-split of a bucket too big to hold.
+const FIRST_FANOUT: usize = 16;
+const SPLIT_FANOUT: usize = 8;
+/// Re-splits of one bucket before it is joined in chunks.
+const MAX_DEPTH: usize = 3;
+/// A re-split that leaves more than this share of a bucket's rows in one child is skew (one
+/// key in most rows): that child is joined in chunks, not split again.
+const SKEW_SHARE: f64 = 0.9;
+/// How often a chunk asks for its first batch before the join fails.
+const FIRST_BATCH_TRIES: usize = 3;
+/// What DataFusion's join table costs per build row, beyond the rows themselves: its hash
+/// map's entries (estimated like `estimate_memory_size::<(u32, u64)>`, up to twice the rows
+/// when rounded to a power of two), the chain of equal hashes and the visited-rows bitmap.
+const TABLE_BYTES_PER_ROW: usize = 40;
+
+/// What holding a build batch for DataFusion's join costs: its buffers not counted yet (batches
+/// read back from a spill file share the chunk they were decoded from; an aggregate's output
+/// batches share its buffers), the one copy the join makes of all its batches (it concatenates
+/// them), and its table's share.
+fn held_cost(counted: &mut RecordBatchMemoryCounter, batch: &RecordBatch) -> usize {
+    2 * counted.count_batch(batch) + batch.num_rows() * TABLE_BYTES_PER_ROW
+}
+
+/// The join's own metrics, beside the spill metrics (`spill_count`, `spilled_bytes`,
+/// `spilled_rows`) its spill files add.
+#[derive(Clone)]
+pub(super) struct JoinMetrics {
+    /// Buckets made by scattering and re-splitting.
+    buckets: Count,
+    /// Buckets written to a spill file.
+    spilled_buckets: Count,
+    /// In-memory joins run: one when the build fits, else one per bucket or chunk.
+    rounds: Count,
+    /// The deepest re-split.
+    max_depth: Gauge,
+    /// Skewed buckets joined in chunks.
+    chunked_builds: Count,
+    /// Builds that outgrew memory while running and switched to buckets.
+    runtime_switches: Count,
+    spill: SpillMetrics,
+}
+
+impl JoinMetrics {
+    pub fn new(metrics: &ExecutionPlanMetricsSet, partition: usize) -> Self {
+        let counter = |name: &'static str| MetricBuilder::new(metrics).counter(name, partition);
+        Self {
+            buckets: counter("buckets"),
+            spilled_buckets: counter("spilled_buckets"),
+            rounds: counter("rounds"),
+            max_depth: MetricBuilder::new(metrics).gauge("max_depth", partition),
+            chunked_builds: counter("chunked_builds"),
+            runtime_switches: counter("runtime_switches"),
+            spill: SpillMetrics::new(metrics, partition),
+        }
+    }
+}
+
+pub(super) struct PartitionJoin {
+    spec: Arc<JoinSpec>,
+    partition: usize,
+    ctx: Arc<TaskContext>,
+    metrics: JoinMetrics,
+    build_spill: Arc<SpillManager>,
+    probe_spill: Arc<SpillManager>,
+    /// `NOT IN` over a non-empty set without NULL: build rows whose key is NULL are not output.
+    drop_null_build_keys: AtomicBool,
+}
+
+impl PartitionJoin {
+    pub fn new(spec: Arc<JoinSpec>, partition: usize, ctx: Arc<TaskContext>, metrics: JoinMetrics) -> Self {
+        let spill = |schema: &SchemaRef| {
+            Arc::new(
+                SpillManager::new(ctx.runtime_env(), metrics.spill.clone(), Arc::clone(schema)).with_compression_type(ctx.session_config().spill_compression()),
+            )
+        };
+        Self {
+            build_spill: spill(&spec.left_schema),
+            probe_spill: spill(&spec.right_schema),
+            spec,
+            partition,
+            ctx,
+            metrics,
+            drop_null_build_keys: AtomicBool::new(false),
+        }
+    }
+
+    fn reservation(&self) -> MemoryReservation {
+        MemoryConsumer::new(format!("SpillingHashJoin[{}]", self.partition)).with_can_spill(true).register(self.ctx.memory_pool())
+    }
+
+    fn empty(&self) -> SendableRecordBatchStream {
+        Box::pin(EmptyRecordBatchStream::new(Arc::clone(&self.spec.schema)))
+    }
+
+    fn scatter_build(&self, fanout: usize, level: usize) -> Scatter {
+        let keys: Vec<_> = self.spec.on.iter().map(|(left, _)| Arc::clone(left)).collect();
+        Scatter::new(&self.build_spill, &keys, fanout, level, self.ctx.session_config().batch_size()).dropping_null_keys(self.spec.drops_null_build_keys())
+    }
+
+    fn scatter_probe(&self, fanout: usize, level: usize) -> Scatter {
+        let keys: Vec<_> = self.spec.on.iter().map(|(_, right)| Arc::clone(right)).collect();
+        Scatter::new(&self.probe_spill, &keys, fanout, level, self.ctx.session_config().batch_size()).dropping_null_keys(self.spec.drops_null_probe_keys())
+    }
+
+    /// Holds the build while it fits and joins in memory; the first refused reservation
+    /// switches to buckets.
+    pub async fn run(self: Arc<Self>, mut build: SendableRecordBatchStream, probe: SendableRecordBatchStream) -> Result<SendableRecordBatchStream> {
+        let reservation = self.reservation();
+        let mut counted = RecordBatchMemoryCounter::new();
+        let mut held = vec![];
+        while let Some(batch) = build.next().await {
+            let batch = batch?;
+            let refused = reservation.try_grow(held_cost(&mut counted, &batch)).is_err();
+            held.push(batch);
+            if refused {
+                self.metrics.runtime_switches.add(1);
+                return self.grace(held, Some(build), probe, reservation).await;
+            }
+        }
+        self.metrics.rounds.add(1);
+        let build = memory_stream(&self.spec.left_schema, held);
+        self.spec.in_memory(build, probe, BucketPool::new(reservation), &self.ctx, self.spec.null_aware, false)
+    }
+
+    /// Scatters what was held, the rest of the build and the whole probe into bucket pairs,
+    /// then joins them one pair at a time.
+    async fn grace(
+        self: Arc<Self>,
+        held: Vec<RecordBatch>,
+        rest: Option<SendableRecordBatchStream>,
+        mut probe: SendableRecordBatchStream,
+        reservation: MemoryReservation,
+    ) -> Result<SendableRecordBatchStream> {
+        let mut builds = self.scatter_build(FIRST_FANOUT, 0);
+        for batch in held {
+            builds.push(&batch)?;
+        }
+        reservation.free();
+        if let Some(mut rest) = rest {
+            while let Some(batch) = rest.next().await {
+                builds.push(&batch?)?;
+            }
+        }
+        let mut probes = self.scatter_probe(FIRST_FANOUT, 0);
+        while let Some(batch) = probe.next().await {
+            probes.push(&batch?)?;
+        }
+        let (builds, probes) = (builds.finish()?, probes.finish()?);
+        self.metrics.buckets.add(FIRST_FANOUT);
+        self.metrics.spilled_buckets.add(builds.written() + probes.written());
+        if self.spec.null_aware {
+            // `x NOT IN (subquery)`: a NULL among the subquery's values makes every row's test
+            // unknown, so none is output; any value at all makes a NULL `x` unknown.
+            if probes.null_key {
+                return Ok(self.empty());
+            }
+            self.drop_null_build_keys.store(probes.rows() > 0, Ordering::Relaxed);
+        }
+        Ok(self.join_buckets(builds, probes, 0))
+    }
+
+    /// The joins of bucket pairs, one after the other.
+    fn join_buckets(self: &Arc<Self>, builds: Scattered, probes: Scattered, depth: usize) -> SendableRecordBatchStream {
+        let this = Arc::clone(self);
+        let pairs = builds.buckets.into_iter().zip(probes.buckets);
+        let joined = futures::stream::iter(pairs).then(move |(build, probe)| Arc::clone(&this).join_pair(build, probe, depth)).try_flatten();
+        Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&self.spec.schema), joined))
+    }
+
+    fn join_pair(self: Arc<Self>, build: Bucket, probe: Bucket, depth: usize) -> BoxFuture<'static, Result<SendableRecordBatchStream>> {
+        async move {
+            if self.spec.emits_nothing(build.rows == 0, probe.rows == 0) {
+                return Ok(self.empty());
+            }
+            if !build.skewed {
+                let reservation = self.reservation();
+                if let Some(held) = self.hold(&build, &reservation).await? {
+                    self.metrics.rounds.add(1);
+                    let build = memory_stream(&self.spec.left_schema, held);
+                    return self.spec.in_memory(build, probe.read(&self.probe_spill)?, BucketPool::new(reservation), &self.ctx, false, false);
+                }
+            }
+            if build.skewed || depth >= MAX_DEPTH {
+                return self.chunked(build, probe);
+            }
+            let level = depth + 1;
+            let mut builds = build.split(self.scatter_build(SPLIT_FANOUT, level)).await?;
+            let probes = probe.split(self.scatter_probe(SPLIT_FANOUT, level)).await?;
+            for child in &mut builds.buckets {
+                child.skewed = child.rows as f64 > SKEW_SHARE * build.rows as f64;
+            }
+            self.metrics.buckets.add(SPLIT_FANOUT);
+            self.metrics.spilled_buckets.add(builds.written() + probes.written());
+            self.metrics.max_depth.set_max(level);
+            Ok(self.join_buckets(builds, probes, level))
+        }
+        .boxed()
+    }
+
+    /// A build bucket's rows in memory, reserved; `None` (and nothing reserved) when they do
+    /// not fit.
+    async fn hold(&self, bucket: &Bucket, reservation: &MemoryReservation) -> Result<Option<Vec<RecordBatch>>> {
+        let mut rows = bucket.read(&self.build_spill)?;
+        let mut counted = RecordBatchMemoryCounter::new();
+        let mut held = vec![];
+        while let Some(batch) = rows.next().await {
+            let batch = self.kept_build_rows(batch?)?;
+            if reservation.try_grow(held_cost(&mut counted, &batch)).is_err() {
+                reservation.free();
+                return Ok(None);
+            }
+            held.push(batch);
+        }
+        Ok(Some(held))
+    }
+
+    fn kept_build_rows(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        if !self.drop_null_build_keys.load(Ordering::Relaxed) {
+            return Ok(batch);
+        }
+        let key = self.spec.on[0].0.evaluate(&batch)?.into_array(batch.num_rows())?;
+        Ok(filter_record_batch(&batch, &is_not_null(&key)?)?)
+    }
+
+    /// A bucket too big to hold that will not split: as much of one side as fits is held and
+    /// joined against the other side read back in full, chunk after chunk. Which side is held:
+    /// the build, when each build row's output depends on it alone against every probe row
+    /// (inner, left, left semi/anti/mark); the probe for the right-side joins, whose join is
+    /// then planned the other way round.
+    fn chunked(self: Arc<Self>, build: Bucket, probe: Bucket) -> Result<SendableRecordBatchStream> {
+        let swapped = match self.spec.join_type {
+            JoinType::Inner | JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => false,
+            JoinType::Right | JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => true,
+            JoinType::Full => return Err(DataFusionError::ResourcesExhausted(format!(
+                "a FULL JOIN bucket of {} rows that nearly all share one key does not fit in memory, and joining it in chunks is not supported for FULL JOIN",
+                build.rows
+            ))),
+        };
+        self.metrics.chunked_builds.add(1);
+        let (held_side, streamed_side) = if swapped { (probe, build) } else { (build, probe) };
+        let (held_spill, held_schema) = if swapped { (&self.probe_spill, &self.spec.right_schema) } else { (&self.build_spill, &self.spec.left_schema) };
+        let chunks = Chunks { join: Arc::clone(&self), rows: held_side.read(held_spill)?, schema: Arc::clone(held_schema), next: None, streamed_side, swapped };
+        let joined = futures::stream::try_unfold(chunks, |mut chunks| async move {
+            let Some((held, reservation)) = chunks.next_chunk().await? else { return Ok::<_, DataFusionError>(None) };
+            let join = &chunks.join;
+            join.metrics.rounds.add(1);
+            let held = memory_stream(&chunks.schema, held);
+            let streamed = chunks.streamed_side.read(if chunks.swapped { &join.build_spill } else { &join.probe_spill })?;
+            let (left, right) = if chunks.swapped { (streamed, held) } else { (held, streamed) };
+            let out = join.spec.in_memory(left, right, BucketPool::new(reservation), &join.ctx, false, chunks.swapped)?;
+            Ok(Some((out, chunks)))
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&self.spec.schema), joined)))
+    }
+}
+
+/// The held side of a chunked join, read a chunk at a time.
+struct Chunks {
+    join: Arc<PartitionJoin>,
+    rows: SendableRecordBatchStream,
+    schema: SchemaRef,
+    /// A batch read that did not fit the last chunk: the next one starts with it.
+    next: Option<RecordBatch>,
+    streamed_side: Bucket,
+    swapped: bool,
+}
+
+impl Chunks {
+    /// As many batches as can be reserved, with their reservation; `None` at the end.
+    async fn next_chunk(&mut self) -> Result<Option<(Vec<RecordBatch>, MemoryReservation)>> {
+        let reservation = self.join.reservation();
+        let mut counted = RecordBatchMemoryCounter::new();
+        let mut held = vec![];
+        loop {
+            let batch = match self.next.take() {
+                Some(batch) => batch,
+                None => match self.rows.next().await {
+                    Some(batch) if self.swapped => batch?,
+                    Some(batch) => self.join.kept_build_rows(batch?)?,
+                    None => break,
+                },
+            };
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let cost = held_cost(&mut counted, &batch);
+            if let Err(refused) = reservation.try_grow(cost) {
+                if !held.is_empty() {
+                    self.next = Some(batch);
+                    break;
+                }
+                // A chunk holds at least one batch, or the join cannot go on: asked again
+                // (a refusal may be passing), then the join fails cleanly.
+                if (1..FIRST_BATCH_TRIES).all(|_| reservation.try_grow(cost).is_err()) {
+                    return Err(refused);
+                }
+            }
+            held.push(batch);
+        }
+        Ok((!held.is_empty()).then_some((held, reservation)))
+    }
+}
+
+/// Batches in memory as a stream that gives each one away (so the join's copy of them is
+/// the only one left once it has built its table).
+fn memory_stream(schema: &SchemaRef, batches: Vec<RecordBatch>) -> SendableRecordBatchStream {
+    Box::pin(RecordBatchStreamAdapter::new(Arc::clone(schema), futures::stream::iter(batches.into_iter().map(Ok))))
+}

@@ -2,7 +2,7 @@
 # Governed memory, measured (issue 5's benchmarks). One run each; results go to
 # bench/results/memory-*.{json,md,txt}; copy the tables into bench/RESULTS.md.
 #
-#   bench/memory.sh              # everything (TPC-H scale 1 from bench/tpch.sh's data)
+#   bench/memory.sh              # everything (TPC-H scale 1 from bench/tpch-data.sh's data)
 #   bench/memory.sh limits       # one part: pool | overhead | limits | creep
 #
 # - pool:   criterion, reserve/release at 1 and 2 threads: gobi's QueryMemory beside
@@ -43,7 +43,7 @@ fi
 cargo build --release --locked --bin gobi
 parquet="$DATA/tpch-sf$SCALE"
 lakehouse="$DATA/tpch-sf$SCALE-delta"
-[ -d "$lakehouse/tables/lineitem" ] && [ -f "$parquet/lineitem.parquet" ] || bench/tpch.sh
+[ -d "$lakehouse/tables/lineitem" ] && [ -f "$parquet/lineitem.parquet" ] || SCALE="$SCALE" bench/tpch-data.sh
 
 if [ "$PART" = all ] || [ "$PART" = overhead ]; then
   unlimited="--memory-query 64GiB query --file {query} --data {data} --summary json"

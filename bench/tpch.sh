@@ -23,12 +23,7 @@ python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ig
 
 lakehouse="$DATA/tpch-sf$SCALE-delta"
 parquet="$DATA/tpch-sf$SCALE"
-mkdir -p "$DATA" "$parquet" bench/results
-[ -d "$lakehouse/tables/lineitem" ] || "$GOBI" --memory-query 64GiB demo "$lakehouse" --scale "$SCALE" > /dev/null
-for table in region nation supplier customer part partsupp orders lineitem; do
-  [ -f "$parquet/$table.parquet" ] ||
-    "$GOBI" --memory-query 64GiB --lakehouse "$lakehouse" query "COPY (SELECT * FROM $table) TO '$(realpath "$parquet")/$table.parquet'" > /dev/null
-done
+SCALE="$SCALE" bench/tpch-data.sh
 
 python3 "$PEERS" run --data "$parquet" \
   --runs gobi gobi-delta datafusion duckdb \

@@ -22,6 +22,7 @@ fn level_hash(level: usize) -> RandomState {
 }
 
 /// One bucket of one side: its rows in a spill file (none when it has no rows).
+#[derive(Clone)]
 pub(super) struct Bucket {
     file: Option<Arc<dyn SpillFile>>,
     pub rows: usize,

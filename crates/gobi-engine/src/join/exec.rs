@@ -25,7 +25,7 @@ use super::partition::{JoinMetrics, PartitionJoin};
 
 /// What a join is, apart from its inputs: enough to plan DataFusion's hash join over any pair
 /// of inputs with the same schemas.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct JoinSpec {
     pub left_schema: SchemaRef,
     pub right_schema: SchemaRef,

@@ -14,7 +14,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{new_null_array, ArrayRef, RecordBatch};
 use datafusion::arrow::compute::{filter_record_batch, is_not_null};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::utils::memory::RecordBatchMemoryCounter;
@@ -260,20 +260,44 @@ impl PartitionJoin {
     /// joined against the other side read back in full, chunk after chunk. Which side is held:
     /// the build, when each build row's output depends on it alone against every probe row
     /// (inner, left, left semi/anti/mark); the probe for the right-side joins, whose join is
-    /// then planned the other way round.
+    /// then planned the other way round. A full join is both: a left join with the build held
+    /// (every build row, matched or not), then the probe rows no build row matches (an anti join
+    /// with the probe held), their build columns NULL.
     fn chunked(self: Arc<Self>, build: Bucket, probe: Bucket) -> Result<SendableRecordBatchStream> {
-        let swapped = match self.spec.join_type {
-            JoinType::Inner | JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => false,
-            JoinType::Right | JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => true,
-            JoinType::Full => return Err(DataFusionError::ResourcesExhausted(format!(
-                "a FULL JOIN bucket of {} rows that nearly all share one key does not fit in memory, and joining it in chunks is not supported for FULL JOIN",
-                build.rows
-            ))),
-        };
         self.metrics.chunked_builds.add(1);
-        let (held_side, streamed_side) = if swapped { (probe, build) } else { (build, probe) };
-        let (held_spill, held_schema) = if swapped { (&self.probe_spill, &self.spec.right_schema) } else { (&self.build_spill, &self.spec.left_schema) };
-        let chunks = Chunks { join: Arc::clone(&self), rows: held_side.read(held_spill)?, schema: Arc::clone(held_schema), next: None, streamed_side, swapped };
+        let spec = &self.spec;
+        let joined = match spec.join_type {
+            JoinType::Inner | JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => {
+                self.chunks(Arc::clone(spec), &build, &probe, false, Reshape::AsIs)?
+            }
+            JoinType::Right | JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => {
+                self.chunks(Arc::clone(spec), &probe, &build, true, Reshape::AsIs)?
+            }
+            JoinType::Full => {
+                let left = JoinSpec { join_type: JoinType::Left, ..JoinSpec::clone(spec) };
+                let unmatched = JoinSpec { join_type: JoinType::RightAnti, projection: None, ..JoinSpec::clone(spec) };
+                let every_build_row = self.chunks(Arc::new(left), &build, &probe, false, Reshape::AsFull)?;
+                let unmatched_probe_rows = self.chunks(Arc::new(unmatched), &probe, &build, true, Reshape::NullBuild)?;
+                Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&spec.schema), every_build_row.chain(unmatched_probe_rows)))
+            }
+        };
+        Ok(joined)
+    }
+
+    /// `spec`'s join of `held` (read a chunk at a time) against all of `streamed`, each chunk's
+    /// output reshaped to this join's.
+    fn chunks(self: &Arc<Self>, spec: Arc<JoinSpec>, held: &Bucket, streamed: &Bucket, swapped: bool, reshape: Reshape) -> Result<SendableRecordBatchStream> {
+        let (held_spill, held_schema) = if swapped { (&self.probe_spill, &spec.right_schema) } else { (&self.build_spill, &spec.left_schema) };
+        let (rows, schema) = (held.read(held_spill)?, Arc::clone(held_schema));
+        let chunks = Chunks {
+            join: Arc::clone(self),
+            spec,
+            rows,
+            schema,
+            next: None,
+            streamed_side: streamed.clone(),
+            swapped,
+        };
         let joined = futures::stream::try_unfold(chunks, |mut chunks| async move {
             let Some((held, reservation)) = chunks.next_chunk().await? else { return Ok::<_, DataFusionError>(None) };
             let join = &chunks.join;
@@ -281,17 +305,48 @@ impl PartitionJoin {
             let held = memory_stream(&chunks.schema, held);
             let streamed = chunks.streamed_side.read(if chunks.swapped { &join.build_spill } else { &join.probe_spill })?;
             let (left, right) = if chunks.swapped { (streamed, held) } else { (held, streamed) };
-            let out = join.spec.in_memory(left, right, BucketPool::new(reservation), &join.ctx, false, chunks.swapped)?;
+            let out = chunks.spec.in_memory(left, right, BucketPool::new(reservation), &join.ctx, false, chunks.swapped)?;
             Ok(Some((out, chunks)))
         })
         .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&self.spec.schema), joined)))
+        let this = Arc::clone(self);
+        let reshaped = joined.and_then(move |batch| futures::future::ready(this.reshape(reshape, batch)));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&self.spec.schema), reshaped)))
     }
+
+    fn reshape(&self, reshape: Reshape, batch: RecordBatch) -> Result<RecordBatch> {
+        let schema = Arc::clone(&self.spec.schema);
+        let columns = match reshape {
+            Reshape::AsIs => return Ok(batch),
+            Reshape::AsFull => batch.columns().to_vec(),
+            Reshape::NullBuild => {
+                let rows = batch.num_rows();
+                let nulls = self.spec.left_schema.fields().iter().map(|field| new_null_array(field.data_type(), rows));
+                let joined: Vec<ArrayRef> = nulls.chain(batch.columns().iter().cloned()).collect();
+                match &self.spec.projection {
+                    Some(projection) => projection.iter().map(|&i| Arc::clone(&joined[i])).collect(),
+                    None => joined,
+                }
+            }
+        };
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+}
+
+/// How a chunked join's output becomes this join's.
+#[derive(Clone, Copy)]
+enum Reshape {
+    AsIs,
+    /// A left join's rows under a full join's schema (its build columns nullable too).
+    AsFull,
+    /// An anti join's probe rows with NULL build columns, as a full join outputs them.
+    NullBuild,
 }
 
 /// The held side of a chunked join, read a chunk at a time.
 struct Chunks {
     join: Arc<PartitionJoin>,
+    spec: Arc<JoinSpec>,
     rows: SendableRecordBatchStream,
     schema: SchemaRef,
     /// A batch read that did not fit the last chunk: the next one starts with it.

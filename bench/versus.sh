@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # This build beside an earlier one (a commit), the 22 TPC-H queries at scale 1 under one
 # memory limit, interleaved in one run (../shared/bench/peers.py): the check that a change
-# made no query slower. The earlier commit is built in a worktree with its own target folder
-# (a copy of this one's, so only gobi's crates build again).
+# made no query slower. The earlier commit is built once in a worktree (only gobi's own crates
+# build again) and kept under ~/.cache/gobi/versus/.
 #
 #   bench/versus.sh 8c4d0b7            # at 175 MiB
 #   LIMIT=50MiB bench/versus.sh 8c4d0b7
+#   SETTINGS="SET memory.spilling_join = off;" bench/versus.sh 8c4d0b7   # and this build so
 #
 # Results: bench/results/versus-<commit>-<limit>.{json,md}; bench/ratios.py prints the ratios.
 set -euo pipefail
@@ -21,23 +22,34 @@ parquet="bench/data/tpch-sf$SCALE"
 cargo build --release --locked --bin gobi
 [ -f "$parquet/lineitem.parquet" ] || SCALE="$SCALE" bench/tpch-data.sh
 
-earlier="$HOME/.cache/gobi/versus/$COMMIT"
-if [ ! -x "$earlier/gobi" ]; then
+earlier="$HOME/.cache/gobi/versus/$COMMIT/gobi"
+if [ ! -x "$earlier" ]; then
+  # Built in a worktree with this target folder, so the dependencies' builds are reused (a
+  # copied target folder rebuilds them: their build scripts' outputs name absolute paths).
+  # Cargo would take this tree's builds of gobi's own crates as fresh for the worktree's, so
+  # they are cleaned before and after.
   tree=$(mktemp -d)
   git worktree add --detach "$tree" "$COMMIT" > /dev/null
-  mkdir -p "$earlier/target"
-  # The dependencies' builds are reused; gobi's own crates are cleaned so they build from the
-  # worktree's sources (cargo would otherwise take this tree's builds of them as fresh).
-  [ -d "$earlier/target/release" ] || cp -r "$CARGO_TARGET_DIR/release" "$earlier/target/release"
-  (cd "$tree" && CARGO_TARGET_DIR="$earlier/target" cargo clean --release -p gobi-lang -p gobi-memory -p gobi-engine -p gobi-slt -p gobi-cli &&
-    CARGO_TARGET_DIR="$earlier/target" cargo build --release --locked --bin gobi)
-  cp "$earlier/target/release/gobi" "$earlier/gobi"
+  ours="-p gobi-lang -p gobi-memory -p gobi-engine -p gobi-slt -p gobi-cli"
+  cargo clean --release $ours
+  (cd "$tree" && cargo build --release --locked --bin gobi)
+  mkdir -p "$(dirname "$earlier")"
+  cp "$CARGO_TARGET_DIR/release/gobi" "$earlier"
   git worktree remove --force "$tree"
+  cargo clean --release $ours
+  cargo build --release --locked --bin gobi
 fi
 
 cmd="query --file {query} --data {data} --memory-limit {limit_bytes} --summary json"
+runs=("gobi-$COMMIT:$LIMIT" "gobi:$LIMIT")
+engines=(--engine-cmd "gobi-$COMMIT=$earlier $cmd" --engine-cmd "gobi=$CARGO_TARGET_DIR/release/gobi $cmd")
+name="versus-$COMMIT-$LIMIT"
+if [ -n "${SETTINGS:-}" ]; then
+  # A third run: this build with SETTINGS before each query (e.g. a feature switched off).
+  runs+=("gobi-set:$LIMIT")
+  engines+=(--engine-cmd "gobi-set=bench/with-settings.sh '$SETTINGS' $CARGO_TARGET_DIR/release/gobi $cmd")
+  name="$name-set"
+fi
 mkdir -p bench/results
-python3 "$PEERS" run --data "$parquet" --runs "gobi-$COMMIT:$LIMIT" "gobi:$LIMIT" \
-  --engine-cmd "gobi-$COMMIT=$earlier/gobi $cmd" \
-  --engine-cmd "gobi=$CARGO_TARGET_DIR/release/gobi $cmd" \
-  --json "bench/results/versus-$COMMIT-$LIMIT.json" --markdown "bench/results/versus-$COMMIT-$LIMIT.md"
+python3 "$PEERS" run --data "$parquet" --runs "${runs[@]}" "${engines[@]}" \
+  --json "bench/results/$name.json" --markdown "bench/results/$name.md"

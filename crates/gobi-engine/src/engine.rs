@@ -65,6 +65,8 @@ pub struct Engine {
     events: Arc<DeltaLog>,
     admission_wait: Mutex<Duration>,
     result_cache_on: AtomicBool,
+    /// `memory.spilling_join`: whether the planner may put gobi's spilling hash join in plans.
+    spilling_join_on: AtomicBool,
     /// `SET memory.fault_leak = 'size'` (tests): the next statement keeps that many bytes
     /// reserved past its end, as a faulty operator would, for the leak report to find.
     fault_leak: Mutex<Option<usize>>,
@@ -141,6 +143,7 @@ impl Engine {
             events,
             admission_wait: Mutex::new(DEFAULT_ADMISSION_WAIT),
             result_cache_on: AtomicBool::new(true),
+            spilling_join_on: AtomicBool::new(true),
             fault_leak: Mutex::default(),
             deliberate_leaks: Mutex::default(),
             swept_at_start,
@@ -173,6 +176,10 @@ impl Engine {
         self.result_cache_on.load(Ordering::Relaxed)
     }
 
+    pub(crate) fn spilling_join_on(&self) -> bool {
+        self.spilling_join_on.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn query_log(&self) -> &Arc<DeltaLog> {
         &self.query_log
     }
@@ -197,6 +204,7 @@ impl Engine {
             ("admission_wait", SettingValue::Duration(wait)) => *self.admission_wait.lock() = wait,
             ("leak_threshold", SettingValue::Duration(threshold)) => self.memory.set_leak_threshold(threshold),
             ("result_cache", SettingValue::Switch(on)) => self.result_cache_on.store(on, Ordering::Relaxed),
+            ("spilling_join", SettingValue::Switch(on)) => self.spilling_join_on.store(on, Ordering::Relaxed),
             ("fault_probability", SettingValue::Probability(p)) => self.memory.set_fault_probability(p),
             ("fault_leak", value) => *self.fault_leak.lock() = Some(value.bytes()),
             (name, value) => return Err(GobiError::internal(format!("memory.{name} cannot take {value:?}"))),
@@ -215,6 +223,7 @@ impl Engine {
             "admission_wait" => settings::format_duration(*self.admission_wait.lock()),
             "leak_threshold" => settings::format_duration(self.memory.leak_threshold()),
             "result_cache" => SettingValue::Switch(self.result_cache_on()).to_string(),
+            "spilling_join" => SettingValue::Switch(self.spilling_join_on()).to_string(),
             "fault_probability" => self.memory.fault_probability().to_string(),
             "fault_leak" => size(self.fault_leak.lock().unwrap_or(0)),
             other => unreachable!("{other} is not an engine setting"),

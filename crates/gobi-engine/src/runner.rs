@@ -94,7 +94,9 @@ impl Statement {
             let mut rules = session.physical_optimizers().to_vec();
             // Before dynamic filters are pushed down: they would point at the replaced joins.
             let before_dynamic_filters = rules.iter().position(|rule| rule.name() == "FilterPushdown(Post)").unwrap_or(rules.len());
-            rules.insert(before_dynamic_filters, Arc::new(SpillingJoins::new(self.scope.limit())));
+            if self.engine.spilling_join_on() {
+                rules.insert(before_dynamic_filters, Arc::new(SpillingJoins::new(self.scope.limit())));
+            }
             rules.push(Arc::new(Govern(Arc::clone(&self.scope))));
             builder = builder.with_physical_optimizer_rules(rules);
         }

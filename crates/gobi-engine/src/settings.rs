@@ -134,6 +134,13 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Whether repeated queries over unchanged tables are answered from the result cache.",
     },
     Setting {
+        name: "spilling_join",
+        owner: Owner::Engine,
+        kind: Kind::Switch,
+        default: "on",
+        doc: "Whether a join whose build side may not fit runs as gobi's spilling hash join; off keeps DataFusion's in-memory hash join everywhere (a build bigger than the pool then fails the query).",
+    },
+    Setting {
         name: "fault_probability",
         owner: Owner::Engine,
         kind: Kind::Probability,

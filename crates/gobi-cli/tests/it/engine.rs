@@ -44,6 +44,11 @@ fn sessions_of_one_engine_share_the_pools_and_nothing_else() {
     assert!(error.message.contains("answer"), "variables are the session's own: {}", error.message);
     assert_eq!(shown(&runtime, &first, "memory.query_limit"), "64KiB");
     assert_eq!(shown(&runtime, &second, "memory.query_limit"), "none", "a statement limit is the session's own");
+    // Prepared statements are the session's own too; EXECUTE runs as a governed query.
+    let executed = runtime.block_on(second.run_script("PREPARE above(BIGINT) AS SELECT count(*) FROM t WHERE x > $1; EXECUTE above(0)")).unwrap();
+    assert_eq!(strings(executed.last().unwrap()), ["1"]);
+    let error = runtime.block_on(third.run_script("EXECUTE above(0)")).unwrap_err();
+    assert!(error.message.contains("above"), "{}", error.message);
 
     // The first session's statement keeps most of the query pool past its end, as a faulty
     // operator would: the pool is under critical pressure for everyone.

@@ -195,7 +195,8 @@ fn with_injected_faults_the_spilling_join_is_right_or_fails_cleanly() {
 }
 
 /// The plan: DataFusion's in-memory join where the build is small and known (a table's exact
-/// row count from the Delta log), the spilling join where it is big.
+/// row count from the Delta log), the spilling join where it is big, and nowhere with
+/// `memory.spilling_join = off`.
 #[test]
 fn the_plan_keeps_the_in_memory_join_for_a_small_build_and_spills_a_big_one() {
     let lh = two_tables();
@@ -205,4 +206,7 @@ fn the_plan_keeps_the_in_memory_join_for_a_small_build_and_spills_a_big_one() {
     assert!(small.contains("HashJoinExec") && !small.contains("SpillingHashJoinExec"), "{small}");
     let big = plan("SELECT count(*) FROM big a JOIN other b ON a.k = b.k");
     assert!(big.contains("SpillingHashJoinExec"), "{big}");
+    // Switched off, DataFusion's in-memory join is planned everywhere.
+    let off = csv(&lh, &SMALL, "SET memory.spilling_join = off; EXPLAIN SELECT count(*) FROM big a JOIN other b ON a.k = b.k");
+    assert!(off.contains("HashJoinExec") && !off.contains("SpillingHashJoinExec"), "{off}");
 }

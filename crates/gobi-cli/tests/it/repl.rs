@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::{Lakehouse, GOBI};
+use crate::support::{files_under, Lakehouse, GOBI};
 
 /// A `gobi repl` on the slave side of a pty; everything it prints is collected from the master.
 struct Terminal {
@@ -151,9 +151,18 @@ fn repl_completes_reads_multiple_lines_lists_variables_and_cancels_with_ctrl_c()
     term.expect("$threshold");
     term.expect("Int64");
 
-    // Ctrl-C stops a long query, and the session goes on.
-    term.send("SELECT count(*) FROM generate_series(1, 100000000000) a, generate_series(1, 10) b;\r");
-    std::thread::sleep(Duration::from_millis(1500));
+    // Ctrl-C stops a long query, and the session goes on. The query groups more keys than a
+    // 4 MiB pool holds, so it spills: its first spill file says it is running (and that the
+    // terminal is back in the mode where Ctrl-C is a signal).
+    term.send("SET memory.query_pool = '4MiB';\r");
+    term.expect("memory.query_pool = 4MiB");
+    term.send("SELECT count(*) FROM (SELECT value % 1000000000 AS k, count(*) FROM generate_series(1, 100000000000) GROUP BY 1) t;\r");
+    let spill = lh.path().join("_gobi/spill");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while files_under(&spill).is_empty() {
+        assert!(Instant::now() < deadline, "the long query never spilled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     term.send("\x03");
     term.expect("query cancelled");
     term.expect("gobi> ");

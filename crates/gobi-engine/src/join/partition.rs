@@ -289,15 +289,7 @@ impl PartitionJoin {
     fn chunks(self: &Arc<Self>, spec: Arc<JoinSpec>, held: &Bucket, streamed: &Bucket, swapped: bool, reshape: Reshape) -> Result<SendableRecordBatchStream> {
         let (held_spill, held_schema) = if swapped { (&self.probe_spill, &spec.right_schema) } else { (&self.build_spill, &spec.left_schema) };
         let (rows, schema) = (held.read(held_spill)?, Arc::clone(held_schema));
-        let chunks = Chunks {
-            join: Arc::clone(self),
-            spec,
-            rows,
-            schema,
-            next: None,
-            streamed_side: streamed.clone(),
-            swapped,
-        };
+        let chunks = Chunks { join: Arc::clone(self), spec, rows, schema, next: None, streamed_side: streamed.clone(), swapped };
         let joined = futures::stream::try_unfold(chunks, |mut chunks| async move {
             let Some((held, reservation)) = chunks.next_chunk().await? else { return Ok::<_, DataFusionError>(None) };
             let join = &chunks.join;

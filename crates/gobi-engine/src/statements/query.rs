@@ -24,6 +24,12 @@ impl Session {
         if let Some(output) = self.execute_write(&plan, ast, text).await? {
             return Ok(output);
         }
+        if let LogicalPlan::Statement(datafusion::logical_expr::Statement::Execute(_)) = &plan {
+            // PREPARE stored the plan in this session's state (the session's place for prepared
+            // statements); EXECUTE is that plan with its parameters, run like any query.
+            let prepared = self.ctx.execute_logical_plan(plan).await?.into_unoptimized_plan();
+            return self.query_plan(prepared, text).await;
+        }
         if matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Statement(_)) {
             let what = what_it_did(&plan);
             self.ctx.execute_logical_plan(plan).await?.collect().await?;

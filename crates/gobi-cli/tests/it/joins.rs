@@ -137,6 +137,7 @@ fn a_build_a_hundred_times_its_estimate_switches_to_spilling_at_run_time() {
     assert_eq!(csv(&lh, &SMALL, &wrong), csv(&lh, &UNLIMITED, query));
     let metrics = join_metrics(&lh, &SMALL, &wrong);
     assert!(metric(&metrics, "runtime_switches") > 0.0, "{metrics:?}");
+    assert_released(&lh, &SMALL, &wrong);
 }
 
 /// One key in 90 % of the build's rows: no re-split separates them, so that bucket is joined

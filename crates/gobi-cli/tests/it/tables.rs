@@ -125,15 +125,27 @@ fn show_history_lists_every_commit_newest_first() {
     assert_eq!(summary, vec![(2, "DELETE".into()), (1, "WRITE".into()), (0, "CREATE TABLE".into())]);
 }
 
+/// Waits for the wall clock to enter its next second, and returns that second's start.
+fn next_second() -> chrono::DateTime<chrono::Utc> {
+    let now = chrono::Utc::now().timestamp();
+    loop {
+        let later = chrono::Utc::now();
+        if later.timestamp() > now {
+            return chrono::DateTime::from_timestamp(later.timestamp(), 0).expect("a time in range");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn time_travel_by_version_and_timestamp() {
     let lh = Lakehouse::new();
     lh.run("CREATE TABLE t (a INT); INSERT INTO t VALUES (1)").ok();
-    // Commit times are what time travel reads, at the resolution of the log files' times:
-    // a second apart on each side keeps `between` strictly between versions 1 and 2.
-    std::thread::sleep(std::time::Duration::from_millis(1100));
-    let between = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S");
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // Commit times are what time travel reads, compared here at a second's resolution: version
+    // 1 was committed in an earlier second than `between`, version 2 in a later one.
+    let between = next_second();
+    next_second();
+    let between = between.format("%Y-%m-%d %H:%M:%S");
     lh.run("INSERT INTO t VALUES (2); UPDATE t SET a = a * 10").ok();
     assert_eq!(lh.values("SELECT * FROM t ORDER BY a"), rows![[10], [20]]);
     assert_eq!(lh.values("SELECT * FROM t AS OF VERSION 0"), rows![]);

@@ -309,8 +309,9 @@ impl Engine {
         }
     }
 
-    /// Runs `end` (a statement ending after its reader stopped) on the current runtime, or at
-    /// once without one; [`Engine::write_logs`] waits for it when closing.
+    /// Runs `end` (a statement ending after its reader stopped) on the current runtime;
+    /// [`Engine::write_logs`] waits for it when closing. Without a runtime `end` is dropped,
+    /// which ends the statement (and writes its log row) at once.
     pub(crate) fn finish_in_background(&self, end: impl std::future::Future<Output = ()> + Send + 'static) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let mut finishing = self.finishing.lock();

@@ -6,6 +6,7 @@ use datafusion::arrow::array::{RecordBatch, UInt32Array};
 use datafusion::arrow::compute::BatchCoalescer;
 use datafusion::common::hash_utils::{create_hashes, RandomState};
 use datafusion::common::Result;
+use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::execution::spill_file::SpillFile;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_expr::PhysicalExprRef;
@@ -82,7 +83,8 @@ fn spill_writer(spill: &SpillManager) -> Result<SpillWriter> {
 /// Scatters batches of one side into `fanout` buckets by the hash of their key. A bucket's rows
 /// are gathered into batches of the session's batch size before they are written (a batch
 /// scattered 16 ways leaves parts of a few rows each, and every batch in a spill file costs a
-/// read and a join call of its own): at most a batch per bucket waits in memory.
+/// read and a join call of its own): at most a batch per bucket waits in memory, reserved;
+/// when that reservation is refused, the waiting rows are written at once, in smaller batches.
 pub(super) struct Scatter {
     spill: Arc<SpillManager>,
     keys: Vec<PhysicalExprRef>,
@@ -92,6 +94,8 @@ pub(super) struct Scatter {
     null_key: bool,
     /// Rows with a NULL key are dropped: in this join they can neither match nor be output.
     drop_null_keys: bool,
+    /// Holds what the buckets' coalescers keep.
+    waiting: MemoryReservation,
 }
 
 /// A bucket being written.
@@ -116,7 +120,7 @@ impl Filling {
 }
 
 impl Scatter {
-    pub fn new(spill: &Arc<SpillManager>, keys: &[PhysicalExprRef], fanout: usize, level: usize, batch_size: usize) -> Self {
+    pub fn new(spill: &Arc<SpillManager>, keys: &[PhysicalExprRef], fanout: usize, level: usize, batch_size: usize, waiting: MemoryReservation) -> Self {
         let filling = || Filling { pending: BatchCoalescer::new(Arc::clone(spill.schema()), batch_size), writer: None, rows: 0 };
         Self {
             spill: Arc::clone(spill),
@@ -126,6 +130,7 @@ impl Scatter {
             hashes: vec![],
             null_key: false,
             drop_null_keys: false,
+            waiting,
         }
     }
 
@@ -157,14 +162,27 @@ impl Scatter {
             bucket.pending.push_batch_with_indices(batch.clone(), &UInt32Array::from(rows))?;
             bucket.write_completed(&self.spill)?;
         }
+        let waiting = self.buckets.iter().map(|bucket| bucket.pending.size()).sum();
+        if self.waiting.try_resize(waiting).is_err() {
+            self.write_waiting()?;
+        }
         Ok(())
     }
 
-    pub fn finish(self) -> Result<Scattered> {
-        let mut buckets = Vec::with_capacity(self.buckets.len());
-        for mut bucket in self.buckets {
+    /// Writes every bucket's waiting rows.
+    fn write_waiting(&mut self) -> Result<()> {
+        for bucket in &mut self.buckets {
             bucket.pending.finish_buffered_batch()?;
             bucket.write_completed(&self.spill)?;
+        }
+        self.waiting.free();
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<Scattered> {
+        self.write_waiting()?;
+        let mut buckets = Vec::with_capacity(self.buckets.len());
+        for bucket in self.buckets {
             let file = match bucket.writer {
                 Some(mut writer) => writer(None)?,
                 None => None,

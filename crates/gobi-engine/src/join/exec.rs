@@ -180,17 +180,7 @@ impl SpillingHashJoinExec {
     }
 
     fn spec_for(&self, left: &Arc<dyn ExecutionPlan>, right: &Arc<dyn ExecutionPlan>) -> JoinSpec {
-        JoinSpec {
-            left_schema: left.schema(),
-            right_schema: right.schema(),
-            schema: Arc::clone(&self.spec.schema),
-            on: self.spec.on.clone(),
-            filter: self.spec.filter.clone(),
-            join_type: self.spec.join_type,
-            projection: self.spec.projection.clone(),
-            null_equality: self.spec.null_equality,
-            null_aware: self.spec.null_aware,
-        }
+        JoinSpec { left_schema: left.schema(), right_schema: right.schema(), ..JoinSpec::clone(&self.spec) }
     }
 }
 

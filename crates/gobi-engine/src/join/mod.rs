@@ -16,7 +16,7 @@
 //!
 //! Not tracked by reservations: the one batch being scattered and its parts (a batch at a
 //! time), the spill files' write buffers, and DataFusion's probe-side work inside its join
-//! (as with its own join).
+//! (as with its own join). The rows waiting per bucket to fill a batch are reserved.
 
 mod bucket_pool;
 mod buckets;

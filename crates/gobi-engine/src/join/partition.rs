@@ -128,12 +128,14 @@ impl PartitionJoin {
 
     fn scatter_build(&self, fanout: usize, level: usize) -> Scatter {
         let keys: Vec<_> = self.spec.on.iter().map(|(left, _)| Arc::clone(left)).collect();
-        Scatter::new(&self.build_spill, &keys, fanout, level, self.ctx.session_config().batch_size()).dropping_null_keys(self.spec.drops_null_build_keys())
+        Scatter::new(&self.build_spill, &keys, fanout, level, self.ctx.session_config().batch_size(), self.reservation())
+            .dropping_null_keys(self.spec.drops_null_build_keys())
     }
 
     fn scatter_probe(&self, fanout: usize, level: usize) -> Scatter {
         let keys: Vec<_> = self.spec.on.iter().map(|(_, right)| Arc::clone(right)).collect();
-        Scatter::new(&self.probe_spill, &keys, fanout, level, self.ctx.session_config().batch_size()).dropping_null_keys(self.spec.drops_null_probe_keys())
+        Scatter::new(&self.probe_spill, &keys, fanout, level, self.ctx.session_config().batch_size(), self.reservation())
+            .dropping_null_keys(self.spec.drops_null_probe_keys())
     }
 
     /// Holds the build while it fits and joins in memory; the first refused reservation

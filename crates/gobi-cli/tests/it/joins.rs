@@ -20,6 +20,8 @@ fn two_tables() -> Lakehouse {
 
 /// A few MiB for the query, nothing to borrow from the cache pool.
 const SMALL: [&str; 4] = ["--memory-query", "6MiB", "--memory-cache", "0B"];
+/// Smaller still: the builds of `EXISTS (SELECT 1 FROM other …)` (one key column) do not fit.
+const SMALLER: [&str; 4] = ["--memory-query", "4MiB", "--memory-cache", "0B"];
 const UNLIMITED: [&str; 4] = ["--memory-query", "2GiB", "--memory-cache", "0B"];
 
 fn csv(lh: &Lakehouse, memory: &[&str], query: &str) -> String {
@@ -71,7 +73,24 @@ fn assert_released(lh: &Lakehouse, memory: &[&str], query: &str) {
 /// spills into buckets (its metrics say so) and the answer equals the unlimited run's.
 #[test]
 fn every_join_type_spills_under_a_small_pool_and_gives_the_unlimited_answer() {
+    every_join_type_spills(&two_tables(), "");
+}
+
+/// DataFusion told to collect every build into one partition (its CollectLeft joins): the
+/// inner and right joins share that one build among the probe's partitions, in memory or in
+/// buckets; the others repartition both sides. Either way, the same answers as unlimited.
+#[test]
+fn with_one_build_for_every_probe_partition_every_join_type_spills_likewise() {
+    let collect_left = "SET datafusion.optimizer.hash_join_single_partition_threshold = 1000000000; \
+        SET datafusion.optimizer.hash_join_single_partition_threshold_rows = 1000000000; ";
     let lh = two_tables();
+    let inner = format!("{collect_left}EXPLAIN SELECT count(*) FROM big a JOIN other b ON a.k = b.k");
+    let plan = csv(&lh, &SMALL, &inner);
+    assert!(plan.contains("SpillingHashJoinExec") && plan.contains("build=shared"), "{plan}");
+    every_join_type_spills(&lh, collect_left);
+}
+
+fn every_join_type_spills(lh: &Lakehouse, setup: &str) {
     let both = "count(*) AS n, count(a.id) AS a_rows, sum(a.id) AS a_ids, count(b.id) AS b_rows, sum(b.id) AS b_ids, max(a.s) AS a_s, max(b.t) AS b_t";
     let joined = |kind: &str, on: &str| format!("SELECT {both} FROM big a {kind} JOIN other b ON {on}");
     let filter = "a.k = b.k AND (a.id + b.f) % 3 <> 0";
@@ -90,12 +109,13 @@ fn every_join_type_spills_under_a_small_pool_and_gives_the_unlimited_answer() {
         format!("{exists} EXISTS (SELECT 1 FROM other b WHERE b.k = a.k) OR a.id % 10 = 0"),
         "SELECT count(*) AS n, sum(b.id) AS ids FROM other b WHERE EXISTS (SELECT 1 FROM big a WHERE a.k = b.k AND a.id % 2 = 0)".to_string(),
     ]);
-    for query in &queries {
-        let (unlimited, small) = (csv(&lh, &UNLIMITED, query), csv(&lh, &SMALL, query));
+    for query in queries.iter().map(|query| format!("{setup}{query}")) {
+        let query = &query;
+        let (unlimited, small) = (csv(lh, &UNLIMITED, query), csv(lh, &SMALLER, query));
         assert_eq!(small, unlimited, "{query}: the spilled answer differs from the unlimited one");
-        let metrics = join_metrics(&lh, &SMALL, query);
+        let metrics = join_metrics(lh, &SMALLER, query);
         assert!(metric(&metrics, "spilled_buckets") > 0.0 && metric(&metrics, "spilled_bytes") > 0.0, "{query}: no bucket spilled: {metrics:?}");
-        assert_released(&lh, &SMALL, query);
+        assert_released(lh, &SMALLER, query);
     }
 }
 

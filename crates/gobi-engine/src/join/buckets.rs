@@ -52,6 +52,7 @@ impl Bucket {
 
 /// Buckets of one side after scattering, and whether a key was NULL (what `NOT IN` needs to
 /// know of its subquery's rows).
+#[derive(Clone)]
 pub(super) struct Scattered {
     pub buckets: Vec<Bucket>,
     pub null_key: bool,

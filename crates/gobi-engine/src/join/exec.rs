@@ -18,10 +18,11 @@ use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 
 use super::partition::{JoinMetrics, PartitionJoin};
+use super::shared::SharedSlot;
 
 /// What a join is, apart from its inputs: enough to plan DataFusion's hash join over any pair
 /// of inputs with the same schemas.
@@ -66,6 +67,14 @@ impl JoinSpec {
         never_output && !self.null_aware && self.null_equality == NullEquality::NullEqualsNothing
     }
 
+    /// Whether each probe row's output depends on the build alone, not on the other probe rows:
+    /// then each partition of the probe can be joined on its own against the whole build, even
+    /// when that build is in buckets. (The other joins output build rows by what no probe row
+    /// of any partition matched.)
+    pub fn probe_rows_independent(&self) -> bool {
+        matches!(self.join_type, JoinType::Inner | JoinType::Right | JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark) && !self.null_aware
+    }
+
     /// DataFusion's in-memory hash join of `left` and `right` (streams of the two inputs'
     /// rows), with its memory from `pool`. It builds its table from `left`, or from `right`
     /// when `swapped` (the join planned the other way round, as DataFusion swaps joins).
@@ -78,9 +87,38 @@ impl JoinSpec {
         null_aware: bool,
         swapped: bool,
     ) -> Result<SendableRecordBatchStream> {
+        let plan = self.in_memory_plan(left, one_shot(right)?, null_aware, swapped)?;
+        plan.execute(0, pooled_context(ctx, pool)?)
+    }
+
+    /// DataFusion's in-memory hash join of a build that fit against `partitions` partitions
+    /// of the probe, sharing one table as its CollectLeft joins do: the join, where each
+    /// partition's probe stream is handed in before that partition is executed, and the
+    /// context to execute it in (memory from `pool`).
+    pub fn shared_in_memory(
+        &self,
+        build: SendableRecordBatchStream,
+        partitions: usize,
+        pool: Arc<dyn MemoryPool>,
+        ctx: &Arc<TaskContext>,
+    ) -> Result<SharedJoin> {
+        let probes: Vec<Arc<OneShot>> = (0..partitions).map(|_| OneShot::waiting(&self.right_schema)).collect();
+        let streams = probes.iter().map(|probe| Arc::clone(probe) as Arc<dyn PartitionStream>).collect();
+        let right = Arc::new(StreamingTableExec::try_new(Arc::clone(&self.right_schema), streams, None, vec![], false, None)?);
+        let join = self.in_memory_plan(build, right, false, false)?;
+        Ok(SharedJoin { join, probes, ctx: pooled_context(ctx, pool)? })
+    }
+
+    fn in_memory_plan(
+        &self,
+        left: SendableRecordBatchStream,
+        right: Arc<dyn ExecutionPlan>,
+        null_aware: bool,
+        swapped: bool,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let join = HashJoinExec::try_new(
             one_shot(left)?,
-            one_shot(right)?,
+            right,
             self.on.clone(),
             self.filter.clone(),
             &self.join_type,
@@ -89,25 +127,46 @@ impl JoinSpec {
             self.null_equality,
             null_aware,
         )?;
-        let plan: Arc<dyn ExecutionPlan> = if swapped { join.swap_inputs(PartitionMode::CollectLeft)? } else { Arc::new(join) };
-        let runtime = RuntimeEnvBuilder::from_runtime_env(&ctx.runtime_env()).with_memory_pool(pool).build_arc()?;
-        let ctx = TaskContext::new(
-            ctx.task_id(),
-            ctx.session_id(),
-            ctx.session_config().clone(),
-            ctx.scalar_functions().clone(),
-            ctx.higher_order_functions().clone(),
-            ctx.aggregate_functions().clone(),
-            ctx.window_functions().clone(),
-            runtime,
-        );
-        plan.execute(0, Arc::new(ctx))
+        Ok(if swapped { join.swap_inputs(PartitionMode::CollectLeft)? } else { Arc::new(join) })
+    }
+}
+
+/// `ctx` with its memory from `pool`.
+fn pooled_context(ctx: &Arc<TaskContext>, pool: Arc<dyn MemoryPool>) -> Result<Arc<TaskContext>> {
+    let runtime = RuntimeEnvBuilder::from_runtime_env(&ctx.runtime_env()).with_memory_pool(pool).build_arc()?;
+    Ok(Arc::new(TaskContext::new(
+        ctx.task_id(),
+        ctx.session_id(),
+        ctx.session_config().clone(),
+        ctx.scalar_functions().clone(),
+        ctx.higher_order_functions().clone(),
+        ctx.aggregate_functions().clone(),
+        ctx.window_functions().clone(),
+        runtime,
+    )))
+}
+
+/// DataFusion's join over a shared build that fit (see [`JoinSpec::shared_in_memory`]).
+pub(super) struct SharedJoin {
+    join: Arc<dyn ExecutionPlan>,
+    probes: Vec<Arc<OneShot>>,
+    ctx: Arc<TaskContext>,
+}
+
+impl SharedJoin {
+    /// Partition `partition` of the join, over `probe`.
+    pub fn execute(&self, partition: usize, probe: SendableRecordBatchStream) -> Result<SendableRecordBatchStream> {
+        match self.probes.get(partition) {
+            Some(slot) => *slot.stream.lock() = Some(probe),
+            None => return internal_err!("the spilling join's shared build has no probe partition {partition}"),
+        }
+        self.join.execute(partition, Arc::clone(&self.ctx))
     }
 }
 
 /// A plan leaf that hands out one stream, once: the inputs of DataFusion's join inside the
 /// spilling join (rows held in memory, the probe as it comes, a spill file read back).
-struct OneShot {
+pub(super) struct OneShot {
     schema: SchemaRef,
     stream: Mutex<Option<SendableRecordBatchStream>>,
 }
@@ -128,9 +187,16 @@ impl PartitionStream for OneShot {
             Some(stream) => stream,
             None => Box::pin(RecordBatchStreamAdapter::new(
                 Arc::clone(&self.schema),
-                futures::stream::once(async { internal_err!("an input of the spilling join's bucket was read twice") }),
+                futures::stream::once(async { internal_err!("an input of the spilling join's in-memory join was read twice, or never handed in") }),
             )),
         }
+    }
+}
+
+impl OneShot {
+    /// A leaf whose stream is handed in later.
+    fn waiting(schema: &SchemaRef) -> Arc<Self> {
+        Arc::new(Self { schema: Arc::clone(schema), stream: Mutex::new(None) })
     }
 }
 
@@ -140,22 +206,38 @@ fn one_shot(stream: SendableRecordBatchStream) -> Result<Arc<dyn ExecutionPlan>>
     Ok(Arc::new(StreamingTableExec::try_new(schema, vec![partition], None, vec![], false, None)?))
 }
 
-/// gobi's hash join that spills: each output partition joins the same partition of its two
-/// inputs (hash-partitioned on the keys, or one partition each for `NOT IN`). While the build
-/// fits its reservations it is DataFusion's in-memory hash join; past that, a grace hash
-/// join over buckets in spill files (see `partition.rs`).
+/// How the join's inputs meet, partition by partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Layout {
+    /// Partition p of the build meets partition p of the probe: both hash-partitioned on the
+    /// keys.
+    Partitioned,
+    /// One build partition, read once and shared by every partition of the probe (DataFusion's
+    /// CollectLeft, without repartitioning the probe): for joins whose probe rows are
+    /// independent (see [`JoinSpec::probe_rows_independent`]).
+    SharedBuild,
+    /// One partition each: `NOT IN`, where one NULL anywhere changes every row's answer.
+    Single,
+}
+
+/// gobi's hash join that spills: each output partition joins a partition of the probe with
+/// its build (see [`Layout`]). While the build fits its reservations it is DataFusion's
+/// in-memory hash join; past that, a grace hash join over buckets in spill files (see
+/// `partition.rs`).
 #[derive(Debug)]
 pub struct SpillingHashJoinExec {
     left: Arc<dyn ExecutionPlan>,
     right: Arc<dyn ExecutionPlan>,
     spec: Arc<JoinSpec>,
+    layout: Layout,
+    /// The build of [`Layout::SharedBuild`], once read.
+    shared: Arc<SharedSlot>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
 
 impl SpillingHashJoinExec {
-    pub(super) fn try_new(left: Arc<dyn ExecutionPlan>, right: Arc<dyn ExecutionPlan>, spec: JoinSpec) -> Result<Self> {
-        let single = spec.null_aware;
+    pub(super) fn try_new(left: Arc<dyn ExecutionPlan>, right: Arc<dyn ExecutionPlan>, spec: JoinSpec, layout: Layout) -> Result<Self> {
         // DataFusion's own join over the same inputs says what the output is; its rows come out
         // in no order here (bucket after bucket).
         let model = HashJoinExec::try_new(
@@ -165,18 +247,19 @@ impl SpillingHashJoinExec {
             spec.filter.clone(),
             &spec.join_type,
             spec.projection.clone(),
-            if single { PartitionMode::CollectLeft } else { PartitionMode::Partitioned },
+            if layout == Layout::Partitioned { PartitionMode::Partitioned } else { PartitionMode::CollectLeft },
             spec.null_equality,
             false,
         )?;
         let mut equivalences = model.properties().eq_properties.clone();
         equivalences.clear_orderings();
         let mut properties = model.properties().as_ref().clone().with_eq_properties(equivalences);
-        if single {
+        if layout == Layout::Single {
             properties = properties.with_partitioning(Partitioning::UnknownPartitioning(1));
         }
         let spec = JoinSpec { schema: model.schema(), ..spec };
-        Ok(Self { left, right, spec: Arc::new(spec), properties: Arc::new(properties), metrics: ExecutionPlanMetricsSet::new() })
+        let shared = Arc::new(SharedSlot::new(properties.partitioning.partition_count()));
+        Ok(Self { left, right, spec: Arc::new(spec), layout, shared, properties: Arc::new(properties), metrics: ExecutionPlanMetricsSet::new() })
     }
 
     fn spec_for(&self, left: &Arc<dyn ExecutionPlan>, right: &Arc<dyn ExecutionPlan>) -> JoinSpec {
@@ -193,6 +276,9 @@ impl DisplayAs for SpillingHashJoinExec {
         }
         if self.spec.null_aware {
             write!(f, ", null_aware")?;
+        }
+        if self.layout == Layout::SharedBuild {
+            write!(f, ", build=shared")?;
         }
         Ok(())
     }
@@ -222,11 +308,14 @@ impl ExecutionPlan for SpillingHashJoinExec {
     }
 
     fn required_input_distribution(&self) -> Vec<Distribution> {
-        if self.spec.null_aware {
-            return vec![Distribution::SinglePartition, Distribution::SinglePartition];
+        match self.layout {
+            Layout::Single => vec![Distribution::SinglePartition, Distribution::SinglePartition],
+            Layout::SharedBuild => vec![Distribution::SinglePartition, Distribution::UnspecifiedDistribution],
+            Layout::Partitioned => {
+                let (left, right) = self.spec.on.iter().map(|(l, r)| (Arc::clone(l), Arc::clone(r))).unzip();
+                vec![Distribution::KeyPartitioned(left), Distribution::KeyPartitioned(right)]
+            }
         }
-        let (left, right) = self.spec.on.iter().map(|(l, r)| (Arc::clone(l), Arc::clone(r))).unzip();
-        vec![Distribution::KeyPartitioned(left), Distribution::KeyPartitioned(right)]
     }
 
     fn maintains_input_order(&self) -> Vec<bool> {
@@ -245,14 +334,26 @@ impl ExecutionPlan for SpillingHashJoinExec {
         let right = children.pop().expect("two children");
         let left = children.pop().expect("two children");
         let spec = self.spec_for(&left, &right);
-        Ok(Arc::new(Self::try_new(left, right, spec)?))
+        Ok(Arc::new(Self::try_new(left, right, spec, self.layout)?))
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let build = self.left.execute(partition, Arc::clone(&context))?;
         let probe = self.right.execute(partition, Arc::clone(&context))?;
-        let join = Arc::new(PartitionJoin::new(Arc::clone(&self.spec), partition, context, JoinMetrics::new(&self.metrics, partition)));
-        let joined = futures::stream::once(join.run(build, probe)).try_flatten();
+        let join = Arc::new(PartitionJoin::new(Arc::clone(&self.spec), partition, Arc::clone(&context), JoinMetrics::new(&self.metrics, partition)));
+        let joined = match self.layout {
+            Layout::SharedBuild => {
+                let (slot, left, partitions) = (Arc::clone(&self.shared), Arc::clone(&self.left), self.properties.partitioning.partition_count());
+                let read = {
+                    let join = Arc::clone(&join);
+                    move || async move { join.read_shared_build(left.execute(0, context)?, partitions).await }
+                };
+                futures::stream::once(async move { join.run_shared(slot.take(read).await?, probe).await }).try_flatten().boxed()
+            }
+            Layout::Partitioned | Layout::Single => {
+                let build = self.left.execute(partition, context)?;
+                futures::stream::once(join.run(build, probe)).try_flatten().boxed()
+            }
+        };
         Ok(Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&self.spec.schema), joined)))
     }
 

@@ -10,7 +10,10 @@
 //!   physical plan (after DataFusion's rules, before dynamic filters are pushed down)
 //!     HashJoinExec, build estimated to fit its share with room ──► kept (full speed)
 //!     HashJoinExec, any other ──► SpillingHashJoinExec
-//!        Partitioned: same inputs · CollectLeft: both inputs hash-repartitioned on the keys
+//!        Partitioned: same inputs
+//!        CollectLeft, probe rows independent (inner, right joins): same inputs, one build
+//!          shared by every probe partition (`shared.rs`)
+//!        CollectLeft, other joins: both inputs hash-repartitioned on the keys
 //!        NOT IN (null-aware): one partition each
 //! ```
 //!
@@ -22,6 +25,7 @@ mod bucket_pool;
 mod buckets;
 mod exec;
 mod partition;
+mod shared;
 
 use std::sync::Arc;
 
@@ -35,8 +39,8 @@ use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, StatisticsArgs, StatisticsContext};
 
-use exec::JoinSpec;
 pub use exec::SpillingHashJoinExec;
+use exec::{JoinSpec, Layout};
 
 /// How far an inexact estimate (after a filter, an aggregate, another join) is trusted: such a
 /// build keeps DataFusion's join only if it would still fit its share when 128 times the
@@ -74,19 +78,9 @@ impl SpillingJoins {
         if join.fetch().is_some() || self.build_fits(join.left())? {
             return Ok(None);
         }
-        let (left_keys, right_keys): (Vec<PhysicalExprRef>, Vec<PhysicalExprRef>) = join.on().iter().map(|(l, r)| (Arc::clone(l), Arc::clone(r))).unzip();
-        let (left, right) = match (join.null_aware, join.partition_mode()) {
-            (true, _) => (one_partition(join.left()), one_partition(join.right())),
-            (false, PartitionMode::Partitioned) => (Arc::clone(join.left()), Arc::clone(join.right())),
-            (false, PartitionMode::CollectLeft) => {
-                let partitions = config.execution.target_partitions.max(1);
-                (hash_partitioned(join.left(), left_keys, partitions)?, hash_partitioned(join.right(), right_keys, partitions)?)
-            }
-            (false, PartitionMode::Auto) => return Ok(None),
-        };
         let spec = JoinSpec {
-            left_schema: left.schema(),
-            right_schema: right.schema(),
+            left_schema: join.left().schema(),
+            right_schema: join.right().schema(),
             schema: join.schema(),
             on: join.on().to_vec(),
             filter: join.filter().cloned(),
@@ -95,7 +89,19 @@ impl SpillingJoins {
             null_equality: join.null_equality(),
             null_aware: join.null_aware,
         };
-        Ok(Some(Arc::new(SpillingHashJoinExec::try_new(left, right, spec)?)))
+        let (left_keys, right_keys): (Vec<PhysicalExprRef>, Vec<PhysicalExprRef>) = join.on().iter().map(|(l, r)| (Arc::clone(l), Arc::clone(r))).unzip();
+        let (left, right, layout) = match (join.null_aware, join.partition_mode()) {
+            (true, _) => (one_partition(join.left()), one_partition(join.right()), Layout::Single),
+            (false, PartitionMode::Partitioned) => (Arc::clone(join.left()), Arc::clone(join.right()), Layout::Partitioned),
+            (false, PartitionMode::CollectLeft) if spec.probe_rows_independent() => (Arc::clone(join.left()), Arc::clone(join.right()), Layout::SharedBuild),
+            (false, PartitionMode::CollectLeft) => {
+                let partitions = config.execution.target_partitions.max(1);
+                (hash_partitioned(join.left(), left_keys, partitions)?, hash_partitioned(join.right(), right_keys, partitions)?, Layout::Partitioned)
+            }
+            (false, PartitionMode::Auto) => return Ok(None),
+        };
+        let spec = JoinSpec { left_schema: left.schema(), right_schema: right.schema(), ..spec };
+        Ok(Some(Arc::new(SpillingHashJoinExec::try_new(left, right, spec, layout)?)))
     }
 }
 

@@ -31,6 +31,7 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use super::bucket_pool::BucketPool;
 use super::buckets::{Bucket, Scatter, Scattered};
 use super::exec::JoinSpec;
+use super::shared::SharedBuild;
 
 /// Buckets of the first scatter, and of each re-split of a bucket too big to hold.
 const FIRST_FANOUT: usize = 16;
@@ -59,7 +60,7 @@ fn held_cost(counted: &mut RecordBatchMemoryCounter, batch: &RecordBatch) -> usi
 /// `spilled_rows`) its spill files add.
 #[derive(Clone)]
 pub(super) struct JoinMetrics {
-    /// Buckets made by scattering and re-splitting.
+    /// Buckets made by scattering and re-splitting, the build's and the probe's.
     buckets: Count,
     /// Buckets written to a spill file.
     spilled_buckets: Count,
@@ -140,7 +141,43 @@ impl PartitionJoin {
 
     /// Holds the build while it fits and joins in memory; the first refused reservation
     /// switches to buckets.
-    pub async fn run(self: Arc<Self>, mut build: SendableRecordBatchStream, probe: SendableRecordBatchStream) -> Result<SendableRecordBatchStream> {
+    pub async fn run(self: Arc<Self>, build: SendableRecordBatchStream, probe: SendableRecordBatchStream) -> Result<SendableRecordBatchStream> {
+        match self.hold_build(build).await? {
+            Holding::Fit(held, reservation) => {
+                self.metrics.rounds.add(1);
+                let build = memory_stream(&self.spec.left_schema, held);
+                self.spec.in_memory(build, probe, BucketPool::new(reservation), &self.ctx, self.spec.null_aware, false)
+            }
+            Holding::Outgrew(held, rest, reservation) => {
+                let builds = self.scatter_build_rows(held, rest, reservation).await?;
+                self.grace(builds, probe).await
+            }
+        }
+    }
+
+    /// Reads the build that every partition of the probe shares (this partition came first):
+    /// held for one in-memory join while it fits, else scattered into buckets.
+    pub async fn read_shared_build(self: Arc<Self>, build: SendableRecordBatchStream, partitions: usize) -> Result<SharedBuild> {
+        Ok(match self.hold_build(build).await? {
+            Holding::Fit(held, reservation) => {
+                self.metrics.rounds.add(1);
+                let build = memory_stream(&self.spec.left_schema, held);
+                SharedBuild::Held(self.spec.shared_in_memory(build, partitions, BucketPool::new(reservation), &self.ctx)?)
+            }
+            Holding::Outgrew(held, rest, reservation) => SharedBuild::Scattered(self.scatter_build_rows(held, rest, reservation).await?),
+        })
+    }
+
+    /// This partition's probe joined with the shared build.
+    pub async fn run_shared(self: Arc<Self>, build: Arc<SharedBuild>, probe: SendableRecordBatchStream) -> Result<SendableRecordBatchStream> {
+        match &*build {
+            SharedBuild::Held(join) => join.execute(self.partition, probe),
+            SharedBuild::Scattered(builds) => self.grace(builds.clone(), probe).await,
+        }
+    }
+
+    /// The build held while its reservations are granted.
+    async fn hold_build(&self, mut build: SendableRecordBatchStream) -> Result<Holding> {
         let reservation = self.reservation();
         let mut counted = RecordBatchMemoryCounter::new();
         let mut held = vec![];
@@ -150,40 +187,37 @@ impl PartitionJoin {
             held.push(batch);
             if refused {
                 self.metrics.runtime_switches.add(1);
-                return self.grace(held, Some(build), probe, reservation).await;
+                return Ok(Holding::Outgrew(held, build, reservation));
             }
         }
-        self.metrics.rounds.add(1);
-        let build = memory_stream(&self.spec.left_schema, held);
-        self.spec.in_memory(build, probe, BucketPool::new(reservation), &self.ctx, self.spec.null_aware, false)
+        Ok(Holding::Fit(held, reservation))
     }
 
-    /// Scatters what was held, the rest of the build and the whole probe into bucket pairs,
-    /// then joins them one pair at a time.
-    async fn grace(
-        self: Arc<Self>,
-        held: Vec<RecordBatch>,
-        rest: Option<SendableRecordBatchStream>,
-        mut probe: SendableRecordBatchStream,
-        reservation: MemoryReservation,
-    ) -> Result<SendableRecordBatchStream> {
+    /// Scatters what was held and the rest of the build into buckets.
+    async fn scatter_build_rows(&self, held: Vec<RecordBatch>, mut rest: SendableRecordBatchStream, reservation: MemoryReservation) -> Result<Scattered> {
         let mut builds = self.scatter_build(FIRST_FANOUT, 0);
         for batch in held {
             builds.push(&batch)?;
         }
         reservation.free();
-        if let Some(mut rest) = rest {
-            while let Some(batch) = rest.next().await {
-                builds.push(&batch?)?;
-            }
+        while let Some(batch) = rest.next().await {
+            builds.push(&batch?)?;
         }
+        let builds = builds.finish()?;
+        self.metrics.buckets.add(FIRST_FANOUT);
+        self.metrics.spilled_buckets.add(builds.written());
+        Ok(builds)
+    }
+
+    /// Scatters the probe into buckets beside the build's, then joins them one pair at a time.
+    async fn grace(self: Arc<Self>, builds: Scattered, mut probe: SendableRecordBatchStream) -> Result<SendableRecordBatchStream> {
         let mut probes = self.scatter_probe(FIRST_FANOUT, 0);
         while let Some(batch) = probe.next().await {
             probes.push(&batch?)?;
         }
-        let (builds, probes) = (builds.finish()?, probes.finish()?);
+        let probes = probes.finish()?;
         self.metrics.buckets.add(FIRST_FANOUT);
-        self.metrics.spilled_buckets.add(builds.written() + probes.written());
+        self.metrics.spilled_buckets.add(probes.written());
         if self.spec.null_aware {
             // `x NOT IN (subquery)`: a NULL among the subquery's values makes every row's test
             // unknown, so none is output; any value at all makes a NULL `x` unknown.
@@ -225,7 +259,7 @@ impl PartitionJoin {
             for child in &mut builds.buckets {
                 child.skewed = child.rows as f64 > SKEW_SHARE * build.rows as f64;
             }
-            self.metrics.buckets.add(SPLIT_FANOUT);
+            self.metrics.buckets.add(2 * SPLIT_FANOUT);
             self.metrics.spilled_buckets.add(builds.written() + probes.written());
             self.metrics.max_depth.set_max(level);
             Ok(self.join_buckets(builds, probes, level))
@@ -325,6 +359,13 @@ impl PartitionJoin {
         };
         Ok(RecordBatch::try_new(schema, columns)?)
     }
+}
+
+/// The build after holding it: all of it, reserved; or what was held when a reservation was
+/// refused, and the rest still to read.
+enum Holding {
+    Fit(Vec<RecordBatch>, MemoryReservation),
+    Outgrew(Vec<RecordBatch>, SendableRecordBatchStream, MemoryReservation),
 }
 
 /// How a chunked join's output becomes this join's.

@@ -28,9 +28,10 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, UnboundedMemoryPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
-use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
 use gobi_memory::{ByteSize, PoolKind, QueryMemory, StatementLimits};
@@ -124,6 +125,14 @@ impl Statement {
         result.map(|written| written.output)
     }
 
+    /// The task context `physical` runs in: its sorts share the merge headroom.
+    fn task_context(&self, state: &SessionState, physical: &Arc<dyn ExecutionPlan>) -> Arc<TaskContext> {
+        let mut config = state.config().clone();
+        let query_pool = self.engine.memory().pool(PoolKind::Query).limit();
+        fit_sorts_to_pool(config.options_mut(), query_pool as u64, sorters(physical));
+        Arc::new(TaskContext::from(state).with_session_config(config))
+    }
+
     /// Answers from cached batches (a result-cache hit).
     pub(crate) fn cached(mut self, schema: SchemaRef, batches: Vec<RecordBatch>) -> ResultStream {
         self.entry.from_cache = true;
@@ -137,7 +146,9 @@ impl Statement {
     /// it fits an entry.
     pub(crate) async fn query(mut self, state: &SessionState, plan: &LogicalPlan, cache_key: Option<(String, Versions)>) -> Result<ResultStream> {
         let started = match state.create_physical_plan(plan).await {
-            Ok(physical) => datafusion::physical_plan::execute_stream(Arc::clone(&physical), state.task_ctx()).map(|stream| (physical, stream)),
+            Ok(physical) => {
+                datafusion::physical_plan::execute_stream(Arc::clone(&physical), self.task_context(state, &physical)).map(|stream| (physical, stream))
+            }
             Err(error) => Err(error),
         };
         let (physical, stream) = match started {
@@ -286,23 +297,47 @@ impl Engine {
 
 /// Scales the settings whose memory is fixed per partition to the query pool, so spilling
 /// operators can finish in a small one:
-/// - what each sort sets aside to merge its spill files: DataFusion's 10 MiB per partition
-///   would not fit a small pool at all, so a quarter of the pool shared by the partitions
-///   (at least 64 KiB);
 /// - the batch size: merging spill files holds a batch of each run (and the final
 ///   aggregation's merge cannot spill again), so 8192-row batches leave a 4 MiB pool no room to
 ///   merge; one row per 8 KiB of each partition's share keeps the merges inside it (256 to
 ///   DataFusion's 8192);
+/// - the sorts' merge headroom (see [`fit_sorts_to_pool`]), for one sort per partition until
+///   the plan is known;
+/// - a repartition's spill file holds one batch: with two of its inputs spilling at once,
+///   DataFusion 55.2 reads only the oldest open file and waits on it while the batch it needs is
+///   in the newer one, and the query hangs (apache/datafusion#24883, fixed after 55.2). A file
+///   finished at every batch is never left open, so its reservations can be refused like any
+///   other's (and it spills) without that risk.
+pub(crate) fn fit_execution_to_pool(options: &mut ConfigOptions, query_pool: u64) {
+    let partitions = options.execution.target_partitions.max(1) as u64;
+    options.execution.max_spill_file_size_bytes = datafusion::config::ConfigNonZeroUsize::try_new(1).expect("one byte");
+    fit_sorts_to_pool(options, query_pool, partitions);
+    let rows = (query_pool / (partitions * (8 << 10))).clamp(256, 8192) as usize;
+    options.execution.batch_size = datafusion::config::ConfigNonZeroUsize::try_new(rows).expect("at least 256 rows");
+}
+
+/// Shares a quarter of the query pool among the `sorters` that may set merge headroom aside at
+/// once (see [`sorters`]):
+/// - what each sort sets aside to merge its spill files: DataFusion's 10 MiB per partition
+///   would not fit a small pool at all, and ten sorts in a plan would need ten shares; so the
+///   quarter divided among them (at least 64 KiB each);
 /// - below what a sort concatenates its buffered batches into one to sort in place (and so
 ///   spills, and later merges, as one batch): a quarter of its merge headroom, at most
 ///   DataFusion's 1 MiB, so a run read back while merging fits beside the others.
-pub(crate) fn fit_execution_to_pool(options: &mut ConfigOptions, query_pool: u64) {
-    let partitions = options.execution.target_partitions.max(1) as u64;
-    let headroom = query_pool / (4 * partitions);
+pub(crate) fn fit_sorts_to_pool(options: &mut ConfigOptions, query_pool: u64, sorters: u64) {
+    let headroom = query_pool / (4 * sorters.max(1));
     options.execution.sort_spill_reservation_bytes = usize::try_from(headroom.clamp(64 << 10, 10 << 20)).unwrap_or(10 << 20);
     options.execution.sort_in_place_threshold_bytes = usize::try_from((headroom / 4).clamp(16 << 10, 1 << 20)).unwrap_or(1 << 20);
-    let rows = (query_pool / (partitions * (8 << 10))).clamp(256, 8192) as usize;
-    options.execution.batch_size = datafusion::config::ConfigNonZeroUsize::try_new(rows).expect("at least 256 rows");
+}
+
+/// The sorters of `plan`: one per partition of each sort that can spill (a TopK, a sort with a
+/// fetch, keeps its rows instead and sets no headroom aside).
+fn sorters(plan: &Arc<dyn ExecutionPlan>) -> u64 {
+    let own = match plan.downcast_ref::<SortExec>() {
+        Some(sort) if sort.fetch().is_none() => sort.properties().partitioning.partition_count() as u64,
+        _ => 0,
+    };
+    own + plan.children().into_iter().map(sorters).sum::<u64>()
 }
 
 /// A statement's row in the query log, written when it is dropped: after success, an error,
@@ -371,6 +406,8 @@ impl Drop for LogEntry {
 
 #[cfg(test)]
 mod tests {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+
     use super::*;
 
     #[test]
@@ -391,5 +428,76 @@ mod tests {
         assert_eq!(options.execution.sort_in_place_threshold_bytes, 1 << 20);
         fit_execution_to_pool(&mut options, 0);
         assert_eq!((options.execution.batch_size.get(), options.execution.sort_spill_reservation_bytes), (256, 64 << 10));
+    }
+
+    /// apache/datafusion#24883's reproduction: a grouped `count(DISTINCT)` on two partitions in
+    /// a 4 MiB pool makes the hash repartition spill from both inputs at once, and on DataFusion
+    /// 55.2's defaults the first attempt never completes. With the execution fitted to the pool
+    /// every attempt finishes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_repartition_spilling_from_two_inputs_at_once_does_not_hang() {
+        use datafusion::execution::memory_pool::GreedyMemoryPool;
+        use datafusion::physical_plan::repartition::RepartitionExec;
+        use datafusion::prelude::{SessionConfig, SessionContext};
+
+        async fn run_once() -> datafusion::error::Result<(usize, usize)> {
+            let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(GreedyMemoryPool::new(4 << 20))).build_arc()?;
+            let mut config = SessionConfig::new().with_target_partitions(2);
+            fit_execution_to_pool(config.options_mut(), 4 << 20);
+            let ctx = SessionContext::new_with_config_rt(config.with_batch_size(64), runtime);
+            let setup = "CREATE TABLE events AS SELECT v % 13 AS g, CASE WHEN v % 29 = 0 THEN NULL ELSE arrow_cast(md5(CAST(v % 337 AS VARCHAR)), 'Utf8View') END AS trace \
+                         FROM generate_series(1, 40000) AS t(v)";
+            ctx.sql(setup).await?.collect().await?;
+            let plan = ctx.sql("SELECT g, count(DISTINCT trace) AS n FROM events GROUP BY g").await?.create_physical_plan().await?;
+            let rows = datafusion::physical_plan::collect(Arc::clone(&plan), ctx.task_ctx()).await?.iter().map(RecordBatch::num_rows).sum();
+            let mut spills = 0;
+            plan.apply(|node| {
+                if node.downcast_ref::<RepartitionExec>().is_some() {
+                    spills += node.metrics().and_then(|m| m.spill_count()).unwrap_or(0);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+            Ok((rows, spills))
+        }
+
+        let mut spilled = 0;
+        for attempt in 0..12 {
+            match tokio::time::timeout(std::time::Duration::from_secs(60), run_once()).await {
+                Err(_) => panic!("attempt {attempt} never completed: the repartition's spill files deadlocked"),
+                Ok(Ok((rows, spills))) => {
+                    assert_eq!(rows, 13, "attempt {attempt}");
+                    spilled += usize::from(spills > 0);
+                }
+                // First come, first served, the greedy pool may refuse the aggregation: a
+                // legitimate outcome of the limit, not a hang.
+                Ok(Err(e)) if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) => {}
+                Ok(Err(e)) => panic!("attempt {attempt}: {e}"),
+            }
+        }
+        assert!(spilled > 0, "no attempt spilled: the test no longer reaches the repartition's spill files");
+    }
+
+    #[test]
+    fn sorts_share_a_quarter_of_the_pool() {
+        let mut options = ConfigOptions::default();
+        fit_sorts_to_pool(&mut options, 40 << 20, 10);
+        assert_eq!(options.execution.sort_spill_reservation_bytes, 1 << 20, "ten sorters share 10 MiB");
+        fit_sorts_to_pool(&mut options, 4 << 20, 20);
+        assert_eq!(options.execution.sort_spill_reservation_bytes, 64 << 10, "at least 64 KiB each");
+        assert_eq!(options.execution.sort_in_place_threshold_bytes, 16 << 10);
+    }
+
+    #[tokio::test]
+    async fn sorters_are_the_partitions_of_sorts_without_a_fetch() {
+        let ctx = datafusion::prelude::SessionContext::new_with_config(datafusion::prelude::SessionConfig::new().with_target_partitions(2));
+        ctx.sql("CREATE TABLE t AS VALUES (1, 2), (3, 4)").await.unwrap();
+        let plan = |sql: &'static str| {
+            let ctx = ctx.clone();
+            async move { ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap() }
+        };
+        let windows = plan("SELECT row_number() OVER (ORDER BY column1), row_number() OVER (ORDER BY column2 DESC) FROM t").await;
+        assert_eq!(sorters(&windows), 2, "two sorts of one partition each");
+        let top = plan("SELECT column1 FROM t ORDER BY column2 LIMIT 1").await;
+        assert_eq!(sorters(&top), 0, "a TopK sets no merge headroom aside");
     }
 }

@@ -67,13 +67,6 @@ const TOP_CONSUMERS: usize = 5;
 
 const BLOCK: usize = PoolKind::Query.block();
 
-/// Consumers whose requests are granted even past the limit (counted as overruns) rather than
-/// refused. DataFusion 55's `RepartitionExec` spills a batch it cannot reserve, and its spill
-/// path can deadlock the query (apache/datafusion#24883, fixed after 55.2: TPC-H q18 at a
-/// 175 MiB limit hung in 6 of 40 runs). What it holds is batches in flight between operators,
-/// bounded by its channels' gate, so granting it is bounded too; refusing it is not safe.
-const NEVER_REFUSED: &str = "RepartitionExec";
-
 /// How far past its limit a query's allocator bytes may go: decoding buffers, batches in
 /// flight and the query's result are memory no operator reserves.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -200,8 +193,6 @@ struct Consumer {
     /// Registered while the query pool was under high pressure: it spills at half its fair
     /// share, leaving room to the consumers already running.
     spills_early: bool,
-    /// Never refused: see [`NEVER_REFUSED`].
-    never_refused: bool,
     /// The plan node it works for, when known.
     node: Option<Arc<NodeMemory>>,
 }
@@ -497,13 +488,7 @@ impl QueryMemory {
     /// operator's fair share and the pool allow, else just the bytes short (so a pool smaller
     /// than a block still works), borrowing from the cache pool when the query pool is short.
     fn grant(&self, consumer: &Consumer, reservation: &MemoryReservation, short: usize) -> Result<()> {
-        let granted = match self.try_grant(consumer, reservation, short) {
-            Err(_) if consumer.never_refused => {
-                self.force_grant(consumer, short.next_multiple_of(BLOCK));
-                Ok(())
-            }
-            outcome => outcome.map_err(|refused| self.exhausted(reservation, short, refused)),
-        };
+        let granted = self.try_grant(consumer, reservation, short).map_err(|refused| self.exhausted(reservation, short, refused));
         self.trim(consumer);
         granted
     }
@@ -624,7 +609,6 @@ impl MemoryPool for QueryMemory {
             headroom: AtomicIsize::new(0),
             peak: AtomicUsize::new(0),
             spills_early,
-            never_refused: consumer.name().starts_with(NEVER_REFUSED),
             node: REGISTERING_FOR.with(|current| current.borrow().clone()),
         });
         if consumer.can_spill() {
@@ -661,7 +645,7 @@ impl MemoryPool for QueryMemory {
         if additional == 0 {
             return Ok(());
         }
-        if let Some(probability) = self.budget.inject_fault().filter(|_| !reservation.consumer().name().starts_with(NEVER_REFUSED)) {
+        if let Some(probability) = self.budget.inject_fault() {
             self.rejected.fetch_add(1, Ordering::Relaxed);
             return Err(DataFusionError::ResourcesExhausted(format!(
                 "injected fault (memory.fault_probability = {probability}): {} (query {}) was refused {}",
@@ -816,30 +800,6 @@ mod wait {
         assert!(!statement.wait_released(Duration::ZERO).await, "a spare block is held until the consumer goes");
         drop(sort);
         assert!(statement.wait_released(Duration::ZERO).await, "nothing held: no wait");
-    }
-}
-
-#[cfg(test)]
-mod never_refused {
-    use datafusion_execution::memory_pool::MemoryConsumer;
-
-    use super::*;
-    use crate::budget::PoolLimits;
-
-    #[test]
-    fn repartition_is_granted_past_the_limit_and_counted_as_an_overrun() {
-        let (budget, _, query) = statement(PoolLimits { query: ByteSize(64 << 10), cache: ByteSize(0), ..PoolLimits::default() }, StatementLimits::default());
-        budget.set_fault_probability(1.0);
-        let sort = MemoryConsumer::new("ExternalSorter[0]").with_can_spill(true).register(&query);
-        assert!(sort.try_grow(1).is_err(), "others still see injected faults");
-        let repartition = MemoryConsumer::new("RepartitionExec[0]").with_can_spill(true).register(&query);
-        repartition.try_grow(100 << 10).expect("never refused: not by a fault, not by the limit");
-        budget.set_fault_probability(0.0);
-        let pool = budget.pool(PoolKind::Query).stats();
-        assert_eq!((pool.reserved, pool.overruns), (104 << 10, 1));
-        assert!(sort.try_grow(1).is_err(), "the pool is past its limit for everyone else");
-        drop(repartition);
-        assert_eq!(budget.pool(PoolKind::Query).reserved(), 0);
     }
 }
 

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::support::{exit, files_under, gobi, gobi_stdin, pools_after, Lakehouse};
+use crate::support::{exit, files_under, gobi, gobi_stdin, gobi_within, pools_after, Lakehouse};
 
 /// 400 000 rows with 100 003 distinct keys: grouping them needs several MiB of hash table.
 fn wide_table() -> Lakehouse {
@@ -62,6 +62,54 @@ fn a_sort_and_a_group_by_bigger_than_the_pool_spill_and_give_the_unlimited_answe
         let spill_files: Vec<_> = files_under(&lh.path().join("_gobi/spill"));
         assert!(spill_files.is_empty(), "{query}: spill files left behind: {spill_files:?}");
     }
+}
+
+/// Ten sorts running at once (a union of ten windows over the whole table, each in its own
+/// order) share the sorts' merge headroom instead of setting ten shares aside; a TopK over a
+/// group-by keeps its few rows. Both finish under a 4 MiB query pool with the unlimited answer.
+#[test]
+fn ten_sorts_at_once_and_a_top_k_over_a_group_by_finish_under_a_small_pool() {
+    let lh = wide_table();
+    let window = |order: &str| format!("SELECT max(r) AS m FROM (SELECT row_number() OVER (ORDER BY {order}) AS r FROM t)");
+    let orders = ["id", "k", "s", "id DESC", "k DESC", "s DESC", "id + k", "k - id", "k * 3 + id", "md5(s)"];
+    let ten_sorts = format!("SELECT sum(m) AS total FROM ({})", orders.map(window).join(" UNION ALL "));
+    let top = "SELECT k, count(*) AS n, max(s) AS top FROM t GROUP BY k ORDER BY n DESC, k LIMIT 10";
+    let small = ["--memory-query", "4MiB", "--memory-cache", "0B"];
+    let plan = gobi(&[&small[..], &["query", "--format", "csv", &format!("EXPLAIN {ten_sorts}")]].concat(), lh.path()).ok().stdout;
+    assert_eq!(plan.matches("SortExec").count(), 10, "{plan}");
+    for query in [ten_sorts.as_str(), top] {
+        let run = |memory: &[&str]| gobi(&[memory, &["query", "--format", "csv", query]].concat(), lh.path()).ok().stdout;
+        assert_eq!(run(&small), run(&["--memory-query", "1GiB", "--memory-cache", "0B"]), "{query}");
+        // The log keeps a statement's first 120 characters.
+        let log = logged(&lh, &query[..query.len().min(100)]);
+        let (status, peak, ..) = &log[1];
+        assert_eq!(status, "ok");
+        assert!(*peak <= 4 << 20, "{query}: peak {peak} within the 4 MiB limit");
+    }
+}
+
+/// apache/datafusion#24883's shape through the binary: a grouped `count(DISTINCT)` on two
+/// partitions whose hash repartition spills from both of its inputs at once. On DataFusion
+/// 55.2's defaults such a query can hang for good (see `runner.rs`); here it runs 50 times in a
+/// row in one process under a 4 MiB pool, each time with the unlimited answer.
+#[test]
+fn a_repartition_spilling_under_pressure_finishes_fifty_times_in_a_row() {
+    let lh = Lakehouse::new();
+    lh.run(
+        "CREATE TABLE events AS SELECT value % 13 AS g, CASE WHEN value % 29 = 0 THEN NULL ELSE md5(CAST(value % 3037 AS STRING)) END AS trace \
+         FROM generate_series(1, 400000)",
+    )
+    .ok();
+    let query = "SELECT g, count(DISTINCT trace) AS n FROM events GROUP BY g ORDER BY g";
+    let small = ["--memory-query", "4MiB", "--memory-cache", "0B"];
+    let expected = gobi(&["query", "--format", "csv", query], lh.path()).ok().stdout;
+    assert_eq!(expected.lines().count(), 14, "{expected}");
+    let analyzed = gobi(&[&small[..], &["query", "--format", "csv", &format!("EXPLAIN ANALYZE {query}")]].concat(), lh.path()).ok().stdout;
+    let spilled = analyzed.lines().filter(|l| l.contains("RepartitionExec")).any(|l| !l.contains("spill_count=0,"));
+    assert!(spilled, "no repartition spilled: the test no longer reaches their spill files\n{analyzed}");
+    let script = vec![query; 50].join(";\n");
+    let run = gobi_within(std::time::Duration::from_secs(600), &[&small[..], &["query", "--format", "csv", &script]].concat(), lh.path()).ok();
+    assert_eq!(run.stdout.matches(&expected).count(), 50, "{}", run.stdout);
 }
 
 /// A query that allocates far more than it reserves (a window over the whole input, whose

@@ -77,6 +77,23 @@ pub fn gobi(args: &[&str], cwd: &Path) -> Run {
     Run::from(Command::new(GOBI).args(args).current_dir(cwd).env_remove("GOBI_LAKEHOUSE").output().expect("gobi runs"))
 }
 
+/// [`gobi`], failing the test if it has not finished within `limit` (a hang is then a failure,
+/// not a stalled suite).
+pub fn gobi_within(limit: std::time::Duration, args: &[&str], cwd: &Path) -> Run {
+    let child =
+        Command::new(GOBI).args(args).current_dir(cwd).env_remove("GOBI_LAKEHOUSE").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("gobi runs");
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    match finished.recv_timeout(limit) {
+        Ok(output) => Run::from(output.unwrap()),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("gobi did not finish within {limit:?}: {args:?}");
+        }
+    }
+}
+
 pub fn gobi_stdin(args: &[&str], cwd: &Path, stdin: &str) -> Run {
     use std::io::Write as _;
     let mut child = Command::new(GOBI)

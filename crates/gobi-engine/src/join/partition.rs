@@ -123,6 +123,14 @@ impl PartitionJoin {
         MemoryConsumer::new(format!("SpillingHashJoin[{}]", self.partition)).with_can_spill(true).register(self.ctx.memory_pool())
     }
 
+    /// The reservation of a build (or bucket) held for DataFusion's join. It asks as that join
+    /// does (a consumer that cannot spill): for what the pool and its borrowing allow, not just a
+    /// spilling operator's fair share, as one table is much faster than more buckets; its first
+    /// refusal still makes the join spill.
+    fn holding_reservation(&self) -> MemoryReservation {
+        MemoryConsumer::new(format!("SpillingHashJoinBuild[{}]", self.partition)).register(self.ctx.memory_pool())
+    }
+
     fn empty(&self) -> SendableRecordBatchStream {
         Box::pin(EmptyRecordBatchStream::new(Arc::clone(&self.spec.schema)))
     }
@@ -178,7 +186,7 @@ impl PartitionJoin {
 
     /// The build held while its reservations are granted.
     async fn hold_build(&self, mut build: SendableRecordBatchStream) -> Result<Holding> {
-        let reservation = self.reservation();
+        let reservation = self.holding_reservation();
         let mut counted = RecordBatchMemoryCounter::new();
         let mut held = vec![];
         while let Some(batch) = build.next().await {
@@ -243,7 +251,7 @@ impl PartitionJoin {
                 return Ok(self.empty());
             }
             if !build.skewed {
-                let reservation = self.reservation();
+                let reservation = self.holding_reservation();
                 if let Some(held) = self.hold(&build, &reservation).await? {
                     self.metrics.rounds.add(1);
                     let build = memory_stream(&self.spec.left_schema, held);

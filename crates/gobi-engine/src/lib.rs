@@ -30,6 +30,7 @@ mod runner;
 mod session;
 mod settings;
 mod statements;
+mod topk;
 mod variables;
 mod writes;
 

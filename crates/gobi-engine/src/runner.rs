@@ -43,6 +43,7 @@ use crate::join::SpillingJoins;
 use crate::logs::{query_log_batch, QueryRecord, Status};
 use crate::output::{Output, ResultStream};
 use crate::result_cache::Versions;
+use crate::topk::OwnedTopKInput;
 use crate::writes::Written;
 
 /// How long a finished statement waits for its aborted tasks to release their memory; what is
@@ -98,6 +99,7 @@ impl Statement {
             if self.engine.spilling_join_on() {
                 rules.insert(before_dynamic_filters, Arc::new(SpillingJoins::new(self.scope.limit())));
             }
+            rules.push(Arc::new(OwnedTopKInput));
             rules.push(Arc::new(Govern(Arc::clone(&self.scope))));
             builder = builder.with_physical_optimizer_rules(rules);
         }

@@ -200,15 +200,17 @@ pub fn require(available: bool, what: &str) -> bool {
 }
 
 /// The pools after a script, as `SHOW MEMORY` reports them in the same session:
-/// (pool, limit, reserved, peak).
+/// (pool, limit, reserved, peak). Fails the test if a pool counted an overrun.
 pub fn pools_after(lh: &Lakehouse, args: &[&str], script: &str) -> Vec<(String, u64, u64, u64)> {
     let mut all = args.to_vec();
     all.extend(["query", "--format", "json", script]);
     let run = gobi(&all, lh.path()).ok();
-    parse_json_rows(&run.stdout)
-        .into_iter()
-        .map(|r| (r[0].as_str().unwrap().to_string(), r[1].as_u64().unwrap(), r[2].as_u64().unwrap(), r[3].as_u64().unwrap()))
-        .collect()
+    let rows = parse_json_rows(&run.stdout);
+    // Every test that reads the pools also checks the invariant: no pool ever went past its limit.
+    for row in &rows {
+        assert_eq!(row[7].as_u64(), Some(0), "the {} pool went past its limit (overruns): {row:?}", row[0]);
+    }
+    rows.into_iter().map(|r| (r[0].as_str().unwrap().to_string(), r[1].as_u64().unwrap(), r[2].as_u64().unwrap(), r[3].as_u64().unwrap())).collect()
 }
 
 /// Every file under `dir` (none if it does not exist).

@@ -13,8 +13,8 @@ shift 2
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gobi/target}"
 SCALE="${SCALE:-1}"
 parquet="bench/data/tpch-sf$SCALE"
-cargo build --release --locked --bin gobi
-[ -f "$parquet/lineitem.parquet" ] || SCALE="$SCALE" bench/tpch-data.sh
+# Builds gobi (release) and makes the data if it is not there yet.
+SCALE="$SCALE" bench/tpch-data.sh
 gobi="$CARGO_TARGET_DIR/release/gobi"
 file="../shared/bench/tpch/queries/$QUERY.sql"
 

@@ -19,8 +19,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gobi/target}"
 PEERS="../shared/bench/peers.py"
 parquet="bench/data/tpch-sf$SCALE"
 
-cargo build --release --locked --bin gobi
-[ -f "$parquet/lineitem.parquet" ] || SCALE="$SCALE" bench/tpch-data.sh
+# Builds this tree's gobi (release) and makes the data if it is not there yet.
+SCALE="$SCALE" bench/tpch-data.sh
 
 earlier="$HOME/.cache/gobi/versus/$COMMIT/gobi"
 if [ ! -x "$earlier" ]; then

@@ -13,7 +13,8 @@
 //!                                         AggregateExec
 //! ```
 //!
-//! Not tracked: the copy itself while TopK looks at it (a batch at a time).
+//! Not tracked: the copy itself while TopK looks at it (a batch at a time). Not compacted: the
+//! data buffers a string view array's copy still shares (its views are copied, their bytes not).
 
 use std::fmt;
 use std::sync::Arc;

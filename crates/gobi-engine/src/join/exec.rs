@@ -342,10 +342,10 @@ impl ExecutionPlan for SpillingHashJoinExec {
         let join = Arc::new(PartitionJoin::new(Arc::clone(&self.spec), partition, Arc::clone(&context), JoinMetrics::new(&self.metrics, partition)));
         let joined = match self.layout {
             Layout::SharedBuild => {
-                let (slot, left, partitions) = (Arc::clone(&self.shared), Arc::clone(&self.left), self.properties.partitioning.partition_count());
+                let (slot, left) = (Arc::clone(&self.shared), Arc::clone(&self.left));
                 let read = {
                     let join = Arc::clone(&join);
-                    move || async move { join.read_shared_build(left.execute(0, context)?, partitions).await }
+                    move |partitions| async move { join.read_shared_build(left.execute(0, context)?, partitions).await }
                 };
                 futures::stream::once(async move { join.run_shared(slot.take(read).await?, probe).await }).try_flatten().boxed()
             }

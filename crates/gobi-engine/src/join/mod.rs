@@ -89,12 +89,13 @@ impl SpillingJoins {
             null_equality: join.null_equality(),
             null_aware: join.null_aware,
         };
-        let (left_keys, right_keys): (Vec<PhysicalExprRef>, Vec<PhysicalExprRef>) = join.on().iter().map(|(l, r)| (Arc::clone(l), Arc::clone(r))).unzip();
         let (left, right, layout) = match (join.null_aware, join.partition_mode()) {
             (true, _) => (one_partition(join.left()), one_partition(join.right()), Layout::Single),
             (false, PartitionMode::Partitioned) => (Arc::clone(join.left()), Arc::clone(join.right()), Layout::Partitioned),
             (false, PartitionMode::CollectLeft) if spec.probe_rows_independent() => (Arc::clone(join.left()), Arc::clone(join.right()), Layout::SharedBuild),
             (false, PartitionMode::CollectLeft) => {
+                let (left_keys, right_keys): (Vec<PhysicalExprRef>, Vec<PhysicalExprRef>) =
+                    join.on().iter().map(|(l, r)| (Arc::clone(l), Arc::clone(r))).unzip();
                 let partitions = config.execution.target_partitions.max(1);
                 (hash_partitioned(join.left(), left_keys, partitions)?, hash_partitioned(join.right(), right_keys, partitions)?, Layout::Partitioned)
             }

@@ -131,6 +131,12 @@ impl PartitionJoin {
         MemoryConsumer::new(format!("SpillingHashJoinBuild[{}]", self.partition)).register(self.ctx.memory_pool())
     }
 
+    /// A held build as the input of one more in-memory join (a round).
+    fn round_over(&self, held: Vec<RecordBatch>) -> SendableRecordBatchStream {
+        self.metrics.rounds.add(1);
+        memory_stream(&self.spec.left_schema, held)
+    }
+
     fn empty(&self) -> SendableRecordBatchStream {
         Box::pin(EmptyRecordBatchStream::new(Arc::clone(&self.spec.schema)))
     }
@@ -152,9 +158,7 @@ impl PartitionJoin {
     pub async fn run(self: Arc<Self>, build: SendableRecordBatchStream, probe: SendableRecordBatchStream) -> Result<SendableRecordBatchStream> {
         match self.hold_build(build).await? {
             Holding::Fit(held, reservation) => {
-                self.metrics.rounds.add(1);
-                let build = memory_stream(&self.spec.left_schema, held);
-                self.spec.in_memory(build, probe, BucketPool::new(reservation), &self.ctx, self.spec.null_aware, false)
+                self.spec.in_memory(self.round_over(held), probe, BucketPool::new(reservation), &self.ctx, self.spec.null_aware, false)
             }
             Holding::Outgrew(held, rest, reservation) => {
                 let builds = self.scatter_build_rows(held, rest, reservation).await?;
@@ -168,9 +172,7 @@ impl PartitionJoin {
     pub async fn read_shared_build(self: Arc<Self>, build: SendableRecordBatchStream, partitions: usize) -> Result<SharedBuild> {
         Ok(match self.hold_build(build).await? {
             Holding::Fit(held, reservation) => {
-                self.metrics.rounds.add(1);
-                let build = memory_stream(&self.spec.left_schema, held);
-                SharedBuild::Held(self.spec.shared_in_memory(build, partitions, BucketPool::new(reservation), &self.ctx)?)
+                SharedBuild::Held(self.spec.shared_in_memory(self.round_over(held), partitions, BucketPool::new(reservation), &self.ctx)?)
             }
             Holding::Outgrew(held, rest, reservation) => SharedBuild::Scattered(self.scatter_build_rows(held, rest, reservation).await?),
         })
@@ -253,9 +255,7 @@ impl PartitionJoin {
             if !build.skewed {
                 let reservation = self.holding_reservation();
                 if let Some(held) = self.hold(&build, &reservation).await? {
-                    self.metrics.rounds.add(1);
-                    let build = memory_stream(&self.spec.left_schema, held);
-                    return self.spec.in_memory(build, probe.read(&self.probe_spill)?, BucketPool::new(reservation), &self.ctx, false, false);
+                    return self.spec.in_memory(self.round_over(held), probe.read(&self.probe_spill)?, BucketPool::new(reservation), &self.ctx, false, false);
                 }
             }
             if build.skewed || depth >= MAX_DEPTH {

@@ -53,16 +53,16 @@ impl SharedSlot {
         Self { partitions, state: tokio::sync::Mutex::new(State::Unread) }
     }
 
-    /// The build, read by `read` if no partition has read it yet (the others wait meanwhile).
-    /// A failure to read it is every partition's failure.
+    /// The build, read by `read` (given the number of partitions that share it) if no partition
+    /// has read it yet; the others wait meanwhile. A failure to read it is every partition's.
     pub async fn take<F, R>(&self, read: F) -> Result<Arc<SharedBuild>>
     where
-        F: FnOnce() -> R,
+        F: FnOnce(usize) -> R,
         R: Future<Output = Result<SharedBuild>>,
     {
         let mut state = self.state.lock().await;
         if matches!(*state, State::Unread) {
-            let build = read().await.map(Arc::new).map_err(Arc::new);
+            let build = read(self.partitions).await.map(Arc::new).map_err(Arc::new);
             *state = State::Read { build, waiting: self.partitions };
         }
         let State::Read { build, waiting } = &mut *state else {

@@ -3,7 +3,7 @@
 # bench/results/memory-*.{json,md,txt}; copy the tables into bench/RESULTS.md.
 #
 #   bench/memory.sh              # everything (TPC-H scale 1 from bench/tpch-data.sh's data)
-#   bench/memory.sh limits       # one part: pool | overhead | limits | creep
+#   bench/memory.sh limits       # one part: pool | overhead | limits | sweep | sf10 | creep | coverage
 #
 # - pool:   criterion, reserve/release at 1 and 2 threads: gobi's QueryMemory beside
 #           DataFusion's GreedyMemoryPool and FairSpillPool.
@@ -14,9 +14,14 @@
 # - limits: peak RSS ÷ configured total on each TPC-H query at 175 MiB and 50 MiB, gobi beside
 #           DuckDB and DataFusion (../shared/bench/peers.py, one process per query), plus every
 #           engine without a limit (gobi's unlimited run: a 64 GiB query pool).
+# - sweep:  gobi alone at 16, 25, 50, 100, 175 and 350 MiB (one process per query): a query
+#           that finishes at one limit should finish at every larger one.
+# - sf10:   scale 10 at 175 MiB, gobi beside DuckDB (status, time, peak anonymous, spill).
 # - creep:  each TPC-H query 20 times in one gobi process on its Delta tables (result cache
 #           off): RSS after run 20 ÷ after run 2; and coverage from the query log of run 1:
 #           peak reserved ÷ peak actual (allocator) bytes per query.
+# - coverage: each TPC-H query once on its Delta tables at LIMIT (default 175MiB): peak
+#           reserved ÷ peak actual per query, from the query log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,6 +67,43 @@ if [ "$PART" = all ] || [ "$PART" = limits ]; then
     --json "$OUT/memory-limits-sf$SCALE.json" --markdown "$OUT/memory-limits-sf$SCALE.md"
 fi
 
+coverage_of_runs() { # RUN: the query log's peak reserved ÷ peak actual of each query's RUN-th run
+  "$GOBI" --lakehouse "$1" --format csv query \
+    "SELECT substr(text, 1, 40) AS query, peak_reserved_bytes, peak_actual_bytes,
+            round(CAST(peak_reserved_bytes AS DOUBLE) / peak_actual_bytes, 3) AS coverage
+       FROM (SELECT *, row_number() OVER (PARTITION BY text ORDER BY started_at) AS run FROM gobi_query_log() WHERE status = 'ok')
+      WHERE run = $2 ORDER BY started_at"
+}
+
+if [ "$PART" = all ] || [ "$PART" = coverage ]; then
+  LIMIT="${LIMIT:-175MiB}"
+  work=$(mktemp -d)
+  cp -r "$lakehouse" "$work/lh"
+  rm -rf "$work/lh/_gobi/query_log"
+  for n in $(seq 1 22); do
+    "$GOBI" --memory-limit "$LIMIT" --lakehouse "$work/lh" --format csv query --file "$QUERIES/q$n.sql" > /dev/null 2>> "$OUT/memory-coverage-$LIMIT-sf$SCALE.err" ||
+      echo "q$n failed" >> "$OUT/memory-coverage-$LIMIT-sf$SCALE.err"
+  done
+  coverage_of_runs "$work/lh" 1 | tee "$OUT/memory-coverage-$LIMIT-sf$SCALE.csv"
+  rm -rf "$work"
+fi
+
+if [ "$PART" = all ] || [ "$PART" = sweep ]; then
+  python3 "$PEERS" run --data "$parquet" --repeat 1 \
+    --runs gobi:16MiB gobi:25MiB gobi:50MiB gobi:100MiB gobi:175MiB gobi:350MiB \
+    --engine-cmd gobi="$GOBI query --file {query} --data {data} --memory-limit {limit_bytes} --summary json" \
+    --json "$OUT/memory-sweep-sf$SCALE.json" --markdown "$OUT/memory-sweep-sf$SCALE.md"
+fi
+
+if [ "$PART" = sf10 ]; then
+  [ -f "$DATA/tpch-sf10/lineitem.parquet" ] || SCALE=10 bench/tpch-data.sh
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore duckdb==2.0.0
+  python3 "$PEERS" run --data "$DATA/tpch-sf10" --repeat 1 --timeout 600 --single-run-over 1 \
+    --runs gobi:175MiB duckdb:175MiB \
+    --engine-cmd gobi="$GOBI query --file {query} --data {data} --memory-limit {limit_bytes} --summary json" \
+    --json "$OUT/memory-limits-sf10.json" --markdown "$OUT/memory-limits-sf10.md"
+fi
+
 if [ "$PART" = all ] || [ "$PART" = creep ]; then
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
@@ -82,10 +124,6 @@ if [ "$PART" = all ] || [ "$PART" = creep ]; then
     "$GOBI" --memory-query 64GiB --lakehouse "$work/lh" --format csv run "$work/q$n.sql" 2>/dev/null |
       awk -v q="q$n" '/^rss_bytes$/ { getline; r[++i] = $1 } END { printf "%s,%d,%d,%.3f\n", q, r[1], r[2], r[2] / r[1] }' >> "$OUT/memory-creep-sf$SCALE.csv"
   done
-  "$GOBI" --lakehouse "$work/lh" --format csv query \
-    "SELECT substr(text, 1, 40) AS query, peak_reserved_bytes, peak_actual_bytes,
-            round(CAST(peak_reserved_bytes AS DOUBLE) / peak_actual_bytes, 3) AS coverage
-       FROM (SELECT *, row_number() OVER (PARTITION BY text ORDER BY started_at) AS run FROM gobi_query_log() WHERE status = 'ok')
-      WHERE run = 2 ORDER BY started_at" > "$OUT/memory-coverage-sf$SCALE.csv"
+  coverage_of_runs "$work/lh" 2 > "$OUT/memory-coverage-sf$SCALE.csv"
   cat "$OUT/memory-creep-sf$SCALE.csv" "$OUT/memory-coverage-sf$SCALE.csv"
 fi

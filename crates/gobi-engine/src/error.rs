@@ -199,7 +199,8 @@ fn classify_variant(error: &DataFusionError) -> ErrorKind {
         E::ResourcesExhausted(_) => ErrorKind::Memory,
         E::SQL(..) => ErrorKind::Syntax,
         E::Plan(_) | E::SchemaError(..) | E::NotImplemented(_) | E::Configuration(_) => ErrorKind::Plan,
-        E::Execution(_) | E::ParquetError(_) => ErrorKind::Data,
+        E::ParquetError(inner) => classify_parquet(inner),
+        E::Execution(_) => ErrorKind::Data,
         E::ObjectStore(inner) => classify_object_store(inner),
         E::IoError(inner) => classify_io(inner),
         E::ExecutionJoin(join) if join.is_cancelled() => ErrorKind::Cancelled,
@@ -263,10 +264,19 @@ fn classify_source(error: &(dyn StdError + 'static)) -> ErrorKind {
         classify_io(e)
     } else if let Some(e) = error.downcast_ref::<ObjectStoreError>() {
         classify_object_store(e)
-    } else if error.downcast_ref::<datafusion::parquet::errors::ParquetError>().is_some() {
-        ErrorKind::Data
+    } else if let Some(e) = error.downcast_ref::<datafusion::parquet::errors::ParquetError>() {
+        classify_parquet(e)
     } else {
         ErrorKind::Internal
+    }
+}
+
+/// A Parquet error is the file's, unless it carries another: a scan's refused reservation
+/// reaches DataFusion inside the Parquet reader's error (`scan.rs`).
+fn classify_parquet(error: &datafusion::parquet::errors::ParquetError) -> ErrorKind {
+    match error {
+        datafusion::parquet::errors::ParquetError::External(inner) => classify_source(inner.as_ref()),
+        _ => ErrorKind::Data,
     }
 }
 

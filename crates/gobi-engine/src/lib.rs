@@ -27,6 +27,7 @@ mod output;
 mod result_cache;
 mod rewrite;
 mod runner;
+mod scan;
 mod session;
 mod settings;
 mod statements;

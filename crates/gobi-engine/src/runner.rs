@@ -7,7 +7,8 @@
 //!     ├─ a state for it: the session's, with the scope as memory pool, batch size and sort
 //!     │  headroom fitted to the pool, and a physical optimizer rule that wraps every node of
 //!     │  every plan made with it in a ScopedExec (governed.rs) — also the plans delta-rs
-//!     │  makes for a write
+//!     │  makes for a write — and one that makes every Parquet scan reserve the row group
+//!     │  it reads (scan.rs)
 //!     └─ a log entry: one query-log row under the statement's id when it ends
 //!   then
 //!     query ─► execute ─► ResultStream (batches as they come; the scope ends when the stream
@@ -15,9 +16,10 @@
 //!     write ─► delta-rs with that state ─► one commit ─► row count
 //! ```
 //!
-//! Not followed by the allocator scope: the tasks delta-rs spawns to write Parquet files and
-//! the tasks DataFusion spawns outside an operator's poll; their reservations are charged all
-//! the same, through the scope as memory pool.
+//! Not followed by the allocator scope: the tasks delta-rs spawns to write Parquet files (their
+//! buffers are reserved up front, `writes::WriterMemory`) and the tasks DataFusion spawns
+//! outside an operator's poll; their reservations are charged all the same, through the scope
+//! as memory pool.
 
 use std::sync::Arc;
 
@@ -43,7 +45,8 @@ use crate::join::SpillingJoins;
 use crate::logs::{query_log_batch, QueryRecord, Status};
 use crate::output::{Output, ResultStream};
 use crate::result_cache::Versions;
-use crate::topk::OwnedTopKInput;
+use crate::scan::ReservedScans;
+use crate::topk::TopKInBudget;
 use crate::writes::Written;
 
 /// How long a finished statement waits for its aborted tasks to release their memory; what is
@@ -91,7 +94,7 @@ impl Statement {
         let baseline = cfg!(feature = "baseline");
         let pool: Arc<dyn MemoryPool> = if baseline { Arc::new(UnboundedMemoryPool::default()) } else { Arc::clone(&self.scope) as _ };
         let runtime = RuntimeEnvBuilder::from_runtime_env(self.engine.runtime()).with_memory_pool(pool).build_arc()?;
-        let mut builder = SessionStateBuilder::new_from_existing(session.clone()).with_runtime_env(runtime);
+        let mut builder = SessionStateBuilder::new_from_existing(session.clone()).with_runtime_env(Arc::clone(&runtime));
         if !baseline {
             let mut rules = session.physical_optimizers().to_vec();
             // Before dynamic filters are pushed down: they would point at the replaced joins.
@@ -99,7 +102,8 @@ impl Statement {
             if self.engine.spilling_join_on() {
                 rules.insert(before_dynamic_filters, Arc::new(SpillingJoins::new(self.scope.limit())));
             }
-            rules.push(Arc::new(OwnedTopKInput));
+            rules.push(Arc::new(TopKInBudget::new(self.scope.limit())));
+            rules.push(Arc::new(ReservedScans::new(runtime)));
             rules.push(Arc::new(Govern(Arc::clone(&self.scope))));
             builder = builder.with_physical_optimizer_rules(rules);
         }
@@ -324,12 +328,13 @@ pub(crate) fn fit_execution_to_pool(options: &mut ConfigOptions, query_pool: u64
 ///   would not fit a small pool at all, and ten sorts in a plan would need ten shares; so the
 ///   quarter divided among them (at least 64 KiB each);
 /// - below what a sort concatenates its buffered batches into one to sort in place (and so
-///   spills, and later merges, as one batch): a quarter of its merge headroom, at most
-///   DataFusion's 1 MiB, so a run read back while merging fits beside the others.
+///   spills, and later merges, as one batch): a sixteenth of its merge headroom, at most
+///   DataFusion's 1 MiB. A merge reads up to 8 runs (the engine's fan-in) two batches each,
+///   so the runs it reads back fit its headroom instead of growing past it.
 pub(crate) fn fit_sorts_to_pool(options: &mut ConfigOptions, query_pool: u64, sorters: u64) {
     let headroom = query_pool / (4 * sorters.max(1));
     options.execution.sort_spill_reservation_bytes = usize::try_from(headroom.clamp(64 << 10, 10 << 20)).unwrap_or(10 << 20);
-    options.execution.sort_in_place_threshold_bytes = usize::try_from((headroom / 4).clamp(16 << 10, 1 << 20)).unwrap_or(1 << 20);
+    options.execution.sort_in_place_threshold_bytes = usize::try_from((headroom / 16).clamp(16 << 10, 1 << 20)).unwrap_or(1 << 20);
 }
 
 /// The sorters of `plan`: one per partition of each sort that can spill (a TopK, a sort with a
@@ -422,7 +427,7 @@ mod tests {
             (256, 512 << 10),
             "4 MiB: the smallest batches, a quarter of the pool to merge"
         );
-        assert_eq!(options.execution.sort_in_place_threshold_bytes, 128 << 10);
+        assert_eq!(options.execution.sort_in_place_threshold_bytes, 32 << 10);
         fit_execution_to_pool(&mut options, 50 << 20);
         assert_eq!((options.execution.batch_size.get(), options.execution.sort_spill_reservation_bytes), (3200, 50 << 20 >> 3));
         fit_execution_to_pool(&mut options, 1 << 30);

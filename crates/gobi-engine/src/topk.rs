@@ -1,16 +1,26 @@
-//! TopK's input in buffers of its own, so TopK reserves the rows it keeps.
+//! TopK (a `SortExec` with a fetch) inside the statement's budget.
 //!
-//! DataFusion's TopK (a `SortExec` with a fetch) keeps every input batch that holds one of its
-//! rows and reserves each kept batch's whole memory, buffers it shares with other batches
-//! included. An aggregate emits its groups as slices of one big batch, so a TopK over a
-//! group-by reserved that big batch for every slice it kept a row of (5.6 MB for TPC-H q10's 20
-//! rows at scale 1). A batch that is a slice of something much bigger is copied into buffers
-//! of its own before TopK sees it; other batches pass untouched.
+//! DataFusion's TopK keeps its `k` best rows in memory and cannot spill. Two things make it
+//! fit:
+//! - A TopK whose rows cannot fit a quarter of the statement's memory (`k` × the row's width
+//!   from the schema, twice: the rows and their sort keys) is planned as what it means: a sort
+//!   that spills, then a limit. This is decided when the plan is made, from the estimate; a
+//!   TopK that is planned and then refused still fails, as a memory error.
+//! - A TopK keeps every input batch that holds one of its rows and reserves each kept batch's
+//!   whole memory, buffers it shares with other batches included. An aggregate emits its
+//!   groups as slices of one big batch, so a TopK over a group-by reserved that big batch for
+//!   every slice it kept a row of (5.6 MB for TPC-H q10's 20 rows at scale 1). A batch that is
+//!   a slice of something much bigger is copied into buffers of its own before TopK sees it;
+//!   other batches pass untouched.
 //!
 //! ```text
-//!   SortExec(fetch=k)                 SortExec(fetch=k)
-//!     AggregateExec          ──►        OwnedBuffersExec   (copies a slice of a bigger batch)
+//!   SortExec(fetch=k)                 SortExec(fetch=k)            k rows fit a quarter
+//!     AggregateExec          ──►        OwnedBuffersExec
 //!                                         AggregateExec
+//!
+//!   SortExec(fetch=k)                 LimitExec(k)                 k rows do not
+//!     input                  ──►        SortExec (spills)
+//!                                         input
 //! ```
 //!
 //! Not tracked: the copy itself while TopK looks at it (a batch at a time). Not compacted: the
@@ -28,6 +38,7 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::limit::{GlobalLimitExec, LocalLimitExec};
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
@@ -38,17 +49,41 @@ use futures::StreamExt;
 const SHARED_FACTOR: usize = 2;
 const MIN_WASTE: usize = 64 << 10;
 
-/// The physical optimizer rule that puts [`OwnedBuffersExec`] under every TopK. It runs after
-/// DataFusion's rules: the TopK keeps the dynamic filter it has already pushed to its scan.
+/// The physical optimizer rule that fits every TopK to the statement's memory (see the
+/// module's doc). It runs after DataFusion's rules: a TopK kept keeps the dynamic filter it has
+/// already pushed to its scan (a TopK replaced leaves it at its first value, which filters
+/// nothing).
 #[derive(Debug)]
-pub(crate) struct OwnedTopKInput;
+pub(crate) struct TopKInBudget {
+    /// What a TopK's rows may take: a quarter of the statement's memory.
+    share: usize,
+}
 
-impl PhysicalOptimizerRule for OwnedTopKInput {
+impl TopKInBudget {
+    pub(crate) fn new(statement_memory: usize) -> Self {
+        Self { share: statement_memory / 4 }
+    }
+}
+
+/// A row's bytes as the schema tells them: each fixed-width column's width, 32 for the others.
+fn row_bytes(schema: &datafusion::arrow::datatypes::Schema) -> usize {
+    schema.fields().iter().map(|f| f.data_type().primitive_width().unwrap_or(32)).sum::<usize>().max(1)
+}
+
+impl PhysicalOptimizerRule for TopKInBudget {
     fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
         plan.transform_up(|node| {
             let Some(sort) = node.downcast_ref::<SortExec>() else { return Ok(Transformed::no(node)) };
-            if sort.fetch().is_none() || sort.input().downcast_ref::<OwnedBuffersExec>().is_some() {
+            let Some(fetch) = sort.fetch() else { return Ok(Transformed::no(node)) };
+            if sort.input().downcast_ref::<OwnedBuffersExec>().is_some() {
                 return Ok(Transformed::no(node));
+            }
+            if fetch.saturating_mul(2 * row_bytes(&sort.schema())) > self.share {
+                let spilling = Arc::new(sort.with_fetch(None));
+                return Ok(Transformed::yes(match sort.preserve_partitioning() {
+                    true => Arc::new(LocalLimitExec::new(spilling, fetch)) as Arc<dyn ExecutionPlan>,
+                    false => Arc::new(GlobalLimitExec::new(spilling, 0, Some(fetch))),
+                }));
             }
             let owned = Arc::new(OwnedBuffersExec { input: Arc::clone(sort.input()) });
             Ok(Transformed::yes(node.replace_children(vec![owned], ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep))?))
@@ -57,7 +92,7 @@ impl PhysicalOptimizerRule for OwnedTopKInput {
     }
 
     fn name(&self) -> &str {
-        "gobi_owned_topk_input"
+        "gobi_top_k_in_budget"
     }
 
     fn schema_check(&self) -> bool {
@@ -147,12 +182,33 @@ mod tests {
         assert!(std::ptr::eq(passed.column(0).to_data().buffers()[0].as_ptr(), big.column(0).to_data().buffers()[0].as_ptr()), "not copied");
     }
 
+    /// The plan of `sql` over `t` after the rule, for a statement of `memory` bytes.
+    async fn planned(sql: &str, memory: usize) -> String {
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.sql("CREATE TABLE t AS VALUES (1, 2), (3, 4)").await.unwrap();
+        let plan = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
+        let plan = TopKInBudget::new(memory).optimize(plan, &ConfigOptions::default()).unwrap();
+        let shown = datafusion::physical_plan::displayable(plan.as_ref()).indent(false).to_string();
+        shown
+    }
+
+    /// 100,000 rows of two BIGINTs (and their keys) take 3.2 MB: a TopK in 64 MiB, a sort
+    /// that spills and a limit in 4 MiB.
+    #[tokio::test]
+    async fn a_top_k_whose_rows_do_not_fit_a_quarter_becomes_a_sort_and_a_limit() {
+        let sql = "SELECT column1, column2 FROM t ORDER BY column2 LIMIT 100000";
+        let roomy = planned(sql, 64 << 20).await;
+        assert!(roomy.contains("TopK(fetch=100000)"), "{roomy}");
+        let small = planned(sql, 4 << 20).await;
+        assert!(!small.contains("TopK") && small.contains("SortExec") && small.contains("fetch=100000"), "{small}");
+    }
+
     #[tokio::test]
     async fn every_top_k_reads_its_input_through_owned_buffers() {
         let ctx = datafusion::prelude::SessionContext::new();
         ctx.sql("CREATE TABLE t AS VALUES (1, 2), (3, 4)").await.unwrap();
         let plan = ctx.sql("SELECT column1, count(*) FROM t GROUP BY column1 ORDER BY 2 DESC LIMIT 1").await.unwrap().create_physical_plan().await.unwrap();
-        let plan = OwnedTopKInput.optimize(plan, &ConfigOptions::default()).unwrap();
+        let plan = TopKInBudget::new(1 << 30).optimize(plan, &ConfigOptions::default()).unwrap();
         let shown = datafusion::physical_plan::displayable(plan.as_ref()).indent(false).to_string();
         let top = shown.lines().position(|l| l.contains("TopK")).unwrap_or_else(|| panic!("{shown}"));
         assert!(shown.lines().nth(top + 1).is_some_and(|l| l.contains("OwnedBuffersExec")), "{shown}");

@@ -12,9 +12,12 @@ use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::Column;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryReservation};
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{cast, CreateMemoryTable, DdlStatement, Expr, LogicalPlan, LogicalPlanBuilder};
+use datafusion::parquet::basic::Compression;
+use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::sql::sqlparser::ast::{ColumnDef, Statement as SqlStatement};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::CommitProperties;
@@ -64,13 +67,15 @@ pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create
     let table = if exists { schema.delta_table(name).await? } else { DeltaTable::try_from_url(lakehouse.table_url(name)?).await? };
     let has_rows = !matches!(create.input.as_ref(), LogicalPlan::EmptyRelation(empty) if !empty.produce_one_row);
     let table = if has_rows || exists {
+        let writer = WriterMemory::reserve(state)?;
         let input = delta_compatible(Arc::unwrap_or_clone(Arc::clone(&create.input)))?;
         let mut write = table
             .write(vec![])
             .with_input_plan(input)
             .with_session_state(Arc::new(state.clone()))
             .with_save_mode(if exists { SaveMode::Overwrite } else { SaveMode::ErrorIfExists })
-            .with_target_file_size(target_file_size(state))
+            .with_target_file_size(writer.target_file_size)
+            .with_writer_properties(writer.properties.clone())
             .with_table_name(name)
             .with_commit_properties(commit_properties());
         if exists {
@@ -101,12 +106,14 @@ pub async fn insert(state: &SessionState, schema: &LakehouseSchema, name: &str, 
     let table = writable_table(schema, name).await?;
     let input_columns = output_sources(&input);
     let table_columns = table_columns(&table)?;
+    let writer = WriterMemory::reserve(state)?;
     let table = table
         .write(vec![])
         .with_input_plan(input)
         .with_session_state(Arc::new(state.clone()))
         .with_save_mode(mode)
-        .with_target_file_size(target_file_size(state))
+        .with_target_file_size(writer.target_file_size)
+        .with_writer_properties(writer.properties.clone())
         .with_commit_properties(commit_properties())
         .await
         .map_err(|e| not_null_message(e, name, &input_columns, &table_columns))?;
@@ -119,7 +126,12 @@ pub async fn delete(state: &SessionState, schema: &LakehouseSchema, name: &str, 
     let change = planned_change(input, "DELETE")?;
     let table = writable_table(schema, name).await?;
     let before = table.version();
-    let mut builder = table.delete().with_session_state(Arc::new(state.clone())).with_commit_properties(commit_properties());
+    let writer = WriterMemory::reserve(state)?;
+    let mut builder = table
+        .delete()
+        .with_session_state(Arc::new(state.clone()))
+        .with_writer_properties(writer.properties.clone())
+        .with_commit_properties(commit_properties());
     if let Some(predicate) = change.predicate {
         builder = builder.with_predicate(predicate);
     }
@@ -137,7 +149,12 @@ pub async fn update(state: &SessionState, schema: &LakehouseSchema, name: &str, 
     let change = planned_change(input, "UPDATE")?;
     let table = writable_table(schema, name).await?;
     let columns = table_columns(&table)?;
-    let mut builder = table.update().with_session_state(Arc::new(state.clone())).with_commit_properties(commit_properties());
+    let writer = WriterMemory::reserve(state)?;
+    let mut builder = table
+        .update()
+        .with_session_state(Arc::new(state.clone()))
+        .with_writer_properties(writer.properties.clone())
+        .with_commit_properties(commit_properties());
     for (column, value) in change.assignments {
         builder = builder.with_update(column, value);
     }
@@ -149,17 +166,55 @@ pub async fn update(state: &SessionState, schema: &LakehouseSchema, name: &str, 
     Ok(Written::count(metrics.num_updated_rows as u64))
 }
 
-/// The size new data files are cut at, fitted to the statement's memory: delta-rs holds the
-/// file it is writing in memory until it reaches this size (and a few more while they upload),
-/// so its 100 MiB default would not fit a small pool. Half the statement's limit, from 8 MiB
-/// to delta-rs's 100 MiB. (UPDATE and DELETE cut files at the table's own
-/// `delta.targetFileSize`.)
-fn target_file_size(state: &SessionState) -> Option<std::num::NonZeroU64> {
-    let limit = match state.runtime_env().memory_pool.memory_limit() {
-        datafusion::execution::memory_pool::MemoryLimit::Finite(bytes) => bytes as u64,
-        _ => return None,
-    };
-    std::num::NonZeroU64::new((limit / 2).clamp(8 << 20, 100 << 20))
+/// delta-rs's own minimum upload part: its writer fills one part in memory before it writes it
+/// out (`DELTARS_UPLOAD_PART_SIZE` may only raise it).
+const UPLOAD_PART: usize = 5 << 20;
+
+/// What delta-rs's Parquet writer holds while a write runs, bounded by the statement's pool and
+/// reserved from it before the first row is written, for as long as the write runs:
+///
+/// ```text
+///  input plan ─► ArrowWriter: the row group being encoded        ≤ row_group
+///                   │ flushed: the encoded row group              ≤ row_group
+///                   ▼
+///                BufWriter: one upload part                       UPLOAD_PART
+///                   ▼
+///                the data file (cut at target_file_size)
+/// ```
+///
+/// The writer runs in tasks delta-rs spawns, which the statement's allocator scope does not
+/// follow, so this reservation is how the pool sees it. Not counted here: the batches on their
+/// way from the input plan to the writer (at most delta-rs's channel of 10), and uploads of
+/// closed files still in flight (on a local disk they finish as the file is cut).
+struct WriterMemory {
+    _reservation: Option<MemoryReservation>,
+    properties: WriterProperties,
+    target_file_size: Option<std::num::NonZeroU64>,
+}
+
+impl WriterMemory {
+    /// Sizes the writer from the statement's limit and reserves it; fails as any refused
+    /// reservation does (the pool's message names the holders and the setting to raise).
+    /// A statement without a limit (the unbounded baseline) gets delta-rs's defaults.
+    fn reserve(state: &SessionState) -> Result<Self> {
+        let pool = &state.runtime_env().memory_pool;
+        let properties = WriterProperties::builder().set_compression(Compression::SNAPPY).set_created_by(format!("gobi version {}", env!("CARGO_PKG_VERSION")));
+        let MemoryLimit::Finite(limit) = pool.memory_limit() else {
+            return Ok(WriterMemory { _reservation: None, properties: properties.build(), target_file_size: None });
+        };
+        // A sixteenth of the limit: a table's row groups are what its scans reserve later
+        // (`scan.rs`), so what is written under a budget can be read back under it.
+        let row_group = (limit / 16).clamp(256 << 10, 16 << 20);
+        let reservation = MemoryConsumer::new("DeltaWriter").register(pool);
+        reservation.try_grow(2 * row_group + UPLOAD_PART)?;
+        Ok(WriterMemory {
+            _reservation: Some(reservation),
+            properties: properties.set_max_row_group_bytes(Some(row_group)).build(),
+            // The size new files are cut at: half the statement's limit, from 8 MiB to
+            // delta-rs's 100 MiB. Each closed file's upload briefly holds its last row group.
+            target_file_size: std::num::NonZeroU64::new((limit as u64 / 2).clamp(8 << 20, 100 << 20)),
+        })
+    }
 }
 
 /// What a DELETE or UPDATE planned by DataFusion changes, in the terms delta-rs takes: the

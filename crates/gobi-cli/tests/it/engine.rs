@@ -36,8 +36,8 @@ fn sessions_of_one_engine_share_the_pools_and_nothing_else() {
     let engine = Engine::open(gobi_engine::Lakehouse::open(lh.path()).unwrap());
     let first = Arc::new(Session::new(&engine));
     let second = Arc::new(Session::new(&engine));
-    runtime.block_on(first.run_script("SET memory.query_pool = '1MiB'; SET memory.cache_pool = '0B'; CREATE TABLE t AS SELECT 1 AS x")).unwrap();
-    assert_eq!(shown(&runtime, &second, "memory.query_pool"), "1MiB", "an engine setting is shared");
+    runtime.block_on(first.run_script("SET memory.query_pool = '8MiB'; SET memory.cache_pool = '0B'; CREATE TABLE t AS SELECT 1 AS x")).unwrap();
+    assert_eq!(shown(&runtime, &second, "memory.query_pool"), "8MiB", "an engine setting is shared");
     runtime.block_on(first.run_script("let answer = 42; SET memory.query_limit = '64KiB'")).unwrap();
     let third = Session::new(&engine);
     let error = runtime.block_on(second.run_script("SELECT $answer")).unwrap_err();
@@ -52,9 +52,9 @@ fn sessions_of_one_engine_share_the_pools_and_nothing_else() {
 
     // The first session's statement keeps most of the query pool past its end, as a faulty
     // operator would: the pool is under critical pressure for everyone.
-    runtime.block_on(third.run_script("SET memory.fault_leak = '1000KiB'; SELECT 1")).unwrap();
+    runtime.block_on(third.run_script("SET memory.fault_leak = '8000KiB'; SELECT 1")).unwrap();
     let memory = Arc::clone(engine.memory());
-    assert!(memory.pool(PoolKind::Query).reserved() >= 1000 << 10);
+    assert!(memory.pool(PoolKind::Query).reserved() >= 8000 << 10);
     for statement in ["SELECT 42 AS answer", "INSERT INTO t VALUES (2)"] {
         let waiting = runtime.spawn({
             let second = Arc::clone(&second);
@@ -69,7 +69,7 @@ fn sessions_of_one_engine_share_the_pools_and_nothing_else() {
         let released = runtime.block_on(engine.cleanup());
         assert!(released.freed[0].1 >= 1, "cleanup gave back the ended statement's memory: {:?}", released.freed);
         runtime.block_on(waiting).unwrap().unwrap_or_else(|e| panic!("{statement} runs once the memory is back: {}", e.message));
-        runtime.block_on(third.run_script("SET memory.fault_leak = '1000KiB'; SELECT 1")).unwrap();
+        runtime.block_on(third.run_script("SET memory.fault_leak = '8000KiB'; SELECT 1")).unwrap();
     }
     runtime.block_on(engine.cleanup());
     let count = runtime.block_on(first.run_script("SELECT count(*) FROM t")).unwrap();
@@ -92,18 +92,17 @@ fn logged(lh: &Lakehouse, prefix: &str) -> Vec<(String, u64, u64)> {
 #[test]
 fn writes_are_governed_statements() {
     let lh = Lakehouse::new();
-    // 8 MiB to reserve, up to 72 MiB of allocator bytes: delta-rs's Parquet writer holds the
-    // file it writes, which no operator reserves (see ARCHITECTURE.md).
-    let budget = ["--memory-query", "8MiB", "--memory-cache", "0B", "--memory-temp", "64MiB"];
+    // 16 MiB to reserve, of which delta-rs's Parquet writer takes 7 (`writes::WriterMemory`).
+    let budget = ["--memory-query", "16MiB", "--memory-cache", "0B", "--memory-temp", "64MiB"];
     let run = |sql: &str| {
         let mut args = budget.to_vec();
         args.extend(["query", sql]);
         gobi(&args, lh.path())
     };
-    run("CREATE TABLE big AS SELECT value AS id, md5(CAST(value AS STRING)) AS s FROM generate_series(1, 300000) ORDER BY s").ok();
-    run("INSERT INTO big SELECT id + 300000, s FROM big ORDER BY s DESC").ok();
+    run("CREATE TABLE big AS SELECT value AS id, md5(CAST(value AS STRING)) AS s FROM generate_series(1, 1000000) ORDER BY s").ok();
+    run("INSERT INTO big SELECT id + 1000000, s FROM big ORDER BY s DESC").ok();
     run("UPDATE big SET s = upper(s) WHERE id % 2 = 0").ok();
-    for (prefix, rows) in [("CREATE TABLE big", 300_000), ("INSERT INTO big", 300_000), ("UPDATE big", 300_000)] {
+    for (prefix, rows) in [("CREATE TABLE big", 1_000_000), ("INSERT INTO big", 1_000_000), ("UPDATE big", 1_000_000)] {
         let rows_logged = logged(&lh, prefix);
         assert_eq!(rows_logged.len(), 1, "{prefix}: one log row: {rows_logged:?}");
         let (status, peak_reserved, changed) = &rows_logged[0];
@@ -113,10 +112,10 @@ fn writes_are_governed_statements() {
             assert_eq!(*changed, rows, "{prefix}: rows changed");
         }
     }
-    // An aggregate into one value cannot spill: past the statement's limit the write fails.
+    // Past the statement's limit the write fails: here its Parquet writer does not fit.
     let refused = run("SET memory.query_limit = '64KiB'; INSERT INTO big SELECT 0, string_agg(s, ',') FROM big").fails_with(crate::support::exit::MEMORY);
-    assert!(refused.stderr.contains("memory.query_limit"), "{}", refused.stderr);
-    assert_eq!(lh.values("SELECT count(*) FROM big"), crate::rows![[600000]], "the refused write changed nothing");
+    assert!(refused.stderr.contains("memory.query_limit") && refused.stderr.contains("DeltaWriter"), "{}", refused.stderr);
+    assert_eq!(lh.values("SELECT count(*) FROM big"), crate::rows![[2000000]], "the refused write changed nothing");
     let failed = logged(&lh, "INSERT INTO big SELECT 0");
     assert_eq!(failed.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["error"]);
 }
@@ -133,6 +132,40 @@ fn anonymous_bytes(pid: u32) -> Option<u64> {
     Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
+/// Waits for `child`, sampling its anonymous memory from /proc while it runs: its exit status
+/// and the peak seen.
+fn wait_sampling_anonymous(child: &mut std::process::Child) -> (std::process::ExitStatus, u64) {
+    let mut peak = 0;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, peak);
+        }
+        peak = peak.max(anonymous_bytes(child.id()).unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A CREATE TABLE AS of ten million rows (over thirty times the query pool) finishes under a
+/// 50 MiB budget: delta-rs's Parquet writer is sized from the statement's pool and reserved
+/// from it (`writes::WriterMemory`), so the process's anonymous memory stays within a generous
+/// 1.25 × the budget (bench/RESULTS.md holds the measured figure).
+#[test]
+fn a_ten_million_row_create_table_as_stays_within_its_budget() {
+    let budget: u64 = 50 << 20;
+    let lh = Lakehouse::new();
+    let sql = "CREATE TABLE t AS SELECT value AS id, value * 7 % 1000 AS k, md5(CAST(value AS STRING)) AS s FROM range(0, 10000000)";
+    let mut child = gobi_piped(&["--memory-limit", "50MiB", "query", sql], &lh);
+    let (status, peak) = wait_sampling_anonymous(&mut child);
+    assert!(status.success());
+    assert_eq!(lh.values("SELECT count(*), sum(k), min(id), max(id) FROM t"), crate::rows![[10000000, 4995000000u64, 0, 9999999]]);
+    let rows_logged = logged(&lh, "CREATE TABLE t");
+    assert_eq!(rows_logged.len(), 1, "{rows_logged:?}");
+    let (status, peak_reserved, _) = &rows_logged[0];
+    assert_eq!(status, "ok");
+    assert!(*peak_reserved >= 5 << 20, "the writer's buffers were reserved: {peak_reserved}");
+    assert!(peak <= budget * 5 / 4, "peak anonymous memory {} MiB within 1.25 × the {} MiB budget", peak >> 20, budget >> 20);
+}
+
 /// A result ten times the memory budget streams: `--format csv` writes rows as they come, so
 /// the process's anonymous memory stays within 1.25 × the budget.
 #[test]
@@ -141,7 +174,6 @@ fn a_result_ten_times_the_budget_streams_within_it() {
     let lh = Lakehouse::new();
     let mut child =
         gobi_piped(&["--memory-limit", "64MiB", "query", "--format", "csv", "SELECT value, repeat('x', 1000) AS payload FROM range(0, 700000)"], &lh);
-    let pid = child.id();
     let reader = std::thread::spawn({
         let stdout = child.stdout.take().unwrap();
         move || {
@@ -152,12 +184,8 @@ fn a_result_ten_times_the_budget_streams_within_it() {
             bytes
         }
     });
-    let mut peak = 0;
-    while child.try_wait().unwrap().is_none() {
-        peak = peak.max(anonymous_bytes(pid).unwrap_or(0));
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(child.wait().unwrap().success());
+    let (status, peak) = wait_sampling_anonymous(&mut child);
+    assert!(status.success());
     let written = reader.join().unwrap();
     assert!(written > 10 * budget, "the result ({written} bytes) is ten times the budget");
     assert!(peak > 0 && peak <= budget * 5 / 4, "peak anonymous memory {} MiB within 1.25 × the {} MiB budget", peak >> 20, budget >> 20);

@@ -126,7 +126,12 @@ impl Lakehouse {
 
     /// Runs statements in the lakehouse (as its working directory).
     pub fn run(&self, sql: &str) -> Run {
-        gobi(&["query", sql], self.path())
+        self.run_with(&[], sql)
+    }
+
+    /// Runs statements with `options` before the command (e.g. memory limits).
+    pub fn run_with(&self, options: &[&str], sql: &str) -> Run {
+        gobi(&[options, &["query", sql]].concat(), self.path())
     }
 
     /// Runs statements that must succeed; the rows of the last result, values in column order.
@@ -181,6 +186,11 @@ macro_rules! rows {
         vec![$(vec![$(serde_json::json!($value)),*]),*] as Vec<Vec<serde_json::Value>>
     }};
 }
+
+/// A budget to write test tables under that are read under a few MiB: the writer cuts row
+/// groups of a sixteenth of the statement's memory (384 KiB here), and a scan reserves the row
+/// group it reads.
+pub const WRITE_SMALL_ROW_GROUPS: [&str; 2] = ["--memory-query", "6MiB"];
 
 /// The shared folder beside the project (data and corpora for tests), if present.
 pub fn shared_dir() -> Option<PathBuf> {

@@ -1,0 +1,257 @@
+//! Parquet scans reserve what they read.
+//!
+//! A Parquet scan fetches the column chunks of one row group at a time, decodes batches from
+//! them, and drops them when it moves on to the next row group. Every Parquet scan of a
+//! statement (Delta tables and plain files alike) reads through a [`ReservedReaderFactory`]
+//! wrapped around the reader factory it had (delta-rs's or DataFusion's), and each file's
+//! [`ReservedReader`] holds one reservation, sized at every fetch to what that row group
+//! costs: the fetched bytes and an estimate of one batch decoded from them.
+//!
+//! ```text
+//!  DataSourceExec (parquet)
+//!    ParquetSource ── ReservedReaderFactory ── the factory the source had
+//!                        │ one ReservedReader per file, one reservation each
+//!                        ▼
+//!    get_byte_ranges(row group's chunks) ─► reservation := fetched + one batch decoded
+//!                                           (the row group before is done by then)
+//! ```
+//!
+//! The reservation cannot spill, so the pool counts it before the statement's spilling
+//! operators: their fair shares shrink and they spill at their next growth. A fetch the pool
+//! cannot grant fails the statement with the pool's message (`ParquetScan[p]` among the
+//! holders).
+//!
+//! Not tracked: footers and page indexes (read whole by the inner factory, kept in DataFusion's
+//! metadata cache); a second fetch for the same row group (with filters pushed into the
+//! reader, the filter's columns come first) replaces the first in the count.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+use datafusion::common::Result;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::{DefaultParquetFileReaderFactory, ParquetFileReaderFactory};
+use datafusion::datasource::physical_plan::ParquetSource;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
+use datafusion::parquet::arrow::async_reader::AsyncFileReader;
+use datafusion::parquet::errors::ParquetError;
+use datafusion::parquet::file::metadata::ParquetMetaData;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use datafusion::physical_plan::ExecutionPlan;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+/// The physical optimizer rule that makes every Parquet scan read through a
+/// [`ReservedReaderFactory`] reserving from the statement's pool.
+pub(crate) struct ReservedScans {
+    runtime: Arc<RuntimeEnv>,
+}
+
+impl ReservedScans {
+    /// Scans planned with this rule reserve from `runtime`'s memory pool and, when their
+    /// source brings no reader factory, read through `runtime`'s object stores.
+    pub(crate) fn new(runtime: Arc<RuntimeEnv>) -> Self {
+        ReservedScans { runtime }
+    }
+}
+
+impl fmt::Debug for ReservedScans {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReservedScans")
+    }
+}
+
+impl PhysicalOptimizerRule for ReservedScans {
+    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
+        let batch_size = config.execution.batch_size.into();
+        plan.transform_up(|node| {
+            let Some(exec) = node.downcast_ref::<DataSourceExec>() else { return Ok(Transformed::no(node)) };
+            let Some((scan, parquet)) = exec.downcast_to_file_source::<ParquetSource>() else { return Ok(Transformed::no(node)) };
+            let inner = match parquet.parquet_file_reader_factory() {
+                Some(factory) => Arc::clone(factory),
+                None => Arc::new(DefaultParquetFileReaderFactory::new(self.runtime.object_store(&scan.object_store_url)?)) as _,
+            };
+            let factory = ReservedReaderFactory { inner, pool: Arc::clone(&self.runtime.memory_pool), batch_size };
+            let mut scan = scan.clone();
+            scan.file_source = Arc::new(parquet.clone().with_parquet_file_reader_factory(Arc::new(factory)));
+            Ok(Transformed::yes(Arc::new(exec.clone().with_data_source(Arc::new(scan))) as _))
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "gobi_reserved_scans"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// Makes each file's reader through `inner`, wrapped in a [`ReservedReader`] on `pool`.
+#[derive(Debug)]
+struct ReservedReaderFactory {
+    inner: Arc<dyn ParquetFileReaderFactory>,
+    pool: Arc<dyn MemoryPool>,
+    /// Rows per decoded batch, for the decoded share of a fetch.
+    batch_size: usize,
+}
+
+impl ParquetFileReaderFactory for ReservedReaderFactory {
+    fn create_reader(
+        &self,
+        partition_index: usize,
+        file: PartitionedFile,
+        metadata_size_hint: Option<usize>,
+        metrics: &ExecutionPlanMetricsSet,
+    ) -> Result<Box<dyn AsyncFileReader + Send>> {
+        let inner = self.inner.create_reader(partition_index, file, metadata_size_hint, metrics)?;
+        let reservation = MemoryConsumer::new(format!("ParquetScan[{partition_index}]")).register(&self.pool);
+        Ok(Box::new(ReservedReader { inner, reservation, metadata: None, batch_size: self.batch_size }))
+    }
+}
+
+/// One file's reader: what its current row group costs stays reserved until the next fetch or
+/// the end of the file.
+struct ReservedReader {
+    inner: Box<dyn AsyncFileReader + Send>,
+    reservation: MemoryReservation,
+    /// The file's metadata, once read: where each column chunk lies and what it decodes to.
+    metadata: Option<Arc<ParquetMetaData>>,
+    batch_size: usize,
+}
+
+/// The least a decoded value is counted at: a string view or a decimal takes 16 bytes, and a
+/// dictionary-encoded column's chunk says far less than what it decodes to.
+const MIN_DECODED_WIDTH: f64 = 16.0;
+
+impl ReservedReader {
+    /// What fetching `ranges` costs: their bytes, and one batch decoded from each column chunk
+    /// they lie in (the chunk's uncompressed bytes per row, at least [`MIN_DECODED_WIDTH`],
+    /// times a batch's rows).
+    fn cost(&self, ranges: &[Range<u64>]) -> usize {
+        let fetched: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        let mut decoded = 0.0;
+        if let Some(metadata) = self.metadata.as_deref() {
+            let mut chunks = std::collections::HashSet::new();
+            for range in ranges {
+                let found = metadata.row_groups().iter().enumerate().find_map(|(g, group)| {
+                    let (c, chunk) = group.columns().iter().enumerate().find(|(_, c)| {
+                        let (start, length) = c.byte_range();
+                        range.start >= start && range.start < start + length
+                    })?;
+                    Some(((g, c), group.num_rows().max(1) as f64, chunk.uncompressed_size().max(0) as f64))
+                });
+                // A chunk fetched in several ranges (pages) decodes into one batch all the same.
+                if let Some((_, rows, uncompressed)) = found.filter(|(chunk, ..)| chunks.insert(*chunk)) {
+                    decoded += (uncompressed / rows).max(MIN_DECODED_WIDTH) * rows.min(self.batch_size as f64);
+                }
+            }
+        }
+        usize::try_from(fetched).unwrap_or(usize::MAX).saturating_add(decoded as usize)
+    }
+}
+
+impl AsyncFileReader for ReservedReader {
+    /// Single reads are the footer's and the page index's (see the module's "not tracked").
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, datafusion::parquet::errors::Result<Bytes>> {
+        self.inner.get_bytes(range)
+    }
+
+    fn get_byte_ranges(&mut self, ranges: Vec<Range<u64>>) -> BoxFuture<'_, datafusion::parquet::errors::Result<Vec<Bytes>>> {
+        let cost = self.cost(&ranges);
+        async move {
+            self.reservation.try_resize(cost).map_err(|e| ParquetError::External(Box::new(e)))?;
+            self.inner.get_byte_ranges(ranges).await
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(&'a mut self, options: Option<&'a ArrowReaderOptions>) -> BoxFuture<'a, datafusion::parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let metadata = self.inner.get_metadata(options).await?;
+            self.metadata = Some(Arc::clone(&metadata));
+            Ok(metadata)
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::execution::memory_pool::GreedyMemoryPool;
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    use datafusion::execution::session_state::SessionStateBuilder;
+    use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::error::{classify, ErrorKind};
+
+    /// A context whose Parquet scans reserve from a `pool`-byte pool, with `t`: a file of
+    /// 200,000 rows in row groups of 50,000.
+    async fn context(dir: &std::path::Path, pool: usize) -> (SessionContext, Arc<dyn MemoryPool>) {
+        let file = dir.join("t.parquet");
+        if !file.exists() {
+            let writer = SessionContext::new();
+            let sql = format!(
+                "COPY (SELECT value AS id, md5(CAST(value AS STRING)) AS s FROM range(0, 200000)) TO '{}' \
+                 STORED AS PARQUET OPTIONS ('format.max_row_group_size' 50000)",
+                file.display()
+            );
+            writer.sql(&sql).await.unwrap().collect().await.unwrap();
+        }
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(pool));
+        let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::clone(&pool)).build_arc().unwrap();
+        let state = SessionStateBuilder::new()
+            .with_default_features()
+            .with_config(SessionConfig::new().with_target_partitions(1).with_batch_size(4096))
+            .with_runtime_env(Arc::clone(&runtime))
+            .with_physical_optimizer_rule(Arc::new(ReservedScans::new(runtime)))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        ctx.register_parquet("t", file.to_str().unwrap(), ParquetReadOptions::default()).await.unwrap();
+        (ctx, pool)
+    }
+
+    /// While a scan is inside a row group, what it fetched and one batch decoded from it are
+    /// reserved (about the row group's compressed bytes, 1.4 MB here); once it is done, nothing.
+    #[tokio::test]
+    async fn a_scan_holds_its_row_group_reserved_and_releases_it_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, pool) = context(dir.path(), 1 << 30).await;
+        let mut stream = ctx.sql("SELECT id, s FROM t").await.unwrap().execute_stream().await.unwrap();
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(first.num_rows(), 4096);
+        let held = pool.reserved();
+        assert!((1 << 20..8 << 20).contains(&held), "one row group's fetch and a decoded batch reserved: {held}");
+        let mut rows = first.num_rows();
+        while let Some(batch) = stream.next().await {
+            rows += batch.unwrap().num_rows();
+            assert!(pool.reserved() <= 2 * held, "one row group at a time: {}", pool.reserved());
+        }
+        assert_eq!(rows, 200_000);
+        drop(stream);
+        assert_eq!(pool.reserved(), 0);
+    }
+
+    /// A pool smaller than one row group's fetch fails the scan as a memory error naming the
+    /// scan, and gives everything back.
+    #[tokio::test]
+    async fn a_scan_refused_its_row_group_is_a_memory_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, pool) = context(dir.path(), 256 << 10).await;
+        let error = ctx.sql("SELECT count(DISTINCT s) FROM t").await.unwrap().collect().await.unwrap_err();
+        assert_eq!(classify(&error), ErrorKind::Memory, "{error}");
+        assert!(error.find_root().to_string().contains("ParquetScan[0]"), "{error}");
+        assert_eq!(pool.reserved(), 0);
+    }
+}

@@ -271,8 +271,8 @@ fn classify_source(error: &(dyn StdError + 'static)) -> ErrorKind {
     }
 }
 
-/// A Parquet error is the file's, unless it carries another: a scan's refused reservation
-/// reaches DataFusion inside the Parquet reader's error (`scan.rs`).
+/// A Parquet error is the file's, unless it carries another: an error of a reader wrapped
+/// around DataFusion's (`scan.rs`) reaches DataFusion inside a Parquet error.
 fn classify_parquet(error: &datafusion::parquet::errors::ParquetError) -> ErrorKind {
     match error {
         datafusion::parquet::errors::ParquetError::External(inner) => classify_source(inner.as_ref()),
@@ -653,6 +653,17 @@ mod tests {
             let context = DataFusionError::Context("while scanning".into(), Box::new(error)).to_string();
             assert_eq!(classify_text(&context), Some(kind), "{context}");
         }
+    }
+
+    /// A Parquet error is the file's unless it carries another error, which then decides:
+    /// what a reader wrapped around DataFusion's (`scan.rs`) returns reaches DataFusion so.
+    #[test]
+    fn a_parquet_error_carrying_another_is_classified_by_it() {
+        use datafusion::parquet::errors::ParquetError;
+        let carried = |inner: DataFusionError| DataFusionError::ParquetError(Box::new(ParquetError::External(Box::new(inner))));
+        assert_eq!(classify(&carried(DataFusionError::ResourcesExhausted("pool full".into()))), ErrorKind::Memory);
+        assert_eq!(classify(&carried(DataFusionError::Plan("x".into()))), ErrorKind::Plan);
+        assert_eq!(classify(&DataFusionError::ParquetError(Box::new(ParquetError::EOF("truncated".into())))), ErrorKind::Data);
     }
 
     /// A delta-rs write whose input runs out of memory is a memory error, as it is in a query.

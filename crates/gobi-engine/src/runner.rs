@@ -328,13 +328,12 @@ pub(crate) fn fit_execution_to_pool(options: &mut ConfigOptions, query_pool: u64
 ///   would not fit a small pool at all, and ten sorts in a plan would need ten shares; so the
 ///   quarter divided among them (at least 64 KiB each);
 /// - below what a sort concatenates its buffered batches into one to sort in place (and so
-///   spills, and later merges, as one batch): a sixteenth of its merge headroom, at most
-///   DataFusion's 1 MiB. A merge reads up to 8 runs (the engine's fan-in) two batches each,
-///   so the runs it reads back fit its headroom instead of growing past it.
+///   spills, and later merges, as one batch): a quarter of its merge headroom, at most
+///   DataFusion's 1 MiB, so a run read back while merging fits beside the others.
 pub(crate) fn fit_sorts_to_pool(options: &mut ConfigOptions, query_pool: u64, sorters: u64) {
     let headroom = query_pool / (4 * sorters.max(1));
     options.execution.sort_spill_reservation_bytes = usize::try_from(headroom.clamp(64 << 10, 10 << 20)).unwrap_or(10 << 20);
-    options.execution.sort_in_place_threshold_bytes = usize::try_from((headroom / 16).clamp(16 << 10, 1 << 20)).unwrap_or(1 << 20);
+    options.execution.sort_in_place_threshold_bytes = usize::try_from((headroom / 4).clamp(16 << 10, 1 << 20)).unwrap_or(1 << 20);
 }
 
 /// The sorters of `plan`: one per partition of each sort that can spill (a TopK, a sort with a
@@ -427,7 +426,7 @@ mod tests {
             (256, 512 << 10),
             "4 MiB: the smallest batches, a quarter of the pool to merge"
         );
-        assert_eq!(options.execution.sort_in_place_threshold_bytes, 32 << 10);
+        assert_eq!(options.execution.sort_in_place_threshold_bytes, 128 << 10);
         fit_execution_to_pool(&mut options, 50 << 20);
         assert_eq!((options.execution.batch_size.get(), options.execution.sort_spill_reservation_bytes), (3200, 50 << 20 >> 3));
         fit_execution_to_pool(&mut options, 1 << 30);

@@ -18,8 +18,11 @@
 //!
 //! The reservation cannot spill, so the pool counts it before the statement's spilling
 //! operators: their fair shares shrink and they spill at their next growth. A fetch the pool
-//! cannot grant fails the statement with the pool's message (`ParquetScan[p]` among the
-//! holders).
+//! cannot grant is read unreserved, as every scan was before scans reserved (it shows as
+//! untracked memory): failing the statement there made queries fail that finished before,
+//! whenever an operator that cannot spill (a held join build, a sort's merge) had taken the
+//! room first. Making the statement's spilling operators give room before a scan is refused is
+//! the next step (ARCHITECTURE.md, "Not yet true").
 //!
 //! Not tracked: footers and page indexes (read whole by the inner factory, kept in DataFusion's
 //! metadata cache); a second fetch for the same row group (with filters pushed into the
@@ -41,7 +44,6 @@ use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReser
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
-use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::metadata::ParquetMetaData;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
@@ -169,7 +171,10 @@ impl AsyncFileReader for ReservedReader {
     fn get_byte_ranges(&mut self, ranges: Vec<Range<u64>>) -> BoxFuture<'_, datafusion::parquet::errors::Result<Vec<Bytes>>> {
         let cost = self.cost(&ranges);
         async move {
-            self.reservation.try_resize(cost).map_err(|e| ParquetError::External(Box::new(e)))?;
+            if self.reservation.try_resize(cost).is_err() {
+                // Refused: read unreserved (see the module's doc).
+                self.reservation.free();
+            }
             self.inner.get_byte_ranges(ranges).await
         }
         .boxed()
@@ -194,7 +199,6 @@ mod tests {
     use futures::StreamExt;
 
     use super::*;
-    use crate::error::{classify, ErrorKind};
 
     /// A context whose Parquet scans reserve from a `pool`-byte pool, with `t`: a file of
     /// 200,000 rows in row groups of 50,000.
@@ -243,15 +247,18 @@ mod tests {
         assert_eq!(pool.reserved(), 0);
     }
 
-    /// A pool smaller than one row group's fetch fails the scan as a memory error naming the
-    /// scan, and gives everything back.
+    /// A pool smaller than one row group's fetch: the scan reads it unreserved and finishes,
+    /// holding nothing of the pool.
     #[tokio::test]
-    async fn a_scan_refused_its_row_group_is_a_memory_error() {
+    async fn a_scan_refused_its_row_group_reads_it_unreserved() {
         let dir = tempfile::tempdir().unwrap();
         let (ctx, pool) = context(dir.path(), 256 << 10).await;
-        let error = ctx.sql("SELECT count(DISTINCT s) FROM t").await.unwrap().collect().await.unwrap_err();
-        assert_eq!(classify(&error), ErrorKind::Memory, "{error}");
-        assert!(error.find_root().to_string().contains("ParquetScan[0]"), "{error}");
-        assert_eq!(pool.reserved(), 0);
+        let mut stream = ctx.sql("SELECT id, s FROM t").await.unwrap().execute_stream().await.unwrap();
+        let mut rows = 0;
+        while let Some(batch) = stream.next().await {
+            rows += batch.unwrap().num_rows();
+            assert_eq!(pool.reserved(), 0, "nothing reserved for a refused row group");
+        }
+        assert_eq!(rows, 200_000);
     }
 }

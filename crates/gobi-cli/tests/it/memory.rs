@@ -115,11 +115,11 @@ fn a_top_k_too_big_for_the_pool_runs_as_a_spilling_sort() {
     assert!(pools.iter().all(|(_, _, reserved, _)| *reserved == 0), "{pools:?}");
 }
 
-/// A scan whose row group (one of about 40 MB) cannot be reserved in the pool fails cleanly,
-/// as a memory error naming the scan, at once (no wait for room its own statement holds), and
-/// leaves every pool at 0.
+/// A scan whose row group (one of tens of MB) cannot be reserved in a 4 MiB pool reads it
+/// unreserved (`scan.rs`): the query finishes or fails cleanly as a memory error, within a
+/// timeout (it never waits on its own statement), and every pool reads 0 afterwards.
 #[test]
-fn a_scan_of_a_row_group_bigger_than_the_pool_fails_cleanly() {
+fn a_scan_of_a_row_group_bigger_than_the_pool_finishes_or_fails_cleanly() {
     let lh = Lakehouse::new();
     gobi(
         &["--memory-query", "1GiB", "query", "CREATE TABLE big AS SELECT value AS id, md5(CAST(value AS STRING)) AS s FROM generate_series(1, 1000000)"],
@@ -127,12 +127,15 @@ fn a_scan_of_a_row_group_bigger_than_the_pool_fails_cleanly() {
     )
     .ok();
     let small = ["--memory-query", "4MiB", "--memory-cache", "0B"];
-    let query = "SELECT count(DISTINCT s) FROM big";
-    let failed = gobi_within(std::time::Duration::from_secs(120), &[&small[..], &["query", query]].concat(), lh.path()).fails_with(exit::MEMORY);
-    assert!(failed.stderr.contains("ParquetScan["), "{}", failed.stderr);
-    let pools = pools_after(&lh, &small, "SELECT 1; SHOW MEMORY");
+    let query = "SELECT count(*) AS n, max(s) AS top FROM big WHERE s > 'f'";
+    let run = gobi_within(std::time::Duration::from_secs(120), &[&small[..], &["query", "--format", "csv", query]].concat(), lh.path());
+    if run.code == 0 {
+        assert_eq!(run.stdout, gobi(&["query", "--format", "csv", query], lh.path()).ok().stdout);
+    } else {
+        run.fails_with(exit::MEMORY);
+    }
+    let pools = pools_after(&lh, &small, &format!("{query}; SHOW MEMORY"));
     assert!(pools.iter().all(|(_, _, reserved, _)| *reserved == 0), "{pools:?}");
-    assert_eq!(lh.values(query), crate::rows![[1000000]], "with room the same scan finishes");
 }
 
 /// apache/datafusion#24883's shape through the binary: a grouped `count(DISTINCT)` on two
@@ -500,10 +503,10 @@ fn a_query_short_of_memory_evicts_the_cache_and_borrows_its_room() {
     let failed = gobi(&["--memory-query", "4MiB", "--memory-cache", "0B", "query", gather], lh.path()).fails_with(exit::MEMORY);
     assert!(failed.stderr.contains("AggregateStream") && failed.stderr.contains("cannot spill"), "{}", failed.stderr);
 
-    let fill: Vec<String> = (0..14).map(|i| format!("SELECT * FROM t WHERE id % 20 = {i}")).collect();
+    let fill: Vec<String> = (0..20).map(|i| format!("SELECT * FROM t WHERE id % 20 = {i}")).collect();
     let stats = "SELECT * FROM gobi_result_cache()";
     let script = format!("{}; {stats}; {gather}; {stats}; SHOW MEMORY", fill.join("; "));
-    let run = gobi(&["--memory-query", "4MiB", "--memory-cache", "12MiB", "query", "--format", "json", &script], lh.path()).ok();
+    let run = gobi(&["--memory-query", "4MiB", "--memory-cache", "10MiB", "query", "--format", "json", &script], lh.path()).ok();
     let cache = cache_stats(&run.stdout);
     assert!(cache[0].1 > 6 << 20, "the cache held results before the join: {cache:?}");
     assert!(cache[1].4 > cache[0].4, "the aggregate made the cache evict: {cache:?}");

@@ -17,12 +17,13 @@
 //! ```
 //!
 //! The reservation cannot spill, so the pool counts it before the statement's spilling
-//! operators: their fair shares shrink and they spill at their next growth. A fetch the pool
-//! cannot grant is read unreserved, as every scan was before scans reserved (it shows as
-//! untracked memory): failing the statement there made queries fail that finished before,
-//! whenever an operator that cannot spill (a held join build, a sort's merge) had taken the
-//! room first. Making the statement's spilling operators give room before a scan is refused is
-//! the next step (ARCHITECTURE.md, "Not yet true").
+//! operators: their fair shares shrink and they spill at their next growth. A scan takes the
+//! statement's room only while a quarter of it stays free for the operators that cannot spill
+//! and come later (a sort's merge, a held join build); past that, or when the pool refuses, it
+//! reads the row group unreserved, as every scan did before scans reserved (it shows as
+//! untracked memory). Failing the statement there made queries fail that finished before.
+//! Making the statement's spilling operators give room back before a scan goes without is the
+//! next step (ARCHITECTURE.md, "Not yet true").
 //!
 //! Not tracked: footers and page indexes (read whole by the inner factory, kept in DataFusion's
 //! metadata cache); a second fetch for the same row group (with filters pushed into the
@@ -40,7 +41,7 @@ use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::parquet::{DefaultParquetFileReaderFactory, ParquetFileReaderFactory};
 use datafusion::datasource::physical_plan::ParquetSource;
 use datafusion::datasource::source::DataSourceExec;
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
@@ -117,7 +118,7 @@ impl ParquetFileReaderFactory for ReservedReaderFactory {
     ) -> Result<Box<dyn AsyncFileReader + Send>> {
         let inner = self.inner.create_reader(partition_index, file, metadata_size_hint, metrics)?;
         let reservation = MemoryConsumer::new(format!("ParquetScan[{partition_index}]")).register(&self.pool);
-        Ok(Box::new(ReservedReader { inner, reservation, metadata: None, batch_size: self.batch_size }))
+        Ok(Box::new(ReservedReader { inner, reservation, pool: Arc::clone(&self.pool), metadata: None, batch_size: self.batch_size }))
     }
 }
 
@@ -126,6 +127,8 @@ impl ParquetFileReaderFactory for ReservedReaderFactory {
 struct ReservedReader {
     inner: Box<dyn AsyncFileReader + Send>,
     reservation: MemoryReservation,
+    /// The statement's pool, for the room its other holders leave.
+    pool: Arc<dyn MemoryPool>,
     /// The file's metadata, once read: where each column chunk lies and what it decodes to.
     metadata: Option<Arc<ParquetMetaData>>,
     batch_size: usize,
@@ -171,8 +174,13 @@ impl AsyncFileReader for ReservedReader {
     fn get_byte_ranges(&mut self, ranges: Vec<Range<u64>>) -> BoxFuture<'_, datafusion::parquet::errors::Result<Vec<Bytes>>> {
         let cost = self.cost(&ranges);
         async move {
-            if self.reservation.try_resize(cost).is_err() {
-                // Refused: read unreserved (see the module's doc).
+            let others = self.pool.reserved().saturating_sub(self.reservation.size());
+            let room = match self.pool.memory_limit() {
+                MemoryLimit::Finite(limit) => (limit - limit / 4).saturating_sub(others),
+                _ => usize::MAX,
+            };
+            if cost > room || self.reservation.try_resize(cost).is_err() {
+                // Unreserved (see the module's doc).
                 self.reservation.free();
             }
             self.inner.get_byte_ranges(ranges).await
@@ -247,8 +255,8 @@ mod tests {
         assert_eq!(pool.reserved(), 0);
     }
 
-    /// A pool smaller than one row group's fetch: the scan reads it unreserved and finishes,
-    /// holding nothing of the pool.
+    /// A pool whose three quarters are smaller than one row group's fetch: the scan reads it
+    /// unreserved and finishes, holding nothing of the pool.
     #[tokio::test]
     async fn a_scan_refused_its_row_group_reads_it_unreserved() {
         let dir = tempfile::tempdir().unwrap();

@@ -205,11 +205,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_top_k_reads_its_input_through_owned_buffers() {
-        let ctx = datafusion::prelude::SessionContext::new();
-        ctx.sql("CREATE TABLE t AS VALUES (1, 2), (3, 4)").await.unwrap();
-        let plan = ctx.sql("SELECT column1, count(*) FROM t GROUP BY column1 ORDER BY 2 DESC LIMIT 1").await.unwrap().create_physical_plan().await.unwrap();
-        let plan = TopKInBudget::new(1 << 30).optimize(plan, &ConfigOptions::default()).unwrap();
-        let shown = datafusion::physical_plan::displayable(plan.as_ref()).indent(false).to_string();
+        let shown = planned("SELECT column1, count(*) FROM t GROUP BY column1 ORDER BY 2 DESC LIMIT 1", 1 << 30).await;
         let top = shown.lines().position(|l| l.contains("TopK")).unwrap_or_else(|| panic!("{shown}"));
         assert!(shown.lines().nth(top + 1).is_some_and(|l| l.contains("OwnedBuffersExec")), "{shown}");
     }

@@ -75,7 +75,7 @@ pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create
             .with_session_state(Arc::new(state.clone()))
             .with_save_mode(if exists { SaveMode::Overwrite } else { SaveMode::ErrorIfExists })
             .with_target_file_size(writer.target_file_size)
-            .with_writer_properties(writer.properties.clone())
+            .with_writer_properties(writer.properties)
             .with_table_name(name)
             .with_commit_properties(commit_properties());
         if exists {
@@ -113,7 +113,7 @@ pub async fn insert(state: &SessionState, schema: &LakehouseSchema, name: &str, 
         .with_session_state(Arc::new(state.clone()))
         .with_save_mode(mode)
         .with_target_file_size(writer.target_file_size)
-        .with_writer_properties(writer.properties.clone())
+        .with_writer_properties(writer.properties)
         .with_commit_properties(commit_properties())
         .await
         .map_err(|e| not_null_message(e, name, &input_columns, &table_columns))?;
@@ -127,11 +127,8 @@ pub async fn delete(state: &SessionState, schema: &LakehouseSchema, name: &str, 
     let table = writable_table(schema, name).await?;
     let before = table.version();
     let writer = WriterMemory::reserve(state)?;
-    let mut builder = table
-        .delete()
-        .with_session_state(Arc::new(state.clone()))
-        .with_writer_properties(writer.properties.clone())
-        .with_commit_properties(commit_properties());
+    let mut builder =
+        table.delete().with_session_state(Arc::new(state.clone())).with_writer_properties(writer.properties).with_commit_properties(commit_properties());
     if let Some(predicate) = change.predicate {
         builder = builder.with_predicate(predicate);
     }
@@ -150,11 +147,8 @@ pub async fn update(state: &SessionState, schema: &LakehouseSchema, name: &str, 
     let table = writable_table(schema, name).await?;
     let columns = table_columns(&table)?;
     let writer = WriterMemory::reserve(state)?;
-    let mut builder = table
-        .update()
-        .with_session_state(Arc::new(state.clone()))
-        .with_writer_properties(writer.properties.clone())
-        .with_commit_properties(commit_properties());
+    let mut builder =
+        table.update().with_session_state(Arc::new(state.clone())).with_writer_properties(writer.properties).with_commit_properties(commit_properties());
     for (column, value) in change.assignments {
         builder = builder.with_update(column, value);
     }

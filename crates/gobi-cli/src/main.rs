@@ -231,6 +231,7 @@ fn main() -> ExitCode {
     let examples = command.get_after_help().map(|help| help.to_string()).unwrap_or_default();
     let matches = command.after_help(help_text(&examples)).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    log_warnings();
     let format = cli.format.unwrap_or(if std::io::stdout().is_terminal() { Format::Table } else { Format::Csv });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     let printer = Printer::new(format);
@@ -252,6 +253,20 @@ fn main() -> ExitCode {
             ExitCode::from(exit_code(failure.error.kind))
         }
     }
+}
+
+/// gobi's own warnings (a log that could not be written, a pool that went past its limit) go
+/// to stderr; `GOBI_LOG` sets another filter (`GOBI_LOG=debug`, `GOBI_LOG=datafusion=trace`).
+fn log_warnings() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GOBI_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("gobi_engine=warn,gobi_cli=warn,gobi_memory=warn"));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .without_time()
+        .with_target(false)
+        .with_env_filter(filter)
+        .init();
 }
 
 /// An error together with the script it points into, so it can show the offending line.

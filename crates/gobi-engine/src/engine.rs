@@ -307,6 +307,15 @@ impl Engine {
                 tracing::warn!("the {} could not be written: {}", log.name(), e.message);
             }
         }
+        if closing {
+            for pool in self.memory.stats().into_iter().filter(|pool| pool.overruns > 0) {
+                tracing::warn!(
+                    "the {} pool went past its limit {} times (an operator grew memory it already held); `gobi memory pressure --history` says which",
+                    pool.kind,
+                    pool.overruns
+                );
+            }
+        }
     }
 
     /// Runs `end` (a statement ending after its reader stopped) on the current runtime;

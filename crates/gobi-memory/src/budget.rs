@@ -119,6 +119,9 @@ pub(crate) struct Budget {
     /// unspillable ones leave of the query pool.
     spillable: AtomicUsize,
     unspillable_reserved: AtomicUsize,
+    /// What refused requests that cannot spill wait for: the shares leave it out, so the next
+    /// growth of a spillable consumer holding it spills and gives it back.
+    wanted: AtomicUsize,
     /// `memory.fault_probability` as f64 bits: the fraction of reservation requests refused
     /// on purpose, so tests drive every out-of-memory path with real queries.
     fault_probability: AtomicU64,
@@ -192,6 +195,7 @@ impl Budget {
             ],
             spillable: AtomicUsize::new(0),
             unspillable_reserved: AtomicUsize::new(0),
+            wanted: AtomicUsize::new(0),
             fault_probability: AtomicU64::new(0f64.to_bits()),
             leak_threshold_ms: AtomicU64::new(DEFAULT_LEAK_THRESHOLD.as_millis() as u64),
             events: Mutex::new(vec![]),
@@ -231,8 +235,21 @@ impl Budget {
     /// leave. A consumer past its share spills itself, so one partition's hash table cannot take
     /// the whole pool and leave its siblings nothing (DataFusion only lets the requester spill).
     pub(crate) fn spill_share(&self) -> usize {
-        let free = self.elastic_limit().saturating_sub(self.unspillable_reserved.load(Ordering::Acquire));
-        free / self.spillable.load(Ordering::Acquire).max(1)
+        let unspillable = self.unspillable_reserved.load(Ordering::Acquire) + self.wanted.load(Ordering::Acquire);
+        self.elastic_limit().saturating_sub(unspillable) / self.spillable.load(Ordering::Acquire).max(1)
+    }
+
+    /// What spillable consumers hold of the query pool: room they give back when they spill.
+    pub(crate) fn spillable_held(&self) -> usize {
+        self.pool(PoolKind::Query).reserved().saturating_sub(self.unspillable_reserved.load(Ordering::Acquire))
+    }
+
+    /// Runs `wait` with `bytes` left out of the spillable consumers' shares.
+    pub(crate) fn wanting<T>(&self, bytes: usize, wait: impl FnOnce() -> T) -> T {
+        self.wanted.fetch_add(bytes, Ordering::AcqRel);
+        let result = wait();
+        self.wanted.fetch_sub(bytes, Ordering::AcqRel);
+        result
     }
 
     /// What queries can hold at most: the query pool plus the cache pool they can borrow from.

@@ -218,12 +218,15 @@ impl Pool {
     }
 
     /// Reserves `bytes` even past the limit (counted as an overrun when it goes past).
-    pub fn force_reserve(&self, bytes: usize) {
+    /// Reserves `bytes` even past the limit; whether it went past (counted as an overrun).
+    pub fn force_reserve(&self, bytes: usize) -> bool {
         let now = self.reserved.fetch_add(bytes, Ordering::AcqRel) + bytes;
-        if now > self.limit() {
+        let overran = now > self.limit();
+        if overran {
             self.overruns.fetch_add(1, Ordering::Relaxed);
         }
         self.note_growth(now);
+        overran
     }
 
     pub fn release(&self, bytes: usize) {
@@ -236,6 +239,12 @@ impl Pool {
         debug_assert!(before >= bytes, "{} pool released {bytes} bytes with {before} reserved", self.kind);
         self.deallocations.fetch_add(1, Ordering::Relaxed);
         self.waiters.wake();
+    }
+
+    /// Blocks this thread until `ready()` holds (a refused request was granted), checked again
+    /// after every release of this pool; at most `timeout`. Whether it holds.
+    pub(crate) fn block_until(&self, ready: impl FnMut() -> bool, timeout: Duration) -> bool {
+        self.waiters.until_blocking(ready, timeout)
     }
 
     /// How many tasks wait for the pressure to fall (a test's releaser waits for its waiter).

@@ -39,9 +39,11 @@
 //! found through a small per-thread cache rather than the statement's consumer map.
 //!
 //! A spillable consumer registered while the query pool is under high pressure spills at half
-//! its fair share, so the statements already running keep room to finish.
+//! its fair share, so the statements already running keep room to finish. A refused consumer
+//! that cannot spill waits up to a second while spillable ones hold what it lacks: their
+//! shares shrink by what it wants, their next growth spills, and the room comes back to it.
 //!
-//! Both paths are lock-free. A growth that finds its consumer short reserves the blocks for its
+//! Both paths are lock-free (but for that wait). A growth that finds its consumer short reserves the blocks for its
 //! own shortfall, so concurrent growths of one consumer each cover themselves; a shrink gives
 //! blocks back by compare-and-swap on the headroom, so it never takes room a concurrent growth
 //! already counted on.
@@ -66,6 +68,10 @@ use crate::wait::Waiters;
 const TOP_CONSUMERS: usize = 5;
 
 const BLOCK: usize = PoolKind::Query.block();
+
+/// How long a refused request that cannot spill waits for spillable consumers to give room
+/// back (see [`QueryMemory::waited_for_room`]): a spill of a few MiB takes milliseconds.
+const ROOM_WAIT: Duration = Duration::from_secs(1);
 
 /// How far past its limit a query's allocator bytes may go: decoding buffers, batches in
 /// flight and the query's result are memory no operator reserves.
@@ -176,6 +182,8 @@ pub struct QueryMemory {
     /// releases return these first.
     borrowed: Loan,
     ended: AtomicBool,
+    /// A request that cannot spill waited for room and none came (see `waited_for_room`).
+    waited_in_vain: AtomicBool,
     consumers: RwLock<HashMap<usize, Arc<Consumer>>>,
 }
 
@@ -279,6 +287,7 @@ impl QueryMemory {
             actual: Arc::default(),
             borrowed: Loan::default(),
             ended: AtomicBool::new(false),
+            waited_in_vain: AtomicBool::new(false),
             consumers: RwLock::new(HashMap::new()),
         }
     }
@@ -469,7 +478,9 @@ impl QueryMemory {
         if bytes == 0 {
             return;
         }
-        self.budget.give_back(bytes, &self.borrowed);
+        // The statement's counters go down before the pools give the bytes to another grant, as
+        // they go up after (`granted`): what a statement counts never exceeds what the pools
+        // hold for it, so its peak stays within its pool's limit.
         // SeqCst (the same instruction as AcqRel on x86 and ARMv8): a waiter sees this release
         // or is woken by it (`wait.rs`).
         let before = self.reserved.fetch_sub(bytes, Ordering::SeqCst);
@@ -479,6 +490,7 @@ impl QueryMemory {
         if !consumer.can_spill {
             self.budget.unspillable_released(bytes);
         }
+        self.budget.give_back(bytes, &self.borrowed);
         if before == bytes {
             self.released.wake();
         }
@@ -488,14 +500,66 @@ impl QueryMemory {
     /// operator's fair share and the pool allow, else just the bytes short (so a pool smaller
     /// than a block still works), borrowing from the cache pool when the query pool is short.
     fn grant(&self, consumer: &Consumer, reservation: &MemoryReservation, short: usize) -> Result<()> {
-        let granted = self.try_grant(consumer, reservation, short).map_err(|refused| self.exhausted(reservation, short, refused));
+        let granted = self
+            .try_grant(consumer, reservation, short)
+            .or_else(|refused| if self.waited_for_room(consumer, reservation, short) { Ok(()) } else { Err(refused) })
+            .map_err(|refused| self.exhausted(reservation, short, refused));
         self.trim(consumer);
+        granted
+    }
+
+    /// For a consumer that cannot spill, refused while spillable consumers hold at least what
+    /// it lacks: waits, at most [`ROOM_WAIT`], for them to spill and give room back, and takes
+    /// it; whether it got it. DataFusion lets only the requester spill, so a sort's merge would
+    /// fail while a sibling partition's sort holds the room, ready to spill at its next growth.
+    /// While it waits the spillable shares leave its bytes out, so that growth spills.
+    ///
+    /// A statement that waited in vain waits no more: what holds the room is not growing (an
+    /// aggregate emitting, a sort merging in memory). On a current-thread runtime it never
+    /// waits: the thread it would block is the one that could give the room back.
+    fn waited_for_room(&self, consumer: &Consumer, reservation: &MemoryReservation, short: usize) -> bool {
+        if consumer.can_spill || self.waited_in_vain.load(Ordering::Relaxed) || self.budget.spillable_held() < short {
+            return false;
+        }
+        let pool = self.budget.pool(PoolKind::Query);
+        let wait = || self.budget.wanting(short, || pool.block_until(|| self.try_grant(consumer, reservation, short).is_ok(), ROOM_WAIT));
+        let granted = match tokio::runtime::Handle::try_current().map(|runtime| runtime.runtime_flavor()) {
+            // Hands the worker's other tasks to another thread first.
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+            Ok(_) => return false,
+            Err(_) => wait(),
+        };
+        if !granted {
+            self.waited_in_vain.store(true, Ordering::Relaxed);
+            self.budget.record_event(
+                PoolKind::Query,
+                format!(
+                    "{} of query {} waited {:?} for spillable operators to give back {}; none did",
+                    reservation.consumer().name(),
+                    self.id,
+                    ROOM_WAIT,
+                    ByteSize(short as u64)
+                ),
+                0,
+            );
+        }
         granted
     }
 
     /// Grants `blocks` even past the pool's limit (counted as an overrun there).
     fn force_grant(&self, consumer: &Consumer, blocks: usize) {
-        self.budget.pool(PoolKind::Query).force_reserve(blocks);
+        if self.budget.pool(PoolKind::Query).force_reserve(blocks) {
+            self.budget.record_event(
+                PoolKind::Query,
+                format!(
+                    "overrun: {} of query {} grew {} past the query pool's limit (memory it already held: DataFusion's grow cannot be refused)",
+                    consumer.name,
+                    self.id,
+                    ByteSize(blocks as u64)
+                ),
+                0,
+            );
+        }
         self.granted(consumer, blocks);
     }
 
@@ -788,6 +852,47 @@ mod wait {
         assert!(statement.wait_released(Duration::from_secs(60)).await, "woken by the release that reached 0");
         assert_eq!((statement.reserved_bytes(), budget.pool(PoolKind::Query).reserved()), (0, 0));
         releaser.join().unwrap();
+    }
+
+    /// A sort's merge (cannot spill) refused while a sibling sort holds the pool waits; the
+    /// sibling's next growth is refused (its share leaves out what the merge wants), it spills,
+    /// and the merge gets the room.
+    #[test]
+    fn a_refused_consumer_that_cannot_spill_gets_the_room_a_spillable_one_gives_back() {
+        let (budget, statement, query) =
+            statement(PoolLimits { query: ByteSize::mib(1), cache: ByteSize(0), ..PoolLimits::default() }, StatementLimits::default());
+        let sort = MemoryConsumer::new("ExternalSorter[0]").with_can_spill(true).register(&query);
+        sort.try_grow(900 << 10).unwrap();
+        let merge = MemoryConsumer::new("ExternalSorterMerge[1]").register(&query);
+        let spiller = once_waiting(
+            &budget,
+            |budget| budget.pool(PoolKind::Query).waiting(),
+            move |_| {
+                assert!(sort.try_grow(BLOCK).is_err(), "while the merge waits, the sort's share leaves its bytes out");
+                drop(sort);
+            },
+        );
+        merge.try_grow(400 << 10).unwrap();
+        spiller.join().unwrap();
+        assert_eq!((merge.size(), statement.rejected()), (400 << 10, 1), "granted; only the sort was refused");
+    }
+
+    /// When the spillable consumers hold their room and do not grow, the wait ends in the
+    /// pool's message, and the statement waits no more.
+    #[test]
+    fn a_statement_that_waited_in_vain_fails_at_once_next_time() {
+        let (budget, statement, query) =
+            statement(PoolLimits { query: ByteSize::mib(1), cache: ByteSize(0), ..PoolLimits::default() }, StatementLimits::default());
+        let sort = MemoryConsumer::new("ExternalSorter[0]").with_can_spill(true).register(&query);
+        sort.try_grow(900 << 10).unwrap();
+        let merge = MemoryConsumer::new("ExternalSorterMerge[1]").register(&query);
+        let error = merge.try_grow(400 << 10).unwrap_err().to_string();
+        assert!(error.contains("the query pool is full: ExternalSorterMerge[1] (query 1) asked for 400KiB"), "{error}");
+        assert!(budget.take_events().iter().any(|e| e.action.contains("ExternalSorterMerge[1] of query 1 waited 1s for spillable operators")));
+        let started = Instant::now();
+        assert!(merge.try_grow(400 << 10).is_err());
+        assert!(started.elapsed() < ROOM_WAIT, "no second wait");
+        assert_eq!(statement.rejected(), 2);
     }
 
     #[tokio::test]

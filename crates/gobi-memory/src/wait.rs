@@ -16,9 +16,16 @@
 //! and the waiter reads the state after creating it), or it does not, and then the waiter's
 //! check after registering sees the release. What is waited for must be written with `SeqCst`
 //! before [`Waiters::wake`] is called.
+//!
+//! A thread that cannot await (a reservation's `try_grow` is a plain call) blocks instead
+//! ([`Waiters::until_blocking`]): the same count, then a condition variable. A wake bumps a
+//! count of wakes before it notifies under the lock, and the waiter sleeps only if, under that
+//! lock, the count is still what it read before its check: a wake between its check and its
+//! sleep is seen, one after it takes the lock and so finds the waiter asleep.
 
-use std::sync::atomic::{fence, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -28,6 +35,10 @@ pub(crate) struct Waiters {
     /// How many waits are registered: releases notify only when some are.
     waiting: AtomicUsize,
     notify: Notify,
+    /// Wakes so far: a blocked waiter sleeps only while no wake came since its last check.
+    wakes: AtomicU64,
+    lock: Mutex<()>,
+    woken: Condvar,
 }
 
 impl Waiters {
@@ -37,6 +48,9 @@ impl Waiters {
     pub(crate) fn wake(&self) {
         if self.waiting.load(Ordering::SeqCst) > 0 {
             self.notify.notify_waiters();
+            self.wakes.fetch_add(1, Ordering::SeqCst);
+            drop(self.lock.lock().unwrap_or_else(PoisonError::into_inner));
+            self.woken.notify_all();
         }
     }
 
@@ -68,6 +82,32 @@ impl Waiters {
                     }
                 }
                 None => notified.await,
+            }
+        }
+    }
+
+    /// Blocks this thread until `ready()` holds, or `timeout` has passed; whether it holds.
+    /// `ready` runs outside the lock, so it may release memory (and wake) itself.
+    pub(crate) fn until_blocking(&self, mut ready: impl FnMut() -> bool, timeout: Duration) -> bool {
+        if ready() {
+            return true;
+        }
+        let deadline = Instant::now() + timeout;
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _registered = Registered(&self.waiting);
+        loop {
+            let seen = self.wakes.load(Ordering::SeqCst);
+            if ready() {
+                return true;
+            }
+            let guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+            if self.wakes.load(Ordering::SeqCst) == seen {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    drop(guard);
+                    return ready();
+                }
+                drop(self.woken.wait_timeout(guard, left).unwrap_or_else(PoisonError::into_inner));
             }
         }
     }
@@ -118,6 +158,22 @@ mod tests {
         assert!(waiters.until(|| counter.load(Ordering::SeqCst) == 0, Duration::from_secs(60)).await);
         releaser.join().unwrap();
         assert_eq!(waiters.waiting(), 0, "unregistered");
+    }
+
+    #[test]
+    fn a_blocked_thread_wakes_when_another_thread_makes_it_ready() {
+        let (waiters, counter) = (Arc::new(Waiters::default()), Arc::new(AtomicUsize::new(1)));
+        let releaser = {
+            let counter = Arc::clone(&counter);
+            once_waiting(&waiters, Waiters::waiting, move |waiters| {
+                counter.store(0, Ordering::SeqCst);
+                waiters.wake();
+            })
+        };
+        assert!(waiters.until_blocking(|| counter.load(Ordering::SeqCst) == 0, Duration::from_secs(60)));
+        releaser.join().unwrap();
+        assert_eq!(waiters.waiting(), 0, "unregistered");
+        assert!(!waiters.until_blocking(|| false, Duration::from_millis(20)), "nothing changes: it times out");
     }
 
     #[tokio::test]

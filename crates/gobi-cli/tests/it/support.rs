@@ -19,12 +19,17 @@ pub struct Run {
 }
 
 impl Run {
+    /// Every run in the suite also checks that no pool went past its limit: gobi warns at exit
+    /// when one did.
+    #[track_caller]
     fn from(output: Output) -> Self {
-        Self {
+        let run = Self {
             code: output.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        };
+        assert!(!run.stderr.contains("went past its limit"), "a pool went past its limit:\n{}", run.stderr);
+        run
     }
 
     #[track_caller]

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
-use gobi_engine::{Engine, ErrorKind, GobiError, Lakehouse, Output, Session};
+use gobi_engine::{Engine, ErrorKind, GobiError, Lakehouse, Output, Session, CONFIG_FILE};
 use gobi_lang::parse_script;
 use gobi_memory::{ByteSize, PoolKind};
 
-use crate::output::{Format, Printer};
+use crate::output::{Format, Layout, Printer};
 
 /// jemalloc, counting what each query's operators allocate (gobi-memory's `allocator`). The
 /// `baseline` build (the accounting-overhead benchmark's reference) keeps the system allocator.
@@ -51,13 +51,20 @@ unsafe impl Sync for JemallocConf {}
     after_help = "Examples:\n  gobi demo                               # TPC-H in ./gobi-demo, a few queries\n  gobi init sales && cd sales             # a new lakehouse\n  gobi query \"CREATE TABLE t AS SELECT 1 AS x\"\n  gobi query \"SELECT * FROM t\" --format json\n  gobi repl"
 )]
 struct Cli {
-    /// The lakehouse folder (default: the current folder).
+    /// The lakehouse folder. Without it (nor GOBI_LAKEHOUSE), the current folder when it is a
+    /// lakehouse; else gobi runs in memory: files are readable, tables last for the run, spill
+    /// files go to the system's temporary folder and nothing is logged.
     #[arg(long, short = 'l', global = true, env = "GOBI_LAKEHOUSE", value_name = "DIR")]
     lakehouse: Option<PathBuf>,
 
-    /// How results are printed: table (default on a terminal), csv (default otherwise), json.
-    #[arg(long, short = 'f', global = true, value_enum)]
+    /// How results are printed: table (default on a terminal), csv (default otherwise), json,
+    /// line (`column = value`, for wide rows), markdown.
+    #[arg(long, global = true, value_enum)]
     format: Option<Format>,
+
+    /// The most rows a table shows (the first and the last halves); 0 for all.
+    #[arg(long, global = true, default_value_t = 40, value_name = "N")]
+    max_rows: usize,
 
     #[command(flatten)]
     memory: MemoryArgs,
@@ -79,10 +86,10 @@ enum Command {
         after_help = "Examples:\n  gobi query \"SELECT count(*) FROM orders\"\n  gobi query \"FROM orders |> WHERE total > 100 |> AGGREGATE count(*) GROUP BY status\"\n  echo \"SHOW TABLES\" | gobi query -\n  gobi query --file q1.sql --data tpch-parquet/ --summary json"
     )]
     Query(QueryArgs),
-    /// Run a script file of statements separated by `;`.
-    #[command(after_help = "Example:\n  gobi run setup.sql")]
+    /// Run a script file of statements separated by `;` (`-`: read it from stdin).
+    #[command(after_help = "Examples:\n  gobi run setup.sql\n  cat setup.sql | gobi run -")]
     Run {
-        /// The script.
+        /// The script, or `-` for stdin.
         file: PathBuf,
     },
     /// An interactive shell: statements end at `;`, `.help` lists the dot commands.
@@ -94,16 +101,17 @@ enum Command {
     Memory {
         #[command(subcommand)]
         report: memory::Report,
-        /// One JSON object instead of tables (byte figures as plain numbers).
+        /// The same as `--format json`: one JSON object, a key per section, byte figures as
+        /// plain numbers.
         #[arg(long, global = true)]
         json: bool,
     },
     /// Generate TPC-H data into a new lakehouse and run a few TPC-H queries on it.
-    #[command(after_help = "Example:\n  gobi demo              # scale 0.1 (~100 MB) in ./gobi-demo\n  gobi demo big --scale 1")]
+    #[command(after_help = "Example:\n  gobi demo              # scale 0.1 (~100 MiB of raw data) in ./gobi-demo\n  gobi demo big --scale 1")]
     Demo {
         /// Where to put the lakehouse (default: ./gobi-demo).
         dir: Option<PathBuf>,
-        /// TPC-H scale factor: 1 is about 1 GB of raw data, 6 million lineitem rows.
+        /// TPC-H scale factor: 1 is about 1 GiB of raw data, 6 million lineitem rows.
         #[arg(long, default_value_t = 0.1)]
         scale: f64,
     },
@@ -111,10 +119,12 @@ enum Command {
 
 #[derive(Args)]
 struct QueryArgs {
-    /// The statements; `-` reads them from stdin.
+    /// The statements; `-` reads them from stdin. Text starting with `-` (a `-- comment`) is
+    /// taken as statements too.
+    #[arg(allow_hyphen_values = true)]
     sql: Option<String>,
     /// Read the statements from this file instead.
-    #[arg(long, conflicts_with = "sql", value_name = "FILE")]
+    #[arg(long, short = 'f', conflicts_with = "sql", value_name = "FILE")]
     file: Option<PathBuf>,
     /// Query the NAME.parquet files in DIR as read-only tables NAME; no lakehouse needed.
     #[arg(long, value_name = "DIR")]
@@ -159,6 +169,15 @@ impl MemoryArgs {
     /// A session of an engine over the lakehouse in `dir` with these limits.
     fn open(&self, dir: Option<PathBuf>) -> Result<Session, GobiError> {
         Ok(self.session(Engine::open(open_lakehouse(dir)?)))
+    }
+
+    /// A session over the lakehouse in `dir`; with none given, over the current folder when it
+    /// is a lakehouse, else in memory. A `dir` given that is not a lakehouse is refused.
+    fn open_or_in_memory(&self, dir: Option<PathBuf>) -> Result<Session, GobiError> {
+        match dir {
+            None if !Path::new(CONFIG_FILE).exists() => Ok(self.session(Engine::in_memory())),
+            dir => self.open(dir),
+        }
     }
 
     /// A session of `engine`, its pools set to these limits.
@@ -234,16 +253,19 @@ fn main() -> ExitCode {
     log_warnings();
     let format = cli.format.unwrap_or(if std::io::stdout().is_terminal() { Format::Table } else { Format::Csv });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
-    let printer = Printer::new(format);
+    let printer = Printer::new(format, Layout::for_terminal(cli.max_rows));
     let result = match cli.command {
         Command::Init { dir } => init(dir.or(cli.lakehouse)),
         Command::Query(args) => runtime.block_on(query(cli.lakehouse, &cli.memory, args, &printer)),
         Command::Run { file } => runtime.block_on(run_file(cli.lakehouse, &cli.memory, &file, &printer)),
-        Command::Repl => match cli.memory.open(cli.lakehouse) {
-            Ok(session) => repl::run(&runtime, session, &printer),
+        Command::Repl => match cli.memory.open_or_in_memory(cli.lakehouse) {
+            Ok(session) => repl::run(&runtime, session, printer),
             Err(error) => Err(error.into()),
         },
-        Command::Memory { report, json } => runtime.block_on(memory_report(cli.lakehouse, &cli.memory, report, json, &printer)),
+        Command::Memory { report, json } => {
+            let format = if json { Format::Json } else { format };
+            runtime.block_on(memory_report(cli.lakehouse, &cli.memory, report, format, &printer))
+        }
         Command::Demo { dir, scale } => runtime.block_on(demo::run(dir.or(cli.lakehouse).unwrap_or_else(|| "gobi-demo".into()), scale, &printer)),
     };
     match result {
@@ -298,11 +320,7 @@ fn open_lakehouse(dir: Option<PathBuf>) -> Result<Lakehouse, GobiError> {
 async fn query(lakehouse: Option<PathBuf>, memory: &MemoryArgs, args: QueryArgs, printer: &Printer) -> CliResult {
     let source = match (&args.sql, &args.file) {
         (_, Some(file)) => read_file(file)?,
-        (Some(sql), None) if sql == "-" => {
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text).map_err(GobiError::from)?;
-            text
-        }
+        (Some(sql), None) if sql == "-" => read_file(Path::new("-"))?,
         (Some(sql), None) => sql.clone(),
         (None, None) => {
             return Err(GobiError::new(ErrorKind::Usage, "no statements given")
@@ -316,7 +334,7 @@ async fn query(lakehouse: Option<PathBuf>, memory: &MemoryArgs, args: QueryArgs,
             session.register_data_dir(dir).await?;
             session
         }
-        None => memory.open(lakehouse)?,
+        None => memory.open_or_in_memory(lakehouse)?,
     };
     let summary = run_statements(&session, &source, printer).await;
     session.close().await;
@@ -329,21 +347,27 @@ async fn query(lakehouse: Option<PathBuf>, memory: &MemoryArgs, args: QueryArgs,
 
 async fn run_file(lakehouse: Option<PathBuf>, memory: &MemoryArgs, file: &Path, printer: &Printer) -> CliResult {
     let source = read_file(file)?;
-    let session = memory.open(lakehouse)?;
+    let session = memory.open_or_in_memory(lakehouse)?;
     let result = run_statements(&session, &source, printer).await.map(|_| ());
     session.close().await;
     result
 }
 
-async fn memory_report(lakehouse: Option<PathBuf>, memory: &MemoryArgs, report: memory::Report, json: bool, printer: &Printer) -> CliResult {
+async fn memory_report(lakehouse: Option<PathBuf>, memory: &MemoryArgs, report: memory::Report, format: Format, printer: &Printer) -> CliResult {
     let session = memory.open(lakehouse)?;
-    let text = memory::report(&session, report, json).await;
+    let text = memory::report(&session, report, format).await;
     session.close().await;
     printer.print_line(text?.trim_end())?;
     Ok(())
 }
 
+/// A script's text from `file`, or from stdin when it is `-`.
 fn read_file(file: &Path) -> Result<String, GobiError> {
+    if file == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).map_err(|e| GobiError::new(ErrorKind::Usage, format!("cannot read stdin: {e}")))?;
+        return Ok(text);
+    }
     std::fs::read_to_string(file).map_err(|e| GobiError::new(ErrorKind::Usage, format!("cannot read {}: {e}", file.display())))
 }
 

@@ -1,8 +1,12 @@
 //! `gobi memory stats|pressure|leaks|cleanup` and the REPL's `.memory …`: reports built from
-//! the memory manager and the lakehouse's logs, printed as tables with human units or as one
-//! JSON object (`--json`) whose byte figures are plain numbers.
+//! the memory manager and the lakehouse's logs, in sections. As tables (human units, a usage
+//! bar per pool), as one JSON object with a snake_case key per section, or as CSV (each section
+//! a `# key` line, its header and rows, then a blank line); byte figures are plain numbers in
+//! JSON and CSV.
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+
+use crate::output::Format;
 use gobi_engine::{Collected, GobiError, Session};
 use gobi_lang::parse_script;
 use gobi_memory::{ByteSize, PoolKind};
@@ -31,35 +35,36 @@ pub enum Report {
 
 /// One titled list of rows; each row's fields in the order they are shown.
 struct Section {
-    title: &'static str,
+    /// Its name in JSON and CSV (snake_case); the tables show it with spaces.
+    key: &'static str,
     rows: Vec<Row>,
 }
 
 type Row = Vec<(String, Value)>;
 
-pub async fn report(session: &Session, report: Report, as_json: bool) -> Result<String, GobiError> {
+pub async fn report(session: &Session, report: Report, format: Format) -> Result<String, GobiError> {
     let sections = match report {
         Report::Stats => vec![
             pools(session),
-            Section { title: "process", rows: sql_rows(session, "SELECT * FROM gobi_memory_process()").await? },
-            Section { title: "result cache", rows: sql_rows(session, "SELECT * FROM gobi_result_cache()").await? },
+            Section { key: "process", rows: sql_rows(session, "SELECT * FROM gobi_memory_process()").await? },
+            Section { key: "result_cache", rows: sql_rows(session, "SELECT * FROM gobi_result_cache()").await? },
             totals(session).await?,
             recent(session).await?,
         ],
         Report::Pressure { history } => {
             let mut sections = vec![pressure(session)];
             if history {
-                sections.push(Section { title: "events", rows: sql_rows(session, "SELECT * FROM gobi_memory_events() ORDER BY at").await? });
+                sections.push(Section { key: "events", rows: sql_rows(session, "SELECT * FROM gobi_memory_events() ORDER BY at").await? });
             }
             sections
         }
         Report::Leaks => vec![
-            Section { title: "leaks", rows: sql_rows(session, "SELECT * FROM gobi_memory_leaks()").await? },
+            Section { key: "leaks", rows: sql_rows(session, "SELECT * FROM gobi_memory_leaks()").await? },
             Section {
-                title: "leaked by earlier queries",
+                key: "leaked_by_earlier_queries",
                 rows: sql_rows(
                     session,
-                    "SELECT started_at, process, query_id, leaked_bytes, substr(text, 1, 60) AS text FROM gobi_query_log() WHERE leaked_bytes > 0 ORDER BY started_at DESC LIMIT 20",
+                    "SELECT started_at, right(statement_id, 8) AS id, process, leaked_bytes, substr(text, 1, 60) AS text FROM gobi_query_log() WHERE leaked_bytes > 0 ORDER BY started_at DESC LIMIT 20",
                 )
                 .await?,
             },
@@ -68,10 +73,14 @@ pub async fn report(session: &Session, report: Report, as_json: bool) -> Result<
             let cleaned = session.engine().cleanup().await;
             let freed = cleaned.freed.iter().map(|(what, count, bytes)| row(vec![("freed", json!(what)), ("count", json!(count)), ("bytes", json!(bytes))])).collect();
             let rss = vec![row(vec![("rss_before_bytes", json!(cleaned.rss_before)), ("rss_after_bytes", json!(cleaned.rss_after))])];
-            vec![Section { title: "cleanup", rows: freed }, Section { title: "process", rows: rss }]
+            vec![Section { key: "cleanup", rows: freed }, Section { key: "process", rows: rss }]
         }
     };
-    Ok(if as_json { render_json(&sections) } else { render_tables(&sections) })
+    Ok(match format {
+        Format::Table | Format::Line | Format::Markdown => render_tables(&sections),
+        Format::Csv => render_csv(&sections),
+        Format::Json => render_json(&sections),
+    })
 }
 
 fn row(fields: Vec<(&str, Value)>) -> Row {
@@ -94,7 +103,6 @@ fn pools(session: &Session) -> Section {
                 ("pool", json!(s.kind.name())),
                 ("limit_bytes", json!(s.limit)),
                 ("reserved_bytes", json!(s.reserved)),
-                ("usage", json!(bar(s.reserved, s.limit))),
                 ("peak_bytes", json!(s.peak)),
                 ("pressure", json!(memory.pressure(s.kind).name())),
                 ("allocations", json!(s.allocations)),
@@ -104,7 +112,7 @@ fn pools(session: &Session) -> Section {
             ])
         })
         .collect();
-    Section { title: "pools", rows }
+    Section { key: "pools", rows }
 }
 
 async fn totals(session: &Session) -> Result<Section, GobiError> {
@@ -117,17 +125,17 @@ async fn totals(session: &Session) -> Result<Section, GobiError> {
          coalesce(sum(leaked_bytes), 0) AS leaked_bytes FROM gobi_query_log()",
     )
     .await?;
-    Ok(Section { title: "queries (query log)", rows })
+    Ok(Section { key: "query_log_totals", rows })
 }
 
 async fn recent(session: &Session) -> Result<Section, GobiError> {
     let rows = sql_rows(
         session,
-        "SELECT started_at, query_id, status, round(duration_ms, 1) AS duration_ms, peak_reserved_bytes, peak_actual_bytes, \
+        "SELECT started_at, right(statement_id, 8) AS id, status, round(duration_ms, 1) AS duration_ms, peak_reserved_bytes, peak_actual_bytes, \
          spills, spilled_bytes, substr(text, 1, 50) AS text FROM gobi_query_log() ORDER BY started_at DESC LIMIT 10",
     )
     .await?;
-    Ok(Section { title: "recent queries", rows })
+    Ok(Section { key: "recent_queries", rows })
 }
 
 fn pressure(session: &Session) -> Section {
@@ -141,7 +149,6 @@ fn pressure(session: &Session) -> Section {
                 ("level", json!(pool.pressure().name())),
                 ("reserved_bytes", json!(pool.reserved())),
                 ("limit_bytes", json!(pool.limit())),
-                ("usage", json!(bar(pool.reserved(), pool.limit()))),
             ])
         })
         .collect();
@@ -151,9 +158,8 @@ fn pressure(session: &Session) -> Section {
         ("level", json!(memory.overall_pressure().name())),
         ("reserved_bytes", json!(reserved)),
         ("limit_bytes", json!(limit)),
-        ("usage", json!(bar(reserved, limit))),
     ]));
-    Section { title: "pressure", rows }
+    Section { key: "pressure", rows }
 }
 
 /// Runs one query and returns its rows, fields in the result's column order.
@@ -179,31 +185,77 @@ async fn sql_rows(session: &Session, sql: &str) -> Result<Vec<Row>, GobiError> {
 
 fn render_json(sections: &[Section]) -> String {
     let object: Map<String, Value> =
-        sections.iter().map(|s| (s.title.to_string(), Value::Array(s.rows.iter().map(|r| Value::Object(r.iter().cloned().collect())).collect()))).collect();
+        sections.iter().map(|s| (s.key.to_string(), Value::Array(s.rows.iter().map(|r| Value::Object(r.iter().cloned().collect())).collect()))).collect();
     format!("{}\n", Value::Object(object))
 }
 
-/// Each section as a titled table; `*_bytes` columns in human units.
+/// Each section as `# key`, a header and its rows, then a blank line.
+fn render_csv(sections: &[Section]) -> String {
+    let field = |value: &Value| {
+        let text = match value {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        if text.contains([',', '"', '\n']) {
+            format!("\"{}\"", text.replace('"', "\"\""))
+        } else {
+            text
+        }
+    };
+    let mut text = String::new();
+    for section in sections {
+        text.push_str(&format!("# {}\n", section.key));
+        if let Some(first) = section.rows.first() {
+            text.push_str(&first.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(","));
+            text.push('\n');
+        }
+        for row in &section.rows {
+            text.push_str(&row.iter().map(|(_, value)| field(value)).collect::<Vec<_>>().join(","));
+            text.push('\n');
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// Each section as a titled table; `*_bytes` columns in human units, and a usage bar after a
+/// row's `reserved` when it has a `limit`.
 fn render_tables(sections: &[Section]) -> String {
     let mut text = String::new();
     for section in sections {
-        text.push_str(section.title);
+        text.push_str(&section.key.replace('_', " "));
         text.push('\n');
         let Some(first) = section.rows.first() else {
             text.push_str("  (none)\n\n");
             continue;
         };
-        let columns: Vec<&String> = first.iter().map(|(name, _)| name).collect();
+        let with_bar = first.iter().any(|(name, _)| name == "limit_bytes") && first.iter().any(|(name, _)| name == "reserved_bytes");
+        let mut header = vec![];
+        for (name, _) in first {
+            header.push(name.trim_end_matches("_bytes").to_string());
+            if with_bar && name == "reserved_bytes" {
+                header.push("usage".to_string());
+            }
+        }
         let mut table = Table::new();
         table.load_preset(UTF8_FULL_CONDENSED);
-        table.set_header(columns.iter().map(|c| c.trim_end_matches("_bytes").to_string()));
+        table.set_header(header);
+        let bytes = |row: &Row, column: &str| row.iter().find(|(name, _)| name == column).and_then(|(_, value)| value.as_u64()).unwrap_or(0) as usize;
         for row in &section.rows {
-            table.add_row(row.iter().map(|(column, value)| match value {
-                Value::Number(n) if column.ends_with("_bytes") => ByteSize(n.as_u64().unwrap_or(0)).to_string(),
-                Value::String(s) => s.clone(),
-                Value::Null => String::new(),
-                other => other.to_string(),
-            }));
+            let mut cells = vec![];
+            for (column, value) in row {
+                cells.push(match value {
+                    Value::Number(n) if column.ends_with("_bytes") => ByteSize(n.as_u64().unwrap_or(0)).to_string(),
+                    Value::String(s) => s.clone(),
+                    Value::Null => String::new(),
+                    other => other.to_string(),
+                });
+                if with_bar && column == "reserved_bytes" {
+                    cells.push(bar(bytes(row, "reserved_bytes"), bytes(row, "limit_bytes")));
+                }
+            }
+            table.add_row(cells);
         }
         text.push_str(&table.to_string());
         text.push_str("\n\n");

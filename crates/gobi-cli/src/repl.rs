@@ -23,14 +23,20 @@ const HELP: &str = "\
 Statements end with `;` or an empty line and may span lines. Tab completes names.
 Ctrl-C cancels a running query (or clears the input), Ctrl-D or .quit leaves.
 
-  .tables        the tables and views of the lakehouse
-  .schema T      the columns of table T
-  .vars          the session's variables, with their types and sizes
-  .memory        the memory pools (limit, reserved, peak, …); `.memory consumers` the
-                 operators holding memory now; `.memory stats|pressure [--history]|leaks|cleanup`
-                 as `gobi memory …` reports them; leaks: memory held past its statement
-  .help          this text
-  .quit          leave
+  .tables          the tables and views of the lakehouse
+  .schema T        the columns of table T
+  .vars            the session's variables, with their types and sizes
+  .memory          the memory pools (limit, reserved, peak, …); `.memory consumers` the
+                   operators holding memory now; `.memory stats|pressure [--history]|leaks|cleanup`
+                   as `gobi memory …` reports them; leaks: memory held past its statement
+  .mode M          how results print: table, csv, json, line, markdown
+  .maxrows N       the most rows a table shows (0: all)
+  .timer on|off    print each statement's run time
+  .read FILE       run the statements in FILE
+  .output [FILE]   write results to FILE (none: to the screen again)
+  .import FILE T   load FILE (.csv, .parquet, .json) into table T, creating it if needed
+  .help            this text
+  .quit            leave
 ";
 
 /// The words highlighted as keywords and offered by completion, besides the session's names.
@@ -122,7 +128,7 @@ const KEYWORDS: &[&str] = &[
     "DEFAULT",
 ];
 
-const DOT_COMMANDS: &[&str] = &[".tables", ".schema", ".vars", ".memory", ".help", ".quit"];
+const DOT_COMMANDS: &[&str] = &[".tables", ".schema", ".vars", ".memory", ".mode", ".maxrows", ".timer", ".read", ".output", ".import", ".help", ".quit"];
 
 /// Completion and highlighting; the names are refreshed after every statement.
 #[derive(Helper, Hinter, Validator, Default)]
@@ -221,7 +227,15 @@ fn highlight(line: &str) -> Option<String> {
     Some(out)
 }
 
-pub fn run(runtime: &tokio::runtime::Runtime, session: Session, printer: &Printer) -> CliResult {
+/// What the dot commands change for the statements after them.
+struct Shell {
+    printer: Printer,
+    /// `.timer on`: each statement's run time on stderr.
+    timer: bool,
+}
+
+pub fn run(runtime: &tokio::runtime::Runtime, session: Session, printer: Printer) -> CliResult {
+    let mut shell = Shell { printer, timer: false };
     let mut editor: Editor<GrizzlyHelper, DefaultHistory> = Editor::new().map_err(|e| GobiError::internal(e.to_string()))?;
     let mut helper = GrizzlyHelper { color: std::env::var_os("NO_COLOR").is_none(), ..Default::default() };
     helper.refresh(runtime, &session);
@@ -231,16 +245,29 @@ pub fn run(runtime: &tokio::runtime::Runtime, session: Session, printer: &Printe
         let _ = editor.load_history(history);
     }
     eprintln!("gobi {} — .help for help, .quit to leave", env!("CARGO_PKG_VERSION"));
+    if session.lakehouse().is_none() {
+        eprintln!("in memory (no lakehouse here): tables last until you leave; `gobi init DIR` makes a lakehouse");
+    }
     let mut buffer = String::new();
     loop {
         let prompt = if buffer.is_empty() { "gobi> " } else { "  ... " };
         match editor.readline(prompt) {
             Ok(line) => {
-                if buffer.is_empty() && line.trim_start().starts_with('.') {
+                let command = line.trim_start();
+                // A dot command is one even after unfinished input (which it discards).
+                if command.starts_with('.') && command[1..].starts_with(|c: char| c.is_ascii_alphabetic()) {
                     let _ = editor.add_history_entry(line.as_str());
-                    if dot_command(runtime, &session, printer, line.trim()) == Flow::Quit {
+                    if !buffer.trim().is_empty() {
+                        eprintln!("(the unfinished statement was dropped)");
+                    }
+                    buffer.clear();
+                    if dot_command(runtime, &session, &mut shell, command.trim_end()) == Flow::Quit {
                         break;
                     }
+                    continue;
+                }
+                if buffer.is_empty() && command.starts_with('\\') {
+                    eprintln!("{} is a psql command; gobi's commands start with `.` (.help lists them)", command.split_whitespace().next().unwrap_or(command));
                     continue;
                 }
                 let ends_at_empty_line = line.trim().is_empty() && !buffer.trim().is_empty();
@@ -254,7 +281,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, session: Session, printer: &Printe
                     continue;
                 }
                 let _ = editor.add_history_entry(source.trim_end());
-                run_cancellable(runtime, &session, &source, printer);
+                run_cancellable(runtime, &session, &source, &shell);
                 if let Some(helper) = editor.helper_mut() {
                     helper.refresh(runtime, &session);
                 }
@@ -273,15 +300,19 @@ pub fn run(runtime: &tokio::runtime::Runtime, session: Session, printer: &Printe
 
 /// Runs the statements until they finish or Ctrl-C arrives; dropping the future stops the
 /// query, and an unfinished write never commits.
-fn run_cancellable(runtime: &tokio::runtime::Runtime, session: &Session, source: &str, printer: &Printer) {
+fn run_cancellable(runtime: &tokio::runtime::Runtime, session: &Session, source: &str, shell: &Shell) {
+    let started = std::time::Instant::now();
     let outcome = runtime.block_on(async {
         tokio::select! {
-            result = run_statements(session, source, printer) => result.map(|_| ()),
+            result = run_statements(session, source, &shell.printer) => result.map(|_| ()),
             _ = tokio::signal::ctrl_c() => Err(Failure::from(GobiError::new(gobi_engine::ErrorKind::Cancelled, "query cancelled"))),
         }
     });
     if let Err(failure) = outcome {
         eprint!("{}", failure.error.render(failure.source.as_deref()));
+    }
+    if shell.timer {
+        eprintln!("Run Time: {:.3} s", started.elapsed().as_secs_f64());
     }
 }
 
@@ -291,7 +322,7 @@ enum Flow {
     Quit,
 }
 
-fn dot_command(runtime: &tokio::runtime::Runtime, session: &Session, printer: &Printer, line: &str) -> Flow {
+fn dot_command(runtime: &tokio::runtime::Runtime, session: &Session, shell: &mut Shell, line: &str) -> Flow {
     let mut words = line.split_whitespace();
     let sql = match (words.next(), words.next()) {
         (Some(".quit" | ".exit"), _) => return Flow::Quit,
@@ -300,11 +331,51 @@ fn dot_command(runtime: &tokio::runtime::Runtime, session: &Session, printer: &P
             return Flow::Continue;
         }
         (Some(".vars"), _) => {
-            if let Err(e) = print_variables(runtime, session, printer) {
+            if let Err(e) = print_variables(runtime, session, &shell.printer) {
                 eprint!("{}", e.render(None));
             }
             return Flow::Continue;
         }
+        (Some(".mode"), Some(mode)) => {
+            match <crate::output::Format as clap::ValueEnum>::from_str(mode, true) {
+                Ok(format) => shell.printer.format = format,
+                Err(_) => eprintln!("unknown mode {mode}; one of table, csv, json, line, markdown"),
+            }
+            return Flow::Continue;
+        }
+        (Some(".maxrows"), Some(rows)) => {
+            match rows.parse() {
+                Ok(rows) => shell.printer.layout.max_rows = rows,
+                Err(_) => eprintln!("usage: .maxrows N (0 for all rows)"),
+            }
+            return Flow::Continue;
+        }
+        (Some(".timer"), Some(switch @ ("on" | "off"))) => {
+            shell.timer = switch == "on";
+            return Flow::Continue;
+        }
+        (Some(".output"), file) => {
+            match file.map(std::fs::File::create).transpose() {
+                Ok(file) => shell.printer.output_to(file),
+                Err(e) => eprintln!("cannot write {}: {e}", file.unwrap_or_default()),
+            }
+            return Flow::Continue;
+        }
+        (Some(".read"), Some(file)) => match std::fs::read_to_string(file) {
+            Ok(script) => script,
+            Err(e) => {
+                eprintln!("cannot read {file}: {e}");
+                return Flow::Continue;
+            }
+        },
+        (Some(".import"), Some(file)) => match words.next() {
+            Some(table) if session.lakehouse().is_some_and(|l| l.table_exists(table)) => format!("COPY '{}' TO {table}", file.replace('\'', "''")),
+            Some(table) => format!("CREATE TABLE {table} AS SELECT * FROM '{}'", file.replace('\'', "''")),
+            None => {
+                eprintln!("usage: .import FILE TABLE");
+                return Flow::Continue;
+            }
+        },
         (Some(".tables"), _) => "SHOW TABLES".to_string(),
         (Some(".memory"), None) => "SHOW MEMORY".to_string(),
         (Some(".memory"), Some("consumers")) => "SELECT * FROM gobi_memory_consumers()".to_string(),
@@ -315,8 +386,12 @@ fn dot_command(runtime: &tokio::runtime::Runtime, session: &Session, printer: &P
                 "leaks" => crate::memory::Report::Leaks,
                 _ => crate::memory::Report::Cleanup,
             };
-            match runtime.block_on(crate::memory::report(session, report, printer.is_json())) {
-                Ok(text) => print!("{text}"),
+            match runtime.block_on(crate::memory::report(session, report, shell.printer.format())) {
+                Ok(text) => {
+                    if let Err(e) = shell.printer.print_line(text.trim_end()) {
+                        eprint!("{}", e.render(None));
+                    }
+                }
                 Err(e) => eprint!("{}", e.render(None)),
             }
             return Flow::Continue;
@@ -326,13 +401,18 @@ fn dot_command(runtime: &tokio::runtime::Runtime, session: &Session, printer: &P
             eprintln!("usage: .schema TABLE");
             return Flow::Continue;
         }
+        (Some(other @ (".mode" | ".maxrows" | ".timer" | ".read" | ".import")), _) => {
+            let usage = HELP.lines().find(|l| l.trim_start().starts_with(other)).unwrap_or(other).trim();
+            eprintln!("usage: {usage}");
+            return Flow::Continue;
+        }
         (Some(other), _) => {
             eprintln!("unknown command {other}; .help lists the commands");
             return Flow::Continue;
         }
         (None, _) => return Flow::Continue,
     };
-    run_cancellable(runtime, session, &sql, printer);
+    run_cancellable(runtime, session, &sql, shell);
     Flow::Continue
 }
 

@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 
 use crate::catalog::OpenTables;
 use crate::error::{ErrorKind, GobiError, Result};
-use crate::lakehouse::Lakehouse;
+use crate::lakehouse::{Lakehouse, SpillDir};
 use crate::logs::{events_batch, events_schema, query_log_schema, DeltaLog};
 use crate::result_cache::ResultCache;
 use crate::settings::{self, Owner, Setting, SettingValue};
@@ -76,6 +76,9 @@ pub struct Engine {
     /// Statements whose reader stopped early, waiting for their tasks to give memory back
     /// before they log how they ended: awaited before the logs are written for the last time.
     finishing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The engine's spill folder in the lakehouse, removed when the engine goes (last, after
+    /// the runtime that spills into it).
+    _spill_dir: Option<SpillDir>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -102,20 +105,22 @@ impl Engine {
         let memory = MemoryManager::new(limits);
         let outside_statements = memory.begin_query("(outside statements: schemas, views)", StatementLimits::default());
         let mut swept_at_start = (0, 0);
-        let spill = match &lakehouse {
-            Some(lakehouse) => match lakehouse.prepare_spill_dir() {
-                Ok((dir, swept)) => {
+        let spill_dir =
+            lakehouse.as_ref().and_then(|lakehouse| match lakehouse.sweep_spill_dirs().and_then(|swept| Ok((swept, lakehouse.create_spill_dir()?))) {
+                Ok((swept, dir)) => {
                     if swept.0 > 0 {
                         tracing::info!("removed {} spill folders left by processes that are gone", swept.0);
                     }
                     swept_at_start = swept;
-                    DiskManagerMode::Directories(vec![dir])
+                    Some(dir)
                 }
                 Err(e) => {
                     tracing::warn!("cannot prepare the spill folder ({}); spilling to the system's temporary folder", e.message);
-                    DiskManagerMode::OsTmpDirectory
+                    None
                 }
-            },
+            });
+        let spill = match &spill_dir {
+            Some(dir) => DiskManagerMode::Directories(vec![dir.path().to_path_buf()]),
             None => DiskManagerMode::OsTmpDirectory,
         };
         let runtime = RuntimeEnvBuilder::new()
@@ -147,6 +152,7 @@ impl Engine {
             fault_leak: Mutex::default(),
             deliberate_leaks: Mutex::default(),
             swept_at_start,
+            _spill_dir: spill_dir,
             finishing: Mutex::default(),
         })
     }
@@ -343,7 +349,7 @@ impl Engine {
         let (stale_entries, stale_bytes) = self.result_cache.drop_stale(|versions| current.contains(versions));
         let (mut folders, mut bytes) = self.swept_at_start;
         if let Some(lakehouse) = self.lakehouse() {
-            if let Ok((_, swept)) = lakehouse.prepare_spill_dir() {
+            if let Ok(swept) = lakehouse.sweep_spill_dirs() {
                 folders += swept.0;
                 bytes += swept.1;
             }

@@ -20,6 +20,7 @@
 use std::fs;
 use std::io::Write as _;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use gobi_lang::VersionedName;
 use gobi_memory::PoolLimits;
@@ -96,21 +97,20 @@ impl Lakehouse {
         &self.config
     }
 
-    /// Where queries spill: `_gobi/spill/<pid>/`, one folder per process, holding one
-    /// temporary folder per session that is removed when the session ends.
+    /// Where queries spill: `_gobi/spill/<pid>-<n>/`, one folder per engine (see
+    /// [`Lakehouse::create_spill_dir`]).
     pub fn spill_dir(&self) -> PathBuf {
         self.root.join(STATE_DIR).join("spill")
     }
 
-    /// This process's spill folder, created after removing the folders of processes that are
-    /// gone (a crash or `kill -9` leaves their spill files behind). Returns the folder, and
-    /// how many stale folders were removed with how many bytes.
-    pub fn prepare_spill_dir(&self) -> Result<(PathBuf, (usize, u64))> {
+    /// Removes the spill folders of processes that are gone (a crash or `kill -9` leaves their
+    /// spill files behind): how many, with how many bytes.
+    pub fn sweep_spill_dirs(&self) -> Result<(usize, u64)> {
         let root = self.spill_dir();
         fs::create_dir_all(&root)?;
         let mut swept = (0, 0);
         for entry in fs::read_dir(&root)?.flatten() {
-            let pid = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok());
+            let pid = entry.file_name().to_str().and_then(|name| name.split('-').next()?.parse::<u32>().ok());
             if pid.is_some_and(|pid| pid != std::process::id() && !process_is_running(pid)) {
                 let bytes = folder_bytes(&entry.path());
                 if fs::remove_dir_all(entry.path()).is_ok() {
@@ -119,9 +119,16 @@ impl Lakehouse {
                 }
             }
         }
-        let mine = root.join(std::process::id().to_string());
-        fs::create_dir_all(&mine)?;
-        Ok((mine, swept))
+        Ok(swept)
+    }
+
+    /// A new spill folder for one engine of this process, `_gobi/spill/<pid>-<n>`: removed with
+    /// what is in it when the returned [`SpillDir`] is dropped, so a process leaves none behind.
+    pub fn create_spill_dir(&self) -> Result<SpillDir> {
+        static ENGINES: AtomicUsize = AtomicUsize::new(0);
+        let path = self.spill_dir().join(format!("{}-{}", std::process::id(), ENGINES.fetch_add(1, Ordering::Relaxed)));
+        fs::create_dir_all(&path)?;
+        Ok(SpillDir(path))
     }
 
     /// Where a name of `kind` lives: the only way a name becomes a path, so every name is
@@ -347,6 +354,22 @@ fn describe_char(c: char) -> String {
 
 /// Whether a process with this id exists. Without `/proc` there is no cheap way to tell, so
 /// every process counts as running and nothing is swept.
+/// One engine's spill folder; removed, with what is in it, when dropped.
+#[derive(Debug)]
+pub struct SpillDir(PathBuf);
+
+impl SpillDir {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for SpillDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 fn process_is_running(pid: u32) -> bool {
     let proc = Path::new("/proc");
     !proc.join("self").exists() || proc.join(pid.to_string()).exists()

@@ -50,6 +50,9 @@ impl Status {
 /// One finished statement.
 #[derive(Debug, Clone)]
 pub struct QueryRecord {
+    /// Unique across processes and time-ordered (a UUIDv7): the log's key.
+    pub statement_id: uuid::Uuid,
+    /// The statement's number in its process, as its messages name it ("query 2").
     pub query_id: u64,
     pub started_at: chrono::DateTime<chrono::Utc>,
     pub text: String,
@@ -74,9 +77,17 @@ pub struct QueryRecord {
     pub from_cache: bool,
 }
 
+/// A new statement id: a UUIDv7 of `started`'s milliseconds, so ids sort by time.
+pub fn statement_id(started: chrono::DateTime<chrono::Utc>) -> uuid::Uuid {
+    let random: [u8; 10] = uuid::Uuid::new_v4().as_bytes()[..10].try_into().expect("ten of sixteen bytes");
+    uuid::Builder::from_unix_timestamp_millis(started.timestamp_millis().max(0) as u64, &random).into_uuid()
+}
+
 pub fn query_log_schema() -> SchemaRef {
     let utc = Some(Arc::from("UTC"));
     Arc::new(Schema::new(vec![
+        // Nullable: rows written before gobi kept it have none.
+        Field::new("statement_id", DataType::Utf8, true),
         Field::new("query_id", DataType::Int64, false),
         Field::new("process", DataType::Int64, false),
         Field::new("started_at", DataType::Timestamp(TimeUnit::Microsecond, utc), false),
@@ -103,6 +114,7 @@ pub fn query_log_batch(records: &[QueryRecord]) -> DfResult<RecordBatch> {
     Ok(RecordBatch::try_new(
         query_log_schema(),
         vec![
+            Arc::new(StringArray::from_iter_values(records.iter().map(|r| r.statement_id.to_string()))),
             int(&|r| r.query_id),
             Arc::new(Int64Array::from_iter_values(records.iter().map(|_| process))),
             Arc::new(TimestampMicrosecondArray::from_iter_values(records.iter().map(|r| r.started_at.timestamp_micros())).with_timezone("UTC")),

@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 use datafusion::arrow::array::UInt64Array;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::physical_plan::ExecutionPlan;
 use futures::{Stream, StreamExt};
 use gobi_lang::Position;
 
@@ -86,6 +87,33 @@ pub struct ResultStream {
     inner: Pin<Box<dyn Stream<Item = Result<RecordBatch>> + Send>>,
     /// Where errors point when they have no position of their own: the statement.
     at: Option<Position>,
+    progress: Option<Progress>,
+}
+
+/// How far a running query has read its sources, for a progress line: the plan, as long as it
+/// runs (a weak reference, so an ended plan's memory is not kept).
+#[derive(Clone, Debug)]
+pub struct Progress(std::sync::Weak<dyn ExecutionPlan>);
+
+impl Progress {
+    pub(crate) fn of(plan: &Arc<dyn ExecutionPlan>) -> Self {
+        Self(Arc::downgrade(plan))
+    }
+
+    /// The rows and bytes its scans have read so far (bytes where the source counts them:
+    /// Parquet); `None` once the query has ended.
+    pub fn scanned(&self) -> Option<(u64, u64)> {
+        self.0.upgrade().map(|plan| scanned(&plan))
+    }
+}
+
+/// What the plan's leaves (its scans) have read: rows out, and bytes scanned.
+fn scanned(plan: &Arc<dyn ExecutionPlan>) -> (u64, u64) {
+    let children = plan.children();
+    if children.is_empty() {
+        return plan.metrics().map_or((0, 0), |m| (m.output_rows().unwrap_or(0) as u64, m.sum_by_name("bytes_scanned").map_or(0, |v| v.as_usize() as u64)));
+    }
+    children.into_iter().map(scanned).fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
 }
 
 impl std::fmt::Debug for ResultStream {
@@ -96,12 +124,23 @@ impl std::fmt::Debug for ResultStream {
 
 impl ResultStream {
     pub(crate) fn new(schema: SchemaRef, inner: Pin<Box<dyn Stream<Item = Result<RecordBatch>> + Send>>) -> Self {
-        Self { schema, inner, at: None }
+        Self { schema, inner, at: None, progress: None }
+    }
+
+    /// The stream of a running plan, whose progress can be read while it runs.
+    pub(crate) fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    /// How far the query has read, when it runs a plan.
+    pub fn progress(&self) -> Option<Progress> {
+        self.progress.clone()
     }
 
     /// Batches already in memory (SHOW …, a cached result).
     pub fn from_batches(schema: SchemaRef, batches: Vec<RecordBatch>) -> Self {
-        Self { schema, inner: Box::pin(futures::stream::iter(batches.into_iter().map(Ok))), at: None }
+        Self { schema, inner: Box::pin(futures::stream::iter(batches.into_iter().map(Ok))), at: None, progress: None }
     }
 
     pub fn schema(&self) -> &SchemaRef {

@@ -167,6 +167,7 @@ impl Statement {
             }
         };
         let schema = physical.schema();
+        let progress = crate::output::Progress::of(&physical);
         let cache_limit = self.engine.result_cache().entry_limit();
         let running = Running {
             statement: Some(self),
@@ -195,7 +196,7 @@ impl Statement {
                 }
             }
         });
-        Ok(ResultStream::new(schema, Box::pin(stream)))
+        Ok(ResultStream::new(schema, Box::pin(stream)).with_progress(progress))
     }
 }
 
@@ -386,6 +387,7 @@ impl Drop for LogEntry {
             return;
         }
         let record = QueryRecord {
+            statement_id: crate::logs::statement_id(self.started),
             query_id: self.scope.id(),
             started_at: self.started,
             text: self.scope.text().to_string(),

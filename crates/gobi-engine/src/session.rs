@@ -91,6 +91,9 @@ impl Session {
         for table in crate::memory_tables::MemoryTable::all(engine.memory(), engine.result_cache()) {
             ctx.register_udtf(table.name(), table);
         }
+        for read in crate::read_files::ReadFile::ALL {
+            ctx.register_udtf(read.function_name(), Arc::new(read));
+        }
         for log in [engine.query_log(), engine.events()] {
             ctx.register_udtf(&format!("gobi_{}", log.name()), Arc::new(LogFunction(Arc::clone(log))));
         }

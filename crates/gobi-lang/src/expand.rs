@@ -6,7 +6,12 @@
 //!  $threshold                 ─► the variable's value, as a literal (constant folding sees it)
 //!  gross(total, 0.2)          ─► (total) * (1 + (0.2))      expression functions are inlined
 //!  @TypeOf(x) / @TypeOf(big)  ─► arrow_typeof(x) / 'table(id Int64, …)'
+//!  FROM read_csv('f', header = false)  ─► FROM read_csv('f', 'header', false)
 //! ```
+//!
+//! (DataFusion plans only positional arguments to a table function, and an identifier in one
+//! as a column: a `name = value`, `name => value` or `name := value` option becomes the name
+//! in quotes and the value, which the function reads in pairs.)
 //!
 //! Block functions are left as calls: the engine registers them as scalar UDFs. Their arity is
 //! checked here, where the call's position is known.
@@ -15,8 +20,8 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use datafusion::sql::sqlparser::ast::{
-    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, ObjectName, ObjectNamePart, Query, SelectFlavor, SelectItem, SetExpr, Value, ValueWithSpan,
-    VisitMut, VisitorMut,
+    BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, ObjectName, ObjectNamePart, Query, SelectFlavor, SelectItem, SetExpr,
+    TableFactor, TableFunctionArgs, Value, ValueWithSpan, VisitMut, VisitorMut,
 };
 use datafusion::sql::sqlparser::tokenizer::Span;
 
@@ -81,6 +86,13 @@ impl VisitorMut for Expander<'_> {
         ControlFlow::Continue(())
     }
 
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<NameError> {
+        if let TableFactor::Table { args: Some(TableFunctionArgs { args, .. }), .. } = factor {
+            *args = std::mem::take(args).into_iter().flat_map(option_as_pair).collect();
+        }
+        ControlFlow::Continue(())
+    }
+
     fn post_visit_query(&mut self, query: &mut Query) -> ControlFlow<NameError> {
         select_star_when_from_first(&mut query.body);
         ControlFlow::Continue(())
@@ -95,6 +107,19 @@ impl VisitorMut for Expander<'_> {
             Ok(None) => ControlFlow::Continue(()),
             Err(e) => ControlFlow::Break(e),
         }
+    }
+}
+
+/// A table function's named option as two positional arguments (see the module's doc).
+fn option_as_pair(arg: FunctionArg) -> Vec<FunctionArg> {
+    let quoted = |name: &Ident| FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::value(Value::SingleQuotedString(name.value.to_lowercase()))));
+    match arg {
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::BinaryOp { left, op: BinaryOperator::Eq, right })) if matches!(*left, Expr::Identifier(_)) => {
+            let Expr::Identifier(name) = *left else { unreachable!("matched above") };
+            vec![quoted(&name), FunctionArg::Unnamed(FunctionArgExpr::Expr(*right))]
+        }
+        FunctionArg::Named { name, arg, .. } => vec![quoted(&name), FunctionArg::Unnamed(arg)],
+        other => vec![other],
     }
 }
 

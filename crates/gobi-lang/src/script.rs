@@ -113,7 +113,7 @@ fn tokenize(source: &str) -> Result<Vec<TokenWithSpan>, SyntaxError> {
 }
 
 fn parse_tokens(tokens: Vec<TokenWithSpan>, start: Position) -> Result<Ast, SyntaxError> {
-    let tokens = select_star_for_bare_from(tokens);
+    let tokens = copy_options_as_datafusion(select_star_for_bare_from(tokens));
     let dialect = GrizzlyDialect;
     let syntax_error = |e: DataFusionError| {
         let message = match e.find_root() {
@@ -352,6 +352,90 @@ fn select_star_for_bare_from(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
     out
 }
 
+/// DuckDB's `COPY … TO 'f' (FORMAT csv, HEADER false, DELIMITER '|')` in DataFusion's words:
+/// `STORED AS csv OPTIONS ('format.has_header' 'false', 'format.delimiter' '|')`. An option
+/// without a value (`HEADER`) is true; a name DataFusion does not know is passed on as
+/// `format.<name>`, for DataFusion to refuse by name.
+fn copy_options_as_datafusion(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let significant: Vec<usize> = (0..tokens.len()).filter(|&i| !is_trivia(&tokens[i].token)).collect();
+    if !significant.first().is_some_and(|&i| is_word(&tokens[i].token, "copy")) {
+        return tokens;
+    }
+    // `TO 'file' (` at depth 0, its `)` the statement's last token.
+    let mut depth = 0i32;
+    let mut open = None;
+    for (k, &i) in significant.iter().enumerate() {
+        match &tokens[i].token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            Token::Word(_) if depth == 0 && is_word(&tokens[i].token, "to") => {
+                let target = significant.get(k + 1).map(|&j| &tokens[j].token);
+                let paren = significant.get(k + 2).map(|&j| &tokens[j].token);
+                if matches!(target, Some(Token::SingleQuotedString(_))) && paren == Some(&Token::LParen) {
+                    open = Some(k + 2);
+                }
+                break;
+            }
+            _ => {}
+        }
+    }
+    let Some(open) = open else { return tokens };
+    let Some((&close, inside)) = significant[open + 1..].split_last() else { return tokens };
+    if tokens[close].token != Token::RParen || inside.iter().any(|&i| matches!(tokens[i].token, Token::LParen | Token::RParen)) {
+        return tokens;
+    }
+    let span = tokens[significant[open]].span;
+    let text = |i: usize| match &tokens[i].token {
+        Token::Word(w) => w.value.clone(),
+        Token::SingleQuotedString(s) => s.clone(),
+        Token::Number(n, _) => n.clone(),
+        other => other.to_string(),
+    };
+    let (mut stored_as, mut options) = (None, vec![]);
+    for option in inside.split(|&i| tokens[i].token == Token::Comma) {
+        let Some((&name, value)) = option.split_first() else { return tokens };
+        let value = match value {
+            [] => "true".to_string(),
+            [value] => text(*value),
+            _ => return tokens,
+        };
+        let name = text(name).to_lowercase();
+        let key = match name.as_str() {
+            "format" => {
+                stored_as = Some(value);
+                continue;
+            }
+            "header" => "has_header".to_string(),
+            "delim" | "sep" => "delimiter".to_string(),
+            "nullstr" | "null" => "null_value".to_string(),
+            other => other.to_string(),
+        };
+        options.push((format!("format.{key}"), value));
+    }
+    let space = || TokenWithSpan { token: Token::Whitespace(Whitespace::Space), span };
+    let quoted = |text: String| TokenWithSpan { token: Token::SingleQuotedString(text), span };
+    let mut rewritten = vec![];
+    if let Some(format) = stored_as {
+        rewritten.extend([space(), word("STORED".into(), None, Keyword::STORED, span), space(), word("AS".into(), None, Keyword::AS, span), space()]);
+        rewritten.push(word(format, None, Keyword::NoKeyword, span));
+    }
+    if !options.is_empty() {
+        rewritten.extend([space(), word("OPTIONS".into(), None, Keyword::OPTIONS, span), space(), TokenWithSpan { token: Token::LParen, span }]);
+        for (i, (key, value)) in options.into_iter().enumerate() {
+            if i > 0 {
+                rewritten.extend([TokenWithSpan { token: Token::Comma, span }, space()]);
+            }
+            rewritten.extend([quoted(key), space(), quoted(value)]);
+        }
+        rewritten.push(TokenWithSpan { token: Token::RParen, span });
+    }
+    let (before, after) = (significant[open], close + 1);
+    let mut out: Vec<TokenWithSpan> = tokens[..before].to_vec();
+    out.extend(rewritten);
+    out.extend(tokens[after..].iter().cloned());
+    out
+}
+
 /// Maps line/column locations back to byte offsets, to slice a statement's text.
 struct LineIndex {
     starts: Vec<usize>,
@@ -393,6 +477,20 @@ mod tests {
         let texts: Vec<_> = statements.iter().map(|s| s.text.as_str()).collect();
         assert_eq!(texts, ["CREATE TABLE t (a INT)", "INSERT INTO t VALUES (';')", "SELECT * FROM t"]);
         assert_eq!(statements[2].start, Position { line: 5, column: 1 });
+    }
+
+    #[test]
+    fn duckdb_copy_options_become_datafusions() {
+        let sql = |text: &str| match &parse_script(text).unwrap()[0].command {
+            Command::Sql(ast) => ast.to_string(),
+            other => panic!("not SQL: {other:?}"),
+        };
+        let copy = sql("COPY (SELECT 1 AS a) TO 'out.csv' (FORMAT csv, HEADER false, DELIMITER '|')");
+        assert!(copy.ends_with("TO out.csv STORED AS CSV OPTIONS ('format.has_header' 'false', 'format.delimiter' '|')"), "{copy}");
+        let header = sql("copy t to 'out.csv' (header, sep ';')");
+        assert!(header.ends_with("OPTIONS ('format.has_header' 'true', 'format.delimiter' ';')"), "{header}");
+        let native = sql("COPY t TO 'out.csv' STORED AS CSV OPTIONS ('format.has_header' 'false')");
+        assert!(native.ends_with("STORED AS CSV OPTIONS ('format.has_header' 'false')"), "DataFusion's own form is untouched: {native}");
     }
 
     #[test]

@@ -56,3 +56,30 @@ fn docs_examples_run() {
         }
     }
 }
+
+/// `docs/cli.md` names every command, every flag `--help` lists and every dot command `.help`
+/// lists.
+#[test]
+fn the_cli_page_lists_every_command_flag_and_dot_command() {
+    let page = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/cli.md")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let help = |args: &[&str]| gobi(args, dir.path()).ok().stdout;
+    let commands = ["init", "query", "run", "repl", "memory", "demo"];
+    for command in commands {
+        assert!(page.contains(&format!("`{command}")), "docs/cli.md lacks the command {command}");
+        let text = help(&[command, "--help"]);
+        for flag in text.split_whitespace().filter(|w| w.starts_with("--")).map(|w| w.trim_end_matches([',', '.', ')'])) {
+            let flag = flag.split(['=', '<', '[']).next().unwrap();
+            assert!(page.contains(flag), "docs/cli.md lacks {flag} (from gobi {command} --help)");
+        }
+    }
+    for report in ["stats", "pressure", "leaks", "cleanup"] {
+        assert!(page.contains(&format!("`memory {report}")), "docs/cli.md lacks gobi memory {report}");
+    }
+    let dots = crate::support::gobi_stdin(&["repl"], dir.path(), ".help\n").ok().stderr;
+    let listed: Vec<&str> = dots.lines().filter_map(|l| l.trim_start().strip_prefix('.').and(l.split_whitespace().next())).collect();
+    assert!(listed.len() >= 12, "{dots}");
+    for dot in listed {
+        assert!(page.contains(&format!("`{dot}")), "docs/cli.md lacks the dot command {dot}");
+    }
+}

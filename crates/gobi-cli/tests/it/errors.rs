@@ -69,15 +69,6 @@ fn bad_files_are_named() {
 }
 
 #[test]
-fn a_folder_that_is_not_a_lakehouse_is_refused_and_left_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = gobi(&["query", "SELECT 1"], dir.path()).fails_with(exit::LAKEHOUSE);
-    assert!(run.stderr.contains("is not a gobi lakehouse"), "{}", run.stderr);
-    assert!(run.stderr.contains("hint: run `gobi init"), "{}", run.stderr);
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing may be created");
-}
-
-#[test]
 fn a_failing_statement_stops_the_script_after_the_ones_before_it() {
     let lh = Lakehouse::new();
     let run = lh.run("CREATE TABLE t (a INT);\nINSERT INTO t VALUES (1);\nINSERT INTO nope VALUES (2);\nINSERT INTO t VALUES (3)").user_error();

@@ -338,7 +338,7 @@ fn with_injected_faults_every_tpch_query_is_right_or_fails_cleanly_and_releases_
 
 /// `gobi memory stats|pressure|leaks|cleanup`, in a new process after `gobi run` of a
 /// workload: the default limits, the workload's spills and leak from the query log, the
-/// events, in JSON and as tables.
+/// events, in JSON (snake_case keys, plain numbers), CSV and tables.
 #[test]
 fn memory_commands_report_a_workload_run_by_an_earlier_process() {
     let lh = wide_table();
@@ -357,7 +357,7 @@ fn memory_commands_report_a_workload_run_by_an_earlier_process() {
     let json = |args: &[&str]| -> Value {
         let mut all = vec!["memory"];
         all.extend(args);
-        all.push("--json");
+        all.extend(["--format", "json"]);
         serde_json::from_str(gobi(&all, lh.path()).ok().stdout.trim()).unwrap()
     };
     let stats = json(&["stats"]);
@@ -368,7 +368,11 @@ fn memory_commands_report_a_workload_run_by_an_earlier_process() {
         .map(|p| (p["pool"].as_str().unwrap().to_string(), p["limit_bytes"].as_u64().unwrap(), p["reserved_bytes"].as_u64().unwrap()))
         .collect();
     assert_eq!(limits, [("query".into(), 52428800, 0), ("cache".into(), 104857600, 0), ("temp".into(), 26214400, 0)]);
-    let totals = &stats["queries (query log)"][0];
+    for key in stats.as_object().unwrap().keys() {
+        assert!(key.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "snake_case keys: {key}");
+    }
+    assert!(!stats.to_string().contains('░'), "no bars in JSON: {stats}");
+    let totals = &stats["query_log_totals"][0];
     assert_eq!(totals["queries"], 3, "the CREATE TABLE and the two queries: {stats}");
     assert!(totals["spills"].as_u64().unwrap() > 0, "the group-by spilled: {stats}");
     assert_eq!(totals["leaked_bytes"], 3 << 20, "{stats}");
@@ -376,7 +380,7 @@ fn memory_commands_report_a_workload_run_by_an_earlier_process() {
         totals["max_peak_reserved_bytes"].as_u64().unwrap() <= 8 << 20,
         "reserved never passed the pools (8 MiB for the CREATE TABLE, 4 for the rest): {stats}"
     );
-    assert_eq!(stats["recent queries"].as_array().unwrap().len(), 3, "report queries stay out of the log: {stats}");
+    assert_eq!(stats["recent_queries"].as_array().unwrap().len(), 3, "report queries stay out of the log: {stats}");
     let process = &stats["process"][0];
     assert!(process["rss_bytes"].as_u64().unwrap() > 0 && process["allocated_bytes"].as_u64().unwrap() > 0, "{stats}");
 
@@ -387,7 +391,7 @@ fn memory_commands_report_a_workload_run_by_an_earlier_process() {
     assert!(events.iter().any(|a| a.starts_with("leak: query") && a.contains("3MiB")), "{events:?}");
 
     let leaks = json(&["leaks"]);
-    let earlier = &leaks["leaked by earlier queries"][0];
+    let earlier = &leaks["leaked_by_earlier_queries"][0];
     assert_eq!((earlier["leaked_bytes"].as_u64(), earlier["text"].as_str()), (Some(3 << 20), Some("SELECT count(*) FROM t")), "{leaks}");
 
     let cleanup = json(&["cleanup"]);
@@ -397,8 +401,15 @@ fn memory_commands_report_a_workload_run_by_an_earlier_process() {
         ["reservations of ended queries", "cached results of tables changed since", "stale spill folders", "free allocator pages returned to the OS"]
     );
     assert!(cleanup["process"][0]["rss_after_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(cleanup["cleanup"][2]["count"], 0, "every process removed its own spill folder: {cleanup}");
+    assert_eq!(std::fs::read_dir(lh.path().join("_gobi/spill")).unwrap().count(), 0, "no spill folder left");
 
-    let table = gobi(&["memory", "stats"], lh.path()).ok().stdout;
+    let csv = gobi(&["memory", "stats"], lh.path()).ok().stdout;
+    let pools: Vec<&str> = csv.split("\n\n").next().unwrap().lines().collect();
+    assert_eq!(pools[..2], ["# pools", "pool,limit_bytes,reserved_bytes,peak_bytes,pressure,allocations,deallocations,rejected,overruns"], "{csv}");
+    assert!(pools[2].starts_with("query,52428800,0,"), "{csv}");
+
+    let table = gobi(&["memory", "stats", "--format", "table"], lh.path()).ok().stdout;
     for part in ["pools", "50MiB", "100MiB", "25MiB", "░", "normal", "recent queries", "SELECT k, count(*) AS n FROM t GROUP BY k"] {
         assert!(table.contains(part), "{part} in:\n{table}");
     }

@@ -1,5 +1,6 @@
 //! The REPL driven through a pseudo-terminal, as a person at a keyboard drives it: tab
-//! completion, multi-line input, `.vars`, and Ctrl-C during a long query.
+//! completion, multi-line input, `.vars`, the progress line of a long query and Ctrl-C
+//! during it, the dot commands.
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -157,6 +158,8 @@ fn repl_completes_reads_multiple_lines_lists_variables_and_cancels_with_ctrl_c()
     term.send("SET memory.query_pool = '4MiB';\r");
     term.expect("memory.query_pool = 4MiB");
     term.send("SELECT count(*) FROM (SELECT value % 1000000000 AS k, count(*) FROM generate_series(1, 100000000000) GROUP BY 1) t;\r");
+    // After a second, a progress line says what the scans have read.
+    term.expect(" rows scanned (Ctrl-C cancels)");
     let spill = lh.path().join("_gobi/spill");
     let deadline = Instant::now() + Duration::from_secs(60);
     while files_under(&spill).is_empty() {
@@ -177,6 +180,56 @@ fn repl_completes_reads_multiple_lines_lists_variables_and_cancels_with_ctrl_c()
             break;
         }
         assert!(Instant::now() < deadline, "gobi repl did not quit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// DuckDB's dot commands: `.mode`, `.maxrows`, `.timer`, `.read`, `.output`, `.import`; a
+/// psql backslash command is named as such; `.quit` leaves even after unfinished input.
+#[test]
+fn repl_dot_commands_change_output_read_files_and_import() {
+    let lh = Lakehouse::new();
+    std::fs::write(lh.path().join("people.csv"), "id,name\n1,Ann\n2,Bo\n").unwrap();
+    std::fs::write(lh.path().join("more.sql"), "SELECT 'from the file' AS said;").unwrap();
+    let mut term = Terminal::spawn(&lh);
+    term.expect("gobi> ");
+    let in_lakehouse = |name: &str| lh.path().join(name).to_str().unwrap().to_string();
+    // Each line waits for the next prompt on a line of its own (the editor redraws its line,
+    // prompt included, at every key).
+    let line = |term: &mut Terminal, text: &str, shows: &[&str]| {
+        term.send(&format!("{text}\r"));
+        for part in shows {
+            term.expect(part);
+        }
+        term.expect("\ngobi> ");
+    };
+    line(&mut term, &format!(".import {} people", in_lakehouse("people.csv")), &["created table people with 2 rows"]);
+    line(&mut term, ".mode csv", &[]);
+    line(&mut term, "SELECT name FROM people ORDER BY id;", &["name\nAnn\nBo"]);
+    line(&mut term, ".mode line", &[]);
+    line(&mut term, "SELECT id, name FROM people WHERE id = 2;", &["  id = 2\nname = Bo"]);
+    line(&mut term, ".mode table", &[]);
+    line(&mut term, ".maxrows 4", &[]);
+    line(&mut term, "SELECT value FROM generate_series(1, 10);", &["10 rows, 4 shown (--max-rows 0 for all)"]);
+    line(&mut term, ".timer on", &[]);
+    line(&mut term, &format!(".read {}", in_lakehouse("more.sql")), &["from the file", "Run Time: "]);
+    line(&mut term, ".timer off", &[]);
+    line(&mut term, &format!(".output {}", in_lakehouse("out.txt")), &[]);
+    line(&mut term, ".mode csv", &[]);
+    line(&mut term, "SELECT count(*) AS n FROM people;", &[]);
+    line(&mut term, ".output", &[]);
+    assert_eq!(std::fs::read_to_string(lh.path().join("out.txt")).unwrap(), "n\n2\n");
+    line(&mut term, "\\e", &["\\e is a psql command; gobi's commands start with `.`"]);
+    term.send("SELECT 1\r");
+    term.expect("... ");
+    term.send(".quit\r");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = term.child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "gobi repl did not quit after unfinished input: {}", term.raw());
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -79,7 +79,15 @@ pub mod exit {
 }
 
 pub fn gobi(args: &[&str], cwd: &Path) -> Run {
-    Run::from(Command::new(GOBI).args(args).current_dir(cwd).env_remove("GOBI_LAKEHOUSE").output().expect("gobi runs"))
+    gobi_with_env(args, cwd, &[])
+}
+
+/// [`gobi`] with environment variables set (the test's own `GOBI_LAKEHOUSE` and `COLUMNS` are
+/// never passed on: a test names what it depends on).
+pub fn gobi_with_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Run {
+    let mut command = Command::new(GOBI);
+    command.args(args).current_dir(cwd).env_remove("GOBI_LAKEHOUSE").env_remove("COLUMNS").envs(env.iter().copied());
+    Run::from(command.output().expect("gobi runs"))
 }
 
 /// [`gobi`], failing the test if it has not finished within `limit` (a hang is then a failure,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use comfy_table::{presets::ASCII_MARKDOWN, presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement, Table};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray as _, RecordBatch, StringBuilder};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use futures::StreamExt;
 use gobi_engine::{GobiError, Output};
@@ -346,13 +346,34 @@ fn arrow_error(e: datafusion::arrow::error::ArrowError) -> GobiError {
 }
 
 /// Each row's cells as text (`NULL` for null).
+/// Each row's cells as text for people (`NULL` for null): an integer column named `*_bytes`
+/// in the pools' units (`50MiB`); CSV and JSON keep the plain number.
 fn cells(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, GobiError> {
     let options = FormatOptions::default().with_null("NULL");
     let mut rows = vec![];
     for batch in batches {
+        let schema = batch.schema();
         let formatters = batch.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &options)).collect::<Result<Vec<_>, _>>().map_err(arrow_error)?;
+        let bytes: Vec<Option<ArrayRef>> = schema
+            .fields()
+            .iter()
+            .zip(batch.columns())
+            .map(|(field, column)| {
+                let counts_bytes = field.name().ends_with("_bytes") && field.data_type().is_integer();
+                counts_bytes.then(|| datafusion::arrow::compute::cast(column, &DataType::UInt64).ok()).flatten()
+            })
+            .collect();
         for row in 0..batch.num_rows() {
-            rows.push(formatters.iter().map(|f| f.value(row).to_string()).collect());
+            rows.push(
+                formatters
+                    .iter()
+                    .zip(&bytes)
+                    .map(|(f, bytes)| match bytes.as_ref().map(|b| b.as_primitive::<UInt64Type>()) {
+                        Some(b) if b.is_valid(row) => gobi_memory::ByteSize(b.value(row)).to_string(),
+                        _ => f.value(row).to_string(),
+                    })
+                    .collect(),
+            );
         }
     }
     Ok(rows)

@@ -215,6 +215,11 @@ fn formats_table_csv_and_json() {
     assert!(table.stdout.contains("│ a ┆ b    │"), "{}", table.stdout);
     assert!(table.stdout.contains("│ 2 ┆ NULL │"), "{}", table.stdout);
     assert!(table.stdout.ends_with("2 rows\n"), "{}", table.stdout);
+    // Byte counts read as the pools' units in a table, as plain numbers in csv.
+    let pools = gobi(&["query", "SHOW MEMORY", "--format", "table"], lh.path()).ok();
+    assert!(pools.stdout.contains("│ query ┆       50MiB ┆"), "{}", pools.stdout);
+    let pools = gobi(&["query", "SHOW MEMORY", "--format", "csv"], lh.path()).ok();
+    assert!(pools.stdout.contains("\nquery,52428800,"), "{}", pools.stdout);
     let empty = gobi(&["query", "SELECT * FROM t WHERE a > 5", "--format", "csv"], lh.path()).ok();
     assert_eq!(empty.stdout, "a,b\n");
     assert_eq!(lh.values("SELECT count(*) FROM t"), rows![[2]]);

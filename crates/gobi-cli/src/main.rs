@@ -386,9 +386,10 @@ pub async fn run_statements(session: &Session, source: &str, printer: &Printer) 
     let mut summary = Summary { rows: 0, seconds: 0.0, reader_left: false };
     for statement in &statements {
         let started = Instant::now();
-        let output = session.execute(statement).await.map_err(with_source)?;
+        let progress = session.progress();
+        let output = output::showing_progress(&progress, session.execute(statement)).await.map_err(with_source)?;
         let returns_rows = !matches!(output, Output::Done(_));
-        let printed = printer.print(output).await.map_err(with_source)?;
+        let printed = printer.print(output, Some(&progress)).await.map_err(with_source)?;
         summary.seconds += started.elapsed().as_secs_f64();
         if returns_rows {
             summary.rows = printed.rows;

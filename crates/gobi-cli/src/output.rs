@@ -15,7 +15,7 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray as _, RecordBatch, Strin
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use futures::StreamExt;
-use gobi_engine::{GobiError, Output};
+use gobi_engine::{GobiError, Output, Progress};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -105,7 +105,8 @@ impl Printer {
     /// statement did (created, dropped, …) goes to stderr, so stdout stays parseable. A reader
     /// that went away (`gobi query … | head`) stops the statement: its stream is dropped, and
     /// that is not an error, but the caller should print nothing more.
-    pub async fn print(&self, output: Output) -> Result<Printed, GobiError> {
+    /// `progress`: the session's, for a progress line while a table waits for its rows.
+    pub async fn print(&self, output: Output, progress: Option<&Progress>) -> Result<Printed, GobiError> {
         let mut stream = match output {
             Output::Done(message) => {
                 eprintln!("{message}");
@@ -126,24 +127,25 @@ impl Printer {
         if !self.emit(sink.start())? {
             return reader_left(0);
         }
-        let mut progress = ProgressLine::new(stream.progress());
-        let mut tick = tokio::time::interval(PROGRESS_TICK);
-        loop {
-            let next = tokio::select! {
-                next = stream.next() => next,
-                _ = tick.tick() => {
-                    progress.show();
-                    continue;
+        // Streamed rows show their own progress; a table drawn at the end shows the line.
+        let buffered = matches!(sink, Sink::Table(_) | Sink::Markdown(_));
+        let drain = async {
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                rows += batch.num_rows();
+                if !self.emit(&sink.write(&batch)?)? {
+                    return Ok(false);
                 }
-            };
-            let Some(batch) = next else { break };
-            let batch = batch?;
-            rows += batch.num_rows();
-            if !self.emit(&sink.write(&batch)?)? {
-                return reader_left(rows);
             }
+            Ok::<_, GobiError>(true)
+        };
+        let drained = match progress {
+            Some(progress) if buffered => showing_progress(progress, drain).await?,
+            _ => drain.await?,
+        };
+        if !drained {
+            return reader_left(rows);
         }
-        progress.clear();
         if !self.emit(&sink.finish(&schema, rows, self.layout)?)? {
             return reader_left(rows);
         }
@@ -161,25 +163,38 @@ const PROGRESS_TICK: std::time::Duration = std::time::Duration::from_millis(200)
 /// A query that runs longer than this shows a progress line.
 const PROGRESS_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The line under a running query on a terminal: how long it has run and what its scans have
-/// read. Drawn on stderr, and only when stderr is a terminal (never into pipes or files).
-struct ProgressLine {
-    progress: Option<gobi_engine::Progress>,
+/// Runs `work`, and while it runs longer than [`PROGRESS_AFTER`], shows the progress line.
+pub async fn showing_progress<T>(progress: &Progress, work: impl std::future::Future<Output = T>) -> T {
+    let mut line = ProgressLine::new(progress);
+    let mut tick = tokio::time::interval(PROGRESS_TICK);
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = tick.tick() => line.show(),
+        }
+    }
+}
+
+/// The line under a running statement on a terminal: how long it has run and what its scans
+/// have read. Drawn on stderr, and only when stderr is a terminal (never into pipes or files).
+struct ProgressLine<'a> {
+    progress: Option<&'a Progress>,
     started: std::time::Instant,
     bar: Option<indicatif::ProgressBar>,
 }
 
-impl ProgressLine {
-    fn new(progress: Option<gobi_engine::Progress>) -> Self {
-        let progress = progress.filter(|_| std::io::IsTerminal::is_terminal(&std::io::stderr()));
+impl<'a> ProgressLine<'a> {
+    fn new(progress: &'a Progress) -> Self {
+        let progress = Some(progress).filter(|_| std::io::IsTerminal::is_terminal(&std::io::stderr()));
         Self { progress, started: std::time::Instant::now(), bar: None }
     }
 
     fn show(&mut self) {
-        let Some((rows, bytes)) = self.progress.as_ref().and_then(gobi_engine::Progress::scanned) else { return };
         if self.started.elapsed() < PROGRESS_AFTER {
             return;
         }
+        let Some((rows, bytes)) = self.progress.and_then(Progress::scanned) else { return };
         let bar = self.bar.get_or_insert_with(|| {
             let bar = indicatif::ProgressBar::new_spinner();
             bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("a valid template"));
@@ -189,17 +204,13 @@ impl ProgressLine {
         bar.set_message(format!("{} rows scanned{read} (Ctrl-C cancels)", indicatif::HumanCount(rows)));
         bar.tick();
     }
+}
 
-    fn clear(&mut self) {
+impl Drop for ProgressLine<'_> {
+    fn drop(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
-    }
-}
-
-impl Drop for ProgressLine {
-    fn drop(&mut self) {
-        self.clear();
     }
 }
 

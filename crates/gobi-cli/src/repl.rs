@@ -435,5 +435,5 @@ fn print_variables(runtime: &tokio::runtime::Runtime, session: &Session, printer
         ],
     )
     .map_err(|e| GobiError::internal(e.to_string()))?;
-    runtime.block_on(printer.print(Output::rows(vec![batch], schema))).map(|_| ())
+    runtime.block_on(printer.print(Output::rows(vec![batch], schema), None)).map(|_| ())
 }

@@ -87,23 +87,25 @@ pub struct ResultStream {
     inner: Pin<Box<dyn Stream<Item = Result<RecordBatch>> + Send>>,
     /// Where errors point when they have no position of their own: the statement.
     at: Option<Position>,
-    progress: Option<Progress>,
 }
 
-/// How far a running query has read its sources, for a progress line: the plan, as long as it
-/// runs (a weak reference, so an ended plan's memory is not kept).
-#[derive(Clone, Debug)]
-pub struct Progress(std::sync::Weak<dyn ExecutionPlan>);
+/// How far a session's running statement has read its sources, for a progress line: the
+/// latest plan one of its statements made (a query's, or one delta-rs made for a write), held
+/// weakly, so an ended plan's memory is not kept.
+#[derive(Clone, Debug, Default)]
+pub struct Progress(Arc<parking_lot::Mutex<Option<std::sync::Weak<dyn ExecutionPlan>>>>);
 
 impl Progress {
-    pub(crate) fn of(plan: &Arc<dyn ExecutionPlan>) -> Self {
-        Self(Arc::downgrade(plan))
+    /// `plan` starts running (the `Govern` rule calls this for every plan it wraps).
+    pub(crate) fn running(&self, plan: &Arc<dyn ExecutionPlan>) {
+        *self.0.lock() = Some(Arc::downgrade(plan));
     }
 
-    /// The rows and bytes its scans have read so far (bytes where the source counts them:
-    /// Parquet); `None` once the query has ended.
+    /// The rows and bytes the running plan's scans have read so far (bytes where the source
+    /// counts them: Parquet); `None` when no plan runs.
     pub fn scanned(&self) -> Option<(u64, u64)> {
-        self.0.upgrade().map(|plan| scanned(&plan))
+        let plan = self.0.lock().as_ref()?.upgrade()?;
+        Some(scanned(&plan))
     }
 }
 
@@ -124,23 +126,12 @@ impl std::fmt::Debug for ResultStream {
 
 impl ResultStream {
     pub(crate) fn new(schema: SchemaRef, inner: Pin<Box<dyn Stream<Item = Result<RecordBatch>> + Send>>) -> Self {
-        Self { schema, inner, at: None, progress: None }
-    }
-
-    /// The stream of a running plan, whose progress can be read while it runs.
-    pub(crate) fn with_progress(mut self, progress: Progress) -> Self {
-        self.progress = Some(progress);
-        self
-    }
-
-    /// How far the query has read, when it runs a plan.
-    pub fn progress(&self) -> Option<Progress> {
-        self.progress.clone()
+        Self { schema, inner, at: None }
     }
 
     /// Batches already in memory (SHOW …, a cached result).
     pub fn from_batches(schema: SchemaRef, batches: Vec<RecordBatch>) -> Self {
-        Self { schema, inner: Box::pin(futures::stream::iter(batches.into_iter().map(Ok))), at: None, progress: None }
+        Self { schema, inner: Box::pin(futures::stream::iter(batches.into_iter().map(Ok))), at: None }
     }
 
     pub fn schema(&self) -> &SchemaRef {

@@ -43,7 +43,7 @@ use crate::error::{ErrorKind, GobiError, Result};
 use crate::governed;
 use crate::join::SpillingJoins;
 use crate::logs::{query_log_batch, QueryRecord, Status};
-use crate::output::{Output, ResultStream};
+use crate::output::{Output, Progress, ResultStream};
 use crate::result_cache::Versions;
 use crate::scan::ReservedScans;
 use crate::topk::TopKInBudget;
@@ -58,12 +58,14 @@ pub(crate) struct Statement {
     engine: Arc<Engine>,
     scope: Arc<QueryMemory>,
     entry: LogEntry,
+    progress: Progress,
 }
 
 impl Statement {
     /// Admits a statement and opens its scope. `logged`: false for gobi's own report queries,
-    /// which stay out of the query log.
-    pub(crate) async fn begin(engine: &Arc<Engine>, text: &str, limits: StatementLimits, logged: bool) -> Result<Self> {
+    /// which stay out of the query log. `progress`: the session's, told of every plan the
+    /// statement runs.
+    pub(crate) async fn begin(engine: &Arc<Engine>, text: &str, limits: StatementLimits, logged: bool, progress: &Progress) -> Result<Self> {
         engine.admit().await?;
         let scope = engine.memory().begin_query(text, limits);
         let entry = LogEntry {
@@ -76,7 +78,7 @@ impl Statement {
             delivered: 0,
             outcome: None,
         };
-        Ok(Self { engine: Arc::clone(engine), scope, entry })
+        Ok(Self { engine: Arc::clone(engine), scope, entry, progress: progress.clone() })
     }
 
     /// The session's state with this statement's scope as its memory pool, execution fitted
@@ -104,7 +106,7 @@ impl Statement {
             }
             rules.push(Arc::new(TopKInBudget::new(self.scope.limit())));
             rules.push(Arc::new(ReservedScans::new(runtime)));
-            rules.push(Arc::new(Govern(Arc::clone(&self.scope))));
+            rules.push(Arc::new(Govern { scope: Arc::clone(&self.scope), progress: self.progress.clone() }));
             builder = builder.with_physical_optimizer_rules(rules);
         }
         let mut state = builder.build();
@@ -167,7 +169,6 @@ impl Statement {
             }
         };
         let schema = physical.schema();
-        let progress = crate::output::Progress::of(&physical);
         let cache_limit = self.engine.result_cache().entry_limit();
         let running = Running {
             statement: Some(self),
@@ -196,7 +197,7 @@ impl Statement {
                 }
             }
         });
-        Ok(ResultStream::new(schema, Box::pin(stream)).with_progress(progress))
+        Ok(ResultStream::new(schema, Box::pin(stream)))
     }
 }
 
@@ -272,13 +273,19 @@ impl Drop for Running {
 }
 
 /// Wraps every node of every physical plan made with a statement's state (its queries and the
-/// plans delta-rs makes for its writes) so the work is charged to the statement.
+/// plans delta-rs makes for its writes) so the work is charged to the statement, and tells the
+/// session's progress that the plan runs.
 #[derive(Debug)]
-struct Govern(Arc<QueryMemory>);
+struct Govern {
+    scope: Arc<QueryMemory>,
+    progress: Progress,
+}
 
 impl PhysicalOptimizerRule for Govern {
     fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        governed::scoped(plan, &self.0)
+        let plan = governed::scoped(plan, &self.scope)?;
+        self.progress.running(&plan);
+        Ok(plan)
     }
 
     fn name(&self) -> &str {

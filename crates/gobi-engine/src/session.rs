@@ -30,7 +30,7 @@ use crate::error::{GobiError, Result};
 use crate::functions::Functions;
 use crate::lakehouse::Lakehouse;
 use crate::logs::LogFunction;
-use crate::output::{Collected, Output};
+use crate::output::{Collected, Output, Progress};
 use crate::rewrite;
 use crate::variables::{TableValue, Value, Variables};
 use crate::writes;
@@ -49,6 +49,8 @@ pub struct Session {
     /// Set while gobi runs its own report queries (`gobi memory stats`), which stay out of
     /// the query log.
     reporting: AtomicBool,
+    /// How far the running statement has read (its latest plan).
+    pub(crate) progress: Progress,
 }
 
 /// A variable as `.vars` lists it.
@@ -109,6 +111,7 @@ impl Session {
             settings: Default::default(),
             memory_tables: Default::default(),
             reporting: AtomicBool::new(false),
+            progress: Progress::default(),
         };
         session.load_functions();
         session
@@ -127,6 +130,12 @@ impl Session {
 
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+
+    /// How far the running statement has read, for a progress line (read from another task
+    /// while the statement runs).
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
     }
 
     pub fn lakehouse(&self) -> Option<&Lakehouse> {

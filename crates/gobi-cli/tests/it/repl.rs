@@ -211,6 +211,9 @@ fn repl_dot_commands_change_output_read_files_and_import() {
     line(&mut term, ".mode table", &[]);
     line(&mut term, ".maxrows 4", &[]);
     line(&mut term, "SELECT value FROM generate_series(1, 10);", &["10 rows, 4 shown (--max-rows 0 for all)"]);
+    // A write running over a second shows the progress line too.
+    let counting = "CREATE TABLE counted AS SELECT count(*) AS n FROM generate_series(1, 600000000);";
+    line(&mut term, counting, &[" rows scanned (Ctrl-C cancels)", "created table counted with 1 rows"]);
     line(&mut term, ".timer on", &[]);
     line(&mut term, &format!(".read {}", in_lakehouse("more.sql")), &["from the file", "Run Time: "]);
     line(&mut term, ".timer off", &[]);

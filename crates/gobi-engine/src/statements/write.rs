@@ -60,7 +60,7 @@ impl Session {
         Fut: std::future::Future<Output = Result<writes::Written>>,
     {
         let settings = *self.settings.read();
-        let mut statement = Statement::begin(self.engine(), text, settings, self.logged()).await?;
+        let mut statement = Statement::begin(self.engine(), text, settings, self.logged(), &self.progress).await?;
         let state = statement.state(&self.ctx.state())?;
         statement.finish_write(write(state)).await
     }

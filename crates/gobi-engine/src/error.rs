@@ -267,7 +267,10 @@ fn classify_source(error: &(dyn StdError + 'static)) -> ErrorKind {
     } else if let Some(e) = error.downcast_ref::<datafusion::parquet::errors::ParquetError>() {
         classify_parquet(e)
     } else {
-        ErrorKind::Internal
+        // A type gobi does not depend on (delta kernel's `Schema error: Invalid data type for
+        // Delta Lake: Time64(ns)`, tested through the binary): by DataFusion's prefixes, which
+        // the kernel's errors share.
+        classify_text(&error.to_string()).unwrap_or(ErrorKind::Internal)
     }
 }
 
@@ -432,6 +435,21 @@ pub fn not_null_violation(error: &DeltaTableError) -> Option<NotNullViolation> {
     Some(NotNullViolation::Rows { rows, preview: preview.trim_end().to_string() })
 }
 
+/// `message` without a backtrace captured after it (delta kernel's errors carry one when
+/// `RUST_BACKTRACE` is set): from the first frame (`0: …`) or a `Backtrace:` heading on.
+fn without_backtrace(message: &str) -> &str {
+    let mut offset = 0;
+    for line in message.split_inclusive('\n') {
+        let start = line.trim_start();
+        let is_backtrace = start.starts_with("0: ") || start.starts_with("Backtrace:") || start.starts_with("Stack backtrace:");
+        if offset > 0 && is_backtrace {
+            return message[..offset].trim_end();
+        }
+        offset += line.len();
+    }
+    message
+}
+
 /// Drops the layers of prefixes DataFusion and delta-rs put before the one sentence users need.
 fn clean_message(message: &str) -> String {
     const PREFIXES: [&str; 14] = [
@@ -450,7 +468,7 @@ fn clean_message(message: &str) -> String {
         "DataFusion error: ",
         "Cast error: ",
     ];
-    let mut text = message.trim();
+    let mut text = without_backtrace(message).trim();
     // A user function's own coercion message, without DataFusion's list of candidates.
     if let Some((_, inner)) = text.split_once("user-defined coercion failed with: ") {
         text = inner.split(" No function matches the given name").next().unwrap_or(inner).trim_end_matches('.');
@@ -487,6 +505,15 @@ mod tests {
         let error = GobiError { width: 3, ..GobiError::plan("no column nme").at(Position { line: 2, column: 8 }) }.with_hint("did you mean name?");
         let text = error.render(Some("SELECT 1;\nSELECT nme FROM t"));
         assert_eq!(text, "error: no column nme\n --> 2:8\n  |\n2 | SELECT nme FROM t\n  |        ^^^\nhint: did you mean name?\n");
+    }
+
+    #[test]
+    fn clean_message_drops_a_captured_backtrace() {
+        let kernel = "Failed to convert into Arrow schema: External error: Schema error: Invalid data type for Delta Lake: Time64(ns)\n   \
+                      0: buoyant_kernel::error::Error::with_backtrace\n   1: buoyant_kernel::schema::StructType::try_new\n             at src/x.rs:1:2";
+        assert_eq!(clean_message(kernel), "Failed to convert into Arrow schema: External error: Schema error: Invalid data type for Delta Lake: Time64(ns)");
+        assert_eq!(clean_message("boom\n\nStack backtrace:\n   0: f"), "boom");
+        assert_eq!(clean_message("two lines\nof message"), "two lines\nof message");
     }
 
     #[test]

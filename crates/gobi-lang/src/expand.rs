@@ -7,6 +7,7 @@
 //!  gross(total, 0.2)          ─► (total) * (1 + (0.2))      expression functions are inlined
 //!  @TypeOf(x) / @TypeOf(big)  ─► arrow_typeof(x) / 'table(id Int64, …)'
 //!  FROM read_csv('f', header = false)  ─► FROM read_csv('f', 'header', false)
+//!  +x                         ─► (x)       unary plus is the identity on any type, as in SQLite
 //! ```
 //!
 //! (DataFusion plans only positional arguments to a table function, and an identifier in one
@@ -21,7 +22,7 @@ use std::sync::Arc;
 
 use datafusion::sql::sqlparser::ast::{
     BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, ObjectName, ObjectNamePart, Query, SelectFlavor, SelectItem, SetExpr,
-    TableFactor, TableFunctionArgs, Value, ValueWithSpan, VisitMut, VisitorMut,
+    TableFactor, TableFunctionArgs, UnaryOperator, Value, ValueWithSpan, VisitMut, VisitorMut,
 };
 use datafusion::sql::sqlparser::tokenizer::Span;
 
@@ -138,6 +139,7 @@ impl Expander<'_> {
                     }
                 }
             }
+            Expr::UnaryOp { op: UnaryOperator::Plus, expr } => Ok(Some(Expr::Nested(expr.clone()))),
             Expr::Function(call) => {
                 let Some(name) = single_name(&call.name) else { return Ok(None) };
                 let span = call.name.0.first().and_then(ObjectNamePart::as_ident).map_or(Span::empty(), |i| i.span);

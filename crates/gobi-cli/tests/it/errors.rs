@@ -68,6 +68,15 @@ fn bad_files_are_named() {
     assert!(run.stderr.to_lowercase().contains("parquet"), "{}", run.stderr);
 }
 
+/// An upstream error that captured a backtrace (delta kernel's, with `RUST_BACKTRACE=1`, which
+/// every run of the suite sets) shows only its message.
+#[test]
+fn an_upstream_error_never_shows_its_backtrace() {
+    let lh = Lakehouse::new();
+    let run = lh.run("CREATE TABLE t AS SELECT CAST('10:00:00' AS TIME) AS at_time").user_error();
+    assert!(run.stderr.contains("Invalid data type for Delta Lake: Time64(ns)"), "{}", run.stderr);
+}
+
 #[test]
 fn a_failing_statement_stops_the_script_after_the_ones_before_it() {
     let lh = Lakehouse::new();

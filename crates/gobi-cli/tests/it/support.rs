@@ -29,6 +29,8 @@ impl Run {
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         };
         assert!(!run.stderr.contains("went past its limit"), "a pool went past its limit:\n{}", run.stderr);
+        let frame = run.stderr.lines().find(|line| line.trim_start().starts_with("0: "));
+        assert!(frame.is_none(), "a backtrace reached the user (RUST_BACKTRACE=1):\n{}", run.stderr);
         run
     }
 
@@ -86,7 +88,8 @@ pub fn gobi(args: &[&str], cwd: &Path) -> Run {
 /// never passed on: a test names what it depends on).
 pub fn gobi_with_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Run {
     let mut command = Command::new(GOBI);
-    command.args(args).current_dir(cwd).env_remove("GOBI_LAKEHOUSE").env_remove("COLUMNS").envs(env.iter().copied());
+    // With backtraces on, as a developer's shell may have them: none may reach the output.
+    command.args(args).current_dir(cwd).env_remove("GOBI_LAKEHOUSE").env_remove("COLUMNS").env("RUST_BACKTRACE", "1").envs(env.iter().copied());
     Run::from(command.output().expect("gobi runs"))
 }
 

@@ -200,6 +200,8 @@ fn sql_that_datafusion_alone_gets_wrong_or_refuses() {
     // A predicate that is NULL for every row selects none (delta-rs claimed it, then skipped it).
     assert_eq!(lh.values("SELECT a FROM t WHERE a BETWEEN 0 AND NULL"), rows![]);
     assert_eq!(lh.values("SELECT count(*) FROM t WHERE NULL"), rows![[0]]);
+    // Unary plus is the identity on any type, as in SQLite (DataFusion refuses it on text).
+    assert_eq!(lh.values("SELECT +name, +a FROM (VALUES ('x', 1)) AS v(name, a)"), rows![["x", 1]]);
 }
 
 #[test]

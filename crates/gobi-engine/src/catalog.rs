@@ -35,7 +35,7 @@ use gobi_memory::{MemoryManager, PoolKind, Reservation};
 use parking_lot::RwLock;
 
 use crate::delta_scan::delta_provider;
-use crate::error::{GobiError, Result};
+use crate::error::{ErrorKind, GobiError, Result};
 use crate::lakehouse::{checked_name, directory_url, Lakehouse, NameKind};
 
 /// The Delta tables of a lakehouse kept open between statements: one per engine, shared by
@@ -67,15 +67,30 @@ impl OpenTables {
             return Err(unknown_table(name, &self.lakehouse.table_names()));
         }
         let cached = self.open.lock().await.get(name).map(|open| open.table.clone());
-        let table = match cached {
-            Some(mut table) => {
-                table.update_incremental(None).await?;
-                table
-            }
-            None => deltalake::open_table(self.lakehouse.table_url(name)?).await?,
+        let opened = match cached {
+            Some(mut table) => table.update_incremental(None).await.map(|()| table),
+            None => deltalake::open_table(self.lakehouse.table_url(name)?).await,
         };
+        let table = opened.map_err(|e| self.unreadable(name, e.into()))?;
         self.remember(name, table.clone()).await;
         Ok(table)
+    }
+
+    /// Why table `name` cannot be read, in words that name it, the log file that is not JSON
+    /// (when one is not: a file cut short by a crash or an edit), and what can be done.
+    fn unreadable(&self, name: &str, error: GobiError) -> GobiError {
+        if !matches!(error.kind, ErrorKind::Data | ErrorKind::Internal | ErrorKind::Plan) {
+            return error;
+        }
+        let log = self.lakehouse.table_path(name).map(|path| path.join("_delta_log")).ok();
+        let broken = log.as_deref().and_then(first_log_file_not_json);
+        let (what, earlier) = match &broken {
+            Some((file, version)) => (format!("its log file _delta_log/{file} is not valid JSON"), version.checked_sub(1)),
+            None => ("its log cannot be read".to_string(), None),
+        };
+        let read_earlier = earlier.map(|v| format!("read the version before: SELECT * FROM {name} AS OF VERSION {v}; or ")).unwrap_or_default();
+        GobiError::new(ErrorKind::Data, format!("table {name} cannot be read: {what} ({})", error.message))
+            .with_hint(format!("{read_earlier}drop the table: DROP TABLE {name} (other tables are not affected)"))
     }
 
     /// Keeps the table (a write returned it, or it was brought up to date), so the next read
@@ -119,13 +134,20 @@ impl OpenTables {
         }
         let builder = DeltaTableBuilder::from_url(self.lakehouse.table_url(&name.table)?)?;
         match &name.version {
-            TableVersion::Version(version) => {
-                let latest = self.delta_table(&name.table).await?.version().unwrap_or(0);
-                match u64::try_from(*version) {
-                    Ok(v) if v <= latest => Ok(builder.with_version(v).load().await?),
-                    _ => Err(GobiError::plan(format!("table {} has no version {version} (the latest is {latest})", name.table))),
-                }
-            }
+            // Loaded before the latest is asked for: a version before a broken log file reads.
+            TableVersion::Version(version) => match u64::try_from(*version) {
+                Ok(v) => match builder.with_version(v).load().await {
+                    Ok(table) => Ok(table),
+                    Err(e) => {
+                        let latest = self.delta_table(&name.table).await?.version().unwrap_or(0);
+                        match v > latest {
+                            true => Err(GobiError::plan(format!("table {} has no version {version} (the latest is {latest})", name.table))),
+                            false => Err(e.into()),
+                        }
+                    }
+                },
+                Err(_) => Err(GobiError::plan(format!("table {} has no version {version}", name.table))),
+            },
             TableVersion::Timestamp(text) => {
                 let timestamp = parse_timestamp(text)?;
                 builder
@@ -301,6 +323,25 @@ impl SchemaProvider for LakehouseSchema {
     fn table_exist(&self, name: &str) -> bool {
         self.session_tables.read().contains_key(name) || self.lakehouse().table_exists(name) || self.lakehouse().view_sql(name).is_some()
     }
+}
+
+/// The first commit file in `log` (oldest first) with a line that is not JSON, and its version.
+fn first_log_file_not_json(log: &Path) -> Option<(String, u64)> {
+    let mut commits: Vec<(u64, String)> = std::fs::read_dir(log)
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let file = entry.file_name().to_str()?.to_string();
+            let version = file.strip_suffix(".json")?.parse().ok()?;
+            Some((version, file))
+        })
+        .collect();
+    commits.sort();
+    commits.into_iter().find_map(|(version, file)| {
+        let text = std::fs::read_to_string(log.join(&file)).ok()?;
+        let broken = text.lines().filter(|line| !line.trim().is_empty()).any(|line| serde_json::from_str::<serde_json::Value>(line).is_err());
+        broken.then_some((file, version))
+    })
 }
 
 /// A persisted view is its `CREATE VIEW` statement; planning it again yields the view's query.

@@ -77,6 +77,24 @@ fn an_upstream_error_never_shows_its_backtrace() {
     assert!(run.stderr.contains("Invalid data type for Delta Lake: Time64(ns)"), "{}", run.stderr);
 }
 
+/// A table whose newest log file is cut short hides only itself: SHOW TABLES lists every
+/// table, the others read, and its error names it and the file, and says what can be done
+/// (which works: the version before reads, and DROP TABLE removes it).
+#[test]
+fn a_corrupt_log_hides_only_its_own_table() {
+    let lh = Lakehouse::new();
+    lh.run("CREATE TABLE a AS SELECT 1 AS x; CREATE TABLE b AS SELECT 2 AS y; INSERT INTO b VALUES (3)").ok();
+    std::fs::write(lh.path().join("tables/b/_delta_log/00000000000000000001.json"), "{\"commitInfo\": {\"timestamp\": 1").unwrap();
+    assert_eq!(lh.values("SHOW TABLES"), rows![["a", "table"], ["b", "table"]]);
+    assert_eq!(lh.values("SELECT x FROM a"), rows![[1]]);
+    let run = lh.run("SELECT y FROM b").user_error();
+    assert!(run.stderr.contains("table b cannot be read: its log file _delta_log/00000000000000000001.json is not valid JSON"), "{}", run.stderr);
+    assert!(run.stderr.contains("SELECT * FROM b AS OF VERSION 0") && run.stderr.contains("DROP TABLE b"), "{}", run.stderr);
+    assert_eq!(lh.values("SELECT y FROM b AS OF VERSION 0"), rows![[2]]);
+    lh.run("DROP TABLE b").ok();
+    assert_eq!(lh.values("SHOW TABLES"), rows![["a", "table"]]);
+}
+
 #[test]
 fn a_failing_statement_stops_the_script_after_the_ones_before_it() {
     let lh = Lakehouse::new();

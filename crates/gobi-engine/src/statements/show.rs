@@ -79,11 +79,15 @@ impl Session {
         let schema = self.ctx.catalog("datafusion").and_then(|c| c.schema("public")).ok_or_else(|| GobiError::internal("the public schema is missing"))?;
         let names = schema.table_names();
         let mut kinds = Vec::with_capacity(names.len());
+        // Known without opening a table: one whose log is broken is still listed.
         for name in &names {
-            let kind = match schema.table_type(name).await? {
-                Some(datafusion::datasource::TableType::View) => "view",
-                _ if self.lakehouse().is_some_and(|l| l.table_exists(name)) => "table",
-                _ => "session table",
+            let kind = match self.lakehouse() {
+                Some(lakehouse) if lakehouse.table_exists(name) => "table",
+                Some(lakehouse) if lakehouse.view_sql(name).is_some() => "view",
+                _ => match schema.table_type(name).await? {
+                    Some(datafusion::datasource::TableType::View) => "view",
+                    _ => "session table",
+                },
             };
             kinds.push(kind);
         }

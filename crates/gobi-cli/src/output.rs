@@ -2,15 +2,15 @@
 //!
 //! A table fits its terminal: at most `--max-rows` rows (the first and last halves, a `·` row
 //! between), long cells cut with `…`, and when the columns are still too wide, the middle ones
-//! dropped for a `…` column; the footer says what was left out. CSV, JSON and lines stream
-//! every row as it comes.
+//! dropped for a `…` column; the footer says what was left out. CSV, JSON, lines and Markdown
+//! stream every row as it comes (nothing but a table's shown rows is kept).
 
 use std::collections::VecDeque;
 use std::io::Write as _;
 
 use std::sync::Arc;
 
-use comfy_table::{presets::ASCII_MARKDOWN, presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement, Table};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement, Table};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray as _, RecordBatch, StringBuilder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -117,7 +117,7 @@ impl Printer {
         let schema = Arc::clone(stream.schema());
         let mut sink = match self.format {
             Format::Table => Sink::Table(Kept::new(self.layout.max_rows)),
-            Format::Markdown => Sink::Markdown(vec![]),
+            Format::Markdown => Sink::Markdown { header_written: false },
             Format::Csv => Sink::Csv { header_written: false },
             Format::Json => Sink::Json { first: true },
             Format::Line => Sink::Line { first: true },
@@ -128,7 +128,7 @@ impl Printer {
             return reader_left(0);
         }
         // Streamed rows show their own progress; a table drawn at the end shows the line.
-        let buffered = matches!(sink, Sink::Table(_) | Sink::Markdown(_));
+        let buffered = matches!(sink, Sink::Table(_));
         let drain = async {
             while let Some(batch) = stream.next().await {
                 let batch = batch?;
@@ -218,8 +218,10 @@ impl Drop for ProgressLine<'_> {
 enum Sink {
     /// Keeps the rows a table shows, drawn once the result ends.
     Table(Kept),
-    /// Keeps every row, drawn once the result ends.
-    Markdown(Vec<RecordBatch>),
+    /// A Markdown table, streamed: the header with the first rows (or at the end, with none).
+    Markdown {
+        header_written: bool,
+    },
     /// The header line comes with the first batch that has rows (or at the end, with none).
     Csv {
         header_written: bool,
@@ -320,9 +322,9 @@ impl Sink {
                 kept.push(batch);
                 Ok(String::new())
             }
-            Sink::Markdown(rows) => {
-                rows.push(batch.clone());
-                Ok(String::new())
+            Sink::Markdown { header_written } => {
+                let header = if std::mem::replace(header_written, true) { String::new() } else { markdown_header(&batch.schema()) };
+                Ok(header + &markdown_rows(batch)?)
             }
             Sink::Line { first } => lines(batch, std::mem::take(first)),
             Sink::Csv { header_written } => csv(batch, !std::mem::replace(header_written, true)),
@@ -341,7 +343,8 @@ impl Sink {
                 let (head, tail) = kept.shown(total);
                 table(schema, &head, &tail, total, layout)
             }
-            Sink::Markdown(rows) => markdown(schema, rows),
+            Sink::Markdown { header_written: false } => Ok(markdown_header(schema)),
+            Sink::Markdown { .. } => Ok(String::new()),
             Sink::Csv { header_written: false } => {
                 let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
                 Ok(format!("{}\n", names.join(",")))
@@ -479,15 +482,22 @@ pub fn table(schema: &SchemaRef, head: &[RecordBatch], tail: &[RecordBatch], tot
     Ok(format!("{table}\n{footer}\n"))
 }
 
-/// Every row as a Markdown table.
-fn markdown(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<String, GobiError> {
-    let mut table = Table::new();
-    table.load_preset(ASCII_MARKDOWN).set_content_arrangement(ContentArrangement::Disabled);
-    table.set_header(schema.fields().iter().map(|f| f.name().as_str()));
-    for row in cells(batches)? {
-        table.add_row(row.iter().map(|cell| fit(cell, usize::MAX).replace('|', "\\|")));
-    }
-    Ok(format!("{table}\n"))
+/// The header of a Markdown table.
+fn markdown_header(schema: &SchemaRef) -> String {
+    let names: Vec<String> = schema.fields().iter().map(|f| markdown_cell(f.name())).collect();
+    format!("| {} |\n|{}|\n", names.join(" | "), vec!["---"; names.len()].join("|"))
+}
+
+/// One batch's rows as Markdown table lines (a table needs no aligned columns to render).
+fn markdown_rows(batch: &RecordBatch) -> Result<String, GobiError> {
+    Ok(cells(std::slice::from_ref(batch))?
+        .iter()
+        .map(|row| format!("| {} |\n", row.iter().map(|c| markdown_cell(c)).collect::<Vec<_>>().join(" | ")))
+        .collect())
+}
+
+fn markdown_cell(text: &str) -> String {
+    fit(text, usize::MAX).replace('|', "\\|")
 }
 
 /// One batch's rows as `column = value` lines, names aligned, a blank line between rows.

@@ -130,6 +130,8 @@ fn a_wide_result_fits_eighty_columns() {
     );
     let lines = gobi(&["query", "--format", "line", "SELECT 1 AS a, 'x' AS long_name UNION ALL SELECT 2, 'y'"], dir.path()).ok();
     assert_eq!(lines.stdout, "        a = 1\nlong_name = x\n\n        a = 2\nlong_name = y\n");
+    let markdown = gobi(&["query", "--format", "markdown", "SELECT 1 AS a, 'x|y' AS b"], dir.path()).ok();
+    assert_eq!(markdown.stdout, "| a | b |\n|---|---|\n| 1 | x\\|y |\n");
 }
 
 /// A long result shows its first and last rows, a `·` row between, and a footer with the count;

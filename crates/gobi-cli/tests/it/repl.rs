@@ -83,6 +83,20 @@ impl Terminal {
         }
     }
 
+    /// Waits for gobi to leave, successfully, within 30 s.
+    #[track_caller]
+    fn expect_exit(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "{status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "gobi repl did not quit; the terminal shows:\n{}", strip_ansi(&self.raw()));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The raw output (with colors) since the start.
     fn raw(&self) -> String {
         self.screen.lock().unwrap().clone()
@@ -173,15 +187,7 @@ fn repl_completes_reads_multiple_lines_lists_variables_and_cancels_with_ctrl_c()
     term.expect("40");
 
     term.send(".quit\r");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = term.child.try_wait().unwrap() {
-            assert!(status.success(), "{status}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "gobi repl did not quit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    term.expect_exit();
 }
 
 /// DuckDB's dot commands: `.mode`, `.maxrows`, `.timer`, `.read`, `.output`, `.import`; a
@@ -226,13 +232,5 @@ fn repl_dot_commands_change_output_read_files_and_import() {
     term.send("SELECT 1\r");
     term.expect("... ");
     term.send(".quit\r");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = term.child.try_wait().unwrap() {
-            assert!(status.success(), "{status}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "gobi repl did not quit after unfinished input: {}", term.raw());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    term.expect_exit();
 }

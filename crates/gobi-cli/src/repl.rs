@@ -12,9 +12,10 @@ use rustyline::{Context, Editor, Helper, Hinter, Validator};
 use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
-use gobi_engine::{GobiError, Output, Session};
+use gobi_engine::{GobiError, Output, Session, Stops};
 use gobi_lang::{is_complete, GrizzlyDialect};
 use std::sync::Arc;
+use tokio::sync::Notify;
 
 use crate::output::Printer;
 use crate::{run_statements, CliResult, Failure};
@@ -232,10 +233,12 @@ struct Shell {
     printer: Printer,
     /// `.timer on`: each statement's run time on stderr.
     timer: bool,
+    /// Told of each Ctrl-C (see [`watch_ctrl_c`]).
+    ctrl_c: Arc<Notify>,
 }
 
 pub fn run(runtime: &tokio::runtime::Runtime, session: Session, printer: Printer) -> CliResult {
-    let mut shell = Shell { printer, timer: false };
+    let mut shell = Shell { printer, timer: false, ctrl_c: watch_ctrl_c(session.stops())? };
     let mut editor: Editor<GrizzlyHelper, DefaultHistory> = Editor::new().map_err(|e| GobiError::internal(e.to_string()))?;
     let mut helper = GrizzlyHelper { color: std::env::var_os("NO_COLOR").is_none(), ..Default::default() };
     helper.refresh(runtime, &session);
@@ -298,6 +301,28 @@ pub fn run(runtime: &tokio::runtime::Runtime, session: Session, printer: Printer
     Ok(())
 }
 
+/// Ctrl-C, seen on a thread of its own: tokio hears signals on the runtime's idle workers,
+/// and a query can keep every worker busy. Each Ctrl-C stops the session's running
+/// statements (their operators fail at their next poll) and tells the REPL, which drops the
+/// statement's future (for what waits outside the operators: admission, a commit).
+fn watch_ctrl_c(stops: Stops) -> Result<Arc<Notify>, GobiError> {
+    let ctrl_c = Arc::new(Notify::new());
+    let told = Arc::clone(&ctrl_c);
+    let signals = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| GobiError::internal(e.to_string()))?;
+    std::thread::Builder::new()
+        .name("gobi-ctrl-c".into())
+        .spawn(move || {
+            signals.block_on(async {
+                while tokio::signal::ctrl_c().await.is_ok() {
+                    stops.stop_all();
+                    told.notify_waiters();
+                }
+            })
+        })
+        .map_err(|e| GobiError::internal(e.to_string()))?;
+    Ok(ctrl_c)
+}
+
 /// Runs the statements until they finish or Ctrl-C arrives; dropping the future stops the
 /// query, and an unfinished write never commits.
 fn run_cancellable(runtime: &tokio::runtime::Runtime, session: &Session, source: &str, shell: &Shell) {
@@ -305,7 +330,7 @@ fn run_cancellable(runtime: &tokio::runtime::Runtime, session: &Session, source:
     let outcome = runtime.block_on(async {
         tokio::select! {
             result = run_statements(session, source, &shell.printer) => result.map(|_| ()),
-            _ = tokio::signal::ctrl_c() => Err(Failure::from(GobiError::new(gobi_engine::ErrorKind::Cancelled, "query cancelled"))),
+            () = shell.ctrl_c.notified() => Err(Failure::from(GobiError::cancelled())),
         }
     });
     if let Err(failure) = outcome {

@@ -105,8 +105,9 @@ impl Engine {
         let memory = MemoryManager::new(limits);
         let outside_statements = memory.begin_query("(outside statements: schemas, views)", StatementLimits::default());
         let mut swept_at_start = (0, 0);
-        let spill_dir =
-            lakehouse.as_ref().and_then(|lakehouse| match lakehouse.sweep_spill_dirs().and_then(|swept| Ok((swept, lakehouse.create_spill_dir()?))) {
+        // A read-only lakehouse spills to the system's temporary folder, as an in-memory engine.
+        let spill_dir = lakehouse.as_ref().filter(|l| !l.is_read_only()).and_then(|lakehouse| {
+            match lakehouse.sweep_spill_dirs().and_then(|swept| Ok((swept, lakehouse.create_spill_dir()?))) {
                 Ok((swept, dir)) => {
                     if swept.0 > 0 {
                         tracing::info!("removed {} spill folders left by processes that are gone", swept.0);
@@ -118,7 +119,8 @@ impl Engine {
                     tracing::warn!("cannot prepare the spill folder ({}); spilling to the system's temporary folder", e.message);
                     None
                 }
-            });
+            }
+        });
         let spill = match &spill_dir {
             Some(dir) => DiskManagerMode::Directories(vec![dir.path().to_path_buf()]),
             None => DiskManagerMode::OsTmpDirectory,
@@ -133,7 +135,8 @@ impl Engine {
             )
             .build_arc()
             .expect("a runtime over gobi's memory manager");
-        let log_url = |name: &str| lakehouse.as_ref().and_then(|l| l.log_url(name).ok());
+        // A read-only lakehouse keeps this run's log rows in memory only, as an in-memory engine.
+        let log_url = |name: &str| lakehouse.as_ref().filter(|l| !l.is_read_only()).and_then(|l| l.log_url(name).ok());
         let query_log = DeltaLog::new("query_log", log_url("query_log"), query_log_schema());
         let events = DeltaLog::new("memory_events", log_url("memory_events"), events_schema());
         let result_cache = ResultCache::new(Arc::clone(&memory));

@@ -77,6 +77,11 @@ impl GobiError {
         Self::new(ErrorKind::Internal, message)
     }
 
+    /// A statement stopped by Ctrl-C or [`crate::Session::cancel`].
+    pub fn cancelled() -> Self {
+        Self::new(ErrorKind::Cancelled, "query cancelled")
+    }
+
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
@@ -378,6 +383,16 @@ pub fn spill_budget_exceeded(error: &DataFusionError) -> bool {
     false
 }
 
+/// A value Arrow could not convert, as it says so once `clean_message` has taken its
+/// prefixes: "Cannot cast string 'abc' to value of Int64 type" → (`abc`, `Int64`).
+/// delta-rs passes it on as text, after what it interrupted ("'simplify_expressions' failed").
+pub fn failed_cast(message: &str) -> Option<(String, String)> {
+    const CAST: &str = "Cannot cast string '";
+    let rest = &message[message.find(CAST)? + CAST.len()..];
+    let (value, to) = rest.rsplit_once("' to value of ")?;
+    Some((value.to_string(), to.strip_suffix(" type")?.to_string()))
+}
+
 /// The table a statement names that does not exist, as the statement wrote it
 /// (`usres`, not DataFusion's `datafusion.public.usres`); `None` for any other error.
 /// DataFusion says it as a `Plan` error "table 'catalog.schema.name' not found".
@@ -514,6 +529,22 @@ mod tests {
         assert_eq!(clean_message(kernel), "Failed to convert into Arrow schema: External error: Schema error: Invalid data type for Delta Lake: Time64(ns)");
         assert_eq!(clean_message("boom\n\nStack backtrace:\n   0: f"), "boom");
         assert_eq!(clean_message("two lines\nof message"), "two lines\nof message");
+    }
+
+    #[tokio::test]
+    async fn a_failed_cast_is_read_from_arrows_words() {
+        let error = GobiError::from(datafusion_error(&roomy(), "SELECT CAST('12x' AS BIGINT) + 1").await);
+        assert_eq!(failed_cast(&error.message), Some(("12x".to_string(), "Int64".to_string())), "{}", error.message);
+        let error = GobiError::from(datafusion_error(&roomy(), "SELECT CAST('it''s' AS DATE)").await);
+        assert_eq!(failed_cast(&error.message), Some(("it's".to_string(), "Date32".to_string())), "{}", error.message);
+        assert_eq!(failed_cast("Cannot cast to Int64"), None);
+        // Through delta-rs, which plans a write's input itself and passes the error on as text.
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = roomy();
+        let plan = ctx.sql("SELECT CAST('abc' AS BIGINT) AS id").await.unwrap().into_unoptimized_plan();
+        let error = not_null_table(dir.path()).await.write(vec![]).with_input_plan(plan).with_session_state(Arc::new(ctx.state())).await.unwrap_err();
+        let error = GobiError::from(error);
+        assert_eq!(failed_cast(&error.message), Some(("abc".to_string(), "Int64".to_string())), "{}", error.message);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! out a batch, the stream checks that the statement's actual bytes are within its limit plus
 //! `memory.actual_margin`, and stops it with a clear error when not. Consumers an operator
 //! registers while it starts or runs are attributed to its node, whose peak reserved bytes
-//! `EXPLAIN ANALYZE` shows as `peak_reserved`.
+//! `EXPLAIN ANALYZE` shows as `peak_reserved`. Each poll first checks the statement's
+//! [`Stop`], so a cancelled statement ends even where no operator yields (see `cancel`).
 //!
 //! ```text
 //!   ScopedExec(SortExec')            SortExec' = SortExec with its child replaced
@@ -22,26 +23,28 @@ use std::task::{Context, Poll};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::Result;
+use datafusion::common::{Result, Statistics};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::metrics::{Gauge, Metric, MetricValue, MetricsSet};
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_plan::{ChildStats, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, StatisticsArgs};
 use futures::Stream;
 use gobi_memory::{allocator, registering_for, NodeMemory, QueryMemory};
+
+use crate::cancel::Stop;
 
 /// Wraps every node of `plan` so its work is charged to `query`. The root hands each batch it
 /// returns over to its reader: the reader (the CLI printing rows, delta-rs's writer tasks)
 /// frees it outside any poll, so without that a streamed result or a write would count every
 /// batch it ever made.
-pub fn scoped(plan: Arc<dyn ExecutionPlan>, query: &Arc<QueryMemory>) -> Result<Arc<dyn ExecutionPlan>> {
-    let scoped = wrap(plan, query)?;
+pub fn scoped(plan: Arc<dyn ExecutionPlan>, query: &Arc<QueryMemory>, stop: &Stop) -> Result<Arc<dyn ExecutionPlan>> {
+    let scoped = wrap(plan, query, stop)?;
     Ok(Arc::new(ScopedExec { root: true, ..scoped }))
 }
 
-fn wrap(plan: Arc<dyn ExecutionPlan>, query: &Arc<QueryMemory>) -> Result<ScopedExec> {
-    let children = plan.children().into_iter().map(|child| wrap(Arc::clone(child), query).map(|c| Arc::new(c) as _)).collect::<Result<Vec<_>>>()?;
+fn wrap(plan: Arc<dyn ExecutionPlan>, query: &Arc<QueryMemory>, stop: &Stop) -> Result<ScopedExec> {
+    let children = plan.children().into_iter().map(|child| wrap(Arc::clone(child), query, stop).map(|c| Arc::new(c) as _)).collect::<Result<Vec<_>>>()?;
     let inner = if children.is_empty() {
         plan
     } else {
@@ -49,7 +52,7 @@ fn wrap(plan: Arc<dyn ExecutionPlan>, query: &Arc<QueryMemory>) -> Result<Scoped
         // its state (a hash join's dynamic filter stays the one its scan was given).
         plan.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep))?
     };
-    Ok(ScopedExec { inner, query: Arc::clone(query), node: Arc::default(), root: false })
+    Ok(ScopedExec { inner, query: Arc::clone(query), stop: stop.clone(), node: Arc::default(), root: false })
 }
 
 /// What the plan's operators spilled: (spill files written, bytes written).
@@ -61,6 +64,7 @@ pub fn spills(plan: &Arc<dyn ExecutionPlan>) -> (u64, u64) {
 pub struct ScopedExec {
     inner: Arc<dyn ExecutionPlan>,
     query: Arc<QueryMemory>,
+    stop: Stop,
     node: Arc<NodeMemory>,
     /// The plan's root: the batches it returns leave the statement's allocator count.
     root: bool,
@@ -74,7 +78,7 @@ impl fmt::Debug for ScopedExec {
 
 impl ScopedExec {
     fn rewrapped(&self, inner: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
-        Arc::new(ScopedExec { inner, query: Arc::clone(&self.query), node: Arc::clone(&self.node), root: self.root })
+        Arc::new(ScopedExec { inner, query: Arc::clone(&self.query), stop: self.stop.clone(), node: Arc::clone(&self.node), root: self.root })
     }
 }
 
@@ -127,7 +131,16 @@ impl ExecutionPlan for ScopedExec {
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let _scope = allocator::enter(self.query.actual());
         let inner = registering_for(&self.node, || self.inner.execute(partition, context))?;
-        Ok(Box::pin(ScopedStream { inner, query: Arc::clone(&self.query), node: Arc::clone(&self.node), root: self.root }))
+        Ok(Box::pin(ScopedStream { inner, query: Arc::clone(&self.query), stop: self.stop.clone(), node: Arc::clone(&self.node), root: self.root }))
+    }
+
+    // Its children are the inner node's (wrapped), so the inner node derives the statistics.
+    fn statistics_from_inputs(&self, input_stats: &[Arc<Statistics>], args: &StatisticsArgs) -> Result<Arc<Statistics>> {
+        self.inner.statistics_from_inputs(input_stats, args)
+    }
+
+    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
+        self.inner.child_stats_requests(partition)
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -146,6 +159,7 @@ impl ExecutionPlan for ScopedExec {
 struct ScopedStream {
     inner: SendableRecordBatchStream,
     query: Arc<QueryMemory>,
+    stop: Stop,
     node: Arc<NodeMemory>,
     root: bool,
 }
@@ -154,7 +168,10 @@ impl Stream for ScopedStream {
     type Item = Result<RecordBatch>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let ScopedStream { inner, query, node, root } = &mut *self;
+        let ScopedStream { inner, query, stop, node, root } = &mut *self;
+        if let Some(cancelled) = stop.check() {
+            return Poll::Ready(Some(Err(cancelled)));
+        }
         let polled = {
             let _scope = allocator::enter(query.actual());
             registering_for(node, || inner.as_mut().poll_next(cx))

@@ -61,6 +61,9 @@ temp = "25MiB"    # session values, such as `let` tables
 pub struct Lakehouse {
     root: PathBuf,
     config: Config,
+    /// The user may read the folder but not write to it (its permissions, a read-only mount):
+    /// found when it is opened. Writes are refused by [`Lakehouse::writable`]; reads work.
+    read_only: bool,
 }
 
 impl Lakehouse {
@@ -86,7 +89,25 @@ impl Lakehouse {
         let text = fs::read_to_string(&config_path)?;
         let config: Config = toml::from_str(&text).map_err(|e| GobiError::new(ErrorKind::Lakehouse, format!("{}: {}", config_path.display(), e.message())))?;
         let root = dir.canonicalize()?;
-        Ok(Self { root, config })
+        // An unnamed file (O_TMPFILE) asks the folder for write permission and leaves nothing.
+        let read_only =
+            matches!(tempfile::tempfile_in(&root), Err(e) if matches!(e.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem));
+        Ok(Self { root, config, read_only })
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Refuses a change to a lakehouse the user may only read, before anything is written.
+    /// Every write checks it where it enters: the governed write path, ALTER TABLE, and
+    /// the folder's own writes (removing a table, saving or removing a definition).
+    pub fn writable(&self) -> Result<()> {
+        if !self.read_only {
+            return Ok(());
+        }
+        Err(GobiError::new(ErrorKind::Lakehouse, format!("the lakehouse {} is read-only: gobi can read it but not write to it", self.root.display()))
+            .with_hint("ask for write permission on the folder, or copy it somewhere you can write"))
     }
 
     pub fn root(&self) -> &Path {
@@ -181,6 +202,7 @@ impl Lakehouse {
     /// Removes a table's folder: first renamed into `_gobi/trash` (one atomic step, after
     /// which the table is gone for every reader), then deleted.
     pub fn remove_table(&self, name: &str) -> Result<()> {
+        self.writable()?;
         let folder = self.table_path(name)?;
         let trash = self.root.join(STATE_DIR).join("trash");
         fs::create_dir_all(&trash)?;
@@ -230,6 +252,7 @@ impl Lakehouse {
 
     /// Stores the statement that defines `name`; an error if `name` is not one file name.
     pub fn save_definition(&self, kind: Definition, name: &str, text: &str) -> Result<()> {
+        self.writable()?;
         let path = self.name_path(kind.into(), name)?;
         fs::create_dir_all(path.parent().expect("definitions live in folders"))?;
         write_atomically(&path, text.as_bytes())
@@ -238,6 +261,7 @@ impl Lakehouse {
     /// Removes the definition; `false` when there was none, an error if `name` is not one
     /// file name.
     pub fn remove_definition(&self, kind: Definition, name: &str) -> Result<bool> {
+        self.writable()?;
         match fs::remove_file(self.name_path(kind.into(), name)?) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),

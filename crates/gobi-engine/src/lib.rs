@@ -11,6 +11,7 @@
 //! write paths (writes) and the user-facing error type (error). It does not parse text
 //! (gobi-lang does) and does not print anything (the CLI does).
 
+mod cancel;
 mod catalog;
 mod copy;
 mod delta_scan;
@@ -19,6 +20,7 @@ mod error;
 mod functions;
 mod governed;
 mod join;
+mod keys;
 mod lakehouse;
 mod logs;
 mod memo;
@@ -32,10 +34,12 @@ mod scan;
 mod session;
 mod settings;
 mod statements;
+mod stored_types;
 mod topk;
 mod variables;
 mod writes;
 
+pub use cancel::Stops;
 pub use engine::{CleanupReport, Engine};
 pub use error::{ErrorKind, GobiError, Result};
 pub use lakehouse::{Config, Lakehouse, CONFIG_FILE};

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use datafusion::arrow::array::UInt64Array;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::{ExecutionPlan, StatisticsArgs, StatisticsContext};
 use futures::{Stream, StreamExt};
 use gobi_lang::Position;
 
@@ -107,6 +107,26 @@ impl Progress {
         let plan = self.0.lock().as_ref()?.upgrade()?;
         Some(scanned(&plan))
     }
+
+    /// The share of its sources' rows the running plan has read, when every source knows
+    /// how many rows it has (a Delta table's log, a Parquet footer, a range).
+    pub(crate) fn read_share(&self) -> Option<f64> {
+        let plan = self.0.lock().as_ref()?.upgrade()?;
+        let total = source_rows(&plan)?;
+        (total > 0).then(|| scanned(&plan).0 as f64 / total as f64)
+    }
+}
+
+/// The rows the plan's leaves hold in all: each leaf's own count, or where a leaf does not
+/// know it, the count of the nearest node above it that does (a Delta scan's rows come from
+/// the table's log, above the Parquet scan).
+fn source_rows(plan: &Arc<dyn ExecutionPlan>) -> Option<u64> {
+    let children = plan.children();
+    let below = if children.is_empty() { None } else { children.into_iter().map(source_rows).sum() };
+    below.or_else(|| {
+        let statistics = StatisticsContext::new().compute(plan.as_ref(), &StatisticsArgs::new()).ok()?;
+        statistics.num_rows.get_value().map(|&rows| rows as u64)
+    })
 }
 
 /// What the plan's leaves (its scans) have read: rows out, and bytes scanned.

@@ -38,6 +38,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
 use gobi_memory::{ByteSize, PoolKind, QueryMemory, StatementLimits};
 
+use crate::cancel::{Stop, Stops};
 use crate::engine::{Engine, RETAINED_FREE_PAGES};
 use crate::error::{ErrorKind, GobiError, Result};
 use crate::governed;
@@ -59,15 +60,21 @@ pub(crate) struct Statement {
     scope: Arc<QueryMemory>,
     entry: LogEntry,
     progress: Progress,
+    /// Set when the statement is dropped before its end or the session cancels it.
+    stop: Stop,
 }
 
 impl Statement {
     /// Admits a statement and opens its scope. `logged`: false for gobi's own report queries,
     /// which stay out of the query log. `progress`: the session's, told of every plan the
-    /// statement runs.
-    pub(crate) async fn begin(engine: &Arc<Engine>, text: &str, limits: StatementLimits, logged: bool, progress: &Progress) -> Result<Self> {
+    /// statement runs; `stops`: the session's, so it can cancel the statement.
+    pub(crate) async fn begin(engine: &Arc<Engine>, text: &str, limits: StatementLimits, logged: bool, progress: &Progress, stops: &Stops) -> Result<Self> {
         engine.admit().await?;
+        let stop = Stop::default();
+        stops.running(&stop);
         let scope = engine.memory().begin_query(text, limits);
+        let read = progress.clone();
+        scope.measure_input_with(Box::new(move || read.read_share()));
         let entry = LogEntry {
             engine: Arc::clone(engine),
             scope: Arc::clone(&scope),
@@ -78,7 +85,7 @@ impl Statement {
             delivered: 0,
             outcome: None,
         };
-        Ok(Self { engine: Arc::clone(engine), scope, entry, progress: progress.clone() })
+        Ok(Self { engine: Arc::clone(engine), scope, entry, progress: progress.clone(), stop })
     }
 
     /// The session's state with this statement's scope as its memory pool, execution fitted
@@ -106,7 +113,7 @@ impl Statement {
             }
             rules.push(Arc::new(TopKInBudget::new(self.scope.limit())));
             rules.push(Arc::new(ReservedScans::new(runtime)));
-            rules.push(Arc::new(Govern { scope: Arc::clone(&self.scope), progress: self.progress.clone() }));
+            rules.push(Arc::new(Govern { scope: Arc::clone(&self.scope), progress: self.progress.clone(), stop: self.stop.clone() }));
             builder = builder.with_physical_optimizer_rules(rules);
         }
         let mut state = builder.build();
@@ -201,6 +208,14 @@ impl Statement {
     }
 }
 
+impl Drop for Statement {
+    /// A write's future dropped half-way (Ctrl-C) leaves delta-rs's plan running in spawned
+    /// tasks: the stop ends them. After the statement's end it changes nothing.
+    fn drop(&mut self) {
+        self.stop.set();
+    }
+}
+
 /// A query's plan while its batches stream out.
 struct Running {
     /// Taken when the statement ends.
@@ -259,6 +274,7 @@ impl Drop for Running {
         // go first, so the plan's tasks are aborted; the log row (cancelled, with the rows
         // delivered) is written once they have given their memory back.
         let Some(mut statement) = self.statement.take() else { return };
+        statement.stop.set();
         self.stream = Box::pin(datafusion::physical_plan::EmptyRecordBatchStream::new(self.stream.schema()));
         if let Some(plan) = self.plan.take() {
             statement.entry.spills = governed::spills(&plan);
@@ -279,11 +295,12 @@ impl Drop for Running {
 struct Govern {
     scope: Arc<QueryMemory>,
     progress: Progress,
+    stop: Stop,
 }
 
 impl PhysicalOptimizerRule for Govern {
     fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let plan = governed::scoped(plan, &self.scope)?;
+        let plan = governed::scoped(plan, &self.scope, &self.stop)?;
         self.progress.running(&plan);
         Ok(plan)
     }

@@ -24,6 +24,7 @@ use gobi_lang::{expand_statement, parse_script, Ast, Command, FunctionDef, Scope
 use gobi_memory::StatementLimits;
 use parking_lot::RwLock;
 
+use crate::cancel::Stops;
 use crate::catalog::{FileTableFactory, LakehouseSchema};
 use crate::engine::Engine;
 use crate::error::{GobiError, Result};
@@ -51,6 +52,8 @@ pub struct Session {
     reporting: AtomicBool,
     /// How far the running statement has read (its latest plan).
     pub(crate) progress: Progress,
+    /// The stop flags of the statements it runs.
+    pub(crate) stops: Stops,
 }
 
 /// A variable as `.vars` lists it.
@@ -112,6 +115,7 @@ impl Session {
             memory_tables: Default::default(),
             reporting: AtomicBool::new(false),
             progress: Progress::default(),
+            stops: Stops::default(),
         };
         session.load_functions();
         session
@@ -136,6 +140,19 @@ impl Session {
     /// while the statement runs).
     pub fn progress(&self) -> Progress {
         self.progress.clone()
+    }
+
+    /// Stops whatever statement the session runs (a server's cancel request; the CLI drops
+    /// the statement's future instead, which stops it the same way): its next poll fails
+    /// with "query cancelled", its memory and spill files are released. True if one ran.
+    pub fn cancel(&self) -> bool {
+        self.stops.stop_all()
+    }
+
+    /// A handle that cancels this session's statements from another thread (a signal
+    /// handler's, a server's connection task).
+    pub fn stops(&self) -> Stops {
+        self.stops.clone()
     }
 
     pub fn lakehouse(&self) -> Option<&Lakehouse> {
@@ -188,7 +205,10 @@ impl Session {
                 None => Err(needs_lakehouse("SHOW HISTORY")),
             },
             Command::Sql(ast) => match self.expand(ast) {
-                Ok(ast) => self.execute_sql(&ast, &statement.text).await,
+                Ok(ast) => match self.execute_sql(&ast, &statement.text).await {
+                    Err(e) => Err(self.located(e, &ast).await),
+                    ok => ok,
+                },
                 Err(e) => Err(e),
             },
             Command::Let { name, value } => self.let_variable(name, value).await,

@@ -53,8 +53,8 @@ impl TableValue {
     }
 
     /// A table the catalog can scan, sharing this value's buffers.
-    pub fn table(&self) -> Result<Arc<MemTable>> {
-        Ok(Arc::new(MemTable::try_new(Arc::clone(&self.schema), vec![self.batches.clone()])?))
+    pub fn table(&self) -> Result<MemTable> {
+        Ok(MemTable::try_new(Arc::clone(&self.schema), vec![self.batches.clone()])?)
     }
 
     /// `table(id Int64, total Float64)`: what `@TypeOf` says of a table.

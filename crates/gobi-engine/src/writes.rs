@@ -9,7 +9,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::metadata::FieldMetadata;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::Column;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryReservation};
@@ -19,7 +20,6 @@ use datafusion::logical_expr::{cast, CreateMemoryTable, DdlStatement, Expr, Logi
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::sql::sqlparser::ast::{ColumnDef, Statement as SqlStatement};
-use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::StructField;
 use deltalake::protocol::SaveMode;
@@ -28,7 +28,9 @@ use gobi_lang::Ast;
 
 use crate::catalog::{unknown_table, LakehouseSchema};
 use crate::error::{classify_delta, not_null_violation, ErrorKind, GobiError, NotNullViolation, Result};
+use crate::keys;
 use crate::output::Output;
+use crate::stored_types::{kernel_field, stored_field, stored_type};
 
 /// What a write did: its output, and the rows it added or changed for the query log.
 pub struct Written {
@@ -63,12 +65,14 @@ pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create
             GobiError::plan(format!("table {name} already exists")).with_hint("use CREATE TABLE IF NOT EXISTS, CREATE OR REPLACE TABLE, or DROP TABLE first")
         );
     }
+    let declared_keys = keys::column_metadata(&create.constraints, create.input.schema().as_arrow());
+    // Before the table's folder exists: a column Delta cannot hold is refused here.
+    let input = delta_input(Arc::unwrap_or_clone(Arc::clone(&create.input)), Some(&declared_keys))?;
     std::fs::create_dir_all(lakehouse.table_path(name)?)?;
     let table = if exists { schema.delta_table(name).await? } else { DeltaTable::try_from_url(lakehouse.table_url(name)?).await? };
     let has_rows = !matches!(create.input.as_ref(), LogicalPlan::EmptyRelation(empty) if !empty.produce_one_row);
     let table = if has_rows || exists {
         let writer = WriterMemory::reserve(state)?;
-        let input = delta_compatible(Arc::unwrap_or_clone(Arc::clone(&create.input)))?;
         let mut write = table
             .write(vec![])
             .with_input_plan(input)
@@ -83,7 +87,7 @@ pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create
         }
         write.await
     } else {
-        let columns = delta_columns(create.input.schema().inner())?;
+        let columns = delta_columns(create.input.schema().inner(), Some(&declared_keys))?;
         table.create().with_columns(columns).with_table_name(name).with_commit_properties(commit_properties()).await
     };
     let table = table.map_err(|e| match classify_delta(&e) {
@@ -106,6 +110,8 @@ pub async fn insert(state: &SessionState, schema: &LakehouseSchema, name: &str, 
     let table = writable_table(schema, name).await?;
     let input_columns = output_sources(&input);
     let table_columns = table_columns(&table)?;
+    // Columns Delta stores as another type arrive as declared (the table reads so).
+    let input = if input.schema().fields().iter().any(|f| stored_type(f.data_type()).is_some()) { delta_input(input, None)? } else { input };
     let writer = WriterMemory::reserve(state)?;
     let table = table
         .write(vec![])
@@ -301,7 +307,7 @@ pub async fn add_columns(schema: &LakehouseSchema, name: &str, columns: Vec<(Fie
     }
     let added: Vec<String> = fields.iter().map(|f| f.name().clone()).collect();
     if !fields.is_empty() {
-        let columns = delta_columns(&Arc::new(Schema::new(fields)))?;
+        let columns = delta_columns(&Arc::new(Schema::new(fields)), None)?;
         let table = table.add_columns().with_fields(columns).with_commit_properties(commit_properties()).await?;
         schema.remember(name, table).await;
     }
@@ -450,49 +456,39 @@ fn refuse_defaults(create: &CreateMemoryTable) -> Result<()> {
     }
 }
 
-/// The Delta type for an Arrow type Delta cannot store: the next wider integer, or for
-/// timestamps microseconds (Delta's only unit; finer values are truncated).
-fn delta_type(data_type: &DataType) -> Option<DataType> {
-    match data_type {
-        DataType::UInt8 => Some(DataType::Int16),
-        DataType::UInt16 => Some(DataType::Int32),
-        DataType::UInt32 | DataType::UInt64 => Some(DataType::Int64),
-        DataType::Float16 => Some(DataType::Float32),
-        DataType::Null => Some(DataType::Utf8),
-        DataType::Timestamp(unit, zone) if *unit != TimeUnit::Microsecond => Some(DataType::Timestamp(TimeUnit::Microsecond, zone.clone())),
-        _ => None,
-    }
-}
-
-/// The Delta columns of an Arrow schema, widened where Delta needs it (see [`delta_type`]).
-fn delta_columns(schema: &SchemaRef) -> Result<Vec<StructField>> {
+/// The Delta columns of an Arrow schema, stored as Delta can (see `stored_types`), with each
+/// column's key metadata when the table is created (see `keys`).
+fn delta_columns(schema: &SchemaRef, keys: Option<&[String]>) -> Result<Vec<StructField>> {
     schema
         .fields()
         .iter()
-        .map(|field| {
-            let data_type = delta_type(field.data_type()).unwrap_or_else(|| field.data_type().clone());
-            let field = field.as_ref().clone().with_data_type(data_type);
-            (&field).try_into_kernel().map_err(|e| GobiError::plan(format!("column {}: {e}", field.name())))
+        .enumerate()
+        .map(|(i, field)| {
+            let mut field = stored_field(field)?;
+            if let Some(keys) = keys.map(|keys| &keys[i]).filter(|keys| *keys != keys::NO_KEYS) {
+                field = field.clone().with_metadata(keys::with_keys(field.metadata(), keys));
+            }
+            kernel_field(&field)
         })
         .collect()
 }
 
-/// Casts the columns Delta cannot store as they are (see [`delta_type`]).
-fn delta_compatible(plan: LogicalPlan) -> Result<LogicalPlan> {
-    let fields: Vec<_> = plan.schema().iter().map(|(q, f)| (q.cloned(), Arc::clone(f))).collect();
-    if fields.iter().all(|(_, f)| delta_type(f.data_type()).is_none()) {
-        return Ok(plan);
+/// A write's input as Delta stores it: each column cast to its stored type, with its declared
+/// type in its metadata (see `stored_types`); for a created table (`keys`, one per column)
+/// also its key metadata, which replaces what a column read from a keyed table carries.
+fn delta_input(plan: LogicalPlan, keys: Option<&[String]>) -> Result<LogicalPlan> {
+    let mut columns = vec![];
+    for (i, (qualifier, field)) in plan.schema().iter().enumerate() {
+        let stored = stored_field(field)?;
+        let column = Expr::Column(Column::new(qualifier.cloned(), field.name()));
+        let value = if stored.data_type() == field.data_type() { column } else { cast(column, stored.data_type().clone()) };
+        // A column in no key gets key metadata only to replace what it was read with.
+        let metadata = match keys.map(|keys| &keys[i]).filter(|keys| *keys != keys::NO_KEYS || field.metadata().contains_key(keys::METADATA)) {
+            Some(keys) => keys::with_keys(stored.metadata(), keys),
+            None => stored.metadata().clone(),
+        };
+        columns.push(value.alias_with_metadata(field.name(), Some(FieldMetadata::from(metadata))));
     }
-    let columns: Vec<Expr> = fields
-        .into_iter()
-        .map(|(qualifier, field)| {
-            let column = Expr::Column(Column::new(qualifier, field.name()));
-            match delta_type(field.data_type()) {
-                Some(target) => cast(column, target).alias(field.name()),
-                None => column,
-            }
-        })
-        .collect();
     Ok(LogicalPlanBuilder::from(plan).project(columns)?.build()?)
 }
 

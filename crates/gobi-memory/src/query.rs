@@ -185,6 +185,20 @@ pub struct QueryMemory {
     /// A request that cannot spill waited for room and none came (see `waited_for_room`).
     waited_in_vain: AtomicBool,
     consumers: RwLock<HashMap<usize, Arc<Consumer>>>,
+    /// How much of its input the statement has read, for the advice after a refusal.
+    input_read: InputGauge,
+}
+
+/// The share (0 to 1) of a statement's input read so far, when its sources' sizes are known.
+pub type InputRead = Box<dyn Fn() -> Option<f64> + Send + Sync>;
+
+#[derive(Default)]
+struct InputGauge(std::sync::OnceLock<InputRead>);
+
+impl fmt::Debug for InputGauge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.get().is_some() { "InputGauge(set)" } else { "InputGauge(unset)" })
+    }
 }
 
 #[derive(Debug)]
@@ -289,6 +303,39 @@ impl QueryMemory {
             ended: AtomicBool::new(false),
             waited_in_vain: AtomicBool::new(false),
             consumers: RwLock::new(HashMap::new()),
+            input_read: InputGauge::default(),
+        }
+    }
+
+    /// Tells the statement how to measure the share of its input read so far (the engine
+    /// knows its plans' sources); a refusal's advice scales what was needed to the whole input.
+    pub fn measure_input_with(&self, input_read: InputRead) {
+        // Set once, when the statement starts; a second gauge would measure the same input.
+        let _ = self.input_read.0.set(input_read);
+    }
+
+    /// What to set the refused limit to, in bytes of the statement's limit, with why. `needed`:
+    /// what the statement held under the limit plus what it asked. What can spill needs that
+    /// and a quarter more. What cannot spill grows with its input and is combined at the end
+    /// (partial aggregates merged, a final value built from what was kept), which holds it
+    /// twice: twice what it needed so far, scaled to the whole input when the share read is
+    /// known.
+    fn advice(&self, needed: usize, can_spill: bool) -> (usize, String) {
+        if can_spill {
+            return (needed + needed / 4, String::new());
+        }
+        let read = self.input_read.0.get().and_then(|read| read()).filter(|r| *r > 0.0 && *r < 1.0);
+        match read {
+            Some(read) => {
+                let whole = (needed as f64 / read) as usize;
+                let why = format!(
+                    " (it cannot spill and had read {:.0}% of its input: about {} for all of it, twice that to combine it)",
+                    read * 100.0,
+                    ByteSize(whole as u64)
+                );
+                (whole * 2, why)
+            }
+            None => (needed * 2, " (it cannot spill: twice what it needed so far, to combine it at the end)".to_string()),
         }
     }
 
@@ -337,11 +384,15 @@ impl QueryMemory {
             return Ok(());
         }
         self.rejected.fetch_add(1, Ordering::Relaxed);
+        // Untracked memory cannot spill: the limit that would have held it, scaled like a
+        // refusal's. The limit refused is the statement's own when it has one.
+        let (advised, why) = self.advice(actual, false);
+        let setting = if self.limit.is_some() { "memory.query_limit" } else { "memory.query_pool" };
         Err(DataFusionError::ResourcesExhausted(format!(
             "query {} was stopped: it holds {} from the allocator, more than the {} it may hold (its {} limit plus the {} margin, \
              never more than all pools' {} together), while its operators reserved only {}; \
              the rest ({} untracked) is memory no operator reserves (decoded batches, results, intermediates). \
-             Make the query keep less (aggregate or LIMIT it), or raise the limit: SET memory.query_pool = '{}MiB'",
+             Make the query keep less (aggregate or LIMIT it), or raise the limit{why}: SET {setting} = '{}MiB'",
             self.id,
             ByteSize(actual as u64),
             ByteSize(allowed as u64),
@@ -350,7 +401,7 @@ impl QueryMemory {
             ByteSize(self.budget.total_limit() as u64),
             ByteSize(self.peak() as u64),
             ByteSize(actual.saturating_sub(self.reserved_bytes()) as u64),
-            (limit + actual - allowed).div_ceil(1 << 20),
+            advised.div_ceil(1 << 20).max(1),
         )))
     }
 
@@ -569,7 +620,13 @@ impl QueryMemory {
         if let Some(limit) = self.limit {
             let reserved = self.reserved.load(Ordering::Acquire);
             if reserved + short > limit {
-                return Err(Refused { available: limit.saturating_sub(reserved), limit, what: "this query's memory limit", setting: "memory.query_limit" });
+                return Err(Refused {
+                    available: limit.saturating_sub(reserved),
+                    limit,
+                    what: "this query's memory limit",
+                    setting: "memory.query_limit",
+                    setting_value: limit,
+                });
             }
             most = most.min(limit - reserved);
         }
@@ -587,6 +644,7 @@ impl QueryMemory {
                     limit: share,
                     what: "this operator's share of the query pool",
                     setting: "memory.query_pool",
+                    setting_value: self.budget.pool(PoolKind::Query).limit(),
                 });
             }
             most = most.min(share - held);
@@ -595,7 +653,9 @@ impl QueryMemory {
         let bytes = match pool.try_reserve_between(short, most) {
             Ok(bytes) => bytes,
             Err(_) if self.budget.borrow(short, &self.borrowed, reservation.consumer().name(), self.id) => short,
-            Err(available) => return Err(Refused { available, limit: pool.limit(), what: "the query pool", setting: "memory.query_pool" }),
+            Err(available) => {
+                return Err(Refused { available, limit: pool.limit(), what: "the query pool", setting: "memory.query_pool", setting_value: pool.limit() })
+            }
         };
         self.granted(consumer, bytes);
         Ok(())
@@ -604,7 +664,7 @@ impl QueryMemory {
     /// The one message for a request that does not fit: pool, request, limit, who holds the
     /// memory, and the setting to raise.
     fn exhausted(&self, reservation: &MemoryReservation, bytes: usize, refused: Refused) -> DataFusionError {
-        let Refused { available, limit, what, setting } = refused;
+        let Refused { available, limit, what, setting, setting_value } = refused;
         self.rejected.fetch_add(1, Ordering::Relaxed);
         let pool = self.budget.pool(PoolKind::Query);
         if pool.pressure() > Pressure::Normal {
@@ -623,12 +683,14 @@ impl QueryMemory {
                 format!("{} of query {query} ({}) holds {}", c.name, if c.can_spill { "can spill" } else { "cannot spill" }, ByteSize(c.reserved as u64))
             })
             .collect();
-        let needed = (limit + bytes - available).div_ceil(1 << 20) as u64;
+        let (advised, why) = self.advice(limit - available + bytes, reservation.consumer().can_spill());
+        // The setting sizes the limit refused (a pool, or a fair share of one) in proportion.
+        let advised = (advised as u128 * setting_value as u128 / limit.max(1) as u128) as u64;
         let borrowed = self.borrowed.bytes();
         let borrowed = if borrowed > 0 { format!(", and {} borrowed from the cache pool", ByteSize(borrowed as u64)) } else { String::new() };
         DataFusionError::ResourcesExhausted(format!(
             "{what} is full: {} (query {}) asked for {} more with {} of the {} limit reserved ({} in the whole query pool{borrowed}). \
-             Largest holders: {}. Raise the limit: SET {setting} = '{}MiB'",
+             Largest holders: {}. Raise the limit{why}: SET {setting} = '{}MiB'",
             reservation.consumer().name(),
             self.id,
             ByteSize(bytes as u64),
@@ -636,7 +698,7 @@ impl QueryMemory {
             ByteSize(limit as u64),
             ByteSize(pool.reserved() as u64),
             if top.is_empty() { "none".to_string() } else { top.join("; ") },
-            needed.max(1),
+            advised.div_ceil(1 << 20).max(1),
         ))
     }
 }
@@ -647,6 +709,8 @@ struct Refused {
     limit: usize,
     what: &'static str,
     setting: &'static str,
+    /// The setting's value now: `limit` is it, or a share of it.
+    setting_value: usize,
 }
 
 impl fmt::Display for QueryMemory {

@@ -210,6 +210,34 @@ fn a_reader_that_stops_ends_the_statement() {
     assert!(status.success(), "a reader going away is not an error");
 }
 
+/// An engine-level cancel (what a server does on a client's cancel request) stops a
+/// statement whose operators never yield: the statement fails as cancelled, its memory goes
+/// back to the pool, and the session runs the next statement.
+#[test]
+fn a_cancelled_statement_stops_and_gives_its_memory_back() {
+    let runtime = runtime();
+    let session = Arc::new(Session::in_memory());
+    let running = {
+        let session = Arc::clone(&session);
+        runtime.spawn(async move { session.run_script("SELECT count(*) FROM range(0, 100000000) a, range(0, 100000000) b").await })
+    };
+    // Cancelled once its scans have read rows (its operators are busy), not before it starts.
+    let progress = session.progress();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while progress.scanned().is_none_or(|(rows, _)| rows == 0) {
+        assert!(Instant::now() < deadline, "the statement never started");
+        std::thread::yield_now();
+    }
+    assert!(session.cancel(), "the session knows its running statement");
+    let stopped = Instant::now();
+    let error = runtime.block_on(running).unwrap().expect_err("a cancelled statement fails");
+    assert_eq!(error.kind, gobi_engine::ErrorKind::Cancelled, "{error:?}");
+    assert!(stopped.elapsed() < Duration::from_secs(10), "the cancel took {:?}", stopped.elapsed());
+    assert_eq!(session.engine().memory().pool(PoolKind::Query).reserved(), 0);
+    let answer = runtime.block_on(session.run_script("SELECT 20 * 2")).unwrap();
+    assert_eq!(strings(&answer[0]), ["40"]);
+}
+
 /// Without a lakehouse, CREATE TABLE holds its rows from the temp pool, like a `let` table, and
 /// gives them back when dropped.
 #[test]

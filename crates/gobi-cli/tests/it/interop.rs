@@ -55,6 +55,38 @@ print(json.dumps({{"types": [str(t) for t in df.dtypes], "rows": [[None if v is 
     assert_eq!(from_polars["rows"], json!([["1", "a", "1.50", "0.25", "True", "2026-01-02", "7"], ["2", "b", null, null, null, null, null]]));
 }
 
+/// What Delta cannot hold as declared is stored losslessly; other readers see the stored type.
+#[test]
+fn types_gobi_stores_as_others_are_read_as_stored_in_deltalake_and_polars() {
+    if !require(python_has("deltalake, polars, pyarrow"), "Python deltalake, polars and pyarrow") {
+        return;
+    }
+    let lh = Lakehouse::new();
+    lh.run(
+        "CREATE TABLE u AS SELECT arrow_cast(18446744073709551615, 'UInt64') AS big, arrow_cast(200, 'UInt8') AS small, CAST('10:00:00' AS TIME) AS at_time",
+    )
+    .ok();
+    let path = lh.path().join("tables/u");
+    let from_deltalake = python(&format!(
+        r#"
+import json, deltalake
+t = deltalake.DeltaTable({path:?}).to_pyarrow_table()
+print(json.dumps({{"types": [str(f.type) for f in t.schema], "rows": [[str(v) for v in r.values()] for r in t.to_pylist()]}}))
+"#
+    ));
+    assert_eq!(from_deltalake["types"], json!(["decimal128(20, 0)", "int16", "int64"]));
+    assert_eq!(from_deltalake["rows"], json!([["18446744073709551615", "200", "36000000000000"]]));
+    let from_polars = python(&format!(
+        r#"
+import json, polars as pl
+df = pl.read_delta({path:?})
+print(json.dumps({{"types": [str(t) for t in df.dtypes], "rows": [[str(v) for v in r] for r in df.rows()]}}))
+"#
+    ));
+    assert_eq!(from_polars["types"], json!(["Decimal(precision=20, scale=0)", "Int16", "Int64"]));
+    assert_eq!(from_polars["rows"], json!([["18446744073709551615", "200", "36000000000000"]]));
+}
+
 #[test]
 fn tables_written_by_deltalake_and_polars_are_queried_by_gobi() {
     if !require(python_has("deltalake, polars, pyarrow"), "Python deltalake, polars and pyarrow") {

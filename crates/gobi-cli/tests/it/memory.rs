@@ -239,6 +239,9 @@ fn a_query_that_cannot_fit_fails_with_one_clear_message_and_the_session_goes_on(
     for part in ["this query's memory limit is full", "AggregateStream", "cannot spill", "SET memory.query_limit = '"] {
         assert!(run.stderr.contains(part), "{part} in:\n{}", run.stderr);
     }
+    // The advice comes from what the whole input needs: followed once, the query runs.
+    let advised = run.stderr.split("SET memory.query_limit = '").nth(1).and_then(|rest| rest.split('\'').next()).unwrap();
+    assert_eq!(lh.values(&format!("SET memory.query_limit = '{advised}'; {gather}")), crate::rows![[400000]], "advised {advised}");
     // In one session (the REPL): the failed query releases everything and the next one runs.
     // (The result cache is off: it would keep the answer in the cache pool.)
     let session = format!(

@@ -190,6 +190,54 @@ fn repl_completes_reads_multiple_lines_lists_variables_and_cancels_with_ctrl_c()
     term.expect_exit();
 }
 
+/// Ctrl-C stops a cross join whose operators never wait for input (so never yield to the
+/// runtime): gobi's threads stop using CPU, and the REPL answers the next statement.
+#[test]
+fn ctrl_c_stops_a_cross_join_and_its_threads() {
+    let lh = Lakehouse::new();
+    let mut term = Terminal::spawn(&lh);
+    term.expect("gobi> ");
+    term.send("SELECT count(*) FROM range(0, 100000000) a, range(0, 100000000) b;\r");
+    let busy = cpu_time(term.child.id());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cpu_time(term.child.id()) < busy + Duration::from_millis(500) {
+        assert!(Instant::now() < deadline, "the cross join never used the CPU");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    term.send("\x03");
+    term.expect("query cancelled");
+    term.expect("gobi> ");
+    // Idle: over a quarter of a second the process uses (almost) no CPU. Before the stop
+    // reached every operator, both cores stayed busy until the process was killed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = cpu_time(term.child.id());
+        std::thread::sleep(Duration::from_millis(250));
+        let used = cpu_time(term.child.id()) - before;
+        if used < Duration::from_millis(50) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "10 s after Ctrl-C gobi still uses {used:?} of CPU per 250 ms");
+    }
+    term.send("SELECT 20 * 2 AS doubled;\r");
+    term.expect("40");
+    term.send(".quit\r");
+    term.expect_exit();
+}
+
+/// User plus system CPU time of process `pid`, from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process runs");
+    // Fields after the command name, which is in parentheses and may hold spaces: utime and
+    // stime are the 14th and 15th fields of the line, the 12th and 13th after it.
+    let after_name = &stat[stat.rfind(')').expect("a command name") + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
 /// DuckDB's dot commands: `.mode`, `.maxrows`, `.timer`, `.read`, `.output`, `.import`; a
 /// psql backslash command is named as such; `.quit` leaves even after unfinished input.
 #[test]

@@ -244,3 +244,63 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
     entries.flatten().flat_map(|e| if e.path().is_dir() { files_under(&e.path()) } else { vec![e.path()] }).collect()
 }
+
+/// A lakehouse made read-only for the runs of [`ReadOnly::gobi`] until dropped: every folder
+/// and file loses its write bits, and when the tests run as root (as in CI, where permissions
+/// do not bite) gobi runs as `nobody` through `setpriv`, from a copy of the binary that user
+/// can read.
+pub struct ReadOnly<'a> {
+    lakehouse: &'a Path,
+    binary: tempfile::TempDir,
+}
+
+impl<'a> ReadOnly<'a> {
+    pub fn new(lakehouse: &'a Path) -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
+        let binary = tempfile::tempdir().unwrap();
+        std::fs::copy(GOBI, binary.path().join("gobi")).unwrap();
+        for dir in [binary.path(), lakehouse] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        set_modes(lakehouse, 0o555, 0o444);
+        Self { lakehouse, binary }
+    }
+
+    /// Runs gobi in the lakehouse as a user who may read it and not write it.
+    pub fn gobi(&self, args: &[&str]) -> Run {
+        let binary = self.binary.path().join("gobi");
+        let mut command = if is_root() {
+            let mut command = Command::new("setpriv");
+            command.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]).arg(binary);
+            command
+        } else {
+            Command::new(binary)
+        };
+        command.args(args).current_dir(self.lakehouse).env_remove("GOBI_LAKEHOUSE").env("RUST_BACKTRACE", "1").env("HOME", self.binary.path());
+        Run::from(command.output().expect("gobi runs"))
+    }
+}
+
+impl Drop for ReadOnly<'_> {
+    fn drop(&mut self) {
+        set_modes(self.lakehouse, 0o755, 0o644);
+    }
+}
+
+fn set_modes(dir: &Path, dirs: u32, files: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            set_modes(&path, dirs, files);
+        } else {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(files)).unwrap();
+        }
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dirs)).unwrap();
+}
+
+fn is_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status.lines().find_map(|line| line.strip_prefix("Uid:")).and_then(|ids| ids.split_whitespace().nth(1)) == Some("0")
+}

@@ -215,3 +215,55 @@ fn join_planning_sees_the_delta_logs_statistics() {
     assert_eq!(scans, ["DeltaStatisticsExec: rows=Inexact(3)", "DeltaStatisticsExec: rows=Inexact(5000)"], "{physical}");
     assert_eq!(lh.values("SELECT big.v, small.name FROM big JOIN small ON big.k = small.k ORDER BY 1"), rows![[2, "a"], [4, "b"], [6, "c"]]);
 }
+
+#[test]
+fn declared_keys_are_kept_and_let_a_group_by_a_key_select_the_other_columns() {
+    let lh = Lakehouse::new();
+    lh.run("CREATE TABLE c (id BIGINT PRIMARY KEY, name STRING, city STRING, email STRING UNIQUE); INSERT INTO c VALUES (1, 'Ann', 'Oslo', 'a@x'), (2, 'Bo', 'Rome', 'b@x')").ok();
+    let grouped = "SELECT id, name, city, count(*) AS n FROM c GROUP BY id ORDER BY id";
+    assert_eq!(lh.values(grouped), rows![[1, "Ann", "Oslo", 1], [2, "Bo", "Rome", 1]]);
+    assert_eq!(lh.values("SELECT email, name FROM c GROUP BY email ORDER BY email"), rows![["a@x", "Ann"], ["b@x", "Bo"]]);
+    // The keys' column metadata stays out of query results, which DataFusion unites by it.
+    assert_eq!(lh.values("SELECT id FROM c UNION ALL SELECT 3 ORDER BY id"), rows![[1], [2], [3]]);
+    // Informational: a duplicate key is not refused.
+    lh.run("INSERT INTO c VALUES (1, 'Ann again', 'Oslo', 'c@x')").ok();
+    assert_eq!(lh.values("SELECT count(*) FROM c WHERE id = 1"), rows![[2]]);
+    // Without a key, the same query is refused as in SQL.
+    lh.run("CREATE TABLE plain (id BIGINT, name STRING)").ok();
+    lh.run("SELECT id, name FROM plain GROUP BY id").user_error();
+    // Other writers see column metadata they ignore.
+    let log = std::fs::read_to_string(lh.table_log("c").join("00000000000000000000.json")).unwrap();
+    assert!(log.contains(r#"\"gobi.keys\":\"[\\\"primary_key\\\"]\""#), "{log}");
+    // A table made from a keyed one has only the keys it declares; CREATE … AS may declare them.
+    lh.run("CREATE TABLE copy AS SELECT * FROM c").ok();
+    lh.run("SELECT id, name FROM copy GROUP BY id").user_error();
+    lh.run("CREATE TABLE k (id BIGINT PRIMARY KEY, v STRING) AS SELECT 1 AS id, 'x' AS v").ok();
+    assert_eq!(lh.values("SELECT id, v FROM k GROUP BY id"), rows![[1, "x"]]);
+    // A REPLACE replaces the keys.
+    lh.run("CREATE OR REPLACE TABLE k (id BIGINT, v STRING PRIMARY KEY) AS SELECT 1 AS id, 'x' AS v").ok();
+    assert_eq!(lh.values("SELECT v, id FROM k GROUP BY v"), rows![["x", 1]]);
+    lh.run("SELECT id, v FROM k GROUP BY id").user_error();
+    // Without a lakehouse the table is in memory and keeps its keys too.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let script = "CREATE TABLE m (k INT PRIMARY KEY, v STRING); INSERT INTO m VALUES (1, 'x'); SELECT k, v FROM m GROUP BY k";
+    let run = crate::support::gobi(&["query", "--format", "csv", script], elsewhere.path()).ok();
+    assert!(run.stdout.ends_with("k,v\n1,x\n"), "{}", run.stdout);
+}
+
+/// Types Delta cannot hold as they are: stored losslessly, read back by gobi as declared
+/// (filters and INSERT included), refused by name where Delta has no lossless form.
+#[test]
+fn types_delta_cannot_hold_are_stored_losslessly_and_read_back_as_declared() {
+    let lh = Lakehouse::new();
+    lh.run("CREATE TABLE u AS SELECT arrow_cast(18446744073709551615, 'UInt64') AS big, arrow_cast(200, 'UInt8') AS small, CAST('10:00:00.123456789' AS TIME) AS at_time").ok();
+    let typed =
+        "SELECT arrow_typeof(big) AS b, big, arrow_typeof(small) AS s, small, arrow_typeof(at_time) AS t, CAST(at_time AS STRING) AS at FROM u ORDER BY small";
+    assert_eq!(lh.values(typed), rows![["UInt64", 18446744073709551615u64, "UInt8", 200, "Time64(ns)", "10:00:00.123456789"]]);
+    lh.run("INSERT INTO u VALUES (5, 7, CAST('23:59:59' AS TIME))").ok();
+    assert_eq!(lh.values("SELECT small FROM u WHERE big > 18446744073709551614 OR at_time > CAST('23:00:00' AS TIME) ORDER BY small"), rows![[7], [200]]);
+    assert_eq!(lh.values("SELECT count(*) FROM u WHERE big = 5"), rows![[1]]);
+    let run = lh.run("CREATE TABLE iv AS SELECT INTERVAL '1 day' AS gap").user_error();
+    assert!(run.stderr.starts_with("error: column gap has type Interval(MonthDayNano), which a Delta table cannot hold\n"), "{}", run.stderr);
+    assert!(run.stderr.contains("CAST the column"), "{}", run.stderr);
+    assert!(!lh.path().join("tables/iv").exists(), "a refused table leaves no folder");
+}

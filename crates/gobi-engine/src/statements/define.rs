@@ -38,9 +38,9 @@ impl Session {
             self.ctx.deregister_table(name)?;
         }
         if let Value::Table(table) = &value {
-            if let Err(e) = self.ctx.register_table(name, table.table()?) {
+            if let Err(e) = self.ctx.register_table(name, Arc::new(table.table()?)) {
                 if let Some(Value::Table(old)) = &previous {
-                    self.ctx.register_table(name, old.table()?)?;
+                    self.ctx.register_table(name, Arc::new(old.table()?))?;
                 }
                 return Err(GobiError::from(e).with_hint("a table variable needs a name no table or view has"));
             }

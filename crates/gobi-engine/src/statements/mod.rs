@@ -3,9 +3,11 @@
 //! - `write.rs`: changes to tables (Delta writes through the governed path, in-memory tables
 //!   without a lakehouse, COPY from a file, ALTER TABLE);
 //! - `define.rs`: `let` variables and user functions;
-//! - `show.rs`: SHOW TABLES, SHOW MEMORY, SHOW SETTINGS and SET memory.*.
+//! - `show.rs`: SHOW TABLES, SHOW MEMORY, SHOW SETTINGS and SET memory.*;
+//! - `failure.rs`: a failed statement's error, pointed at the value it could not convert.
 
 mod define;
+mod failure;
 mod query;
 mod show;
 mod write;

@@ -43,7 +43,7 @@ impl Session {
     pub(crate) async fn query_plan(&self, plan: LogicalPlan, text: &str) -> Result<Output> {
         let cache_key = self.result_cache_key(&plan);
         let settings = *self.settings.read();
-        let mut statement = Statement::begin(self.engine(), text, settings, self.logged(), &self.progress).await?;
+        let mut statement = Statement::begin(self.engine(), text, settings, self.logged(), &self.progress, &self.stops).await?;
         if let Some((key, versions)) = &cache_key {
             if let Some((schema, batches)) = self.engine().result_cache().get(key, versions) {
                 return Ok(Output::Rows(statement.cached(schema, batches)));

@@ -59,8 +59,11 @@ impl Session {
         F: FnOnce(datafusion::execution::session_state::SessionState) -> Fut,
         Fut: std::future::Future<Output = Result<writes::Written>>,
     {
+        if let Some(lakehouse) = self.lakehouse() {
+            lakehouse.writable()?;
+        }
         let settings = *self.settings.read();
-        let mut statement = Statement::begin(self.engine(), text, settings, self.logged(), &self.progress).await?;
+        let mut statement = Statement::begin(self.engine(), text, settings, self.logged(), &self.progress, &self.stops).await?;
         let state = statement.state(&self.ctx.state())?;
         statement.finish_write(write(state)).await
     }
@@ -74,6 +77,7 @@ impl Session {
     /// `ALTER TABLE t ADD COLUMN …`: one commit.
     pub(crate) async fn alter_table(&self, alter: &AlterTable) -> Result<Output> {
         let schema = self.schema.as_ref().ok_or_else(|| needs_lakehouse("ALTER TABLE"))?;
+        schema.lakehouse().writable()?;
         let table = object_name(&alter.name);
         let mut columns = vec![];
         for operation in &alter.operations {
@@ -96,7 +100,8 @@ impl Session {
     /// are computed through the governed path, then held from the temp pool for as long as the
     /// table lives (an INSERT makes a new value of the old rows and the new).
     async fn write_in_memory(&self, plan: &LogicalPlan, text: &str) -> Result<Option<Output>> {
-        let (name, input, replace) = match plan {
+        // `created`: the keys a CREATE declares; `None` for an INSERT, which keeps the table's.
+        let (name, input, created) = match plan {
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => {
                 let name = create.name.table().to_string();
                 let exists = self.ctx.table_exist(name.as_str())?;
@@ -106,10 +111,10 @@ impl Session {
                 if exists && !(create.or_replace && self.memory_tables.read().contains_key(&name)) {
                     return Err(GobiError::plan(format!("table {name} already exists")).with_hint("use CREATE OR REPLACE TABLE, or DROP TABLE first"));
                 }
-                (name, create.input.as_ref().clone(), true)
+                (name, create.input.as_ref().clone(), Some(create.constraints.clone()))
             }
             LogicalPlan::Dml(DmlStatement { table_name, op: WriteOp::Insert(_), input, .. }) if self.memory_tables.read().contains_key(table_name.table()) => {
-                (table_name.table().to_string(), input.as_ref().clone(), false)
+                (table_name.table().to_string(), input.as_ref().clone(), None)
             }
             LogicalPlan::Ddl(DdlStatement::DropTable(drop)) if self.memory_tables.read().contains_key(drop.name.table()) => {
                 let name = drop.name.table();
@@ -123,8 +128,11 @@ impl Session {
             return Err(GobiError::internal("a table's rows came back as no rows"));
         };
         let added: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let replace = created.is_some();
+        let mut constraints = created.unwrap_or_default();
         if !replace {
             let old = self.ctx.table_provider(name.as_str()).await?;
+            constraints = old.constraints().cloned().unwrap_or_default();
             let mut rows = self.memory_tables.read().get(&name).map(TableValue::batches).unwrap_or_default();
             let schema = old.schema();
             for batch in batches {
@@ -135,7 +143,7 @@ impl Session {
         }
         let schema = if replace { schema } else { self.ctx.table_provider(name.as_str()).await?.schema() };
         let value = TableValue::new(schema, batches, self.engine().memory(), &format!("table {name}"))?;
-        let table: Arc<dyn TableProvider> = value.table()?;
+        let table: Arc<dyn TableProvider> = Arc::new(value.table()?.with_constraints(constraints));
         self.ctx.deregister_table(name.as_str())?;
         self.ctx.register_table(name.as_str(), table)?;
         self.memory_tables.write().insert(name.clone(), value);

@@ -4,6 +4,7 @@
 mod demo;
 mod memory;
 mod output;
+mod plan;
 mod repl;
 
 use std::io::{IsTerminal as _, Read as _};
@@ -106,6 +107,14 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// How a query runs: its physical plan under this run's memory, each operator's estimated
+    /// rows and bytes and whether what it holds can spill, each join's algorithm and why;
+    /// `--analyze` runs it and adds what each operator did. Statements before the last run
+    /// first (a SET, a CREATE); the last is the query planned.
+    #[command(
+        after_help = "Examples:\n  gobi plan \"SELECT c.name, count(*) FROM orders o JOIN customers c ON o.cid = c.id GROUP BY c.name\"\n  gobi --memory-query 4MiB plan --analyze --file q18.sql\n  gobi plan --format json \"SELECT ...\""
+    )]
+    Plan(PlanArgs),
     /// Generate TPC-H data into a new lakehouse and run a few TPC-H queries on it.
     #[command(after_help = "Example:\n  gobi demo              # scale 0.1 (~100 MiB of raw data) in ./gobi-demo\n  gobi demo big --scale 1")]
     Demo {
@@ -117,8 +126,9 @@ enum Command {
     },
 }
 
+/// Where a command's statements come from, and what they run on.
 #[derive(Args)]
-struct QueryArgs {
+struct Statements {
     /// The statements; `-` reads them from stdin. Text starting with `-` (a `-- comment`) is
     /// taken as statements too.
     #[arg(allow_hyphen_values = true)]
@@ -129,6 +139,46 @@ struct QueryArgs {
     /// Query the NAME.parquet files in DIR as read-only tables NAME; no lakehouse needed.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+}
+
+impl Statements {
+    /// The statements' text.
+    fn source(&self) -> Result<String, GobiError> {
+        match (&self.sql, &self.file) {
+            (_, Some(file)) => read_file(file),
+            (Some(sql), None) if sql == "-" => read_file(Path::new("-")),
+            (Some(sql), None) => Ok(sql.clone()),
+            (None, None) => Err(GobiError::new(ErrorKind::Usage, "no statements given")
+                .with_hint("gobi query \"SELECT 1\", gobi query - < script.sql, or gobi query --file script.sql")),
+        }
+    }
+
+    /// A session over `--data`'s files, else the lakehouse (or in memory).
+    async fn session(&self, lakehouse: Option<PathBuf>, memory: &MemoryArgs) -> Result<Session, GobiError> {
+        match &self.data {
+            Some(dir) => {
+                let session = memory.session(Engine::in_memory());
+                session.register_data_dir(dir).await?;
+                Ok(session)
+            }
+            None => memory.open_or_in_memory(lakehouse),
+        }
+    }
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    #[command(flatten)]
+    statements: Statements,
+    /// Run the query (its rows are not printed) and show what each operator did.
+    #[arg(long)]
+    analyze: bool,
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    #[command(flatten)]
+    statements: Statements,
     /// After the results, print one line `{"rows": N, "seconds": S}`: N rows in the last
     /// result, S seconds spent running the statements and writing their rows.
     #[arg(long, value_enum, value_name = "FORMAT")]
@@ -266,6 +316,7 @@ fn main() -> ExitCode {
             let format = if json { Format::Json } else { format };
             runtime.block_on(memory_report(cli.lakehouse, &cli.memory, report, format, &printer))
         }
+        Command::Plan(args) => runtime.block_on(plan::run(cli.lakehouse, &cli.memory, args, format, &printer)),
         Command::Demo { dir, scale } => runtime.block_on(demo::run(dir.or(cli.lakehouse).unwrap_or_else(|| "gobi-demo".into()), scale, &printer)),
     };
     match result {
@@ -318,24 +369,8 @@ fn open_lakehouse(dir: Option<PathBuf>) -> Result<Lakehouse, GobiError> {
 }
 
 async fn query(lakehouse: Option<PathBuf>, memory: &MemoryArgs, args: QueryArgs, printer: &Printer) -> CliResult {
-    let source = match (&args.sql, &args.file) {
-        (_, Some(file)) => read_file(file)?,
-        (Some(sql), None) if sql == "-" => read_file(Path::new("-"))?,
-        (Some(sql), None) => sql.clone(),
-        (None, None) => {
-            return Err(GobiError::new(ErrorKind::Usage, "no statements given")
-                .with_hint("gobi query \"SELECT 1\", gobi query - < script.sql, or gobi query --file script.sql")
-                .into())
-        }
-    };
-    let session = match &args.data {
-        Some(dir) => {
-            let session = memory.session(Engine::in_memory());
-            session.register_data_dir(dir).await?;
-            session
-        }
-        None => memory.open_or_in_memory(lakehouse)?,
-    };
+    let source = args.statements.source()?;
+    let session = args.statements.session(lakehouse, memory).await?;
     let summary = run_statements(&session, &source, printer).await;
     session.close().await;
     let summary = summary?;

@@ -148,6 +148,43 @@ impl Statement {
         Arc::new(TaskContext::from(state).with_session_config(config))
     }
 
+    /// What the statement may reserve: its `query_limit`, else the query pool.
+    pub(crate) fn statement_memory(&self) -> usize {
+        self.scope.limit()
+    }
+
+    /// The physical plan `plan` runs as under this statement (`gobi plan`).
+    pub(crate) async fn physical_plan(&mut self, state: &SessionState, plan: &LogicalPlan) -> Result<Arc<dyn ExecutionPlan>> {
+        match state.create_physical_plan(plan).await {
+            Ok(physical) => Ok(physical),
+            Err(error) => {
+                let error = self.engine.classify(error);
+                self.entry.outcome = Some(Err(error.message.clone()));
+                Err(error)
+            }
+        }
+    }
+
+    /// Runs `physical` (from [`Statement::physical_plan`]) to its end, dropping its rows
+    /// (`gobi plan --analyze`); its operators' metrics stay on it. The statement is logged
+    /// with the rows made.
+    pub(crate) async fn run_to_end(mut self, state: &SessionState, physical: &Arc<dyn ExecutionPlan>) -> Result<u64> {
+        let mut rows = 0;
+        let ran = async {
+            let mut stream = datafusion::physical_plan::execute_stream(Arc::clone(physical), self.task_context(state, physical))?;
+            while let Some(batch) = stream.next().await {
+                rows += batch?.num_rows() as u64;
+            }
+            Ok::<_, datafusion::error::DataFusionError>(())
+        }
+        .await;
+        self.entry.spills = governed::spills(physical);
+        let result = ran.map(|()| rows).map_err(|error| self.engine.classify(error));
+        self.entry.outcome = Some(result.as_ref().map(|rows| *rows).map_err(|e| e.message.clone()));
+        self.scope.wait_released(RELEASE_WAIT).await;
+        result
+    }
+
     /// Answers from cached batches (a result-cache hit).
     pub(crate) fn cached(mut self, schema: SchemaRef, batches: Vec<RecordBatch>) -> ResultStream {
         self.entry.from_cache = true;

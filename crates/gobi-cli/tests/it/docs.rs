@@ -64,7 +64,7 @@ fn the_cli_page_lists_every_command_flag_and_dot_command() {
     let page = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/cli.md")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let help = |args: &[&str]| gobi(args, dir.path()).ok().stdout;
-    let commands = ["init", "query", "run", "repl", "memory", "demo"];
+    let commands = ["init", "query", "run", "repl", "memory", "plan", "demo"];
     for command in commands {
         assert!(page.contains(&format!("`{command}")), "docs/cli.md lacks the command {command}");
         let text = help(&[command, "--help"]);

@@ -13,6 +13,7 @@ mod interop;
 mod joins;
 mod memory;
 mod pl_grizzly;
+mod plan;
 mod repl;
 mod support;
 mod tables;

@@ -38,6 +38,7 @@ use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, StatisticsArgs, StatisticsContext};
+use gobi_memory::ByteSize;
 
 pub use exec::SpillingHashJoinExec;
 use exec::{JoinSpec, Layout};
@@ -48,6 +49,13 @@ use exec::{JoinSpec, Layout};
 const INEXACT_MARGIN: usize = 128;
 /// Bytes per row for an estimate with rows but no bytes.
 const ROW_BYTES_GUESS: usize = 64;
+
+/// What [`SpillingJoins`] chose for one join: whether it spills, and why in words.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinChoice {
+    pub spills: bool,
+    pub reason: String,
+}
 
 /// The physical optimizer rule that puts [`SpillingHashJoinExec`] where a build may not fit.
 #[derive(Debug)]
@@ -62,20 +70,29 @@ impl SpillingJoins {
         Self { share: statement_memory / 4 }
     }
 
-    /// Whether DataFusion's estimate of the build says it fits its share, with room.
-    fn build_fits(&self, build: &Arc<dyn ExecutionPlan>) -> Result<bool> {
+    /// What the rule chooses for a join whose build side is `build`, and why: DataFusion's
+    /// join when the build's estimate fits the share with room, else the spilling join.
+    pub(crate) fn choice(&self, build: &Arc<dyn ExecutionPlan>) -> Result<JoinChoice> {
         let statistics = StatisticsContext::new().compute(build.as_ref(), &StatisticsArgs::new())?;
+        let share = ByteSize(self.share as u64);
         let bytes = match (statistics.total_byte_size.get_value(), statistics.num_rows.get_value()) {
             (Some(&bytes), _) if bytes > 0 => bytes,
             (_, Some(&rows)) => rows.saturating_mul(ROW_BYTES_GUESS),
-            _ => return Ok(false),
+            _ => return Ok(JoinChoice { spills: true, reason: format!("build size unknown, share {share}") }),
         };
-        let margin = if statistics.num_rows.is_exact() == Some(true) { 1 } else { INEXACT_MARGIN };
-        Ok(bytes.saturating_mul(margin) <= self.share)
+        let exact = statistics.num_rows.is_exact() == Some(true);
+        let margin = if exact { 1 } else { INEXACT_MARGIN };
+        let spills = bytes.saturating_mul(margin) > self.share;
+        let estimate = if exact {
+            format!("build {} (exact)", ByteSize(bytes as u64))
+        } else {
+            format!("build ≈{}, an estimate: ×{INEXACT_MARGIN} = {}", ByteSize(bytes as u64), ByteSize(bytes.saturating_mul(margin) as u64))
+        };
+        Ok(JoinChoice { spills, reason: format!("{estimate} {} share {share}", if spills { ">" } else { "≤" }) })
     }
 
     fn replacement(&self, join: &HashJoinExec, config: &ConfigOptions) -> Result<Option<Arc<dyn ExecutionPlan>>> {
-        if join.fetch().is_some() || self.build_fits(join.left())? {
+        if join.fetch().is_some() || !self.choice(join.left())?.spills {
             return Ok(None);
         }
         let spec = JoinSpec {

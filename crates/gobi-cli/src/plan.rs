@@ -1,0 +1,131 @@
+//! `gobi plan`: prints the engine's plan report as a tree that reads in an 80-column terminal,
+//! or as JSON (`--format json`).
+
+use std::path::PathBuf;
+
+use gobi_engine::{Estimate, GobiError, Holds, PlanNode, Session};
+use gobi_lang::parse_script;
+use gobi_memory::ByteSize;
+
+use crate::output::{Format, Printer};
+use crate::{CliResult, Failure, MemoryArgs, PlanArgs};
+
+/// Terminal width the text form keeps to.
+const WIDTH: usize = 80;
+
+pub async fn run(lakehouse: Option<PathBuf>, memory: &MemoryArgs, args: PlanArgs, format: Format, printer: &Printer) -> CliResult {
+    let source = args.statements.source()?;
+    let session = args.statements.session(lakehouse, memory).await?;
+    let result = plan(&session, &source, args.analyze, format, printer).await;
+    session.close().await;
+    result
+}
+
+async fn plan(session: &Session, source: &str, analyze: bool, format: Format, printer: &Printer) -> CliResult {
+    let with_source = |error: GobiError| Failure { error, source: Some(source.to_string()) };
+    let statements = parse_script(source).map_err(|e| with_source(e.into()))?;
+    let Some((query, setup)) = statements.split_last() else {
+        return Err(GobiError::new(gobi_engine::ErrorKind::Usage, "no statements given").with_hint("gobi plan \"SELECT …\"").into());
+    };
+    for statement in setup {
+        session.execute(statement).await.map_err(with_source)?.collect().await.map_err(with_source)?;
+    }
+    let report = session.plan(query, analyze).await.map_err(with_source)?;
+    let text = match format {
+        Format::Json => serde_json::to_string_pretty(&report).map_err(|e| GobiError::internal(e.to_string()))?,
+        _ => render(&report),
+    };
+    printer.print_line(text.trim_end())?;
+    Ok(())
+}
+
+/// The plan as a tree, an operator per entry: its name and estimates, its one-line description,
+/// for a join its algorithm and why, and after a run what it did with a bar of its peak
+/// reserved bytes against the plan's largest.
+fn render(report: &PlanNode) -> String {
+    let largest = largest_peak(report);
+    let mut out = String::new();
+    entry(report, "", "", largest, &mut out);
+    out
+}
+
+fn largest_peak(node: &PlanNode) -> u64 {
+    let own = node.actual.map_or(0, |a| a.peak_reserved_bytes);
+    node.children.iter().map(largest_peak).fold(own, u64::max)
+}
+
+fn entry(node: &PlanNode, first: &str, rest: &str, largest: u64, out: &mut String) {
+    let holds = match node.memory {
+        Holds::Streams => "",
+        Holds::Spills => "  spills",
+        Holds::CannotSpill => "  cannot spill",
+    };
+    out.push_str(&format!("{first}{}  rows {}  bytes {}{holds}\n", node.operator, estimate(node.estimated_rows, false), estimate(node.estimated_bytes, true)));
+    let inner = if node.children.is_empty() { format!("{rest}   ") } else { format!("{rest}│  ") };
+    cut(&inner, &node.detail, out);
+    if let Some(join) = &node.join {
+        wrap(&inner, &format!("{}: {}", join.algorithm, join.reason), out);
+        wrap(&inner, &format!("build {}, probe {}", join.build, join.probe), out);
+    }
+    if let Some(actual) = node.actual {
+        let ratio = match node.estimated_rows.value() {
+            Some(estimated) if estimated > 0 => format!(" ({:.2}× the estimate)", actual.rows as f64 / estimated as f64),
+            _ => String::new(),
+        };
+        wrap(&inner, &format!("ran: rows {}{ratio}, {:.1} ms", actual.rows, actual.elapsed_compute_ns as f64 / 1e6), out);
+        let spills = if actual.spills > 0 { format!(", spilled {} files, {}", actual.spills, ByteSize(actual.spilled_bytes)) } else { String::new() };
+        wrap(&inner, &format!("peak {:>9} {}{spills}", ByteSize(actual.peak_reserved_bytes).to_string(), bar(actual.peak_reserved_bytes, largest)), out);
+    }
+    let count = node.children.len();
+    for (i, child) in node.children.iter().enumerate() {
+        let (first, next) = if i + 1 == count { ("└─ ", "   ") } else { ("├─ ", "│  ") };
+        entry(child, &format!("{rest}{first}"), &format!("{rest}{next}"), largest, out);
+    }
+}
+
+/// The room a line under an entry has after its prefix.
+fn room(prefix: &str) -> usize {
+    WIDTH.saturating_sub(prefix.chars().count()).max(24)
+}
+
+/// A line under an entry cut to the terminal's width (DataFusion's description of a node can
+/// run to pages; `--format json` has it whole).
+fn cut(prefix: &str, text: &str, out: &mut String) {
+    let room = room(prefix);
+    let text: String = if text.chars().count() > room { text.chars().take(room - 1).chain(['…']).collect() } else { text.to_string() };
+    out.push_str(&format!("{prefix}{text}\n"));
+}
+
+/// Lines under an entry, the words of `text` wrapped to the terminal's width.
+fn wrap(prefix: &str, text: &str, out: &mut String) {
+    let room = room(prefix);
+    let mut current = String::new();
+    for word in text.split(' ') {
+        if !current.is_empty() && current.chars().count() + 1 + word.chars().count() > room {
+            out.push_str(&format!("{prefix}{current}\n"));
+            current = format!("  {word}");
+        } else {
+            if !current.is_empty() {
+                current.push(' ');
+            }
+            current.push_str(word);
+        }
+    }
+    out.push_str(&format!("{prefix}{current}\n"));
+}
+
+fn estimate(estimate: Estimate, bytes: bool) -> String {
+    let show = |n: u64| if bytes { ByteSize(n).to_string() } else { n.to_string() };
+    match estimate {
+        Estimate::Exact(n) => show(n),
+        Estimate::About(n) => format!("≈{}", show(n)),
+        Estimate::Unknown => "?".to_string(),
+    }
+}
+
+/// A bar of 20 cells for `part` of `whole`.
+fn bar(part: u64, whole: u64) -> String {
+    const CELLS: u64 = 20;
+    let filled = if whole == 0 { 0 } else { (part * CELLS).div_ceil(whole) };
+    format!("{}{}", "█".repeat(filled as usize), "·".repeat((CELLS - filled) as usize))
+}

@@ -80,6 +80,7 @@ pub async fn report(session: &Session, report: Report, format: Format) -> Result
         Format::Table | Format::Line | Format::Markdown => render_tables(&sections),
         Format::Csv => render_csv(&sections),
         Format::Json => render_json(&sections),
+        Format::Dot => return Err(crate::output::dot_needs_a_plan()),
     })
 }
 
@@ -88,7 +89,7 @@ fn row(fields: Vec<(&str, Value)>) -> Row {
 }
 
 /// A bar of 20 cells, filled in proportion to `part / whole`.
-fn bar(part: usize, whole: usize) -> String {
+pub fn bar(part: usize, whole: usize) -> String {
     let filled = (part.min(whole) * 20).checked_div(whole).unwrap_or(0);
     format!("{}{}", "█".repeat(filled), "░".repeat(20 - filled))
 }

@@ -29,6 +29,14 @@ pub enum Format {
     Line,
     /// A Markdown table of every row, to paste into documents.
     Markdown,
+    /// A Graphviz graph: `gobi plan` only.
+    Dot,
+}
+
+/// The error for `--format dot` where there is no plan to draw.
+pub fn dot_needs_a_plan() -> GobiError {
+    GobiError::new(gobi_engine::ErrorKind::Usage, "--format dot draws plans: use it with gobi plan")
+        .with_hint("gobi plan --format dot \"SELECT …\" | dot -Tsvg > plan.svg")
 }
 
 pub struct Printer {
@@ -121,6 +129,7 @@ impl Printer {
             Format::Csv => Sink::Csv { header_written: false },
             Format::Json => Sink::Json { first: true },
             Format::Line => Sink::Line { first: true },
+            Format::Dot => return Err(dot_needs_a_plan()),
         };
         let mut rows = 0;
         let reader_left = |rows| Ok(Printed { rows, reader_left: true });

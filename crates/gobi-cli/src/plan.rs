@@ -33,6 +33,7 @@ async fn plan(session: &Session, source: &str, analyze: bool, format: Format, pr
     let report = session.plan(query, analyze).await.map_err(with_source)?;
     let text = match format {
         Format::Json => serde_json::to_string_pretty(&report).map_err(|e| GobiError::internal(e.to_string()))?,
+        Format::Dot => dot(&report),
         _ => render(&report),
     };
     printer.print_line(text.trim_end())?;
@@ -74,7 +75,12 @@ fn entry(node: &PlanNode, first: &str, rest: &str, largest: u64, out: &mut Strin
         };
         wrap(&inner, &format!("ran: rows {}{ratio}, {:.1} ms", actual.rows, actual.elapsed_compute_ns as f64 / 1e6), out);
         let spills = if actual.spills > 0 { format!(", spilled {} files, {}", actual.spills, ByteSize(actual.spilled_bytes)) } else { String::new() };
-        wrap(&inner, &format!("peak {:>9} {}{spills}", ByteSize(actual.peak_reserved_bytes).to_string(), bar(actual.peak_reserved_bytes, largest)), out);
+        let bar = crate::memory::bar(actual.peak_reserved_bytes as usize, largest as usize);
+        wrap(&inner, &format!("peak {:>9} {bar}{spills}", ByteSize(actual.peak_reserved_bytes).to_string()), out);
+        if let Some(join) = actual.join.filter(|join| join.spilled_buckets > 0) {
+            let text = format!("buckets {} ({} spilled), {} rounds, re-split depth {}", join.buckets, join.spilled_buckets, join.rounds, join.max_depth);
+            wrap(&inner, &text, out);
+        }
     }
     let count = node.children.len();
     for (i, child) in node.children.iter().enumerate() {
@@ -123,9 +129,29 @@ fn estimate(estimate: Estimate, bytes: bool) -> String {
     }
 }
 
-/// A bar of 20 cells for `part` of `whole`.
-fn bar(part: u64, whole: u64) -> String {
-    const CELLS: u64 = 20;
-    let filled = if whole == 0 { 0 } else { (part * CELLS).div_ceil(whole) };
-    format!("{}{}", "█".repeat(filled as usize), "·".repeat((CELLS - filled) as usize))
+/// The plan as a Graphviz graph, rows flowing up: each node labelled with its operator, its
+/// estimates, a join's algorithm and, after a run, its rows and peak.
+fn dot(report: &PlanNode) -> String {
+    fn node(plan: &PlanNode, id: &mut usize, out: &mut String) -> usize {
+        let own = *id;
+        *id += 1;
+        let mut label = vec![plan.operator.clone(), format!("rows {} · bytes {}", estimate(plan.estimated_rows, false), estimate(plan.estimated_bytes, true))];
+        if let Some(join) = &plan.join {
+            label.push(join.algorithm.to_string());
+        }
+        if let Some(actual) = plan.actual {
+            label.push(format!("ran: rows {} · peak {}", actual.rows, ByteSize(actual.peak_reserved_bytes)));
+        }
+        let label = label.join("\\n").replace('"', "\\\"");
+        out.push_str(&format!("  n{own} [label=\"{label}\"];\n"));
+        for child in &plan.children {
+            let child = node(child, id, out);
+            out.push_str(&format!("  n{child} -> n{own};\n"));
+        }
+        own
+    }
+    let mut out = String::from("digraph plan {\n  node [shape=box, fontname=\"monospace\"];\n");
+    node(report, &mut 0, &mut out);
+    out.push_str("}\n");
+    out
 }

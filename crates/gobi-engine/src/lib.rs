@@ -45,6 +45,6 @@ pub use engine::{CleanupReport, Engine};
 pub use error::{ErrorKind, GobiError, Result};
 pub use lakehouse::{Config, Lakehouse, CONFIG_FILE};
 pub use output::{Collected, Output, Progress, ResultStream};
-pub use plan_report::{Actual, Estimate, Holds, JoinReport, PlanNode};
+pub use plan_report::{Actual, Estimate, Holds, JoinReport, JoinRun, PlanNode};
 pub use session::{Session, VariableSummary};
 pub use settings::{Owner, Setting, SETTINGS};

@@ -93,6 +93,20 @@ pub struct Actual {
     pub peak_reserved_bytes: u64,
     pub spills: u64,
     pub spilled_bytes: u64,
+    /// For the spilling hash join: how it ran.
+    pub join: Option<JoinRun>,
+}
+
+/// How a spilling hash join ran: all zero when its build fit in memory.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct JoinRun {
+    /// Buckets made by scattering and re-splitting, the build's and the probe's.
+    pub buckets: u64,
+    pub spilled_buckets: u64,
+    /// In-memory joins run: one when the build fits, else one per bucket or chunk.
+    pub rounds: u64,
+    /// The deepest re-split of a bucket too big.
+    pub max_depth: u64,
 }
 
 /// The report of `plan` as the statement's memory (`statement_memory`, what the statement may
@@ -187,5 +201,10 @@ fn actual(plan: &Arc<dyn ExecutionPlan>) -> Option<Actual> {
         peak_reserved_bytes,
         spills: metrics.spill_count().unwrap_or(0) as u64,
         spilled_bytes: metrics.spilled_bytes().unwrap_or(0) as u64,
+        join: plan.downcast_ref::<SpillingHashJoinExec>().map(|_| {
+            let sum = |name: &str| metrics.sum_by_name(name).map_or(0, |v| v.as_usize() as u64);
+            let max_depth = metrics.iter().filter(|m| m.value().name() == "max_depth").map(|m| m.value().as_usize() as u64).max().unwrap_or(0);
+            JoinRun { buckets: sum("buckets"), spilled_buckets: sum("spilled_buckets"), rounds: sum("rounds"), max_depth }
+        }),
     })
 }

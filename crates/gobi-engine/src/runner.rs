@@ -117,8 +117,8 @@ impl Statement {
             builder = builder.with_physical_optimizer_rules(rules);
         }
         let mut state = builder.build();
-        let query_pool = self.engine.memory().pool(PoolKind::Query).limit();
-        fit_execution_to_pool(state.config_mut().options_mut(), query_pool as u64);
+        // The statement's memory: a `query_limit` below the pool is what its sorts must fit.
+        fit_execution_to_pool(state.config_mut().options_mut(), self.scope.limit() as u64);
         if let Some(bytes) = self.engine.take_fault_leak() {
             let leak = MemoryConsumer::new("DeliberateLeak").register(&state.runtime_env().memory_pool);
             leak.try_grow(bytes)?;
@@ -143,8 +143,7 @@ impl Statement {
     /// The task context `physical` runs in: its sorts share the merge headroom.
     fn task_context(&self, state: &SessionState, physical: &Arc<dyn ExecutionPlan>) -> Arc<TaskContext> {
         let mut config = state.config().clone();
-        let query_pool = self.engine.memory().pool(PoolKind::Query).limit();
-        fit_sorts_to_pool(config.options_mut(), query_pool as u64, sorters(physical));
+        fit_sorts_to_pool(config.options_mut(), self.scope.limit() as u64, sorters(physical));
         Arc::new(TaskContext::from(state).with_session_config(config))
     }
 

@@ -315,13 +315,13 @@ impl QueryMemory {
     }
 
     /// What to set the refused limit to, in bytes of the statement's limit, with why. `needed`:
-    /// what the statement held under the limit plus what it asked. What can spill needs that
-    /// and a quarter more. What cannot spill grows with its input and is combined at the end
-    /// (partial aggregates merged, a final value built from what was kept), which holds it
-    /// twice: twice what it needed so far, scaled to the whole input when the share read is
-    /// known.
-    fn advice(&self, needed: usize, can_spill: bool) -> (usize, String) {
-        if can_spill {
+    /// what the statement held under the limit plus what it asked. A request that does not
+    /// grow with the input (a spillable operator's, a fixed one) needs that and a quarter more.
+    /// What `grows` with its input and cannot spill is combined at the end (partial aggregates
+    /// merged, a final value built from what was kept), which holds it twice: twice what it
+    /// needed so far, scaled to the whole input when the share read is known.
+    fn advice(&self, needed: usize, grows: bool) -> (usize, String) {
+        if !grows {
             return (needed + needed / 4, String::new());
         }
         let read = self.input_read.0.get().and_then(|read| read()).filter(|r| *r > 0.0 && *r < 1.0);
@@ -386,7 +386,7 @@ impl QueryMemory {
         self.rejected.fetch_add(1, Ordering::Relaxed);
         // Untracked memory cannot spill: the limit that would have held it, scaled like a
         // refusal's. The limit refused is the statement's own when it has one.
-        let (advised, why) = self.advice(actual, false);
+        let (advised, why) = self.advice(actual, true);
         let setting = if self.limit.is_some() { "memory.query_limit" } else { "memory.query_pool" };
         Err(DataFusionError::ResourcesExhausted(format!(
             "query {} was stopped: it holds {} from the allocator, more than the {} it may hold (its {} limit plus the {} margin, \
@@ -554,7 +554,7 @@ impl QueryMemory {
         let granted = self
             .try_grant(consumer, reservation, short)
             .or_else(|refused| if self.waited_for_room(consumer, reservation, short) { Ok(()) } else { Err(refused) })
-            .map_err(|refused| self.exhausted(reservation, short, refused));
+            .map_err(|refused| self.exhausted(reservation, short, refused, consumer.granted.load(Ordering::Acquire)));
         self.trim(consumer);
         granted
     }
@@ -663,7 +663,8 @@ impl QueryMemory {
 
     /// The one message for a request that does not fit: pool, request, limit, who holds the
     /// memory, and the setting to raise.
-    fn exhausted(&self, reservation: &MemoryReservation, bytes: usize, refused: Refused) -> DataFusionError {
+    /// `held`: what the refused consumer held before asking.
+    fn exhausted(&self, reservation: &MemoryReservation, bytes: usize, refused: Refused, held: usize) -> DataFusionError {
         let Refused { available, limit, what, setting, setting_value } = refused;
         self.rejected.fetch_add(1, Ordering::Relaxed);
         let pool = self.budget.pool(PoolKind::Query);
@@ -683,7 +684,9 @@ impl QueryMemory {
                 format!("{} of query {query} ({}) holds {}", c.name, if c.can_spill { "can spill" } else { "cannot spill" }, ByteSize(c.reserved as u64))
             })
             .collect();
-        let (advised, why) = self.advice(limit - available + bytes, reservation.consumer().can_spill());
+        // A first request of a fixed size (a sort's merge headroom) does not grow with the input.
+        let grows = held > 0 && !reservation.consumer().can_spill();
+        let (advised, why) = self.advice(limit - available + bytes, grows);
         // The setting sizes the limit refused (a pool, or a fair share of one) in proportion.
         let advised = (advised as u128 * setting_value as u128 / limit.max(1) as u128) as u64;
         let borrowed = self.borrowed.bytes();

@@ -153,9 +153,12 @@ fn a_repartition_spilling_under_pressure_finishes_fifty_times_in_a_row() {
     let small = ["--memory-query", "4MiB", "--memory-cache", "0B"];
     let expected = gobi(&["query", "--format", "csv", query], lh.path()).ok().stdout;
     assert_eq!(expected.lines().count(), 14, "{expected}");
-    let analyzed = gobi(&[&small[..], &["query", "--format", "csv", &format!("EXPLAIN ANALYZE {query}")]].concat(), lh.path()).ok().stdout;
-    let spilled = analyzed.lines().filter(|l| l.contains("RepartitionExec")).any(|l| !l.contains("spill_count=0,"));
-    assert!(spilled, "no repartition spilled: the test no longer reaches their spill files\n{analyzed}");
+    // Whether a repartition spills depends on how fast its consumers drain it (a loaded
+    // machine drains slower, and so spills more): one run of five must reach the spill files.
+    let analyze = || gobi(&[&small[..], &["query", "--format", "csv", &format!("EXPLAIN ANALYZE {query}")]].concat(), lh.path()).ok().stdout;
+    let runs: Vec<String> = (0..5).map(|_| analyze()).collect();
+    let spilled = runs.iter().any(|analyzed| analyzed.lines().filter(|l| l.contains("RepartitionExec")).any(|l| !l.contains("spill_count=0,")));
+    assert!(spilled, "no repartition spilled in five runs: the test no longer reaches their spill files\n{}", runs[0]);
     let script = vec![query; 50].join(";\n");
     let run = gobi_within(std::time::Duration::from_secs(600), &[&small[..], &["query", "--format", "csv", &script]].concat(), lh.path()).ok();
     assert_eq!(run.stdout.matches(&expected).count(), 50, "{}", run.stdout);

@@ -85,3 +85,39 @@ fn the_text_plan_is_a_tree_within_80_columns_and_statements_before_the_query_run
     assert!(run.stderr.contains("gobi plan shows queries"), "{}", run.stderr);
     assert_eq!(lh.values("SELECT count(*) FROM small"), rows![[1000]]);
 }
+
+/// The spills `--analyze` shows per operator add up to the query log's figures for the same
+/// statement, and a spilling join says how it ran; `--format dot` draws the same tree.
+#[test]
+fn analyzed_spills_match_the_query_log_and_dot_draws_the_plan() {
+    let lh = tables();
+    let queries = [("join", "SELECT count(*) FROM big a JOIN big b ON a.id = b.id"), ("sort", "SELECT id FROM big ORDER BY id DESC")];
+    for (what, query) in queries {
+        // A per-query limit is hard (a pool lets a query borrow the cache pool's room).
+        let run = gobi(&["plan", "--analyze", "--format", "json", &format!("SET memory.query_limit = '1MiB'; {query}")], lh.path()).ok();
+        let analyzed: Value = serde_json::from_str(&run.stdout).unwrap();
+        let ops = operators(&analyzed);
+        let spills: u64 = ops.iter().filter_map(|op| op["actual"]["spills"].as_u64()).sum();
+        let spilled: u64 = ops.iter().filter_map(|op| op["actual"]["spilled_bytes"].as_u64()).sum();
+        assert!(spills > 0, "the {what} spilled under 1 MiB: {analyzed:#}");
+        let logged = lh.values(&format!(
+            "SELECT spills, spilled_bytes FROM gobi_query_log() WHERE text = '{}' ORDER BY started_at DESC LIMIT 1",
+            query.replace('\'', "''")
+        ));
+        assert_eq!(logged, rows![[spills, spilled]], "the {what}: the plan's spills against the query log's");
+        for op in &ops {
+            if let Some(peak) = op["actual"]["peak_reserved_bytes"].as_u64() {
+                assert!(peak <= 1 << 20, "{op:#}");
+            }
+        }
+        if what == "join" {
+            let join = ops.iter().find(|op| op["operator"] == "SpillingHashJoinExec").unwrap();
+            assert!(join["actual"]["join"]["spilled_buckets"].as_u64().unwrap() > 0, "{join:#}");
+        }
+    }
+    let dot = gobi(&["plan", "--format", "dot", JOIN], lh.path()).ok().stdout;
+    assert!(dot.starts_with("digraph plan {\n"), "{dot}");
+    assert!(dot.contains("in-memory hash join") && dot.contains(" -> n0;"), "{dot}");
+    let run = gobi(&["query", "--format", "dot", "SELECT 1"], lh.path()).fails_with(crate::support::exit::USAGE);
+    assert!(run.stderr.contains("--format dot draws plans"), "{}", run.stderr);
+}

@@ -16,12 +16,14 @@ const WIDTH: usize = 80;
 pub async fn run(lakehouse: Option<PathBuf>, memory: &MemoryArgs, args: PlanArgs, format: Format, printer: &Printer) -> CliResult {
     let source = args.statements.source()?;
     let session = args.statements.session(lakehouse, memory).await?;
-    let result = plan(&session, &source, args.analyze, format, printer).await;
+    let result = print(&session, &source, args.analyze, format, printer).await;
     session.close().await;
     result
 }
 
-async fn plan(session: &Session, source: &str, analyze: bool, format: Format, printer: &Printer) -> CliResult {
+/// Runs the statements of `source` before its last, then prints the last one's plan (also the
+/// REPL's `.plan`).
+pub async fn print(session: &Session, source: &str, analyze: bool, format: Format, printer: &Printer) -> CliResult {
     let with_source = |error: GobiError| Failure { error, source: Some(source.to_string()) };
     let statements = parse_script(source).map_err(|e| with_source(e.into()))?;
     let Some((query, setup)) = statements.split_last() else {

@@ -33,6 +33,7 @@ Ctrl-C cancels a running query (or clears the input), Ctrl-D or .quit leaves.
   .mode M          how results print: table, csv, json, line, markdown
   .maxrows N       the most rows a table shows (0: all)
   .timer on|off    print each statement's run time
+  .plan [--analyze] Q   how query Q runs, as `gobi plan` shows it
   .read FILE       run the statements in FILE
   .output [FILE]   write results to FILE (none: to the screen again)
   .import FILE T   load FILE (.csv, .parquet, .json) into table T, creating it if needed
@@ -129,7 +130,8 @@ const KEYWORDS: &[&str] = &[
     "DEFAULT",
 ];
 
-const DOT_COMMANDS: &[&str] = &[".tables", ".schema", ".vars", ".memory", ".mode", ".maxrows", ".timer", ".read", ".output", ".import", ".help", ".quit"];
+const DOT_COMMANDS: &[&str] =
+    &[".tables", ".schema", ".vars", ".memory", ".mode", ".maxrows", ".timer", ".plan", ".read", ".output", ".import", ".help", ".quit"];
 
 /// Completion and highlighting; the names are refreshed after every statement.
 #[derive(Helper, Hinter, Validator, Default)]
@@ -421,12 +423,23 @@ fn dot_command(runtime: &tokio::runtime::Runtime, session: &Session, shell: &mut
             }
             return Flow::Continue;
         }
+        (Some(".plan"), Some(_)) => {
+            let rest = line.trim_start().trim_start_matches(".plan").trim_start();
+            let (analyze, query) = match rest.strip_prefix("--analyze") {
+                Some(query) => (true, query.trim_start()),
+                None => (false, rest),
+            };
+            if let Err(failure) = runtime.block_on(crate::plan::print(session, query, analyze, shell.printer.format(), &shell.printer)) {
+                eprint!("{}", failure.error.render(Some(query)));
+            }
+            return Flow::Continue;
+        }
         (Some(".schema"), Some(table)) => format!("DESCRIBE {table}"),
         (Some(".schema"), None) => {
             eprintln!("usage: .schema TABLE");
             return Flow::Continue;
         }
-        (Some(other @ (".mode" | ".maxrows" | ".timer" | ".read" | ".import")), _) => {
+        (Some(other @ (".mode" | ".maxrows" | ".timer" | ".plan" | ".read" | ".import")), _) => {
             let usage = HELP.lines().find(|l| l.trim_start().starts_with(other)).unwrap_or(other).trim();
             eprintln!("usage: {usage}");
             return Flow::Continue;

@@ -121,3 +121,15 @@ fn analyzed_spills_match_the_query_log_and_dot_draws_the_plan() {
     let run = gobi(&["query", "--format", "dot", "SELECT 1"], lh.path()).fails_with(crate::support::exit::USAGE);
     assert!(run.stderr.contains("--format dot draws plans"), "{}", run.stderr);
 }
+
+/// `.plan` in the REPL shows what `gobi plan` shows, and a mistake in it leaves the REPL going.
+#[test]
+fn the_repl_plans_with_dot_plan() {
+    let lh = tables();
+    let run =
+        crate::support::gobi_stdin(&["repl"], lh.path(), &format!(".plan --analyze {JOIN}\n.plan SELECT nope FROM small\nSELECT 6 * 7 AS answer;\n")).ok();
+    assert!(run.stdout.contains("in-memory hash join: build"), "{}", run.stdout);
+    assert!(run.stdout.contains("ran: rows 1000"), "{}", run.stdout);
+    assert!(run.stderr.contains("nope"), "{}", run.stderr);
+    assert!(run.stdout.contains("42"), "{}", run.stdout);
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{internal_err, JoinType, NullEquality, Result};
+use datafusion::common::{internal_err, JoinType, NullEquality, Result, Statistics};
 use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -17,7 +17,7 @@ use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_plan::{ChildStats, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, StatisticsArgs};
 use futures::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 
@@ -234,6 +234,8 @@ pub struct SpillingHashJoinExec {
     shared: Arc<SharedSlot>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
+    /// DataFusion's join over the same inputs: what the output is, and its estimates.
+    model: Arc<HashJoinExec>,
 }
 
 impl SpillingHashJoinExec {
@@ -259,7 +261,16 @@ impl SpillingHashJoinExec {
         }
         let spec = JoinSpec { schema: model.schema(), ..spec };
         let shared = Arc::new(SharedSlot::new(properties.partitioning.partition_count()));
-        Ok(Self { left, right, spec: Arc::new(spec), layout, shared, properties: Arc::new(properties), metrics: ExecutionPlanMetricsSet::new() })
+        Ok(Self {
+            left,
+            right,
+            spec: Arc::new(spec),
+            layout,
+            shared,
+            properties: Arc::new(properties),
+            metrics: ExecutionPlanMetricsSet::new(),
+            model: Arc::new(model),
+        })
     }
 
     fn spec_for(&self, left: &Arc<dyn ExecutionPlan>, right: &Arc<dyn ExecutionPlan>) -> JoinSpec {
@@ -357,6 +368,15 @@ impl ExecutionPlan for SpillingHashJoinExec {
         let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
         let joined = joined.inspect_ok(move |batch| output_rows.add(batch.num_rows()));
         Ok(Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&self.spec.schema), joined)))
+    }
+
+    // The same rows as DataFusion's join over the same inputs: its estimate is this one's.
+    fn statistics_from_inputs(&self, input_stats: &[Arc<Statistics>], args: &StatisticsArgs) -> Result<Arc<Statistics>> {
+        self.model.statistics_from_inputs(input_stats, args)
+    }
+
+    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
+        self.model.child_stats_requests(partition)
     }
 
     fn metrics(&self) -> Option<MetricsSet> {

@@ -82,6 +82,14 @@ impl GobiError {
         Self::new(ErrorKind::Cancelled, "query cancelled")
     }
 
+    /// Points at `span` of the script: its start, and as wide as it is where it stays on one
+    /// line.
+    pub(crate) fn pointing_at(mut self, span: &datafusion::common::Span) -> Self {
+        self.position = Some(Position { line: span.start.line, column: span.start.column });
+        self.width = if span.start.line == span.end.line { span.end.column.saturating_sub(span.start.column).max(1) as usize } else { 1 };
+        self
+    }
+
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
@@ -134,16 +142,11 @@ impl From<DataFusionError> for GobiError {
         if let Some(error) = carried_gobi_error(&e) {
             return error.clone();
         }
-        let position = e.diagnostic().and_then(|d| d.span).map(|span| {
-            let width = if span.start.line == span.end.line { span.end.column.saturating_sub(span.start.column).max(1) as usize } else { 1 };
-            (Position { line: span.start.line, column: span.start.column }, width)
-        });
-        let mut error = Self::new(classify(&e), clean_message(&e.find_root().strip_backtrace()));
-        if let Some((position, width)) = position {
-            error.position = Some(position);
-            error.width = width;
+        let error = Self::new(classify(&e), clean_message(&e.find_root().strip_backtrace()));
+        match e.diagnostic().and_then(|d| d.span) {
+            Some(span) => error.pointing_at(&span),
+            None => error,
         }
-        error
     }
 }
 

@@ -156,12 +156,16 @@ impl Statement {
     pub(crate) async fn physical_plan(&mut self, state: &SessionState, plan: &LogicalPlan) -> Result<Arc<dyn ExecutionPlan>> {
         match state.create_physical_plan(plan).await {
             Ok(physical) => Ok(physical),
-            Err(error) => {
-                let error = self.engine.classify(error);
-                self.entry.outcome = Some(Err(error.message.clone()));
-                Err(error)
-            }
+            Err(error) => Err(self.failed(error)),
         }
+    }
+
+    /// `error`, which stopped the statement before its first batch, as the user sees it and as
+    /// the statement's logged outcome (an error, not a cancel).
+    fn failed(&mut self, error: datafusion::error::DataFusionError) -> GobiError {
+        let error = self.engine.classify(error);
+        self.entry.outcome = Some(Err(error.message.clone()));
+        error
     }
 
     /// Runs `physical` (from [`Statement::physical_plan`]) to its end, dropping its rows
@@ -196,20 +200,10 @@ impl Statement {
     /// back as the plan makes them. `cache_key`: kept in the result cache when it ends, if
     /// it fits an entry.
     pub(crate) async fn query(mut self, state: &SessionState, plan: &LogicalPlan, cache_key: Option<(String, Versions)>) -> Result<ResultStream> {
-        let started = match state.create_physical_plan(plan).await {
-            Ok(physical) => {
-                datafusion::physical_plan::execute_stream(Arc::clone(&physical), self.task_context(state, &physical)).map(|stream| (physical, stream))
-            }
-            Err(error) => Err(error),
-        };
-        let (physical, stream) = match started {
-            Ok(started) => started,
-            Err(error) => {
-                // Failed before its first batch: logged as an error, not as cancelled.
-                let error = self.engine.classify(error);
-                self.entry.outcome = Some(Err(error.message.clone()));
-                return Err(error);
-            }
+        let physical = self.physical_plan(state, plan).await?;
+        let stream = match datafusion::physical_plan::execute_stream(Arc::clone(&physical), self.task_context(state, &physical)) {
+            Ok(stream) => stream,
+            Err(error) => return Err(self.failed(error)),
         };
         let schema = physical.schema();
         let cache_limit = self.engine.result_cache().entry_limit();

@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{visit_expressions, Expr as SqlExpr, SetExpr, Statement as SqlStatement, Value, ValueWithSpan, Visit};
 use datafusion::sql::sqlparser::tokenizer::Span;
-use gobi_lang::{Ast, Position};
+use gobi_lang::Ast;
 
 use crate::error::{failed_cast, GobiError};
 use crate::session::Session;
@@ -27,7 +27,11 @@ impl Session {
             };
             let column = column.map_or(String::new(), |c| format!(" for column {c}"));
             let message = format!("cannot convert '{value}' to {to}{column}");
-            return GobiError { message, position: Some(Position { line: span.start.line, column: span.start.column }), width: width(span), ..error };
+            let reworded = GobiError { message, ..error };
+            return match datafusion::common::Span::try_from_sqlparser_span(span) {
+                Some(span) => reworded.pointing_at(&span),
+                None => reworded,
+            };
         }
         if error.message.starts_with("No field named ") && reads_no_table(statement) {
             return error.with_hint("missing FROM? the query reads no table, so it has no columns");
@@ -72,15 +76,6 @@ fn literal_in(node: &impl Visit, value: &str) -> Option<Span> {
     match found {
         ControlFlow::Break(span) => Some(span),
         ControlFlow::Continue(()) => None,
-    }
-}
-
-/// A span's width in the text (one character when it covers several lines).
-fn width(span: Span) -> usize {
-    if span.start.line == span.end.line {
-        span.end.column.saturating_sub(span.start.column).max(1) as usize
-    } else {
-        1
     }
 }
 

@@ -8,7 +8,9 @@
 #
 # The data comes from gobi itself: `gobi demo --scale N` writes the TPC-H tables as Delta
 # tables (tpchgen), then each table is copied to NAME.parquet, so both gobi runs read the same
-# rows. Results: bench/results/tpch-sf$SCALE.{json,md}; copy the table into bench/RESULTS.md.
+# rows. Each gobi process runs its query as the Python engines do: a warm-up, then --repeat
+# timed runs in the same process (`gobi query --repeat`).
+# Results: bench/results/tpch-sf$SCALE.{json,md}; copy the table into bench/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +29,6 @@ SCALE="$SCALE" bench/tpch-data.sh
 
 python3 "$PEERS" run --data "$parquet" \
   --runs gobi gobi-delta datafusion duckdb \
-  --engine-cmd gobi="$GOBI --memory-query 64GiB query --file {query} --data {data} --summary json" \
-  --engine-cmd gobi-delta="$GOBI --memory-query 64GiB --lakehouse $(realpath "$lakehouse") query --file {query} --summary json" \
+  --engine-cmd gobi="$GOBI --memory-query 64GiB query --file {query} --data {data} --repeat {repeat} --summary json" \
+  --engine-cmd gobi-delta="$GOBI --memory-query 64GiB --lakehouse $(realpath "$lakehouse") query --file {query} --repeat {repeat} --summary json" \
   --json "bench/results/tpch-sf$SCALE.json" --markdown "bench/results/tpch-sf$SCALE.md"

@@ -84,7 +84,7 @@ enum Command {
     },
     /// Run statements given on the command line, on stdin (`-`) or in a file.
     #[command(
-        after_help = "Examples:\n  gobi query \"SELECT count(*) FROM orders\"\n  gobi query \"FROM orders |> WHERE total > 100 |> AGGREGATE count(*) GROUP BY status\"\n  echo \"SHOW TABLES\" | gobi query -\n  gobi query --file q1.sql --data tpch-parquet/ --summary json"
+        after_help = "Examples:\n  gobi query \"SELECT count(*) FROM orders\"\n  gobi query \"FROM orders |> WHERE total > 100 |> AGGREGATE count(*) GROUP BY status\"\n  echo \"SHOW TABLES\" | gobi query -\n  gobi query --file q1.sql --data tpch-parquet/ --summary json\n  gobi query --file q1.sql --data tpch-parquet/ --repeat 3 --summary json"
     )]
     Query(QueryArgs),
     /// Run a script file of statements separated by `;` (`-`: read it from stdin).
@@ -183,6 +183,11 @@ struct QueryArgs {
     /// result, S seconds spent running the statements and writing their rows.
     #[arg(long, value_enum, value_name = "FORMAT")]
     summary: Option<SummaryFormat>,
+    /// For benchmarks: run the statements once as a warm-up (its rows printed), then N more
+    /// times in this process (every row read, none printed), with the result cache off; the
+    /// summary line then carries `"times": [warm-up s, run 1 s, …]`.
+    #[arg(long, value_name = "N")]
+    repeat: Option<u32>,
 }
 
 /// Memory pool limits for this run, over those of gobi.toml.
@@ -371,13 +376,36 @@ fn open_lakehouse(dir: Option<PathBuf>) -> Result<Lakehouse, GobiError> {
 async fn query(lakehouse: Option<PathBuf>, memory: &MemoryArgs, args: QueryArgs, printer: &Printer) -> CliResult {
     let source = args.statements.source()?;
     let session = args.statements.session(lakehouse, memory).await?;
-    let summary = run_statements(&session, &source, printer).await;
+    let summary = run_repeated(&session, &source, printer, args.repeat).await;
     session.close().await;
-    let summary = summary?;
+    let (summary, times) = summary?;
     if args.summary.is_some() {
-        printer.print_line(&serde_json::json!({ "rows": summary.rows, "seconds": summary.seconds }).to_string())?;
+        let mut line = serde_json::json!({ "rows": summary.rows, "seconds": summary.seconds });
+        if args.repeat.is_some() {
+            line["times"] = serde_json::json!(times);
+        }
+        printer.print_line(&line.to_string())?;
     }
     Ok(())
+}
+
+/// Runs the statements once, printing; with `repeat`, N more times printing nothing, the result
+/// cache off for all of them (a repeat must run the query, not look it up). The first run's
+/// summary, and every run's seconds.
+async fn run_repeated(session: &Session, source: &str, printer: &Printer, repeat: Option<u32>) -> Result<(Summary, Vec<f64>), Failure> {
+    if repeat.is_some() {
+        session.engine().set_result_cache(false);
+    }
+    let first = run_statements(session, source, printer).await?;
+    let mut times = vec![first.seconds];
+    let silent = Printer::silent();
+    for _ in 0..repeat.unwrap_or(0) {
+        if first.reader_left {
+            break;
+        }
+        times.push(run_statements(session, source, &silent).await?.seconds);
+    }
+    Ok((first, times))
 }
 
 async fn run_file(lakehouse: Option<PathBuf>, memory: &MemoryArgs, file: &Path, printer: &Printer) -> CliResult {

@@ -42,8 +42,16 @@ pub fn dot_needs_a_plan() -> GobiError {
 pub struct Printer {
     pub format: Format,
     pub layout: Layout,
-    /// Where rows go: stdout, or the REPL's `.output FILE`.
-    to: Option<std::sync::Mutex<std::io::BufWriter<std::fs::File>>>,
+    to: Destination,
+}
+
+/// Where rows go.
+enum Destination {
+    Stdout,
+    /// The REPL's `.output FILE`.
+    File(std::sync::Mutex<std::io::BufWriter<std::fs::File>>),
+    /// Nowhere: rows are read and counted (`gobi query --repeat`'s timed runs).
+    Nowhere,
 }
 
 /// How a table fits the screen.
@@ -75,7 +83,12 @@ pub struct Printed {
 
 impl Printer {
     pub fn new(format: Format, layout: Layout) -> Self {
-        Self { format, layout, to: None }
+        Self { format, layout, to: Destination::Stdout }
+    }
+
+    /// A printer that reads every row and prints nothing, not even what a statement did.
+    pub fn silent() -> Self {
+        Self { format: Format::Csv, layout: Layout { width: None, max_rows: 0 }, to: Destination::Nowhere }
     }
 
     pub fn format(&self) -> Format {
@@ -84,7 +97,10 @@ impl Printer {
 
     /// Rows go to `file` from now on (`None`: to stdout again).
     pub fn output_to(&mut self, file: Option<std::fs::File>) {
-        self.to = file.map(|file| std::sync::Mutex::new(std::io::BufWriter::new(file)));
+        self.to = match file {
+            Some(file) => Destination::File(std::sync::Mutex::new(std::io::BufWriter::new(file))),
+            None => Destination::Stdout,
+        };
     }
 
     /// Writes `text` where rows go; false when the reader went away (`gobi query … | head`).
@@ -93,14 +109,15 @@ impl Printer {
             return Ok(true);
         }
         let written = match &self.to {
-            Some(file) => {
+            Destination::File(file) => {
                 let mut file = file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 file.write_all(text.as_bytes()).and_then(|()| file.flush())
             }
-            None => {
+            Destination::Stdout => {
                 let mut stdout = std::io::stdout().lock();
                 stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush())
             }
+            Destination::Nowhere => Ok(()),
         };
         match written {
             Ok(()) => Ok(true),
@@ -117,11 +134,20 @@ impl Printer {
     pub async fn print(&self, output: Output, progress: Option<&Progress>) -> Result<Printed, GobiError> {
         let mut stream = match output {
             Output::Done(message) => {
-                eprintln!("{message}");
+                if !matches!(self.to, Destination::Nowhere) {
+                    eprintln!("{message}");
+                }
                 return Ok(Printed { rows: 0, reader_left: false });
             }
             rows => rows.into_rows().expect("rows or a count"),
         };
+        if matches!(self.to, Destination::Nowhere) {
+            let mut rows = 0;
+            while let Some(batch) = stream.next().await {
+                rows += batch?.num_rows();
+            }
+            return Ok(Printed { rows, reader_left: false });
+        }
         let schema = Arc::clone(stream.schema());
         let mut sink = match self.format {
             Format::Table => Sink::Table(Kept::new(self.layout.max_rows)),

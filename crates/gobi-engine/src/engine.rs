@@ -202,6 +202,12 @@ impl Engine {
         self.memory.pool(pool).set_limit(usize::try_from(bytes).unwrap_or(usize::MAX));
     }
 
+    /// Turns the result cache on or off for every session (`SET memory.result_cache`, and
+    /// `gobi query --repeat`, whose runs must run).
+    pub fn set_result_cache(&self, on: bool) {
+        self.result_cache_on.store(on, Ordering::Relaxed);
+    }
+
     /// Applies an engine setting; what it now is, in words.
     pub(crate) fn apply(&self, setting: &Setting, value: SettingValue) -> Result<String> {
         debug_assert_eq!(setting.owner, Owner::Engine);
@@ -212,7 +218,7 @@ impl Engine {
             ("spill_limit", SettingValue::Size(bytes)) => self.runtime.disk_manager.set_max_temp_directory_size(bytes)?,
             ("admission_wait", SettingValue::Duration(wait)) => *self.admission_wait.lock() = wait,
             ("leak_threshold", SettingValue::Duration(threshold)) => self.memory.set_leak_threshold(threshold),
-            ("result_cache", SettingValue::Switch(on)) => self.result_cache_on.store(on, Ordering::Relaxed),
+            ("result_cache", SettingValue::Switch(on)) => self.set_result_cache(on),
             ("spilling_join", SettingValue::Switch(on)) => self.spilling_join_on.store(on, Ordering::Relaxed),
             ("fault_probability", SettingValue::Probability(p)) => self.memory.set_fault_probability(p),
             ("fault_leak", value) => *self.fault_leak.lock() = Some(value.bytes()),

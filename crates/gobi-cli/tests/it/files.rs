@@ -41,3 +41,21 @@ fn data_mode_reads_parquet_files_without_a_lakehouse_and_prints_a_summary() {
     assert_eq!(parse_json_rows(results[0]), rows![[2], [3]]);
     assert!(!data.path().join("gobi.toml").exists());
 }
+
+#[test]
+fn repeat_runs_a_warm_up_and_timed_runs_printing_once_with_the_result_cache_off() {
+    let lh = Lakehouse::new();
+    lh.run("CREATE TABLE t AS SELECT * FROM (VALUES (1), (2), (3)) v(n)").ok();
+    let count = "SELECT count(*) AS n FROM t";
+    let run = gobi(&["query", "--format", "csv", "--repeat", "2", "--summary", "json", count], lh.path()).ok();
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines[..2], ["n", "3"], "the warm-up's rows are printed, the timed runs' are not: {}", run.stdout);
+    let summary: serde_json::Value = serde_json::from_str(lines[2]).unwrap();
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    assert_eq!(summary["rows"], 1);
+    let times = summary["times"].as_array().unwrap();
+    assert_eq!(times.len(), 3, "warm-up and two timed runs: {summary}");
+    assert!(times.iter().all(|t| t.as_f64().unwrap() > 0.0), "{summary}");
+    let from_cache = gobi(&["query", "--format", "csv", &format!("SELECT from_cache FROM gobi_query_log() WHERE text = '{count}'")], lh.path()).ok();
+    assert_eq!(from_cache.stdout.lines().collect::<Vec<_>>(), ["from_cache", "false", "false", "false"], "every run ran");
+}

@@ -58,27 +58,28 @@ fn largest_peak(node: &PlanNode) -> u64 {
 }
 
 fn entry(node: &PlanNode, first: &str, rest: &str, largest: u64, out: &mut String) {
-    let holds = match node.memory {
-        Holds::Streams => "",
-        Holds::Spills => "  spills",
-        Holds::CannotSpill => "  cannot spill",
-    };
-    out.push_str(&format!("{first}{}  rows {}  bytes {}{holds}\n", node.operator, estimate(node.estimated_rows, false), estimate(node.estimated_bytes, true)));
+    out.push_str(&format!("{first}{}  rows {}  bytes {}\n", node.operator, estimate(node.estimated_rows, false), estimate(node.estimated_bytes, true)));
     let inner = if node.children.is_empty() { format!("{rest}   ") } else { format!("{rest}│  ") };
     cut(&inner, &node.detail, out);
+    if let Some(pool) = node.pool {
+        let spill = if node.memory == Holds::Spills { "can spill" } else { "cannot spill" };
+        wrap(&inner, &format!("memory {} from the {pool} pool, {spill}", estimate(node.estimated_memory, true)), out);
+    }
     if let Some(join) = &node.join {
         wrap(&inner, &format!("{}: {}", join.algorithm, join.reason), out);
         wrap(&inner, &format!("build {}, probe {}", join.build, join.probe), out);
     }
     if let Some(actual) = node.actual {
-        let ratio = match node.estimated_rows.value() {
-            Some(estimated) if estimated > 0 => format!(" ({:.2}× the estimate)", actual.rows as f64 / estimated as f64),
-            _ => String::new(),
+        let rows = match (actual.rows, node.estimated_rows.value()) {
+            (Some(rows), Some(estimated)) if estimated > 0 => format!("rows {rows} ({:.2}× the estimate), ", rows as f64 / estimated as f64),
+            (Some(rows), _) => format!("rows {rows}, "),
+            (None, _) => String::new(),
         };
-        wrap(&inner, &format!("ran: rows {}{ratio}, {:.1} ms", actual.rows, actual.elapsed_compute_ns as f64 / 1e6), out);
+        let allocated = if actual.peak_allocated_bytes > 0 { format!(", allocated {}", ByteSize(actual.peak_allocated_bytes)) } else { String::new() };
+        wrap(&inner, &format!("ran: {rows}{:.1} ms{allocated}", actual.elapsed_ns as f64 / 1e6), out);
         let spills = if actual.spills > 0 { format!(", spilled {} files, {}", actual.spills, ByteSize(actual.spilled_bytes)) } else { String::new() };
         let bar = crate::memory::bar(actual.peak_reserved_bytes as usize, largest as usize);
-        wrap(&inner, &format!("peak {:>9} {bar}{spills}", ByteSize(actual.peak_reserved_bytes).to_string()), out);
+        wrap(&inner, &format!("reserved {:>9} {bar}{spills}", ByteSize(actual.peak_reserved_bytes).to_string()), out);
         if let Some(join) = actual.join.filter(|join| join.spilled_buckets > 0) {
             let text = format!("buckets {} ({} spilled), {} rounds, re-split depth {}", join.buckets, join.spilled_buckets, join.rounds, join.max_depth);
             wrap(&inner, &text, out);
@@ -138,11 +139,15 @@ fn dot(report: &PlanNode) -> String {
         let own = *id;
         *id += 1;
         let mut label = vec![plan.operator.clone(), format!("rows {} · bytes {}", estimate(plan.estimated_rows, false), estimate(plan.estimated_bytes, true))];
+        if let Some(pool) = plan.pool {
+            label.push(format!("memory {} ({pool})", estimate(plan.estimated_memory, true)));
+        }
         if let Some(join) = &plan.join {
             label.push(join.algorithm.to_string());
         }
         if let Some(actual) = plan.actual {
-            label.push(format!("ran: rows {} · peak {}", actual.rows, ByteSize(actual.peak_reserved_bytes)));
+            let rows = actual.rows.map_or_else(String::new, |rows| format!("rows {rows} · "));
+            label.push(format!("ran: {rows}reserved {}", ByteSize(actual.peak_reserved_bytes)));
         }
         let label = label.join("\\n").replace('"', "\\\"");
         out.push_str(&format!("  n{own} [label=\"{label}\"];\n"));

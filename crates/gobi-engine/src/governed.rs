@@ -1,13 +1,16 @@
 //! Running a physical plan inside its statement's memory scope.
 //!
-//! Every node of the plan is wrapped in a [`ScopedExec`] whose streams enter the statement's
-//! allocator scope around each poll: whichever thread (or spawned task) polls an operator,
-//! what the operator allocates is charged to that statement ("actual" bytes). Before handing
+//! Every node of the plan is wrapped in a [`ScopedExec`] whose streams enter the node's part of
+//! the statement's allocator scope around each poll: whichever thread (or spawned task) polls
+//! an operator, what the operator allocates is charged to it and to its statement ("actual"
+//! bytes), and a batch it returns passes to the operator that polled for it. Before handing
 //! out a batch, the stream checks that the statement's actual bytes are within its limit plus
 //! `memory.actual_margin`, and stops it with a clear error when not. Consumers an operator
 //! registers while it starts or runs are attributed to its node, whose peak reserved bytes
-//! `EXPLAIN ANALYZE` shows as `peak_reserved`. Each poll first checks the statement's
-//! [`Stop`], so a cancelled statement ends even where no operator yields (see `cancel`).
+//! `EXPLAIN ANALYZE` shows as `peak_reserved`, its own allocator peak as `peak_allocated` and
+//! the time spent in its own polls (its inputs' polls inside them subtracted) as
+//! `elapsed_own`. Each poll first checks the statement's [`Stop`], so a cancelled statement
+//! ends even where no operator yields (see `cancel`).
 //!
 //! ```text
 //!   ScopedExec(SortExec')            SortExec' = SortExec with its child replaced
@@ -15,10 +18,12 @@
 //!           └── ScopedExec(scan)       reports metrics as the node it wraps
 //! ```
 
+use std::cell::Cell;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -27,10 +32,10 @@ use datafusion::common::{Result, Statistics};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
-use datafusion::physical_plan::metrics::{Gauge, Metric, MetricValue, MetricsSet};
+use datafusion::physical_plan::metrics::{Gauge, Metric, MetricValue, MetricsSet, Time};
 use datafusion::physical_plan::{ChildStats, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, StatisticsArgs};
 use futures::Stream;
-use gobi_memory::{allocator, registering_for, NodeMemory, QueryMemory};
+use gobi_memory::{allocator, registering_for, AllocScope, NodeMemory, QueryMemory};
 
 use crate::cancel::Stop;
 
@@ -52,7 +57,8 @@ fn wrap(plan: Arc<dyn ExecutionPlan>, query: &Arc<QueryMemory>, stop: &Stop) -> 
         // its state (a hash join's dynamic filter stays the one its scan was given).
         plan.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep))?
     };
-    Ok(ScopedExec { inner, query: Arc::clone(query), stop: stop.clone(), node: Arc::default(), root: false })
+    let allocated = Arc::new(AllocScope::part_of(query.actual()));
+    Ok(ScopedExec { inner, query: Arc::clone(query), stop: stop.clone(), node: Arc::default(), allocated, own_time: Time::new(), root: false })
 }
 
 /// What the plan's operators spilled: (spill files written, bytes written).
@@ -66,6 +72,10 @@ pub struct ScopedExec {
     query: Arc<QueryMemory>,
     stop: Stop,
     node: Arc<NodeMemory>,
+    /// What this operator itself holds from the allocator.
+    allocated: Arc<AllocScope>,
+    /// Time in its streams' polls, its inputs' polls inside them subtracted.
+    own_time: Time,
     /// The plan's root: the batches it returns leave the statement's allocator count.
     root: bool,
 }
@@ -78,7 +88,15 @@ impl fmt::Debug for ScopedExec {
 
 impl ScopedExec {
     fn rewrapped(&self, inner: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
-        Arc::new(ScopedExec { inner, query: Arc::clone(&self.query), stop: self.stop.clone(), node: Arc::clone(&self.node), root: self.root })
+        Arc::new(ScopedExec {
+            inner,
+            query: Arc::clone(&self.query),
+            stop: self.stop.clone(),
+            node: Arc::clone(&self.node),
+            allocated: Arc::clone(&self.allocated),
+            own_time: self.own_time.clone(),
+            root: self.root,
+        })
     }
 }
 
@@ -129,9 +147,17 @@ impl ExecutionPlan for ScopedExec {
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let _scope = allocator::enter(self.query.actual());
+        let _scope = allocator::enter(&self.allocated);
         let inner = registering_for(&self.node, || self.inner.execute(partition, context))?;
-        Ok(Box::pin(ScopedStream { inner, query: Arc::clone(&self.query), stop: self.stop.clone(), node: Arc::clone(&self.node), root: self.root }))
+        Ok(Box::pin(ScopedStream {
+            inner,
+            query: Arc::clone(&self.query),
+            stop: self.stop.clone(),
+            node: Arc::clone(&self.node),
+            allocated: Arc::clone(&self.allocated),
+            own_time: self.own_time.clone(),
+            root: self.root,
+        }))
     }
 
     // Its children are the inner node's (wrapped), so the inner node derives the statistics.
@@ -144,14 +170,14 @@ impl ExecutionPlan for ScopedExec {
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
-        let peak = self.node.peak();
-        if peak == 0 {
-            return self.inner.metrics();
-        }
+        let peaks = [("peak_reserved", self.node.peak()), ("peak_allocated", self.allocated.peak())];
         let mut metrics = self.inner.metrics().unwrap_or_default();
-        let gauge = Gauge::new();
-        gauge.set(peak);
-        metrics.push(Arc::new(Metric::new(MetricValue::PeakMemoryUsage { name: "peak_reserved".into(), gauge }, None)));
+        for (name, peak) in peaks.into_iter().filter(|(_, peak)| *peak > 0) {
+            let gauge = Gauge::new();
+            gauge.set(peak);
+            metrics.push(Arc::new(Metric::new(MetricValue::PeakMemoryUsage { name: name.into(), gauge }, None)));
+        }
+        metrics.push(Arc::new(Metric::new(MetricValue::Time { name: "elapsed_own".into(), time: self.own_time.clone() }, None)));
         Some(metrics)
     }
 }
@@ -161,26 +187,41 @@ struct ScopedStream {
     query: Arc<QueryMemory>,
     stop: Stop,
     node: Arc<NodeMemory>,
+    allocated: Arc<AllocScope>,
+    own_time: Time,
     root: bool,
+}
+
+thread_local! {
+    /// Nanoseconds the polls of inputs took inside the poll this thread is in now.
+    static INPUT_NANOS: Cell<u64> = const { Cell::new(0) };
 }
 
 impl Stream for ScopedStream {
     type Item = Result<RecordBatch>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let ScopedStream { inner, query, stop, node, root } = &mut *self;
+        let ScopedStream { inner, query, stop, node, allocated, own_time, root } = &mut *self;
         if let Some(cancelled) = stop.check() {
             return Poll::Ready(Some(Err(cancelled)));
         }
+        let started = Instant::now();
+        let enclosing = INPUT_NANOS.with(|nanos| nanos.replace(0));
         let polled = {
-            let _scope = allocator::enter(query.actual());
+            let _scope = allocator::enter(allocated);
             registering_for(node, || inner.as_mut().poll_next(cx))
         };
+        let took = started.elapsed().as_nanos() as u64;
+        // This whole poll is input time for the poll enclosing it.
+        let inputs = INPUT_NANOS.with(|nanos| nanos.replace(enclosing + took));
+        own_time.add_duration(Duration::from_nanos(took.saturating_sub(inputs)));
         match polled {
             Poll::Ready(Some(Ok(batch))) => {
                 let checked = query.check_actual();
                 if *root {
-                    query.actual().hand_over(batch.get_array_memory_size());
+                    allocated.hand_over(batch.get_array_memory_size());
+                } else {
+                    allocator::pass_on(allocated, batch.get_array_memory_size());
                 }
                 Poll::Ready(Some(checked.map(|()| batch)))
             }

@@ -1,7 +1,7 @@
 //! What `gobi plan` shows: a statement's physical plan as it runs under the statement's memory,
-//! each operator with what is known of it before it runs (estimated rows and bytes, whether
-//! what it holds can spill; for a join, the algorithm chosen and why) and, once run, what it
-//! did (rows, time, peak reserved bytes, spills).
+//! each operator with what is known of it before it runs (estimated rows and bytes, the memory
+//! it would hold and whether that can spill; for a join, the algorithm chosen and why) and,
+//! once run, what it did (rows, time, peak reserved and allocated bytes, spills).
 //!
 //! Estimates come from DataFusion's statistics, which gobi feeds from the Delta log (rows,
 //! bytes, min/max per column) and Parquet footers; "unknown" where nothing is known.
@@ -16,10 +16,11 @@ use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::{ExecutionPlan, StatisticsArgs, StatisticsContext};
 use serde::Serialize;
 
-use crate::join::{SpillingHashJoinExec, SpillingJoins};
+use crate::join::{SpillingHashJoinExec, SpillingJoins, ROW_BYTES_GUESS};
 
 /// One operator of the plan, with its inputs.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct PlanNode {
     /// DataFusion's name of the operator (`HashJoinExec`, `SortExec`, …).
     pub operator: String,
@@ -28,15 +29,21 @@ pub struct PlanNode {
     pub estimated_rows: Estimate,
     pub estimated_bytes: Estimate,
     pub memory: Holds,
+    /// What its growing buffers would hold were nothing spilled (0 for an operator that
+    /// streams), from the estimates: a join's build side, a sort's or window's input, an
+    /// aggregate's groups, a TopK's rows.
+    pub estimated_memory: Estimate,
+    /// The pool that memory is reserved from; `None` for an operator that streams.
+    pub pool: Option<&'static str>,
     pub join: Option<JoinReport>,
-    /// After `--analyze`: what it did; `None` for an operator that keeps no metrics (one that
-    /// passes its input's batches on unchanged).
+    /// After `--analyze`: what it did; null before a run.
     pub actual: Option<Actual>,
     pub children: Vec<PlanNode>,
 }
 
 /// A figure known before the plan runs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(tag = "kind", content = "value", rename_all = "snake_case")]
 pub enum Estimate {
     Exact(u64),
@@ -63,6 +70,7 @@ impl Estimate {
 
 /// What an operator holds while it runs, from the query pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Holds {
     /// Nothing that grows with its input: batches pass through.
@@ -75,6 +83,7 @@ pub enum Holds {
 
 /// How a join runs, and why.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct JoinReport {
     pub algorithm: &'static str,
     /// The side held in memory (or scattered to buckets), and the side streamed past it.
@@ -85,12 +94,20 @@ pub struct JoinReport {
 
 /// What one operator did in an analyzed run.
 #[derive(Debug, Clone, Copy, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct Actual {
-    pub rows: u64,
-    /// CPU time inside the operator, without its inputs (DataFusion's `elapsed_compute`).
-    pub elapsed_compute_ns: u64,
+    /// Rows it returned; `None` for an operator that does not count them (one that passes
+    /// its input's batches on).
+    pub rows: Option<u64>,
+    /// Time in the operator's own polls, its inputs' polls inside them subtracted (wall time:
+    /// reading a file counts, waiting for another thread does not).
+    pub elapsed_ns: u64,
     /// The most its memory consumers reserved at once.
     pub peak_reserved_bytes: u64,
+    /// The most the allocator held for the operator itself at once: its own polls' allocations
+    /// and the batches its inputs handed it, less what it freed and passed on (its inputs'
+    /// own buffers are theirs). 0 where allocations are not counted.
+    pub peak_allocated_bytes: u64,
     pub spills: u64,
     pub spilled_bytes: u64,
     /// For the spilling hash join: how it ran.
@@ -99,6 +116,7 @@ pub struct Actual {
 
 /// How a spilling hash join ran: all zero when its build fit in memory.
 #[derive(Debug, Clone, Copy, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
 pub struct JoinRun {
     /// Buckets made by scattering and re-splitting, the build's and the probe's.
     pub buckets: u64,
@@ -123,15 +141,56 @@ fn node(plan: &Arc<dyn ExecutionPlan>, joins: &SpillingJoins, spilling_join: boo
         None => (Estimate::Unknown, Estimate::Unknown),
     };
     let detail = datafusion::physical_plan::displayable(plan.as_ref()).one_line().to_string().trim_end().to_string();
+    let children: Vec<PlanNode> = plan.children().into_iter().map(|child| node(child, joins, spilling_join, ran)).collect();
+    let memory = holds(plan);
     PlanNode {
         operator: plan.name().to_string(),
         detail,
         estimated_rows,
         estimated_bytes,
-        memory: holds(plan),
+        memory,
+        estimated_memory: memory_need(plan, memory, sized(estimated_rows, estimated_bytes), &children),
+        pool: (memory != Holds::Streams).then_some("query"),
         join: join(plan, joins, spilling_join),
         actual: if ran { actual(plan) } else { None },
-        children: plan.children().into_iter().map(|child| node(child, joins, spilling_join, ran)).collect(),
+        children,
+    }
+}
+
+/// Bytes from an estimate of bytes, else of rows at the width the spilling-join rule assumes
+/// (`ROW_BYTES_GUESS`), so a join's memory reads as the figure its algorithm was chosen by.
+fn sized(rows: Estimate, bytes: Estimate) -> Estimate {
+    match (bytes, rows) {
+        (known @ (Estimate::Exact(bytes) | Estimate::About(bytes)), _) if bytes > 0 => known,
+        (_, Estimate::Exact(rows) | Estimate::About(rows)) => Estimate::About(rows.saturating_mul(ROW_BYTES_GUESS as u64)),
+        _ => Estimate::Unknown,
+    }
+}
+
+/// What an operator's growing buffers would hold were nothing spilled, by what it keeps: a
+/// join its build side (the first input), a sort or a window its whole input, a TopK or an
+/// aggregate what it outputs (k rows, one row per group). Unknown for what depends on timing
+/// (a repartition's batches in flight, a sort-merge join's rows of one key).
+fn memory_need(plan: &Arc<dyn ExecutionPlan>, holds: Holds, own_bytes: Estimate, children: &[PlanNode]) -> Estimate {
+    let input = || children.first().map_or(Estimate::Unknown, |child| sized(child.estimated_rows, child.estimated_bytes));
+    if holds == Holds::Streams {
+        return Estimate::Exact(0);
+    }
+    if let Some(sort) = plan.downcast_ref::<SortExec>() {
+        return if sort.fetch().is_some() { own_bytes } else { input() };
+    }
+    if plan.downcast_ref::<AggregateExec>().is_some() {
+        return own_bytes;
+    }
+    let keeps_its_first_input = plan.downcast_ref::<HashJoinExec>().is_some()
+        || plan.downcast_ref::<SpillingHashJoinExec>().is_some()
+        || plan.downcast_ref::<NestedLoopJoinExec>().is_some()
+        || plan.downcast_ref::<CrossJoinExec>().is_some()
+        || matches!(plan.name(), "WindowAggExec" | "BoundedWindowAggExec");
+    if keeps_its_first_input {
+        input()
+    } else {
+        Estimate::Unknown
     }
 }
 
@@ -187,18 +246,21 @@ fn join(plan: &Arc<dyn ExecutionPlan>, joins: &SpillingJoins, spilling_join: boo
 /// The operator's own metrics (summed over its partitions) after a run.
 fn actual(plan: &Arc<dyn ExecutionPlan>) -> Option<Actual> {
     let metrics = plan.metrics()?;
-    let peak_reserved_bytes = metrics
-        .iter()
-        .filter_map(|metric| match metric.value() {
-            MetricValue::PeakMemoryUsage { name, gauge } if name == "peak_reserved" => Some(gauge.value() as u64),
-            _ => None,
-        })
-        .max()
-        .unwrap_or(0);
+    let peak = |wanted: &str| {
+        metrics
+            .iter()
+            .filter_map(|metric| match metric.value() {
+                MetricValue::PeakMemoryUsage { name, gauge } if name == wanted => Some(gauge.value() as u64),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    };
     Some(Actual {
-        rows: metrics.output_rows().unwrap_or(0) as u64,
-        elapsed_compute_ns: metrics.elapsed_compute().unwrap_or(0) as u64,
-        peak_reserved_bytes,
+        rows: metrics.output_rows().map(|rows| rows as u64),
+        elapsed_ns: metrics.sum_by_name("elapsed_own").map_or(0, |time| time.as_usize() as u64),
+        peak_reserved_bytes: peak("peak_reserved"),
+        peak_allocated_bytes: peak("peak_allocated"),
         spills: metrics.spill_count().unwrap_or(0) as u64,
         spilled_bytes: metrics.spilled_bytes().unwrap_or(0) as u64,
         join: plan.downcast_ref::<SpillingHashJoinExec>().map(|_| {
@@ -207,4 +269,24 @@ fn actual(plan: &Arc<dyn ExecutionPlan>) -> Option<Actual> {
             JoinRun { buckets: sum("buckets"), spilled_buckets: sum("spilled_buckets"), rounds: sum("rounds"), max_depth }
         }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PlanNode;
+
+    /// The JSON form's schema, derived from the types it is written from, is the one in
+    /// docs/plan.schema.json: a change to the JSON form shows there. `GOBI_BLESS=1` rewrites it.
+    #[test]
+    fn the_json_form_keeps_its_documented_schema() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/plan.schema.json");
+        let mut schema = schemars::schema_for!(PlanNode);
+        schema.insert("title".into(), "gobi plan --format json: one operator and its inputs".into());
+        let schema = serde_json::to_string_pretty(&schema).unwrap() + "\n";
+        if std::env::var_os("GOBI_BLESS").is_some() {
+            std::fs::write(path, &schema).unwrap();
+        }
+        let documented = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(documented == schema, "docs/plan.schema.json differs from the JSON form's schema (GOBI_BLESS=1 rewrites it):\n{schema}");
+    }
 }

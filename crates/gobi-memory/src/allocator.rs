@@ -18,6 +18,12 @@
 //! ([`AllocScope::hand_over`]): the reader frees it outside any poll, and a streamed result
 //! must not count every batch it ever returned.
 //!
+//! A statement's operators each count in a part of its scope ([`AllocScope::part_of`]): a
+//! poll enters the operator's own scope, so what its inputs allocate in their polls is theirs,
+//! and a batch it returns is passed on to the operator that polled for it ([`pass_on`]). An
+//! operator's count is then what it holds itself — what `gobi plan --analyze` shows beside
+//! its reservation.
+//!
 //! Not counted per query: allocations made outside any poll (planning, printing). The
 //! process figures ([`ProcessMemory`]) come from jemalloc and the OS and see everything.
 
@@ -25,18 +31,28 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
 
 /// How far a thread's pending count may drift before it is flushed to its scope.
 const FLUSH_BYTES: i64 = 256 << 10;
 
-/// The bytes the allocator handed to work done for one query: now (net) and at most.
+/// The bytes the allocator handed to work done for one query (or one operator of it): now
+/// (net) and at most.
 #[derive(Debug, Default)]
 pub struct AllocScope {
     current: AtomicI64,
     peak: AtomicI64,
+    /// The scope this one is a part of (an operator's statement): what is counted here is
+    /// counted there too.
+    whole: Option<Arc<AllocScope>>,
 }
 
 impl AllocScope {
+    /// A scope for one part of `whole`'s work (an operator of a statement).
+    pub fn part_of(whole: &Arc<AllocScope>) -> Self {
+        Self { whole: Some(Arc::clone(whole)), ..Self::default() }
+    }
+
     /// Net bytes allocated for this scope and not yet freed (never below 0).
     pub fn current(&self) -> usize {
         self.current.load(Ordering::Relaxed).max(0) as usize
@@ -53,12 +69,43 @@ impl AllocScope {
     pub fn hand_over(&self, bytes: usize) {
         let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
         let _ = self.current.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| Some((now - bytes).max(0)));
+        if let Some(whole) = &self.whole {
+            whole.hand_over(bytes as usize);
+        }
     }
 
     pub(crate) fn add(&self, bytes: i64) {
         let now = self.current.fetch_add(bytes, Ordering::Relaxed) + bytes;
         self.peak.fetch_max(now, Ordering::Relaxed);
+        if let Some(whole) = &self.whole {
+            whole.add(bytes);
+        }
     }
+}
+
+/// Moves `bytes` of a batch from `from`, the operator that made it, to the scope this thread
+/// works for now, the operator that polled for it: the receiver holds the batch from here on
+/// and frees it under its own scope. So each operator's count is its own, its inputs' not
+/// included (a sort holding its input counts it; the scan that read it does not). A thread
+/// that works for no scope is a task DataFusion spawned (a repartition's input task): it sends
+/// the batch, or batches cut from it, through a channel to the operator above, which frees them
+/// under its own scope. The batch leaves `from` but stays its statement's, where those frees
+/// subtract it again; that operator's own count then misses it (it is shown as no operator's).
+/// Nothing moves when the thread works for `from` itself.
+pub fn pass_on(from: &AllocScope, bytes: usize) {
+    let to = SCOPE.with(Cell::get);
+    let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+    if to.is_null() {
+        from.current.fetch_sub(bytes, Ordering::Relaxed);
+        return;
+    }
+    if ptr::eq(to, from) {
+        return;
+    }
+    // Off first, then on: a whole both are part of never sees the batch twice.
+    from.add(-bytes);
+    // SAFETY: a non-null scope is kept alive by the `ScopeGuard` that set it (see `flush`).
+    unsafe { &*to }.add(bytes);
 }
 
 thread_local! {
@@ -99,16 +146,16 @@ fn count(bytes: i64) {
 }
 
 /// Charges this thread's allocations to `scope` until the guard drops.
-pub fn enter(scope: &std::sync::Arc<AllocScope>) -> ScopeGuard {
+pub fn enter(scope: &Arc<AllocScope>) -> ScopeGuard {
     flush();
-    let previous = SCOPE.with(|s| s.replace(std::sync::Arc::as_ptr(scope)));
-    ScopeGuard { previous, _scope: std::sync::Arc::clone(scope) }
+    let previous = SCOPE.with(|s| s.replace(Arc::as_ptr(scope)));
+    ScopeGuard { previous, _scope: Arc::clone(scope) }
 }
 
 /// Restores the thread's previous scope (after flushing what this one allocated).
 pub struct ScopeGuard {
     previous: *const AllocScope,
-    _scope: std::sync::Arc<AllocScope>,
+    _scope: Arc<AllocScope>,
 }
 
 impl Drop for ScopeGuard {
@@ -238,4 +285,29 @@ pub fn purge() -> bool {
     let name = b"arena.4096.purge\0";
     // SAFETY: a NUL-terminated name, no old or new value.
     unsafe { tikv_jemalloc_sys::mallctl(name.as_ptr().cast(), ptr::null_mut(), ptr::null_mut(), ptr::null_mut(), 0) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_part_counts_to_its_whole_and_a_batch_passed_on_moves_to_its_receiver() {
+        let query = Arc::new(AllocScope::default());
+        let scan = Arc::new(AllocScope::part_of(&query));
+        let sort = Arc::new(AllocScope::part_of(&query));
+        scan.add(1000);
+        assert_eq!((scan.current(), query.current()), (1000, 1000));
+        {
+            let _sort_polls = enter(&sort);
+            pass_on(&scan, 600);
+            pass_on(&sort, 100);
+        }
+        assert_eq!((scan.current(), sort.current(), query.current()), (400, 600, 1000), "a scope passing to itself moves nothing");
+        assert_eq!((query.peak(), scan.peak()), (1000, 1000), "the whole never saw the batch twice");
+        pass_on(&scan, 100);
+        assert_eq!((scan.current(), query.current()), (300, 1000), "to a thread of no scope: off the part, still the whole's");
+        sort.hand_over(700);
+        assert_eq!((sort.current(), query.current()), (0, 300), "handed over: off the part and its whole, never below 0");
+    }
 }

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use crate::rows;
-use crate::support::{gobi, Lakehouse};
+use crate::support::{gobi, require, shared_dir, Lakehouse};
 
 const JOIN: &str = "SELECT s.name, count(*) AS n FROM big b JOIN small s ON b.id = s.k GROUP BY s.name";
 
@@ -105,11 +105,19 @@ fn analyzed_spills_match_the_query_log_and_dot_draws_the_plan() {
             query.replace('\'', "''")
         ));
         assert_eq!(logged, rows![[spills, spilled]], "the {what}: the plan's spills against the query log's");
+        // No operator's peak is above the statement's, and the one that spilled held memory.
+        let logged_peak = lh
+            .values(&format!("SELECT peak_reserved_bytes FROM gobi_query_log() WHERE text = '{}' ORDER BY started_at DESC LIMIT 1", query.replace('\'', "''")))
+            [0][0]
+            .as_u64()
+            .unwrap();
+        assert!(logged_peak <= 1 << 20, "the {what}'s peak {logged_peak} within its limit");
         for op in &ops {
-            if let Some(peak) = op["actual"]["peak_reserved_bytes"].as_u64() {
-                assert!(peak <= 1 << 20, "{op:#}");
-            }
+            assert!(op["actual"]["peak_reserved_bytes"].as_u64().unwrap() <= logged_peak, "{op:#}");
         }
+        let spiller = ops.iter().find(|op| op["actual"]["spills"].as_u64() > Some(0)).unwrap();
+        assert!(spiller["actual"]["peak_reserved_bytes"].as_u64() > Some(0), "{spiller:#}");
+        assert!(spiller["actual"]["peak_allocated_bytes"].as_u64() > Some(0), "the allocator's bytes are charged to it: {spiller:#}");
         if what == "join" {
             let join = ops.iter().find(|op| op["operator"] == "SpillingHashJoinExec").unwrap();
             assert!(join["actual"]["join"]["spilled_buckets"].as_u64().unwrap() > 0, "{join:#}");
@@ -132,4 +140,30 @@ fn the_repl_plans_with_dot_plan() {
     assert!(run.stdout.contains("ran: rows 1000"), "{}", run.stdout);
     assert!(run.stderr.contains("nope"), "{}", run.stderr);
     assert!(run.stdout.contains("42"), "{}", run.stdout);
+}
+
+/// TPC-H plans at scale 0.01 as a newcomer sees them, kept as insta snapshots (`cargo insta
+/// review` after a change): q3's joins change algorithm between a 4 MiB and a 1 GiB query pool.
+#[test]
+fn tpch_plans_keep_their_snapshots() {
+    let Some(shared) = shared_dir() else {
+        require(false, "the TPC-H queries (../shared/bench/tpch/queries)");
+        return;
+    };
+    // A folder name of fixed length: lines cut to 80 columns are cut in the same place anywhere.
+    let dir = tempfile::Builder::new().prefix("gobi-plan-").tempdir_in("/tmp").unwrap();
+    gobi(&["demo", "tpch", "--scale", "0.01"], dir.path()).ok();
+    let lakehouse = dir.path().join("tpch");
+    for (query, pool) in [("q1", "1GiB"), ("q3", "4MiB"), ("q3", "1GiB"), ("q5", "1GiB"), ("q18", "1GiB")] {
+        let sql = std::fs::read_to_string(shared.join(format!("bench/tpch/queries/{query}.sql"))).unwrap();
+        // Plans depend on the partitions, which default to the machine's cores.
+        let script = format!("SET datafusion.execution.target_partitions = 2; {sql}");
+        let plan = gobi(&["--lakehouse", lakehouse.to_str().unwrap(), "--memory-query", pool, "plan", &script], dir.path()).ok().stdout;
+        // Estimated bytes to whole units: the demo's files may differ by a few bytes from one
+        // generation to the next (seen under a loaded machine), rows and plans do not.
+        let filters = vec![(r"gobi-plan-[A-Za-z0-9]{6}", "gobi-plan-XXXXXX"), (r"≈(\d+)\.\d+(KiB|MiB|GiB)", "≈$1$2")];
+        insta::with_settings!({ filters => filters, snapshot_suffix => format!("{query}-{pool}") }, {
+            insta::assert_snapshot!("tpch", plan);
+        });
+    }
 }

@@ -48,7 +48,7 @@ use exec::{JoinSpec, Layout};
 /// estimate. (An exact row count from the Delta log is trusted as it is.)
 const INEXACT_MARGIN: usize = 128;
 /// Bytes per row for an estimate with rows but no bytes.
-const ROW_BYTES_GUESS: usize = 64;
+pub(crate) const ROW_BYTES_GUESS: usize = 64;
 
 /// What [`SpillingJoins`] chose for one join: whether it spills, and why in words.
 #[derive(Debug, Clone, PartialEq)]

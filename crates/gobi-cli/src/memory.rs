@@ -73,7 +73,16 @@ pub async fn report(session: &Session, report: Report, format: Format) -> Result
             let cleaned = session.engine().cleanup().await;
             let freed = cleaned.freed.iter().map(|(what, count, bytes)| row(vec![("freed", json!(what)), ("count", json!(count)), ("bytes", json!(bytes))])).collect();
             let rss = vec![row(vec![("rss_before_bytes", json!(cleaned.rss_before)), ("rss_after_bytes", json!(cleaned.rss_after))])];
-            vec![Section { key: "cleanup", rows: freed }, Section { key: "process", rows: rss }]
+            let mut sections = vec![Section { key: "cleanup", rows: freed }, Section { key: "process", rows: rss }];
+            if !cleaned.vacuumable.is_empty() {
+                let rows = cleaned
+                    .vacuumable
+                    .iter()
+                    .map(|(table, files, bytes)| row(vec![("table", json!(table)), ("files", json!(files)), ("bytes", json!(bytes)), ("run", json!(format!("VACUUM {table}")))]))
+                    .collect();
+                sections.push(Section { key: "files_for_vacuum", rows });
+            }
+            sections
         }
     };
     Ok(match format {

@@ -228,7 +228,7 @@ fn metadata_bytes(table: &DeltaTable) -> usize {
 }
 
 /// `'2026-11-20 10:00:00'`, `'2026-11-20T10:00:00Z'`, `'2026-11-20'`; without a zone, UTC.
-fn parse_timestamp(text: &str) -> Result<DateTime<Utc>> {
+pub(crate) fn parse_timestamp(text: &str) -> Result<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&Utc));
     }

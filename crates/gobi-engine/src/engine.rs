@@ -47,6 +47,9 @@ const DEFAULT_ADMISSION_WAIT: Duration = Duration::from_secs(10);
 pub struct CleanupReport {
     /// (what, count, bytes)
     pub freed: Vec<(&'static str, usize, u64)>,
+    /// Per table, files older than its retention that no version needs (a replaced version's,
+    /// a killed writer's): (table, files, bytes). Cleanup leaves them to `VACUUM`.
+    pub vacuumable: Vec<(String, usize, u64)>,
     pub rss_before: usize,
     pub rss_after: usize,
 }
@@ -363,6 +366,10 @@ impl Engine {
                 bytes += swept.1;
             }
         }
+        let vacuumable = match (self.lakehouse(), &self.tables) {
+            (Some(lakehouse), Some(tables)) => crate::maintenance::vacuumable(lakehouse, tables).await,
+            _ => vec![],
+        };
         let purged = gobi_memory::allocator::purge();
         let rss_after = gobi_memory::allocator::rss_bytes();
         self.memory.record_event(
@@ -381,6 +388,7 @@ impl Engine {
                 ("stale spill folders", folders, bytes),
                 ("free allocator pages returned to the OS", usize::from(purged), rss_before.saturating_sub(rss_after) as u64),
             ],
+            vacuumable,
             rss_before,
             rss_after,
         }

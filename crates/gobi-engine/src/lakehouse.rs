@@ -38,6 +38,22 @@ const STATE_DIR: &str = "_gobi";
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub memory: PoolLimits,
+    pub maintenance: MaintenanceConfig,
+}
+
+/// `[maintenance]` of `gobi.toml`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceConfig {
+    /// The size OPTIMIZE makes files (Spark's OPTIMIZE writes 128 MiB). Memory does not depend
+    /// on it: the writer holds one row group at a time.
+    pub target_file_size: gobi_memory::ByteSize,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self { target_file_size: gobi_memory::ByteSize::mib(128) }
+    }
 }
 
 const CONFIG_TEMPLATE: &str = r#"# gobi lakehouse settings.
@@ -54,6 +70,9 @@ const CONFIG_TEMPLATE: &str = r#"# gobi lakehouse settings.
 query = "50MiB"   # execution memory of running queries: hash tables, sorts, aggregations
 cache = "100MiB"  # what is kept for reuse between queries
 temp = "25MiB"    # session values, such as `let` tables
+
+[maintenance]
+target_file_size = "128MiB"   # the size OPTIMIZE compacts small files into
 "#;
 
 /// An opened lakehouse folder.
@@ -160,7 +179,33 @@ impl Lakehouse {
             NameKind::Table => self.root.join(TABLES_DIR).join(name),
             NameKind::View | NameKind::Function => self.root.join(STATE_DIR).join(kind.folder()).join(format!("{name}.sql")),
             NameKind::Log => self.root.join(STATE_DIR).join(name),
+            NameKind::Lock => self.root.join(STATE_DIR).join(kind.folder()).join(format!("{name}.lock")),
         })
+    }
+
+    /// Takes table `name`'s rewrite lock, in every gobi process on this lakehouse, until the
+    /// guard drops: `exclusive` for OPTIMIZE, shared for DELETE and UPDATE. Delta's conflict
+    /// check does not see OPTIMIZE's removes (they change no data), so two OPTIMIZEs at once
+    /// would both commit and duplicate rows, and a DELETE committed under an OPTIMIZE would
+    /// come back; appends need no lock (they never conflict). Waits while another holds it.
+    /// A table that does not exist needs no lock (the statement fails on its name).
+    pub async fn lock_table(&self, name: &str, exclusive: bool) -> Result<TableLock> {
+        let path = self.name_path(NameKind::Lock, name)?;
+        if !self.table_exists(name) {
+            return Ok(TableLock { _file: None });
+        }
+        tokio::task::spawn_blocking(move || {
+            fs::create_dir_all(path.parent().expect("under _gobi/locks"))?;
+            let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+            if exclusive {
+                file.lock()?;
+            } else {
+                file.lock_shared()?;
+            }
+            Ok(TableLock { _file: Some(file) })
+        })
+        .await
+        .map_err(|e| GobiError::internal(format!("the table lock's task failed: {e}")))?
     }
 
     /// One of gobi's own Delta tables (`query_log`, `memory_events`): `_gobi/<name>/`.
@@ -270,6 +315,12 @@ impl Lakehouse {
     }
 }
 
+/// A table's rewrite lock, held until dropped (the OS releases it with the file).
+#[derive(Debug)]
+pub struct TableLock {
+    _file: Option<fs::File>,
+}
+
 /// What gobi stores as statement text under `_gobi/`: one file per view or function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Definition {
@@ -290,6 +341,8 @@ pub enum NameKind {
     Function,
     /// `_gobi/<name>/`: gobi's own Delta tables (`query_log`, `memory_events`).
     Log,
+    /// `_gobi/locks/<name>.lock`: a table's rewrite lock.
+    Lock,
 }
 
 impl NameKind {
@@ -299,6 +352,7 @@ impl NameKind {
             NameKind::View => "view",
             NameKind::Function => "function",
             NameKind::Log => "log",
+            NameKind::Lock => "table",
         }
     }
 
@@ -308,6 +362,7 @@ impl NameKind {
             NameKind::View => "views",
             NameKind::Function => "functions",
             NameKind::Log => STATE_DIR,
+            NameKind::Lock => "locks",
         }
     }
 }

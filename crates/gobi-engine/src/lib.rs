@@ -23,6 +23,7 @@ mod join;
 mod keys;
 mod lakehouse;
 mod logs;
+mod maintenance;
 mod memo;
 mod memory_tables;
 mod output;

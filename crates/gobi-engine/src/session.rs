@@ -16,12 +16,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::settings::SessionSettings;
 use datafusion::catalog::DynamicFileCatalog;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::Expr as SqlExpr;
 use gobi_lang::{expand_statement, parse_script, Ast, Command, FunctionDef, Scope, Statement};
-use gobi_memory::StatementLimits;
 use parking_lot::RwLock;
 
 use crate::cancel::Stops;
@@ -43,8 +43,9 @@ pub struct Session {
     pub(crate) schema: Option<Arc<LakehouseSchema>>,
     pub(crate) variables: RwLock<Variables>,
     pub(crate) functions: RwLock<Functions>,
-    /// The limits this session's statements run with (`memory.query_limit`, `memory.actual_margin`).
-    pub(crate) settings: RwLock<StatementLimits>,
+    /// This session's settings: its statements' limits (`memory.query_limit`,
+    /// `memory.actual_margin`), `maintenance.allow_short_retention`.
+    pub(crate) settings: RwLock<SessionSettings>,
     /// Tables created in a session without a lakehouse: their batches, held from the temp pool.
     pub(crate) memory_tables: RwLock<std::collections::HashMap<String, TableValue>>,
     /// Set while gobi runs its own report queries (`gobi memory stats`), which stay out of
@@ -216,6 +217,13 @@ impl Session {
             Command::ShowFunctions => self.show_functions(),
             Command::DropFunction { name, if_exists } => self.drop_function(name, *if_exists),
             Command::CopyFrom { file, table } => self.copy_from(file, table, &statement.text).await,
+            Command::Optimize { table, zorder } => self.optimize(table, zorder, &statement.text).await,
+            Command::Vacuum { table, retain_hours, dry_run } => self.vacuum(table, *retain_hours, *dry_run, &statement.text).await,
+            Command::Restore { table, to } => self.restore(table, to, &statement.text).await,
+            Command::DescribeDetail { table } => match &self.schema {
+                Some(schema) => crate::maintenance::describe_detail(schema, table).await,
+                None => Err(needs_lakehouse("DESCRIBE DETAIL")),
+            },
         };
         result.map(|output| output.at(statement.start)).map_err(|e| e.at(statement.start))
     }

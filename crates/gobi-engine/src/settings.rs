@@ -1,4 +1,4 @@
-//! gobi's own settings (`memory.*`), declared once: `SET`, `SHOW`, "did you mean" and the
+//! gobi's own settings (`memory.*`, `maintenance.*`), declared once: `SET`, `SHOW`, "did you mean" and the
 //! settings reference (`docs/settings.md`, checked by a test) all read [`SETTINGS`].
 //!
 //! ```text
@@ -64,9 +64,11 @@ impl Kind {
     }
 }
 
-/// One setting: its name after `memory.`, whose it is, what it takes, and what it does.
+/// One setting: its section and name, whose it is, what it takes, and what it does.
 #[derive(Debug, Clone, Copy)]
 pub struct Setting {
+    /// `memory` or `maintenance`: the part of the name before the dot.
+    pub section: &'static str,
     pub name: &'static str,
     pub owner: Owner,
     pub kind: Kind,
@@ -78,13 +80,14 @@ pub struct Setting {
 impl Setting {
     /// `memory.query_pool`.
     pub fn full_name(&self) -> String {
-        format!("memory.{}", self.name)
+        format!("{}.{}", self.section, self.name)
     }
 }
 
 /// Every setting gobi knows. The order is the order `SHOW SETTINGS` and the docs list them.
 pub const SETTINGS: &[Setting] = &[
     Setting {
+        section: "memory",
         name: "query_pool",
         owner: Owner::Engine,
         kind: Kind::Size,
@@ -92,6 +95,7 @@ pub const SETTINGS: &[Setting] = &[
         doc: "The query pool's limit: execution memory of running statements (hash tables, sort buffers, aggregation state).",
     },
     Setting {
+        section: "memory",
         name: "cache_pool",
         owner: Owner::Engine,
         kind: Kind::Size,
@@ -99,6 +103,7 @@ pub const SETTINGS: &[Setting] = &[
         doc: "The cache pool's limit: cached results, open tables' metadata, function memos.",
     },
     Setting {
+        section: "memory",
         name: "temp_pool",
         owner: Owner::Engine,
         kind: Kind::Size,
@@ -106,6 +111,7 @@ pub const SETTINGS: &[Setting] = &[
         doc: "The temp pool's limit: `let` tables and tables created without a lakehouse.",
     },
     Setting {
+        section: "memory",
         name: "spill_limit",
         owner: Owner::Engine,
         kind: Kind::Size,
@@ -113,6 +119,7 @@ pub const SETTINGS: &[Setting] = &[
         doc: "The disk budget of spill files; a statement spilling past it fails.",
     },
     Setting {
+        section: "memory",
         name: "admission_wait",
         owner: Owner::Engine,
         kind: Kind::Duration,
@@ -120,6 +127,7 @@ pub const SETTINGS: &[Setting] = &[
         doc: "How long a new statement waits while the query pool is under critical pressure before it is refused.",
     },
     Setting {
+        section: "memory",
         name: "leak_threshold",
         owner: Owner::Engine,
         kind: Kind::Duration,
@@ -127,6 +135,7 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Memory held longer than this by a running statement is reported as a leak.",
     },
     Setting {
+        section: "memory",
         name: "result_cache",
         owner: Owner::Engine,
         kind: Kind::Switch,
@@ -134,6 +143,7 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Whether repeated queries over unchanged tables are answered from the result cache.",
     },
     Setting {
+        section: "memory",
         name: "spilling_join",
         owner: Owner::Engine,
         kind: Kind::Switch,
@@ -141,6 +151,7 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Whether a join whose build side may not fit runs as gobi's spilling hash join; off keeps DataFusion's in-memory hash join everywhere (a build bigger than the pool then fails the query).",
     },
     Setting {
+        section: "memory",
         name: "fault_probability",
         owner: Owner::Engine,
         kind: Kind::Probability,
@@ -148,6 +159,7 @@ pub const SETTINGS: &[Setting] = &[
         doc: "For tests: the fraction of reservation requests refused on purpose.",
     },
     Setting {
+        section: "memory",
         name: "fault_leak",
         owner: Owner::Engine,
         kind: Kind::Size,
@@ -155,6 +167,7 @@ pub const SETTINGS: &[Setting] = &[
         doc: "For tests: the next statement keeps this many bytes reserved past its end.",
     },
     Setting {
+        section: "memory",
         name: "query_limit",
         owner: Owner::Session,
         kind: Kind::Size,
@@ -162,11 +175,20 @@ pub const SETTINGS: &[Setting] = &[
         doc: "The most one statement of this session may reserve.",
     },
     Setting {
+        section: "memory",
         name: "actual_margin",
         owner: Owner::Session,
         kind: Kind::SizeOrPercent,
         default: "64MiB",
         doc: "How far past its limit a statement's allocator bytes may go before it is stopped (never past all pools together).",
+    },
+    Setting {
+        section: "maintenance",
+        name: "allow_short_retention",
+        owner: Owner::Session,
+        kind: Kind::Switch,
+        default: "off",
+        doc: "Whether VACUUM may keep less than the table's retention (7 days by default); versions older than what it keeps can then no longer be read.",
     },
 ];
 
@@ -202,18 +224,28 @@ impl std::fmt::Display for SettingValue {
     }
 }
 
-/// The setting called `name` (with or without `memory.`), or an error that names the closest.
+/// Whether `word` is the section of some setting (`memory`, `maintenance`).
+pub fn is_section(word: &str) -> bool {
+    SETTINGS.iter().any(|s| s.section.eq_ignore_ascii_case(word))
+}
+
+/// The setting called `name` (`section.name`, or the name alone), or an error that names the
+/// closest.
 pub fn find(name: &str) -> Result<&'static Setting> {
     let name = name.to_lowercase();
-    let short = name.strip_prefix("memory.").unwrap_or(&name).to_string();
-    if let Some(setting) = SETTINGS.iter().find(|s| s.name == short) {
+    let (section, short) = match name.split_once('.') {
+        Some((section, short)) => (Some(section), short),
+        None => (None, name.as_str()),
+    };
+    if let Some(setting) = SETTINGS.iter().find(|s| s.name == short && section.is_none_or(|section| section == s.section)) {
         return Ok(setting);
     }
-    let names: Vec<String> = SETTINGS.iter().map(|s| s.name.to_string()).collect();
-    let error = GobiError::plan(format!("unknown setting memory.{short}"));
-    Err(match gobi_lang::closest_name(&short, &names) {
-        Some(close) => error.with_hint(format!("did you mean memory.{close}?")),
-        None => error.with_hint(format!("memory settings: {} (SHOW SETTINGS lists them)", names.join(", "))),
+    let names: Vec<String> = SETTINGS.iter().map(Setting::full_name).collect();
+    let wanted = if section.is_some() { name.clone() } else { format!("memory.{name}") };
+    let error = GobiError::plan(format!("unknown setting {wanted}"));
+    Err(match gobi_lang::closest_name(&wanted, &names) {
+        Some(close) => error.with_hint(format!("did you mean {close}?")),
+        None => error.with_hint(format!("settings: {} (SHOW SETTINGS lists them)", names.join(", "))),
     })
 }
 
@@ -237,21 +269,34 @@ pub fn parse(setting: &Setting, text: &str) -> Result<SettingValue> {
     value.ok_or_else(|| GobiError::plan(format!("{} must be {}, not {text}", setting.full_name(), setting.kind.expected())))
 }
 
-/// Applies a session setting to the limits a session gives its statements.
-pub fn apply_to_session(limits: &mut StatementLimits, setting: &Setting, value: SettingValue) {
-    match (setting.name, value) {
-        ("query_limit", value) => limits.limit = Some(value.bytes()),
-        ("actual_margin", SettingValue::Margin(margin)) => limits.actual_margin = margin,
-        _ => unreachable!("{} is not a session setting of this kind", setting.name),
-    }
+/// What one session's settings are now.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionSettings {
+    /// The limits its statements run with (`memory.query_limit`, `memory.actual_margin`).
+    pub limits: StatementLimits,
+    /// `maintenance.allow_short_retention`.
+    pub allow_short_retention: bool,
 }
 
-/// A session setting's value now, as `SHOW` prints it.
-pub fn session_value(limits: &StatementLimits, setting: &Setting) -> String {
-    match setting.name {
-        "query_limit" => limits.limit.map_or_else(|| "none".to_string(), |bytes| ByteSize(bytes as u64).to_string()),
-        "actual_margin" => limits.actual_margin.to_string(),
-        other => unreachable!("{other} is not a session setting"),
+impl SessionSettings {
+    /// Applies a session setting.
+    pub fn apply(&mut self, setting: &Setting, value: SettingValue) {
+        match (setting.name, value) {
+            ("query_limit", value) => self.limits.limit = Some(value.bytes()),
+            ("actual_margin", SettingValue::Margin(margin)) => self.limits.actual_margin = margin,
+            ("allow_short_retention", SettingValue::Switch(on)) => self.allow_short_retention = on,
+            _ => unreachable!("{} is not a session setting of this kind", setting.name),
+        }
+    }
+
+    /// A session setting's value now, as `SHOW` prints it.
+    pub fn value(&self, setting: &Setting) -> String {
+        match setting.name {
+            "query_limit" => self.limits.limit.map_or_else(|| "none".to_string(), |bytes| ByteSize(bytes as u64).to_string()),
+            "actual_margin" => self.limits.actual_margin.to_string(),
+            "allow_short_retention" => SettingValue::Switch(self.allow_short_retention).to_string(),
+            other => unreachable!("{other} is not a session setting"),
+        }
     }
 }
 

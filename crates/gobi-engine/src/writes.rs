@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::metadata::FieldMetadata;
 use datafusion::common::tree_node::{Transformed, TreeNode};
@@ -47,7 +47,15 @@ impl Written {
     pub(crate) fn done(rows: u64, message: String) -> Self {
         Written { rows, output: Output::Done(message) }
     }
+
+    /// A statement that changed no rows, with what it reports.
+    pub(crate) fn reporting(output: Output) -> Self {
+        Written { rows: 0, output }
+    }
 }
+
+/// The table property other Delta writers honour for how often they write a checkpoint.
+const CHECKPOINT_INTERVAL_KEY: &str = "delta.checkpointInterval";
 
 pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create: &CreateMemoryTable) -> Result<Written> {
     let name = create.name.table();
@@ -82,13 +90,22 @@ pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create
             .with_writer_properties(writer.properties)
             .with_table_name(name)
             .with_commit_properties(commit_properties());
+        if !exists {
+            write = write.with_configuration([(CHECKPOINT_INTERVAL_KEY, Some(crate::maintenance::CHECKPOINT_INTERVAL))]);
+        }
         if exists {
             write = write.with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite);
         }
         write.await
     } else {
         let columns = delta_columns(create.input.schema().inner(), Some(&declared_keys))?;
-        table.create().with_columns(columns).with_table_name(name).with_commit_properties(commit_properties()).await
+        table
+            .create()
+            .with_columns(columns)
+            .with_table_name(name)
+            .with_configuration([(CHECKPOINT_INTERVAL_KEY, Some(crate::maintenance::CHECKPOINT_INTERVAL))])
+            .with_commit_properties(commit_properties())
+            .await
     };
     let table = table.map_err(|e| match classify_delta(&e) {
         ErrorKind::Conflict => {
@@ -106,6 +123,11 @@ pub async fn insert(state: &SessionState, schema: &LakehouseSchema, name: &str, 
         InsertOp::Append => SaveMode::Append,
         InsertOp::Overwrite => SaveMode::Overwrite,
         InsertOp::Replace => return Err(GobiError::plan("INSERT OR REPLACE is not supported on Delta tables")),
+    };
+    // An overwrite removes every file, as a DELETE does: not beside an OPTIMIZE.
+    let _lock = match mode {
+        SaveMode::Overwrite => Some(schema.lakehouse().lock_table(name, false).await?),
+        _ => None,
     };
     let table = writable_table(schema, name).await?;
     let input_columns = output_sources(&input);
@@ -130,6 +152,7 @@ pub async fn insert(state: &SessionState, schema: &LakehouseSchema, name: &str, 
 
 pub async fn delete(state: &SessionState, schema: &LakehouseSchema, name: &str, input: &LogicalPlan) -> Result<Written> {
     let change = planned_change(input, "DELETE")?;
+    let _lock = schema.lakehouse().lock_table(name, false).await?;
     let table = writable_table(schema, name).await?;
     let before = table.version();
     let writer = WriterMemory::reserve(state)?;
@@ -150,6 +173,7 @@ pub async fn delete(state: &SessionState, schema: &LakehouseSchema, name: &str, 
 
 pub async fn update(state: &SessionState, schema: &LakehouseSchema, name: &str, input: &LogicalPlan) -> Result<Written> {
     let change = planned_change(input, "UPDATE")?;
+    let _lock = schema.lakehouse().lock_table(name, false).await?;
     let table = writable_table(schema, name).await?;
     let columns = table_columns(&table)?;
     let writer = WriterMemory::reserve(state)?;
@@ -186,9 +210,9 @@ const UPLOAD_PART: usize = 5 << 20;
 /// follow, so this reservation is how the pool sees it. Not counted here: the batches on their
 /// way from the input plan to the writer (at most delta-rs's channel of 10), and uploads of
 /// closed files still in flight (on a local disk they finish as the file is cut).
-struct WriterMemory {
+pub(crate) struct WriterMemory {
     _reservation: Option<MemoryReservation>,
-    properties: WriterProperties,
+    pub(crate) properties: WriterProperties,
     target_file_size: Option<std::num::NonZeroU64>,
 }
 
@@ -196,7 +220,7 @@ impl WriterMemory {
     /// Sizes the writer from the statement's limit and reserves it; fails as any refused
     /// reservation does (the pool's message names the holders and the setting to raise).
     /// A statement without a limit (the unbounded baseline) gets delta-rs's defaults.
-    fn reserve(state: &SessionState) -> Result<Self> {
+    pub(crate) fn reserve(state: &SessionState) -> Result<Self> {
         let pool = &state.runtime_env().memory_pool;
         let properties = WriterProperties::builder().set_compression(Compression::SNAPPY).set_created_by(format!("gobi version {}", env!("CARGO_PKG_VERSION")));
         let MemoryLimit::Finite(limit) = pool.memory_limit() else {
@@ -394,10 +418,12 @@ pub fn drop_view(schema: &LakehouseSchema, name: &str, if_exists: bool) -> Resul
 pub async fn history(schema: &LakehouseSchema, name: &str) -> Result<Output> {
     let table = schema.delta_table(name).await?;
     let latest = table.version().unwrap_or(0);
-    let (mut versions, mut timestamps, mut operations, mut parameters, mut metrics) = (vec![], vec![], vec![], vec![], vec![]);
+    let log = schema.lakehouse().table_path(name)?.join("_delta_log");
+    let (mut versions, mut timestamps, mut operations, mut parameters, mut metrics, mut checkpoints) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     for version in (0..=latest).rev() {
         let Some(info) = commit_info(&table, version).await else { continue };
         versions.push(version as i64);
+        checkpoints.push(log.join(format!("{version:020}.checkpoint.parquet")).exists());
         let millis = info.get("timestamp").and_then(|t| t.as_i64()).unwrap_or(0);
         timestamps.push(chrono::DateTime::from_timestamp_millis(millis).map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()).unwrap_or_default());
         operations.push(info.get("operation").and_then(|o| o.as_str()).unwrap_or("").to_string());
@@ -410,11 +436,12 @@ pub async fn history(schema: &LakehouseSchema, name: &str) -> Result<Output> {
         ("operation", DataType::Utf8, Arc::new(StringArray::from(operations))),
         ("parameters", DataType::Utf8, Arc::new(StringArray::from(parameters))),
         ("metrics", DataType::Utf8, Arc::new(StringArray::from(metrics))),
+        ("checkpoint", DataType::Boolean, Arc::new(BooleanArray::from(checkpoints))),
     ];
     batch_output(columns)
 }
 
-async fn writable_table(schema: &LakehouseSchema, name: &str) -> Result<DeltaTable> {
+pub(crate) async fn writable_table(schema: &LakehouseSchema, name: &str) -> Result<DeltaTable> {
     if schema.lakehouse().view_sql(name).is_some() {
         return Err(GobiError::plan(format!("{name} is a view; only tables can be changed")));
     }
@@ -430,6 +457,11 @@ async fn commit_info(table: &DeltaTable, version: u64) -> Option<serde_json::Map
     })
 }
 
+/// When a commit was made, as its `commitInfo` says.
+pub(crate) async fn commit_timestamp(table: &DeltaTable, version: u64) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp_millis(commit_info(table, version).await?.get("timestamp")?.as_i64()?)
+}
+
 /// A number from the `operationMetrics` of the commit that made the table's current version.
 async fn committed_metric(table: &DeltaTable, key: &str) -> Option<u64> {
     let info = commit_info(table, table.version()?).await?;
@@ -437,13 +469,15 @@ async fn committed_metric(table: &DeltaTable, key: &str) -> Option<u64> {
     value.as_u64().or_else(|| value.as_str()?.parse().ok())
 }
 
-fn commit_properties() -> CommitProperties {
+pub(crate) fn commit_properties() -> CommitProperties {
     CommitProperties::default().with_metadata([("engineInfo".to_string(), serde_json::Value::String(format!("gobi/{}", env!("CARGO_PKG_VERSION"))))])
 }
 
 /// The row count that INSERT, UPDATE and DELETE return, shaped as DataFusion returns it.
-fn batch_output(columns: Vec<(&str, DataType, ArrayRef)>) -> Result<Output> {
-    let schema = Arc::new(Schema::new(columns.iter().map(|(name, data_type, _)| Field::new(*name, data_type.clone(), false)).collect::<Vec<_>>()));
+/// One batch of the given columns as a statement's rows; a column with nulls is nullable.
+pub(crate) fn batch_output(columns: Vec<(&str, DataType, ArrayRef)>) -> Result<Output> {
+    let field = |(name, data_type, array): &(&str, DataType, ArrayRef)| Field::new(*name, data_type.clone(), array.null_count() > 0);
+    let schema = Arc::new(Schema::new(columns.iter().map(field).collect::<Vec<_>>()));
     let batch = RecordBatch::try_new(Arc::clone(&schema), columns.into_iter().map(|(_, _, a)| a).collect()).map_err(|e| GobiError::internal(e.to_string()))?;
     Ok(Output::rows(vec![batch], schema))
 }

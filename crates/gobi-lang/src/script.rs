@@ -39,6 +39,26 @@ pub enum Command {
         file: String,
         table: String,
     },
+    /// `OPTIMIZE table [ZORDER BY (columns)]`: compacts small files (and clusters rows).
+    Optimize {
+        table: String,
+        zorder: Vec<String>,
+    },
+    /// `VACUUM table [RETAIN n HOURS] [DRY RUN]`: removes files no retained version needs.
+    Vacuum {
+        table: String,
+        retain_hours: Option<u64>,
+        dry_run: bool,
+    },
+    /// `RESTORE [TABLE] table TO VERSION n | TO TIMESTAMP 'time'`: makes an old version current.
+    Restore {
+        table: String,
+        to: TableVersion,
+    },
+    /// `DESCRIBE DETAIL table`: files, bytes, rows, versions and checkpoints of a table.
+    DescribeDetail {
+        table: String,
+    },
 }
 
 /// What a `let` binds: a scalar (read as `$name`) or a table (named in `FROM`).
@@ -131,7 +151,7 @@ fn parse_tokens(tokens: Vec<TokenWithSpan>, start: Position) -> Result<Ast, Synt
 }
 
 /// gobi's own statements: `SHOW HISTORY`, `let`, `FUNCTION`, `SHOW FUNCTIONS`,
-/// `DROP FUNCTION`, `COPY 'file' TO table`. `None` when the statement is plain SQL.
+/// `DROP FUNCTION`, `COPY 'file' TO table`, OPTIMIZE, VACUUM, RESTORE, DESCRIBE DETAIL. `None` when the statement is plain SQL.
 fn parse_gobi_statement(tokens: &[TokenWithSpan], text: &str, start: Position) -> Result<Option<Command>, SyntaxError> {
     let significant: Vec<&TokenWithSpan> = tokens.iter().filter(|t| !is_trivia(&t.token)).collect();
     let word = |i: usize, text: &str| significant.get(i).is_some_and(|t| is_word(&t.token, text));
@@ -140,7 +160,9 @@ fn parse_gobi_statement(tokens: &[TokenWithSpan], text: &str, start: Position) -
         || (word(0, "drop") && word(1, "function"))
         || word(0, "function")
         || word(0, "let")
-        || is_copy_from_file;
+        || is_copy_from_file
+        || ["optimize", "vacuum", "restore"].iter().any(|w| word(0, w))
+        || (word(0, "describe") && word(1, "detail"));
     if !ours {
         return Ok(None);
     }
@@ -171,6 +193,8 @@ fn parse_gobi_statement(tokens: &[TokenWithSpan], text: &str, start: Position) -
         parser.expect_keyword(Keyword::TO).map_err(parser_error)?;
         let table = crate::ident::normalize(parser.parse_identifier().map_err(parser_error)?);
         Command::CopyFrom { file, table }
+    } else if word(0, "optimize") || word(0, "vacuum") || word(0, "restore") || word(0, "describe") {
+        parse_maintenance(&mut parser, parser_error)?
     } else if word(0, "let") {
         parser.next_token();
         let name = crate::ident::normalize(parser.parse_identifier().map_err(parser_error)?);
@@ -191,6 +215,82 @@ fn parse_gobi_statement(tokens: &[TokenWithSpan], text: &str, start: Position) -
         return Err(SyntaxError { message: format!("expected the end of the statement, found {}", next.token), position: position(next.span) });
     }
     Ok(Some(command))
+}
+
+/// OPTIMIZE, VACUUM, RESTORE and DESCRIBE DETAIL, from their first word on.
+fn parse_maintenance(parser: &mut Parser, parser_error: impl Fn(ParserError) -> SyntaxError) -> Result<Command, SyntaxError> {
+    let first = parser.next_token();
+    let table_name = |parser: &mut Parser| parser.parse_identifier().map(crate::ident::normalize).map_err(&parser_error);
+    Ok(match first.token.to_string().to_lowercase().as_str() {
+        "optimize" => {
+            let table = table_name(parser)?;
+            let mut zorder = vec![];
+            if next_word_is(parser, "zorder") {
+                expect_word(parser, "by")?;
+                parser.expect_token(&Token::LParen).map_err(&parser_error)?;
+                zorder = parser.parse_comma_separated(|p| p.parse_identifier()).map_err(&parser_error)?.into_iter().map(crate::ident::normalize).collect();
+                parser.expect_token(&Token::RParen).map_err(&parser_error)?;
+            }
+            Command::Optimize { table, zorder }
+        }
+        "vacuum" => {
+            let table = table_name(parser)?;
+            let retain_hours = if next_word_is(parser, "retain") {
+                let hours = parser.parse_literal_uint().map_err(&parser_error)?;
+                if !next_word_is(parser, "hours") {
+                    expect_word(parser, "hour")?;
+                }
+                Some(hours)
+            } else {
+                None
+            };
+            let dry_run = next_word_is(parser, "dry");
+            if dry_run {
+                expect_word(parser, "run")?;
+            }
+            Command::Vacuum { table, retain_hours, dry_run }
+        }
+        "restore" => {
+            next_word_is(parser, "table");
+            let table = table_name(parser)?;
+            expect_word(parser, "to")?;
+            let to = if next_word_is(parser, "version") {
+                TableVersion::Version(i64::try_from(parser.parse_literal_uint().map_err(&parser_error)?).unwrap_or(i64::MAX))
+            } else if next_word_is(parser, "timestamp") {
+                TableVersion::Timestamp(parser.parse_literal_string().map_err(&parser_error)?)
+            } else {
+                return Err(unexpected(parser, "VERSION n or TIMESTAMP '…'"));
+            };
+            Command::Restore { table, to }
+        }
+        _ => {
+            expect_word(parser, "detail")?;
+            Command::DescribeDetail { table: table_name(parser)? }
+        }
+    })
+}
+
+/// Takes the next token if it is the unquoted word `word`.
+fn next_word_is(parser: &mut Parser, word: &str) -> bool {
+    let is = matches!(&parser.peek_token().token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word));
+    if is {
+        parser.next_token();
+    }
+    is
+}
+
+fn expect_word(parser: &mut Parser, word: &str) -> Result<(), SyntaxError> {
+    if next_word_is(parser, word) {
+        Ok(())
+    } else {
+        Err(unexpected(parser, &word.to_uppercase()))
+    }
+}
+
+/// "expected …, found …" at the next token.
+fn unexpected(parser: &Parser, expected: &str) -> SyntaxError {
+    let next = parser.peek_token();
+    SyntaxError { message: format!("expected {expected}, found {}", next.token), position: position(next.span) }
 }
 
 /// Cuts the token stream at every `;` outside parentheses and braces, and after the `}` that
@@ -525,6 +625,30 @@ mod tests {
         assert!(matches!(&statements[0].command, Command::ShowHistory { table } if table == "users"));
         let err = parse_script("SHOW HISTORY users extra").unwrap_err();
         assert_eq!(err.position, Position { line: 1, column: 20 });
+    }
+
+    #[test]
+    fn maintenance_statements_parse_and_point_at_mistakes() {
+        let commands: Vec<Command> = parse_script(
+            "OPTIMIZE T; OPTIMIZE t ZORDER BY (a, B); VACUUM t; VACUUM t RETAIN 0 HOURS DRY RUN; RESTORE TABLE t TO VERSION 3; \
+             RESTORE t TO TIMESTAMP '2026-01-01'; DESCRIBE DETAIL t",
+        )
+        .unwrap()
+        .into_iter()
+        .map(|s| s.command)
+        .collect();
+        assert!(matches!(&commands[0], Command::Optimize { table, zorder } if table == "t" && zorder.is_empty()));
+        assert!(matches!(&commands[1], Command::Optimize { zorder, .. } if zorder == &["a", "b"]));
+        assert!(matches!(&commands[2], Command::Vacuum { retain_hours: None, dry_run: false, .. }));
+        assert!(matches!(&commands[3], Command::Vacuum { retain_hours: Some(0), dry_run: true, .. }));
+        assert!(matches!(&commands[4], Command::Restore { to: TableVersion::Version(3), .. }));
+        assert!(matches!(&commands[5], Command::Restore { to: TableVersion::Timestamp(t), .. } if t == "2026-01-01"));
+        assert!(matches!(&commands[6], Command::DescribeDetail { table } if table == "t"));
+        let err = parse_script("RESTORE t TO 3").unwrap_err();
+        assert_eq!((err.message.as_str(), err.position), ("expected VERSION n or TIMESTAMP '…', found 3", Position { line: 1, column: 14 }));
+        let err = parse_script("VACUUM t RETAIN 2 DAYS").unwrap_err();
+        assert_eq!(err.position, Position { line: 1, column: 19 });
+        assert!(parse_script("OPTIMIZE t ZORDER (a)").unwrap_err().message.contains("expected BY"));
     }
 
     #[test]

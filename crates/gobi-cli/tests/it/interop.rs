@@ -123,3 +123,39 @@ print(json.dumps(deltalake.DeltaTable({:?}).to_pyarrow_table().num_rows))
     ));
     assert_eq!(back, json!(5));
 }
+
+/// After each maintenance statement, and past a checkpoint, Python deltalake and Polars read
+/// the table as gobi does.
+#[test]
+fn tables_after_optimize_vacuum_restore_and_checkpoints_read_the_same_in_deltalake_and_polars() {
+    if !require(python_has("deltalake, polars, pyarrow"), "Python deltalake, polars and pyarrow") {
+        return;
+    }
+    let lh = Lakehouse::new();
+    let inserts: Vec<String> = (1..=12).map(|i| format!("INSERT INTO t VALUES ({i}, 'n{i}')")).collect();
+    lh.run(&format!("CREATE TABLE t (id BIGINT, name STRING); {}", inserts.join("; "))).ok();
+    let path = lh.path().join("tables/t");
+    let read_elsewhere = || {
+        python(&format!(
+            r#"
+import json, deltalake, polars as pl
+t = deltalake.DeltaTable({path:?}).to_pyarrow_table().sort_by("id")
+df = pl.read_delta({path:?}).sort("id")
+print(json.dumps({{"deltalake": [[r["id"], r["name"]] for r in t.to_pylist()], "polars": [list(r) for r in df.rows()]}}))
+"#
+        ))
+    };
+    let steps = [
+        "UPDATE t SET name = upper(name) WHERE id % 3 = 0",
+        "OPTIMIZE t",
+        "RESTORE TABLE t TO VERSION 5",
+        "SET maintenance.allow_short_retention = on; VACUUM t RETAIN 0 HOURS",
+    ];
+    for step in steps {
+        lh.run(step).ok();
+        let ours = Value::from(lh.values("SELECT id, name FROM t ORDER BY id"));
+        let theirs = read_elsewhere();
+        assert_eq!((&theirs["deltalake"], &theirs["polars"]), (&ours, &ours), "after {step}");
+    }
+    assert!(lh.table_log("t").join("00000000000000000009.checkpoint.parquet").exists(), "the reads above went through a checkpoint");
+}

@@ -11,6 +11,7 @@ mod files;
 mod fuzz;
 mod interop;
 mod joins;
+mod maintenance;
 mod memory;
 mod pl_grizzly;
 mod plan;

@@ -19,7 +19,7 @@ impl Session {
         if matches!(logical, LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Statement(_) | LogicalPlan::Copy(_)) {
             return Err(GobiError::plan("gobi plan shows queries; this statement changes or defines something").at(statement.start));
         }
-        let settings = *self.settings.read();
+        let settings = self.settings.read().limits;
         // A plan not run is not a statement of the query log.
         let mut governed = Governed::begin(self.engine(), &statement.text, settings, analyze && self.logged(), &self.progress, &self.stops).await?;
         let state = governed.state(&self.ctx.state())?;

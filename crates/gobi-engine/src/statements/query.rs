@@ -13,6 +13,7 @@ use crate::output::Output;
 use crate::result_cache::Versions;
 use crate::runner::Statement;
 use crate::session::Session;
+use crate::settings;
 
 impl Session {
     pub(crate) async fn execute_sql(&self, ast: &Ast, text: &str) -> Result<Output> {
@@ -42,7 +43,7 @@ impl Session {
     /// unchanged Delta tables is answered from the result cache.
     pub(crate) async fn query_plan(&self, plan: LogicalPlan, text: &str) -> Result<Output> {
         let cache_key = self.result_cache_key(&plan);
-        let settings = *self.settings.read();
+        let settings = self.settings.read().limits;
         let mut statement = Statement::begin(self.engine(), text, settings, self.logged(), &self.progress, &self.stops).await?;
         if let Some((key, versions)) = &cache_key {
             if let Some((schema, batches)) = self.engine().result_cache().get(key, versions) {
@@ -79,14 +80,14 @@ impl Session {
                 match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
                     ["memory"] => Ok(Some(self.show_memory()?)),
                     ["settings"] => Ok(Some(self.show_settings(None)?)),
-                    ["memory", name] => Ok(Some(self.show_settings(Some(name))?)),
+                    [section, name] if settings::is_section(section) => Ok(Some(self.show_settings(Some(&format!("{section}.{name}")))?)),
                     _ => Ok(None),
                 }
             }
             SqlStatement::Set(Set::SingleAssignment { variable, values, .. })
-                if variable.0.len() == 2 && variable.0[0].to_string().eq_ignore_ascii_case("memory") && values.len() == 1 =>
+                if variable.0.len() == 2 && settings::is_section(&variable.0[0].to_string()) && values.len() == 1 =>
             {
-                Ok(Some(self.set_memory(&variable.0[1].to_string(), &values[0])?))
+                Ok(Some(self.set_setting(&variable.to_string(), &values[0])?))
             }
             SqlStatement::AlterTable(alter) => Ok(Some(self.alter_table(alter).await?)),
             SqlStatement::CreateIndex(index) => {

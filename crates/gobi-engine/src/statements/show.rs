@@ -1,4 +1,5 @@
-//! SHOW TABLES, SHOW MEMORY, SHOW SETTINGS (and `SHOW memory.x`), and SET memory.*.
+//! SHOW TABLES, SHOW MEMORY, SHOW SETTINGS (and `SHOW memory.x`), and SET memory.* and
+//! maintenance.*.
 
 use std::sync::Arc;
 
@@ -12,9 +13,9 @@ use crate::session::Session;
 use crate::settings::{self, Owner, Setting, SETTINGS};
 
 impl Session {
-    /// `SET memory.name = value`: an engine setting changes for every session of the engine
+    /// `SET memory.name = value` (or `maintenance.name`): an engine setting changes for every session of the engine
     /// (and says so), a session setting for this session's statements.
-    pub(crate) fn set_memory(&self, name: &str, value: &SqlExpr) -> Result<Output> {
+    pub(crate) fn set_setting(&self, name: &str, value: &SqlExpr) -> Result<Output> {
         let setting = settings::find(name)?;
         let text = match value {
             SqlExpr::Value(v) => match &v.value {
@@ -27,9 +28,9 @@ impl Session {
         let now = match setting.owner {
             Owner::Engine => self.engine().apply(setting, value)?,
             Owner::Session => {
-                let mut limits = self.settings.write();
-                settings::apply_to_session(&mut limits, setting, value);
-                settings::session_value(&limits, setting)
+                let mut settings = self.settings.write();
+                settings.apply(setting, value);
+                settings.value(setting)
             }
         };
         let whose = match setting.owner {
@@ -43,7 +44,7 @@ impl Session {
     fn setting_value(&self, setting: &Setting) -> String {
         match setting.owner {
             Owner::Engine => self.engine().current(setting),
-            Owner::Session => settings::session_value(&self.settings.read(), setting),
+            Owner::Session => self.settings.read().value(setting),
         }
     }
 

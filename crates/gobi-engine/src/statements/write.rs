@@ -62,7 +62,7 @@ impl Session {
         if let Some(lakehouse) = self.lakehouse() {
             lakehouse.writable()?;
         }
-        let settings = *self.settings.read();
+        let settings = self.settings.read().limits;
         let mut statement = Statement::begin(self.engine(), text, settings, self.logged(), &self.progress, &self.stops).await?;
         let state = statement.state(&self.ctx.state())?;
         statement.finish_write(write(state)).await
@@ -72,6 +72,25 @@ impl Session {
     pub(crate) async fn copy_from(&self, file: &str, table: &str, text: &str) -> Result<Output> {
         let schema = self.schema.as_ref().ok_or_else(|| needs_lakehouse("COPY … TO table"))?;
         self.governed_write(text, |state| async move { crate::copy::copy_from(&state, schema, file, table).await }).await
+    }
+
+    /// `OPTIMIZE t [ZORDER BY (…)]`: a governed write (it reads and rewrites the table's files).
+    pub(crate) async fn optimize(&self, table: &str, zorder: &[String], text: &str) -> Result<Output> {
+        let schema = self.schema.as_ref().ok_or_else(|| needs_lakehouse("OPTIMIZE"))?;
+        self.governed_write(text, |state| async move { crate::maintenance::optimize(&state, schema, table, zorder).await }).await
+    }
+
+    /// `VACUUM t …`: a governed statement (logged, admitted) that deletes files.
+    pub(crate) async fn vacuum(&self, table: &str, retain_hours: Option<u64>, dry_run: bool, text: &str) -> Result<Output> {
+        let schema = self.schema.as_ref().ok_or_else(|| needs_lakehouse("VACUUM"))?;
+        let allow_short_retention = self.settings.read().allow_short_retention;
+        self.governed_write(text, |_| async move { crate::maintenance::vacuum(schema, table, retain_hours, dry_run, allow_short_retention).await }).await
+    }
+
+    /// `RESTORE t TO …`: one commit.
+    pub(crate) async fn restore(&self, table: &str, to: &gobi_lang::TableVersion, text: &str) -> Result<Output> {
+        let schema = self.schema.as_ref().ok_or_else(|| needs_lakehouse("RESTORE"))?;
+        self.governed_write(text, |_| async move { crate::maintenance::restore(schema, table, to).await }).await
     }
 
     /// `ALTER TABLE t ADD COLUMN …`: one commit.

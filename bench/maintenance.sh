@@ -34,7 +34,7 @@ read -r _ before_s <<< "$(timed "$lh" "$scan")"
 before_files=$(files "$lh" t)
 optimize_start=$(date +%s.%N)
 "$GOBI" --lakehouse "$lh" query "OPTIMIZE t" > /dev/null 2>&1
-optimize_s=$(echo "$(date +%s.%N) - $optimize_start" | bc)
+optimize_s=$(printf '%.2f' "$(echo "$(date +%s.%N) - $optimize_start" | bc)")
 "$GOBI" --lakehouse "$lh" query "SET maintenance.allow_short_retention = on; VACUUM t RETAIN 0 HOURS" > /dev/null 2>&1
 read -r _ after_s <<< "$(timed "$lh" "$scan")"
 after_files=$(files "$lh" t)

@@ -21,6 +21,7 @@
 use std::cell::Cell;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -32,10 +33,10 @@ use datafusion::common::{Result, Statistics};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
-use datafusion::physical_plan::metrics::{Gauge, Metric, MetricValue, MetricsSet, Time};
+use datafusion::physical_plan::metrics::{CustomMetricValue, Metric, MetricValue, MetricsSet, Time};
 use datafusion::physical_plan::{ChildStats, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, StatisticsArgs};
 use futures::Stream;
-use gobi_memory::{allocator, registering_for, AllocScope, NodeMemory, QueryMemory};
+use gobi_memory::{allocator, registering_for, AllocScope, ByteSize, NodeMemory, QueryMemory};
 
 use crate::cancel::Stop;
 
@@ -173,9 +174,8 @@ impl ExecutionPlan for ScopedExec {
         let peaks = [("peak_reserved", self.node.peak()), ("peak_allocated", self.allocated.peak())];
         let mut metrics = self.inner.metrics().unwrap_or_default();
         for (name, peak) in peaks.into_iter().filter(|(_, peak)| *peak > 0) {
-            let gauge = Gauge::new();
-            gauge.set(peak);
-            metrics.push(Arc::new(Metric::new(MetricValue::PeakMemoryUsage { name: name.into(), gauge }, None)));
+            let value = Arc::new(PeakBytes(AtomicUsize::new(peak)));
+            metrics.push(Arc::new(Metric::new(MetricValue::Custom { name: name.into(), value }, None)));
         }
         metrics.push(Arc::new(Metric::new(MetricValue::Time { name: "elapsed_own".into(), time: self.own_time.clone() }, None)));
         Some(metrics)
@@ -233,5 +233,38 @@ impl Stream for ScopedStream {
 impl RecordBatchStream for ScopedStream {
     fn schema(&self) -> SchemaRef {
         self.inner.schema()
+    }
+}
+
+/// A peak in bytes, shown as the pools show sizes (`24KiB`, `1.5MiB`), where DataFusion's
+/// gauges print decimal-looking `KB`; partitions' peaks combine to the largest.
+#[derive(Debug)]
+pub(crate) struct PeakBytes(AtomicUsize);
+
+impl fmt::Display for PeakBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", ByteSize(self.as_usize() as u64))
+    }
+}
+
+impl CustomMetricValue for PeakBytes {
+    fn new_empty(&self) -> Arc<dyn CustomMetricValue> {
+        Arc::new(PeakBytes(AtomicUsize::new(0)))
+    }
+
+    fn aggregate(&self, other: Arc<dyn CustomMetricValue>) {
+        self.0.fetch_max(other.as_usize(), Ordering::Relaxed);
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_usize(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn is_eq(&self, other: &Arc<dyn CustomMetricValue>) -> bool {
+        self.as_usize() == other.as_usize()
     }
 }

@@ -250,7 +250,7 @@ fn actual(plan: &Arc<dyn ExecutionPlan>) -> Option<Actual> {
         metrics
             .iter()
             .filter_map(|metric| match metric.value() {
-                MetricValue::PeakMemoryUsage { name, gauge } if name == wanted => Some(gauge.value() as u64),
+                MetricValue::Custom { name, value } if name == wanted => Some(value.as_usize() as u64),
                 _ => None,
             })
             .max()

@@ -60,6 +60,8 @@ fn a_sort_and_a_group_by_bigger_than_the_pool_spill_and_give_the_unlimited_answe
         let analyzed = gobi(&["--memory-query", "8MiB", "--memory-cache", "0B", "query", &format!("EXPLAIN ANALYZE {query}")], lh.path()).ok().stdout;
         let sort_line = analyzed.lines().find(|l| l.contains("SortExec")).unwrap_or_else(|| panic!("{analyzed}"));
         assert!(sort_line.contains("peak_reserved=") && sort_line.contains("spill_count="), "{sort_line}");
+        let reserved = sort_line.split("peak_reserved=").nth(1).and_then(|rest| rest.split([',', ']']).next()).unwrap();
+        assert!(reserved.ends_with("KiB") || reserved.ends_with("MiB"), "in the pools' IEC units: {sort_line}");
 
         let pools = pools_after(&lh, &["--memory-query", "8MiB", "--memory-cache", "0B"], &format!("{query}; SHOW MEMORY"));
         for (pool, _, reserved, _) in &pools {

@@ -128,7 +128,7 @@ fn a_wide_result_fits_eighty_columns() {
 2 rows; 16 columns, 4 shown (--format line for all)
 "
     );
-    let lines = gobi(&["query", "--format", "line", "SELECT 1 AS a, 'x' AS long_name UNION ALL SELECT 2, 'y'"], dir.path()).ok();
+    let lines = gobi(&["query", "--format", "line", "SELECT 1 AS a, 'x' AS long_name UNION ALL SELECT 2, 'y' ORDER BY a"], dir.path()).ok();
     assert_eq!(lines.stdout, "        a = 1\nlong_name = x\n\n        a = 2\nlong_name = y\n");
     let markdown = gobi(&["query", "--format", "markdown", "SELECT 1 AS a, 'x|y' AS b"], dir.path()).ok();
     assert_eq!(markdown.stdout, "| a | b |\n|---|---|\n| 1 | x\\|y |\n");

@@ -362,7 +362,8 @@ impl ExecutionPlan for SpillingHashJoinExec {
             }
             Layout::Partitioned | Layout::Single => {
                 let build = self.left.execute(partition, context)?;
-                futures::stream::once(join.run(build, probe)).try_flatten().boxed()
+                let holders = self.properties().output_partitioning().partition_count();
+                futures::stream::once(join.run(build, probe, holders)).try_flatten().boxed()
             }
         };
         let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);

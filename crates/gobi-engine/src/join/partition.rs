@@ -19,7 +19,7 @@ use datafusion::arrow::compute::{filter_record_batch, is_not_null};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::utils::memory::RecordBatchMemoryCounter;
 use datafusion::common::{DataFusionError, JoinType, Result};
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, Gauge, MetricBuilder, SpillMetrics};
 use datafusion::physical_plan::spill::SpillManager;
@@ -154,9 +154,9 @@ impl PartitionJoin {
     }
 
     /// Holds the build while it fits and joins in memory; the first refused reservation
-    /// switches to buckets.
-    pub async fn run(self: Arc<Self>, build: SendableRecordBatchStream, probe: SendableRecordBatchStream) -> Result<SendableRecordBatchStream> {
-        match self.hold_build(build).await? {
+    /// switches to buckets. `holders`: the partitions holding their builds at the same time.
+    pub async fn run(self: Arc<Self>, build: SendableRecordBatchStream, probe: SendableRecordBatchStream, holders: usize) -> Result<SendableRecordBatchStream> {
+        match self.hold_build(build, holders).await? {
             Holding::Fit(held, reservation) => {
                 self.spec.in_memory(self.round_over(held), probe, BucketPool::new(reservation), &self.ctx, self.spec.null_aware, false)
             }
@@ -170,7 +170,7 @@ impl PartitionJoin {
     /// Reads the build that every partition of the probe shares (this partition came first):
     /// held for one in-memory join while it fits, else scattered into buckets.
     pub async fn read_shared_build(self: Arc<Self>, build: SendableRecordBatchStream, partitions: usize) -> Result<SharedBuild> {
-        Ok(match self.hold_build(build).await? {
+        Ok(match self.hold_build(build, 1).await? {
             Holding::Fit(held, reservation) => {
                 SharedBuild::Held(self.spec.shared_in_memory(self.round_over(held), partitions, BucketPool::new(reservation), &self.ctx)?)
             }
@@ -186,14 +186,21 @@ impl PartitionJoin {
         }
     }
 
-    /// The build held while its reservations are granted.
-    async fn hold_build(&self, mut build: SendableRecordBatchStream) -> Result<Holding> {
+    /// The build held while its reservations are granted, and while it is within its part of
+    /// the statement's memory: `holders` partitions hold builds at once, and together they keep
+    /// to half of it. Builds that took all of it would leave the operators around them (an
+    /// aggregate, another partition's first batch) nothing: a failed query, not a spill.
+    async fn hold_build(&self, mut build: SendableRecordBatchStream, holders: usize) -> Result<Holding> {
         let reservation = self.holding_reservation();
+        let part = match self.ctx.memory_pool().memory_limit() {
+            MemoryLimit::Finite(limit) => limit / (2 * holders.max(1)),
+            _ => usize::MAX,
+        };
         let mut counted = RecordBatchMemoryCounter::new();
         let mut held = vec![];
         while let Some(batch) = build.next().await {
             let batch = batch?;
-            let refused = reservation.try_grow(held_cost(&mut counted, &batch)).is_err();
+            let refused = reservation.try_grow(held_cost(&mut counted, &batch)).is_err() || reservation.size() > part;
             held.push(batch);
             if refused {
                 self.metrics.runtime_switches.add(1);

@@ -45,8 +45,9 @@ use crate::cancel::Stop;
 /// frees it outside any poll, so without that a streamed result or a write would count every
 /// batch it ever made.
 pub fn scoped(plan: Arc<dyn ExecutionPlan>, query: &Arc<QueryMemory>, stop: &Stop) -> Result<Arc<dyn ExecutionPlan>> {
-    let scoped = wrap(plan, query, stop)?;
-    Ok(Arc::new(ScopedExec { root: true, ..scoped }))
+    let mut scoped = wrap(plan, query, stop)?;
+    scoped.governed.root = true;
+    Ok(Arc::new(scoped))
 }
 
 fn wrap(plan: Arc<dyn ExecutionPlan>, query: &Arc<QueryMemory>, stop: &Stop) -> Result<ScopedExec> {
@@ -58,8 +59,15 @@ fn wrap(plan: Arc<dyn ExecutionPlan>, query: &Arc<QueryMemory>, stop: &Stop) -> 
         // its state (a hash join's dynamic filter stays the one its scan was given).
         plan.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep))?
     };
-    let allocated = Arc::new(AllocScope::part_of(query.actual()));
-    Ok(ScopedExec { inner, query: Arc::clone(query), stop: stop.clone(), node: Arc::default(), allocated, own_time: Time::new(), root: false })
+    let governed = Governed {
+        query: Arc::clone(query),
+        stop: stop.clone(),
+        node: Arc::default(),
+        allocated: Arc::new(AllocScope::part_of(query.actual())),
+        own_time: Time::new(),
+        root: false,
+    };
+    Ok(ScopedExec { inner, governed })
 }
 
 /// What the plan's operators spilled: (spill files written, bytes written).
@@ -70,6 +78,12 @@ pub fn spills(plan: &Arc<dyn ExecutionPlan>) -> (u64, u64) {
 
 pub struct ScopedExec {
     inner: Arc<dyn ExecutionPlan>,
+    governed: Governed,
+}
+
+/// What a node's wrapper and each of its streams share.
+#[derive(Clone)]
+struct Governed {
     query: Arc<QueryMemory>,
     stop: Stop,
     node: Arc<NodeMemory>,
@@ -89,15 +103,7 @@ impl fmt::Debug for ScopedExec {
 
 impl ScopedExec {
     fn rewrapped(&self, inner: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
-        Arc::new(ScopedExec {
-            inner,
-            query: Arc::clone(&self.query),
-            stop: self.stop.clone(),
-            node: Arc::clone(&self.node),
-            allocated: Arc::clone(&self.allocated),
-            own_time: self.own_time.clone(),
-            root: self.root,
-        })
+        Arc::new(ScopedExec { inner, governed: self.governed.clone() })
     }
 }
 
@@ -148,17 +154,9 @@ impl ExecutionPlan for ScopedExec {
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let _scope = allocator::enter(&self.allocated);
-        let inner = registering_for(&self.node, || self.inner.execute(partition, context))?;
-        Ok(Box::pin(ScopedStream {
-            inner,
-            query: Arc::clone(&self.query),
-            stop: self.stop.clone(),
-            node: Arc::clone(&self.node),
-            allocated: Arc::clone(&self.allocated),
-            own_time: self.own_time.clone(),
-            root: self.root,
-        }))
+        let _scope = allocator::enter(&self.governed.allocated);
+        let inner = registering_for(&self.governed.node, || self.inner.execute(partition, context))?;
+        Ok(Box::pin(ScopedStream { inner, governed: self.governed.clone() }))
     }
 
     // Its children are the inner node's (wrapped), so the inner node derives the statistics.
@@ -171,25 +169,20 @@ impl ExecutionPlan for ScopedExec {
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
-        let peaks = [("peak_reserved", self.node.peak()), ("peak_allocated", self.allocated.peak())];
+        let peaks = [("peak_reserved", self.governed.node.peak()), ("peak_allocated", self.governed.allocated.peak())];
         let mut metrics = self.inner.metrics().unwrap_or_default();
         for (name, peak) in peaks.into_iter().filter(|(_, peak)| *peak > 0) {
             let value = Arc::new(PeakBytes(AtomicUsize::new(peak)));
             metrics.push(Arc::new(Metric::new(MetricValue::Custom { name: name.into(), value }, None)));
         }
-        metrics.push(Arc::new(Metric::new(MetricValue::Time { name: "elapsed_own".into(), time: self.own_time.clone() }, None)));
+        metrics.push(Arc::new(Metric::new(MetricValue::Time { name: "elapsed_own".into(), time: self.governed.own_time.clone() }, None)));
         Some(metrics)
     }
 }
 
 struct ScopedStream {
     inner: SendableRecordBatchStream,
-    query: Arc<QueryMemory>,
-    stop: Stop,
-    node: Arc<NodeMemory>,
-    allocated: Arc<AllocScope>,
-    own_time: Time,
-    root: bool,
+    governed: Governed,
 }
 
 thread_local! {
@@ -201,7 +194,8 @@ impl Stream for ScopedStream {
     type Item = Result<RecordBatch>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let ScopedStream { inner, query, stop, node, allocated, own_time, root } = &mut *self;
+        let ScopedStream { inner, governed } = &mut *self;
+        let Governed { query, stop, node, allocated, own_time, root } = governed;
         if let Some(cancelled) = stop.check() {
             return Poll::Ready(Some(Err(cancelled)));
         }

@@ -88,7 +88,8 @@ pub async fn vacuum(schema: &LakehouseSchema, name: &str, retain_hours: Option<u
     let short = retention < minimum;
     let hours = retention.as_secs() / 3600;
     let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-    let unreadable = versions_losing_files(&table, chrono::Utc::now() - retention).await;
+    // Read from the log only when the retention is short: each commit read is a file read.
+    let unreadable = if short { versions_losing_files(&table, chrono::Utc::now() - retention).await } else { None };
     if short && !allow_short_retention {
         let losing = unreadable.map_or_else(|| "old versions".to_string(), |before| format!("versions before {before}"));
         return Err(GobiError::plan(format!(
@@ -113,10 +114,8 @@ pub async fn vacuum(schema: &LakehouseSchema, name: &str, retain_hours: Option<u
     schema.remember(name, table).await;
     let bytes: u64 = files.iter().map(|(_, bytes)| bytes).sum();
     let mut message = format!("vacuumed {name}: removed {} files ({})", done.files_deleted.len(), ByteSize(bytes));
-    if short {
-        if let Some(before) = unreadable {
-            message.push_str(&format!("; versions before {before} can no longer be read"));
-        }
+    if let Some(before) = unreadable {
+        message.push_str(&format!("; versions before {before} can no longer be read"));
     }
     Ok(Written::done(0, message))
 }
@@ -138,8 +137,10 @@ async fn removable(table: &DeltaTable, root: &std::path::Path, retention: chrono
     let mut files: Vec<(String, u64)> = planned
         .files_deleted
         .into_iter()
-        .map(|file| (std::fs::metadata(root.join(&file)).map_or(0, |m| m.len()), file))
-        .map(|(size, file)| (file, size))
+        .map(|file| {
+            let size = std::fs::metadata(root.join(&file)).map_or(0, |m| m.len());
+            (file, size)
+        })
         .collect();
     files.sort();
     Ok(files)
@@ -210,25 +211,22 @@ pub async fn restore(schema: &LakehouseSchema, name: &str, to: &TableVersion) ->
 pub async fn describe_detail(schema: &LakehouseSchema, name: &str) -> Result<Output> {
     let table = schema.delta_table(name).await?;
     let snapshot = table.snapshot()?;
-    let files: Vec<(u64, Option<usize>)> = snapshot.log_data().iter().map(|file| (file.size().max(0) as u64, file.num_records())).collect();
-    let bytes: u64 = files.iter().map(|(size, _)| size).sum();
-    let rows: Option<usize> = files.iter().map(|(_, rows)| *rows).sum();
-    let target = schema.lakehouse().config().maintenance.target_file_size.0;
-    let small = files.iter().filter(|(size, _)| *size < target / SMALL_FILE_SHARE).count();
+    let small_below = schema.lakehouse().config().maintenance.target_file_size.0 / SMALL_FILE_SHARE;
+    // One pass over the snapshot's files (rows unknown once a file lacks its count).
+    let (files, bytes, rows, small) = snapshot.log_data().iter().fold((0usize, 0u64, Some(0usize), 0usize), |(files, bytes, rows, small), file| {
+        let size = file.size().max(0) as u64;
+        (files + 1, bytes + size, rows.zip(file.num_records()).map(|(a, b)| a + b), small + usize::from(size < small_below))
+    });
     let root = schema.lakehouse().table_path(name)?;
     let last_checkpoint = last_checkpoint(&root);
-    let advice = if small >= 2 && small * 2 > files.len() {
-        format!("{small} of {} files are small: OPTIMIZE {name} compacts them", files.len())
-    } else {
-        String::new()
-    };
+    let advice = if small >= 2 && small * 2 > files { format!("{small} of {files} files are small: OPTIMIZE {name} compacts them") } else { String::new() };
     let int = |value: Option<i64>| Arc::new(Int64Array::from(vec![value])) as ArrayRef;
     let text = |value: String| Arc::new(StringArray::from(vec![value])) as ArrayRef;
     batch_output(vec![
         ("table", DataType::Utf8, text(name.to_string())),
         ("location", DataType::Utf8, text(root.display().to_string())),
         ("version", DataType::Int64, int(table.version().map(|v| v as i64))),
-        ("files", DataType::Int64, int(Some(files.len() as i64))),
+        ("files", DataType::Int64, int(Some(files as i64))),
         ("bytes", DataType::Int64, int(Some(bytes as i64))),
         ("rows", DataType::Int64, int(rows.map(|rows| rows as i64))),
         ("small_files", DataType::Int64, int(Some(small as i64))),

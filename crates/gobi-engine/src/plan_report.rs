@@ -142,14 +142,14 @@ fn node(plan: &Arc<dyn ExecutionPlan>, joins: &SpillingJoins, spilling_join: boo
     };
     let detail = datafusion::physical_plan::displayable(plan.as_ref()).one_line().to_string().trim_end().to_string();
     let children: Vec<PlanNode> = plan.children().into_iter().map(|child| node(child, joins, spilling_join, ran)).collect();
-    let memory = holds(plan);
+    let (memory, keeps) = holding(plan);
     PlanNode {
         operator: plan.name().to_string(),
         detail,
         estimated_rows,
         estimated_bytes,
         memory,
-        estimated_memory: memory_need(plan, memory, sized(estimated_rows, estimated_bytes), &children),
+        estimated_memory: memory_need(keeps, sized(estimated_rows, estimated_bytes), &children),
         pool: (memory != Holds::Streams).then_some("query"),
         join: join(plan, joins, spilling_join),
         actual: if ran { actual(plan) } else { None },
@@ -167,53 +167,53 @@ fn sized(rows: Estimate, bytes: Estimate) -> Estimate {
     }
 }
 
-/// What an operator's growing buffers would hold were nothing spilled, by what it keeps: a
-/// join its build side (the first input), a sort or a window its whole input, a TopK or an
-/// aggregate what it outputs (k rows, one row per group). Unknown for what depends on timing
-/// (a repartition's batches in flight, a sort-merge join's rows of one key).
-fn memory_need(plan: &Arc<dyn ExecutionPlan>, holds: Holds, own_bytes: Estimate, children: &[PlanNode]) -> Estimate {
-    let input = || children.first().map_or(Estimate::Unknown, |child| sized(child.estimated_rows, child.estimated_bytes));
-    if holds == Holds::Streams {
-        return Estimate::Exact(0);
-    }
+/// What an operator's growing buffers keep, were nothing spilled.
+#[derive(Clone, Copy)]
+enum Keeps {
+    Nothing,
+    /// Its first input whole: a join's build side, a sort's or a window's input.
+    FirstInput,
+    /// What it outputs: a TopK's k rows, an aggregate's row per group.
+    Output,
+    /// What depends on timing: a repartition's batches in flight, a sort-merge join's rows of
+    /// one key.
+    Unknown,
+}
+
+/// How an operator holds memory and what it keeps, by what it is.
+fn holding(plan: &Arc<dyn ExecutionPlan>) -> (Holds, Keeps) {
     if let Some(sort) = plan.downcast_ref::<SortExec>() {
-        return if sort.fetch().is_some() { own_bytes } else { input() };
+        // With a fetch it is a TopK: it keeps k rows and cannot spill them.
+        return if sort.fetch().is_some() { (Holds::CannotSpill, Keeps::Output) } else { (Holds::Spills, Keeps::FirstInput) };
     }
-    if plan.downcast_ref::<AggregateExec>().is_some() {
-        return own_bytes;
+    if let Some(aggregate) = plan.downcast_ref::<AggregateExec>() {
+        return (if aggregate.group_expr().is_empty() { Holds::CannotSpill } else { Holds::Spills }, Keeps::Output);
     }
-    let keeps_its_first_input = plan.downcast_ref::<HashJoinExec>().is_some()
-        || plan.downcast_ref::<SpillingHashJoinExec>().is_some()
+    if plan.downcast_ref::<SpillingHashJoinExec>().is_some() {
+        return (Holds::Spills, Keeps::FirstInput);
+    }
+    if plan.name() == "RepartitionExec" || plan.downcast_ref::<SortMergeJoinExec>().is_some() {
+        return (Holds::Spills, Keeps::Unknown);
+    }
+    let holds_its_first_input = plan.downcast_ref::<HashJoinExec>().is_some()
         || plan.downcast_ref::<NestedLoopJoinExec>().is_some()
         || plan.downcast_ref::<CrossJoinExec>().is_some()
         || matches!(plan.name(), "WindowAggExec" | "BoundedWindowAggExec");
-    if keeps_its_first_input {
-        input()
+    if holds_its_first_input {
+        (Holds::CannotSpill, Keeps::FirstInput)
     } else {
-        Estimate::Unknown
+        (Holds::Streams, Keeps::Nothing)
     }
 }
 
-/// How an operator holds memory, by what it is.
-fn holds(plan: &Arc<dyn ExecutionPlan>) -> Holds {
-    if let Some(sort) = plan.downcast_ref::<SortExec>() {
-        // With a fetch it is a TopK: it keeps k rows and cannot spill them.
-        return if sort.fetch().is_some() { Holds::CannotSpill } else { Holds::Spills };
-    }
-    if let Some(aggregate) = plan.downcast_ref::<AggregateExec>() {
-        return if aggregate.group_expr().is_empty() { Holds::CannotSpill } else { Holds::Spills };
-    }
-    if plan.downcast_ref::<SpillingHashJoinExec>().is_some() || plan.name() == "RepartitionExec" || plan.downcast_ref::<SortMergeJoinExec>().is_some() {
-        return Holds::Spills;
-    }
-    let holds_in_memory = plan.downcast_ref::<HashJoinExec>().is_some()
-        || plan.downcast_ref::<NestedLoopJoinExec>().is_some()
-        || plan.downcast_ref::<CrossJoinExec>().is_some()
-        || matches!(plan.name(), "WindowAggExec" | "BoundedWindowAggExec");
-    if holds_in_memory {
-        Holds::CannotSpill
-    } else {
-        Holds::Streams
+/// What an operator's growing buffers would hold were nothing spilled, from what it keeps and
+/// the estimates of its output (`own`) and inputs.
+fn memory_need(keeps: Keeps, own: Estimate, children: &[PlanNode]) -> Estimate {
+    match keeps {
+        Keeps::Nothing => Estimate::Exact(0),
+        Keeps::FirstInput => children.first().map_or(Estimate::Unknown, |child| sized(child.estimated_rows, child.estimated_bytes)),
+        Keeps::Output => own,
+        Keeps::Unknown => Estimate::Unknown,
     }
 }
 

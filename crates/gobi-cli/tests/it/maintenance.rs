@@ -1,13 +1,12 @@
 //! Table maintenance through the binary: OPTIMIZE, VACUUM, RESTORE, DESCRIBE DETAIL and
 //! checkpoints, on real Delta tables.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::rows;
-use crate::support::{Lakehouse, GOBI};
+use crate::support::{gobi_started, Lakehouse};
 
 /// Everything the table holds, in one row: a change to any value shows.
 const CHECKSUM: &str = "SELECT count(*) AS n, sum(id) AS ids, string_agg(name, ',' ORDER BY id) AS names FROM t";
@@ -34,14 +33,7 @@ fn optimize_compacts_small_files_in_one_commit_and_keeps_every_value_while_an_in
     let commits = lh.commits("t");
 
     // An INSERT from another process while OPTIMIZE runs: both land, whichever commits first.
-    let insert = Command::new(GOBI)
-        .args(["query", "INSERT INTO t VALUES (21, 'n21')"])
-        .current_dir(lh.path())
-        .env_remove("GOBI_LAKEHOUSE")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let insert = gobi_started(&["query", "INSERT INTO t VALUES (21, 'n21')"], lh.path());
     let optimized = lh.run("OPTIMIZE t").ok();
     let inserted = insert.wait_with_output().unwrap();
     assert!(inserted.status.success(), "{}", String::from_utf8_lossy(&inserted.stderr));
@@ -78,14 +70,9 @@ fn vacuum_removes_a_killed_writers_files_and_nothing_a_retained_version_needs() 
     let lh = Lakehouse::new();
     lh.run("CREATE TABLE t (id BIGINT, name STRING); INSERT INTO t VALUES (1, 'a'), (2, 'b'); UPDATE t SET name = 'B' WHERE id = 2").ok();
     // A writer killed after writing a data file, before its commit.
-    let mut writer = Command::new(GOBI)
-        .args(["--memory-query", "16MiB", "query", "INSERT INTO t SELECT value, repeat('x', 50) FROM generate_series(1, 400000000)"])
-        .current_dir(lh.path())
-        .env_remove("GOBI_LAKEHOUSE")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Its output is never read: it prints nothing before it is killed.
+    let mut writer =
+        gobi_started(&["--memory-query", "16MiB", "query", "INSERT INTO t SELECT value, repeat('x', 50) FROM generate_series(1, 400000000)"], lh.path());
     let files_before = data_files(&lh);
     let started = Instant::now();
     while data_files(&lh) == files_before && started.elapsed() < Duration::from_secs(60) {
@@ -170,18 +157,7 @@ fn two_optimizes_at_once_never_duplicate_rows() {
     let inserts: Vec<String> = (1..=30).map(|i| format!("INSERT INTO t VALUES ({i}, 'n{i}')")).collect();
     lh.run(&format!("CREATE TABLE t (id BIGINT, name STRING); {}", inserts.join("; "))).ok();
     let before = lh.values(CHECKSUM);
-    let optimizers: Vec<_> = (0..2)
-        .map(|_| {
-            Command::new(GOBI)
-                .args(["query", "OPTIMIZE t"])
-                .current_dir(lh.path())
-                .env_remove("GOBI_LAKEHOUSE")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let optimizers: Vec<_> = (0..2).map(|_| gobi_started(&["query", "OPTIMIZE t"], lh.path())).collect();
     for optimizer in optimizers {
         let done = optimizer.wait_with_output().unwrap();
         assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));

@@ -93,11 +93,16 @@ pub fn gobi_with_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Run {
     Run::from(command.output().expect("gobi runs"))
 }
 
+/// `gobi args` started in `cwd` and left running, its stdout and stderr piped (for a test that
+/// acts while it runs: a concurrent writer, one to kill).
+pub fn gobi_started(args: &[&str], cwd: &Path) -> std::process::Child {
+    Command::new(GOBI).args(args).current_dir(cwd).env_remove("GOBI_LAKEHOUSE").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("gobi runs")
+}
+
 /// [`gobi`], failing the test if it has not finished within `limit` (a hang is then a failure,
 /// not a stalled suite).
 pub fn gobi_within(limit: std::time::Duration, args: &[&str], cwd: &Path) -> Run {
-    let child =
-        Command::new(GOBI).args(args).current_dir(cwd).env_remove("GOBI_LAKEHOUSE").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("gobi runs");
+    let child = gobi_started(args, cwd);
     let pid = child.id();
     let (done, finished) = std::sync::mpsc::channel();
     std::thread::spawn(move || done.send(child.wait_with_output()));

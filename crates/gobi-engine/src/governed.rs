@@ -45,13 +45,16 @@ use crate::cancel::Stop;
 /// frees it outside any poll, so without that a streamed result or a write would count every
 /// batch it ever made.
 pub fn scoped(plan: Arc<dyn ExecutionPlan>, query: &Arc<QueryMemory>, stop: &Stop) -> Result<Arc<dyn ExecutionPlan>> {
-    let mut scoped = wrap(plan, query, stop)?;
+    let mut scoped = wrap(plan, query, stop, None)?;
     scoped.governed.root = true;
     Ok(Arc::new(scoped))
 }
 
-fn wrap(plan: Arc<dyn ExecutionPlan>, query: &Arc<QueryMemory>, stop: &Stop) -> Result<ScopedExec> {
-    let children = plan.children().into_iter().map(|child| wrap(Arc::clone(child), query, stop).map(|c| Arc::new(c) as _)).collect::<Result<Vec<_>>>()?;
+/// `reader`: the node that reads this one's batches.
+fn wrap(plan: Arc<dyn ExecutionPlan>, query: &Arc<QueryMemory>, stop: &Stop, reader: Option<&Arc<NodeMemory>>) -> Result<ScopedExec> {
+    let node = Arc::default();
+    let children =
+        plan.children().into_iter().map(|child| wrap(Arc::clone(child), query, stop, Some(&node)).map(|c| Arc::new(c) as _)).collect::<Result<Vec<_>>>()?;
     let inner = if children.is_empty() {
         plan
     } else {
@@ -62,7 +65,8 @@ fn wrap(plan: Arc<dyn ExecutionPlan>, query: &Arc<QueryMemory>, stop: &Stop) -> 
     let governed = Governed {
         query: Arc::clone(query),
         stop: stop.clone(),
-        node: Arc::default(),
+        node,
+        reader: reader.cloned(),
         allocated: Arc::new(AllocScope::part_of(query.actual())),
         own_time: Time::new(),
         root: false,
@@ -76,6 +80,15 @@ pub fn spills(plan: &Arc<dyn ExecutionPlan>) -> (u64, u64) {
     plan.children().into_iter().map(spills).fold(own, |(a, b), (c, d)| (a + c, b + d))
 }
 
+/// The inputs of the node of `plan` (a plan [`scoped`] made) whose memory is `node`.
+pub(crate) fn inputs_of<'a>(plan: &'a Arc<dyn ExecutionPlan>, node: &NodeMemory) -> Option<Vec<&'a Arc<dyn ExecutionPlan>>> {
+    let scoped = (plan.as_ref() as &dyn std::any::Any).downcast_ref::<ScopedExec>()?;
+    if std::ptr::eq(Arc::as_ptr(&scoped.governed.node), node) {
+        return Some(plan.children());
+    }
+    plan.children().into_iter().find_map(|child| inputs_of(child, node))
+}
+
 pub struct ScopedExec {
     inner: Arc<dyn ExecutionPlan>,
     governed: Governed,
@@ -87,6 +100,8 @@ struct Governed {
     query: Arc<QueryMemory>,
     stop: Stop,
     node: Arc<NodeMemory>,
+    /// The node its batches go to, told how many rows it took.
+    reader: Option<Arc<NodeMemory>>,
     /// What this operator itself holds from the allocator.
     allocated: Arc<AllocScope>,
     /// Time in its streams' polls, its inputs' polls inside them subtracted.
@@ -195,7 +210,7 @@ impl Stream for ScopedStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let ScopedStream { inner, governed } = &mut *self;
-        let Governed { query, stop, node, allocated, own_time, root } = governed;
+        let Governed { query, stop, node, reader, allocated, own_time, root } = governed;
         if let Some(cancelled) = stop.check() {
             return Poll::Ready(Some(Err(cancelled)));
         }
@@ -211,6 +226,9 @@ impl Stream for ScopedStream {
         own_time.add_duration(Duration::from_nanos(took.saturating_sub(inputs)));
         match polled {
             Poll::Ready(Some(Ok(batch))) => {
+                if let Some(reader) = reader {
+                    reader.took_rows(batch.num_rows());
+                }
                 let checked = query.check_actual();
                 if *root {
                     allocated.hand_over(batch.get_array_memory_size());

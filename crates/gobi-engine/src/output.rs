@@ -10,8 +10,10 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::physical_plan::{ExecutionPlan, StatisticsArgs, StatisticsContext};
 use futures::{Stream, StreamExt};
 use gobi_lang::Position;
+use gobi_memory::NodeMemory;
 
 use crate::error::Result;
+use crate::governed;
 
 /// What a statement produced.
 #[derive(Debug)]
@@ -108,12 +110,22 @@ impl Progress {
         Some(scanned(&plan))
     }
 
-    /// The share of its sources' rows the running plan has read, when every source knows
-    /// how many rows it has (a Delta table's log, a Parquet footer, a range).
-    pub(crate) fn read_share(&self) -> Option<f64> {
+    /// The share of its input `node` has taken (else the share of its sources' rows the
+    /// running plan has read), when the input's rows are known (a Delta table's log, a
+    /// Parquet footer, a range). Scans read ahead of the operators above them, so a node's
+    /// own count is the truer one.
+    pub(crate) fn read_share(&self, node: Option<&NodeMemory>) -> Option<f64> {
         let plan = self.0.lock().as_ref()?.upgrade()?;
-        let total = source_rows(&plan)?;
-        (total > 0).then(|| scanned(&plan).0 as f64 / total as f64)
+        let taken = node.and_then(|node| {
+            let inputs = governed::inputs_of(&plan, node)?;
+            let rows: Option<u64> = inputs.into_iter().map(|input| estimated_rows(input).or_else(|| source_rows(input))).sum();
+            Some((node.rows_in(), rows?))
+        });
+        let (read, total) = match taken {
+            Some(taken) => taken,
+            None => (scanned(&plan).0, source_rows(&plan)?),
+        };
+        (total > 0).then(|| read as f64 / total as f64)
     }
 }
 
@@ -123,10 +135,13 @@ impl Progress {
 fn source_rows(plan: &Arc<dyn ExecutionPlan>) -> Option<u64> {
     let children = plan.children();
     let below = if children.is_empty() { None } else { children.into_iter().map(source_rows).sum() };
-    below.or_else(|| {
-        let statistics = StatisticsContext::new().compute(plan.as_ref(), &StatisticsArgs::new()).ok()?;
-        statistics.num_rows.get_value().map(|&rows| rows as u64)
-    })
+    below.or_else(|| estimated_rows(plan))
+}
+
+/// The rows `plan` yields by its statistics, exact or estimated.
+fn estimated_rows(plan: &Arc<dyn ExecutionPlan>) -> Option<u64> {
+    let statistics = StatisticsContext::new().compute(plan.as_ref(), &StatisticsArgs::new()).ok()?;
+    statistics.num_rows.get_value().map(|&rows| rows as u64)
 }
 
 /// What the plan's leaves (its scans) have read: rows out, and bytes scanned.

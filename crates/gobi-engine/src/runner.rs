@@ -74,7 +74,7 @@ impl Statement {
         stops.running(&stop);
         let scope = engine.memory().begin_query(text, limits);
         let read = progress.clone();
-        scope.measure_input_with(Box::new(move || read.read_share()));
+        scope.measure_input_with(Box::new(move |node| read.read_share(node)));
         let entry = LogEntry {
             engine: Arc::clone(engine),
             scope: Arc::clone(&scope),

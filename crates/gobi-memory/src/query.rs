@@ -128,11 +128,22 @@ impl Default for StatementLimits {
 pub struct NodeMemory {
     reserved: AtomicUsize,
     peak: AtomicUsize,
+    /// Rows its inputs have handed it: how far through its input the node is when refused.
+    rows_in: AtomicU64,
 }
 
 impl NodeMemory {
     pub fn peak(&self) -> usize {
         self.peak.load(Ordering::Relaxed)
+    }
+
+    /// The node's input handed it `rows` more.
+    pub fn took_rows(&self, rows: usize) {
+        self.rows_in.fetch_add(rows as u64, Ordering::Relaxed);
+    }
+
+    pub fn rows_in(&self) -> u64 {
+        self.rows_in.load(Ordering::Relaxed)
     }
 }
 
@@ -189,8 +200,9 @@ pub struct QueryMemory {
     input_read: InputGauge,
 }
 
-/// The share (0 to 1) of a statement's input read so far, when its sources' sizes are known.
-pub type InputRead = Box<dyn Fn() -> Option<f64> + Send + Sync>;
+/// The share (0 to 1) of its input the refused operator's node (when known, else the
+/// statement) has taken so far, when the input's size is known.
+pub type InputRead = Box<dyn Fn(Option<&NodeMemory>) -> Option<f64> + Send + Sync>;
 
 #[derive(Default)]
 struct InputGauge(std::sync::OnceLock<InputRead>);
@@ -320,11 +332,11 @@ impl QueryMemory {
     /// What `grows` with its input and cannot spill is combined at the end (partial aggregates
     /// merged, a final value built from what was kept), which holds it twice: twice what it
     /// needed so far, scaled to the whole input when the share read is known.
-    fn advice(&self, needed: usize, grows: bool) -> (usize, String) {
+    fn advice(&self, needed: usize, grows: bool, node: Option<&NodeMemory>) -> (usize, String) {
         if !grows {
             return (needed + needed / 4, String::new());
         }
-        let read = self.input_read.0.get().and_then(|read| read()).filter(|r| *r > 0.0 && *r < 1.0);
+        let read = self.input_read.0.get().and_then(|read| read(node)).filter(|r| *r > 0.0 && *r < 1.0);
         match read {
             Some(read) => {
                 let whole = (needed as f64 / read) as usize;
@@ -386,7 +398,7 @@ impl QueryMemory {
         self.rejected.fetch_add(1, Ordering::Relaxed);
         // Untracked memory cannot spill: the limit that would have held it, scaled like a
         // refusal's. The limit refused is the statement's own when it has one.
-        let (advised, why) = self.advice(actual, true);
+        let (advised, why) = self.advice(actual, true, None);
         let setting = if self.limit.is_some() { "memory.query_limit" } else { "memory.query_pool" };
         Err(DataFusionError::ResourcesExhausted(format!(
             "query {} was stopped: it holds {} from the allocator, more than the {} it may hold (its {} limit plus the {} margin, \
@@ -686,7 +698,8 @@ impl QueryMemory {
             .collect();
         // A first request of a fixed size (a sort's merge headroom) does not grow with the input.
         let grows = held > 0 && !reservation.consumer().can_spill();
-        let (advised, why) = self.advice(limit - available + bytes, grows);
+        let consumer = self.consumers.read().expect("the consumer map is never poisoned").get(&reservation.consumer().id()).cloned();
+        let (advised, why) = self.advice(limit - available + bytes, grows, consumer.as_ref().and_then(|c| c.node.as_deref()));
         // The setting sizes the limit refused (a pool, or a fair share of one) in proportion.
         let advised = (advised as u128 * setting_value as u128 / limit.max(1) as u128) as u64;
         let borrowed = self.borrowed.bytes();

@@ -367,7 +367,7 @@ impl Engine {
             }
         }
         let vacuumable = match (self.lakehouse(), &self.tables) {
-            (Some(lakehouse), Some(tables)) => crate::maintenance::vacuumable(lakehouse, tables).await,
+            (Some(lakehouse), Some(tables)) => crate::maintenance::vacuumable(lakehouse, tables, &self.runtime.memory_pool).await,
             _ => vec![],
         };
         let purged = gobi_memory::allocator::purge();

@@ -11,11 +11,13 @@
 //!   RESTORE t TO VERSION n    one commit: version n's files current again
 //! ```
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use datafusion::execution::session_state::SessionState;
 use deltalake::delta_datafusion::SessionFallbackPolicy;
 use deltalake::operations::optimize::OptimizeType;
@@ -81,7 +83,14 @@ pub async fn optimize(state: &SessionState, schema: &LakehouseSchema, name: &str
 /// VACUUM: deletes the files no version within the retention needs — those removed by a
 /// commit older than the retention, and files no commit ever named (delta-rs's full mode)
 /// older than it. `DRY RUN` lists them with their sizes instead.
-pub async fn vacuum(schema: &LakehouseSchema, name: &str, retain_hours: Option<u64>, dry_run: bool, allow_short_retention: bool) -> Result<Written> {
+pub async fn vacuum(
+    state: &SessionState,
+    schema: &LakehouseSchema,
+    name: &str,
+    retain_hours: Option<u64>,
+    dry_run: bool,
+    allow_short_retention: bool,
+) -> Result<Written> {
     let table = writable_table(schema, name).await?;
     let minimum = table.snapshot()?.table_config().deleted_file_retention_duration();
     let retention = retain_hours.map_or(minimum, |hours| Duration::from_secs(hours.saturating_mul(3600)));
@@ -99,6 +108,8 @@ pub async fn vacuum(schema: &LakehouseSchema, name: &str, retain_hours: Option<u
         .with_hint("SET maintenance.allow_short_retention = on to do it anyway"));
     }
     let root = schema.lakehouse().table_path(name)?;
+    let pool = &state.runtime_env().memory_pool;
+    let lists = reserve_file_lists(pool, &root, name)?;
     let files = removable(&table, &root, retention).await?;
     if dry_run {
         return batch_output(vec![
@@ -111,6 +122,7 @@ pub async fn vacuum(schema: &LakehouseSchema, name: &str, retain_hours: Option<u
         return Ok(Written::done(0, format!("vacuumed {name}: no file to remove")));
     }
     let (table, done) = vacuum_builder(table, retention).with_dry_run(false).await?;
+    drop(lists);
     schema.remember(name, table).await;
     let bytes: u64 = files.iter().map(|(_, bytes)| bytes).sum();
     let mut message = format!("vacuumed {name}: removed {} files ({})", done.files_deleted.len(), ByteSize(bytes));
@@ -118,6 +130,33 @@ pub async fn vacuum(schema: &LakehouseSchema, name: &str, retain_hours: Option<u
         message.push_str(&format!("; versions before {before} can no longer be read"));
     }
     Ok(Written::done(0, message))
+}
+
+/// What VACUUM's lists hold per file of the table's folder, besides its path: the entries of
+/// delta-rs's list and of gobi's (with the file's size), and delta-rs's listing of the folder.
+const LISTED_FILE_OVERHEAD: usize = 128;
+
+/// Reserves, before anything lists the files VACUUM may delete, what those lists can hold: for
+/// each file under `root` (counted by walking the folder, nothing kept), its path twice and
+/// [`LISTED_FILE_OVERHEAD`]. An upper bound: which files go is known only once listed. A
+/// folder of stray files too big for the pool fails here, before anything is deleted.
+fn reserve_file_lists(pool: &Arc<dyn MemoryPool>, root: &Path, name: &str) -> Result<MemoryReservation> {
+    fn walk(dir: &Path, depth: usize, bytes: &mut usize) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                walk(&entry.path(), depth + entry.file_name().len() + 1, bytes)?;
+            } else {
+                *bytes += 2 * (depth + entry.file_name().len()) + LISTED_FILE_OVERHEAD;
+            }
+        }
+        Ok(())
+    }
+    let mut bytes = 0;
+    walk(root, 0, &mut bytes).map_err(|e| GobiError::data(format!("cannot list table {name}'s folder {}: {e}", root.display())))?;
+    let reservation = MemoryConsumer::new(format!("VACUUM {name}'s file list")).register(pool);
+    reservation.try_grow(bytes)?;
+    Ok(reservation)
 }
 
 /// delta-rs's VACUUM at `retention`, in full mode: files no commit ever named go too.
@@ -147,13 +186,19 @@ async fn removable(table: &DeltaTable, root: &std::path::Path, retention: chrono
 }
 
 /// Per table of the lakehouse, the files a VACUUM at the table's own retention would delete
-/// (`gobi memory cleanup` points at them): (table, files, bytes), tables with none left out.
-pub async fn vacuumable(lakehouse: &crate::lakehouse::Lakehouse, tables: &crate::catalog::OpenTables) -> Vec<(String, usize, u64)> {
+/// (`gobi memory cleanup` points at them): (table, files, bytes), tables with none left out,
+/// and tables whose lists do not fit `pool`.
+pub async fn vacuumable(
+    lakehouse: &crate::lakehouse::Lakehouse,
+    tables: &crate::catalog::OpenTables,
+    pool: &Arc<dyn MemoryPool>,
+) -> Vec<(String, usize, u64)> {
     let mut found = vec![];
     for name in lakehouse.table_names() {
         let (Ok(table), Ok(root)) = (tables.delta_table(&name).await, lakehouse.table_path(&name)) else { continue };
         let Ok(snapshot) = table.snapshot() else { continue };
         let retention = chrono::Duration::from_std(snapshot.table_config().deleted_file_retention_duration()).unwrap_or(chrono::Duration::MAX);
+        let Ok(_lists) = reserve_file_lists(pool, &root, &name) else { continue };
         if let Ok(files) = removable(&table, &root, retention).await {
             if !files.is_empty() {
                 found.push((name, files.len(), files.iter().map(|(_, bytes)| bytes).sum()));

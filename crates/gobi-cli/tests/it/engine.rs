@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use gobi_engine::{Collected, Engine, Session, SETTINGS};
 use gobi_memory::PoolKind;
 
-use crate::support::{gobi, Lakehouse, GOBI};
+use crate::support::{gobi, gobi_piped, wait_sampling_anonymous, Lakehouse, GOBI};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
@@ -118,31 +118,6 @@ fn writes_are_governed_statements() {
     assert_eq!(lh.values("SELECT count(*) FROM big"), crate::rows![[2000000]], "the refused write changed nothing");
     let failed = logged(&lh, "INSERT INTO big SELECT 0");
     assert_eq!(failed.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["error"]);
-}
-
-/// `gobi ARGS` in the lakehouse, its rows readable as they come.
-fn gobi_piped(args: &[&str], lh: &Lakehouse) -> std::process::Child {
-    Command::new(GOBI).args(args).env_remove("GOBI_LAKEHOUSE").current_dir(lh.path()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap()
-}
-
-/// Peak anonymous memory of a process so far, sampled from /proc while it runs.
-fn anonymous_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
-    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
-}
-
-/// Waits for `child`, sampling its anonymous memory from /proc while it runs: its exit status
-/// and the peak seen.
-fn wait_sampling_anonymous(child: &mut std::process::Child) -> (std::process::ExitStatus, u64) {
-    let mut peak = 0;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return (status, peak);
-        }
-        peak = peak.max(anonymous_bytes(child.id()).unwrap_or(0));
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// A CREATE TABLE AS of ten million rows (over thirty times the query pool) finishes under a

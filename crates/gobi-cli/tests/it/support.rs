@@ -309,3 +309,28 @@ fn is_root() -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     status.lines().find_map(|line| line.strip_prefix("Uid:")).and_then(|ids| ids.split_whitespace().nth(1)) == Some("0")
 }
+
+/// `gobi ARGS` in the lakehouse, its rows readable as they come.
+pub fn gobi_piped(args: &[&str], lh: &Lakehouse) -> std::process::Child {
+    Command::new(GOBI).args(args).env_remove("GOBI_LAKEHOUSE").current_dir(lh.path()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap()
+}
+
+/// Peak anonymous memory of a process so far, sampled from /proc while it runs.
+fn anonymous_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// Waits for `child`, sampling its anonymous memory from /proc while it runs: its exit status
+/// and the peak seen.
+pub fn wait_sampling_anonymous(child: &mut std::process::Child) -> (std::process::ExitStatus, u64) {
+    let mut peak = 0;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, peak);
+        }
+        peak = peak.max(anonymous_bytes(child.id()).unwrap_or(0));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

@@ -84,7 +84,8 @@ impl Session {
     pub(crate) async fn vacuum(&self, table: &str, retain_hours: Option<u64>, dry_run: bool, text: &str) -> Result<Output> {
         let schema = self.schema.as_ref().ok_or_else(|| needs_lakehouse("VACUUM"))?;
         let allow_short_retention = self.settings.read().allow_short_retention;
-        self.governed_write(text, |_| async move { crate::maintenance::vacuum(schema, table, retain_hours, dry_run, allow_short_retention).await }).await
+        self.governed_write(text, |state| async move { crate::maintenance::vacuum(&state, schema, table, retain_hours, dry_run, allow_short_retention).await })
+            .await
     }
 
     /// `RESTORE t TO …`: one commit.

@@ -43,20 +43,21 @@ optimize_s=$(printf '%.2f' "$(echo "$(date +%s.%N) - $optimize_start" | bc)")
 read -r _ after_s <<< "$(timed "$lh" "$scan")"
 after_files=$(files "$lh" t)
 
-open_after_commits() { # INTERVAL -> seconds to the first row of a fresh process
+open_after_commits() { # INTERVAL COMMITS_SETTING_IT -> seconds to the first row of a fresh process
   local dir="$work/commits-$1"
   "$GOBI" init "$dir" > /dev/null 2>&1
   "$GOBI" --lakehouse "$dir" query "CREATE TABLE c (id BIGINT, name STRING)" > /dev/null 2>&1
   if [ "$1" != 10 ]; then
     python3 -c "import deltalake,sys; deltalake.DeltaTable(sys.argv[1]).alter.set_table_properties({'delta.checkpointInterval': sys.argv[2]})" "$dir/tables/c" "$1"
   fi
-  appends c 2098 1 > "$work/commits.sql"
+  # The property's own commit counts: both tables end at version 2,098.
+  appends c $((2098 - $2)) 1 > "$work/commits.sql"
   "$GOBI" --lakehouse "$dir" run "$work/commits.sql" > /dev/null 2>&1
   read -r first _ <<< "$(timed "$dir" "SELECT * FROM c LIMIT 1")"
   echo "$first $(find "$dir/tables/c/_delta_log" -name '*.json' -newer "$dir/tables/c/_delta_log/_last_checkpoint" | wc -l)"
 }
-read -r open10 json10 <<< "$(open_after_commits 10)"
-read -r open100 json100 <<< "$(open_after_commits 100)"
+read -r open10 json10 <<< "$(open_after_commits 10 0)"
+read -r open100 json100 <<< "$(open_after_commits 100 1)"
 
 sampled() { # COMMAND... -> "seconds peak_anon_MiB exit_status"
   python3 - "$@" <<'PY'

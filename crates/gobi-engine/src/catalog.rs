@@ -124,6 +124,20 @@ impl OpenTables {
         }
     }
 
+    /// The oldest version the table's log still holds a commit or checkpoint of.
+    fn earliest_logged_version(&self, table: &str) -> Option<u64> {
+        let log = self.lakehouse.table_path(table).ok()?.join("_delta_log");
+        std::fs::read_dir(log)
+            .ok()?
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                let (version, kind) = name.split_once('.')?;
+                matches!(kind, "json" | "checkpoint.parquet").then(|| version.parse::<u64>().ok()).flatten()
+            })
+            .min()
+    }
+
     pub async fn forget(&self, name: &str) {
         self.open.lock().await.remove(name);
     }
@@ -139,10 +153,28 @@ impl OpenTables {
                 Ok(v) => match builder.with_version(v).load().await {
                     Ok(table) => Ok(table),
                     Err(e) => {
-                        let latest = self.delta_table(&name.table).await?.version().unwrap_or(0);
-                        match v > latest {
-                            true => Err(GobiError::plan(format!("table {} has no version {version} (the latest is {latest})", name.table))),
-                            false => Err(e.into()),
+                        let table = self.delta_table(&name.table).await?;
+                        let latest = table.version().unwrap_or(0);
+                        if v > latest {
+                            return Err(GobiError::plan(format!("table {} has no version {version} (the latest is {latest})", name.table)));
+                        }
+                        match self.earliest_logged_version(&name.table) {
+                            Some(earliest) if v < earliest => {
+                                use deltalake::table::config::TablePropertiesExt as _;
+                                let retention = table.snapshot().map(|s| s.table_config().log_retention_duration()).ok();
+                                let retention = retention.map_or_else(String::new, |r| match r.as_secs() {
+                                    s if s > 0 && s % 86_400 == 0 => format!(" ({} days)", s / 86_400),
+                                    s if s > 0 && s % 3_600 == 0 => format!(" ({} hours)", s / 3_600),
+                                    s => format!(" ({s} seconds)"),
+                                });
+                                Err(GobiError::plan(format!(
+                                    "table {}'s version {version} is no longer in its log: commits older than the table's \
+                                     delta.logRetentionDuration{retention} are removed when a checkpoint is written; the earliest \
+                                     version that can be read is {earliest}",
+                                    name.table
+                                )))
+                            }
+                            _ => Err(e.into()),
                         }
                     }
                 },

@@ -188,11 +188,7 @@ async fn removable(table: &DeltaTable, root: &std::path::Path, retention: chrono
 /// Per table of the lakehouse, the files a VACUUM at the table's own retention would delete
 /// (`gobi memory cleanup` points at them): (table, files, bytes), tables with none left out,
 /// and tables whose lists do not fit `pool`.
-pub async fn vacuumable(
-    lakehouse: &crate::lakehouse::Lakehouse,
-    tables: &crate::catalog::OpenTables,
-    pool: &Arc<dyn MemoryPool>,
-) -> Vec<(String, usize, u64)> {
+pub async fn vacuumable(lakehouse: &crate::lakehouse::Lakehouse, tables: &crate::catalog::OpenTables, pool: &Arc<dyn MemoryPool>) -> Vec<(String, usize, u64)> {
     let mut found = vec![];
     for name in lakehouse.table_names() {
         let (Ok(table), Ok(root)) = (tables.delta_table(&name).await, lakehouse.table_path(&name)) else { continue };

@@ -159,3 +159,34 @@ print(json.dumps({{"deltalake": [[r["id"], r["name"]] for r in t.to_pylist()], "
     }
     assert!(lh.table_log("t").join("00000000000000000009.checkpoint.parquet").exists(), "the reads above went through a checkpoint");
 }
+
+/// Log cleanup follows the table's `delta.logRetentionDuration`, set here by Python deltalake
+/// as another Delta writer would: when a checkpoint is written, older commits past the
+/// retention are removed, and time travel to them says so and names the earliest version left.
+#[test]
+fn log_cleanup_follows_the_tables_log_retention_and_time_travel_says_what_is_gone() {
+    if !require(python_has("deltalake"), "Python deltalake") {
+        return;
+    }
+    let lh = Lakehouse::new();
+    lh.run("CREATE TABLE t (id BIGINT)").ok();
+    let path = lh.path().join("tables/t");
+    python(&format!(
+        r#"
+import json, deltalake
+deltalake.DeltaTable({path:?}).alter.set_table_properties({{"delta.logRetentionDuration": "interval 0 seconds"}})
+print(json.dumps(True))"#,
+        path = path.to_str().unwrap()
+    ));
+    // Versions 2 to 13; the checkpoint at version 9 removes the commits before it.
+    let inserts: Vec<String> = (1..=12).map(|i| format!("INSERT INTO t VALUES ({i})")).collect();
+    lh.run(&inserts.join("; ")).ok();
+    let logged = |suffix: &str| crate::support::files_under(&path.join("_delta_log")).iter().filter(|f| f.to_string_lossy().ends_with(suffix)).count();
+    assert_eq!((logged(".json"), logged(".checkpoint.parquet")), (5, 1), "commits 9 to 13 and the checkpoint of 9");
+    assert_eq!(lh.values("SELECT count(*) FROM t"), rows![[12]]);
+    assert_eq!(lh.values("SELECT count(*) FROM t AS OF VERSION 10"), rows![[9]], "time travel inside what is kept");
+    let run = lh.run("SELECT count(*) FROM t AS OF VERSION 2").user_error();
+    for part in ["version 2 is no longer in its log", "delta.logRetentionDuration (0 seconds)", "the earliest version that can be read is 9"] {
+        assert!(run.stderr.contains(part), "{part} in {}", run.stderr);
+    }
+}

@@ -1,14 +1,13 @@
 //! One engine, many sessions; one governed path for every statement; results that stream.
 
 use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gobi_engine::{Collected, Engine, Session, SETTINGS};
 use gobi_memory::PoolKind;
 
-use crate::support::{gobi, gobi_piped, wait_sampling_anonymous, Lakehouse, GOBI};
+use crate::support::{gobi, gobi_piped, wait_sampling_anonymous, Lakehouse};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()

@@ -183,7 +183,9 @@ impl AsyncFileReader for ReservedReader {
                 // Unreserved (see the module's doc).
                 self.reservation.free();
             }
-            self.inner.get_byte_ranges(ranges).await
+            let fetched = self.inner.get_byte_ranges(ranges).await?;
+            gobi_memory::allocator::adopt(fetched.iter().map(Bytes::len).sum());
+            Ok(fetched)
         }
         .boxed()
     }

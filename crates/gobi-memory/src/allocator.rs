@@ -108,6 +108,18 @@ pub fn pass_on(from: &AllocScope, bytes: usize) {
     unsafe { &*to }.add(bytes);
 }
 
+/// Charges `bytes` that arrived from a thread working for no scope (an object store reads a
+/// file in tokio's blocking pool) to the scope this thread works for now, which will free
+/// them: without it their frees would take off what was never counted, and the statement's
+/// count would read less than it holds.
+pub fn adopt(bytes: usize) {
+    let scope = SCOPE.with(Cell::get);
+    if !scope.is_null() {
+        // SAFETY: a non-null scope is kept alive by the `ScopeGuard` that set it (see `flush`).
+        unsafe { &*scope }.add(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+}
+
 thread_local! {
     /// The scope this thread works for now (null: none), borrowed from the guard that set it.
     static SCOPE: Cell<*const AllocScope> = const { Cell::new(ptr::null()) };

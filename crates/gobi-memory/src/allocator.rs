@@ -322,4 +322,19 @@ mod tests {
         sort.hand_over(700);
         assert_eq!((sort.current(), query.current()), (0, 300), "handed over: off the part and its whole, never below 0");
     }
+
+    #[test]
+    fn bytes_made_on_a_thread_of_no_scope_are_adopted_by_the_scope_that_frees_them() {
+        let query = Arc::new(AllocScope::default());
+        let scan = Arc::new(AllocScope::part_of(&query));
+        adopt(500);
+        assert_eq!(query.current(), 0, "a thread of no scope adopts nothing");
+        {
+            let _scan_polls = enter(&scan);
+            adopt(500);
+        }
+        assert_eq!((scan.current(), query.current(), query.peak()), (500, 500, 500));
+        scan.add(-500);
+        assert_eq!((scan.current(), query.current()), (0, 0), "freed where adopted: nothing left over, nothing taken off twice");
+    }
 }

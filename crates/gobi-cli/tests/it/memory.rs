@@ -657,3 +657,27 @@ fn a_cancelled_query_releases_its_memory_and_its_spill_files() {
     let count = runtime.block_on(session.run_script("SELECT count(*) FROM t")).unwrap();
     assert_eq!(count.last().unwrap().row_count(), 1);
 }
+
+/// A scan's column chunks are fetched on a thread that works for no statement (the object
+/// store reads in tokio's blocking pool) and freed inside the scan: the statement's allocator
+/// count takes them in when they arrive (`allocator::adopt`). Without that, their frees took
+/// off what was never counted and this scan's peak read a fifth of its file.
+#[test]
+fn a_scans_fetched_column_chunks_count_in_its_statements_allocator_bytes() {
+    let lh = Lakehouse::new();
+    lh.run_with(
+        &["--memory-query", "1GiB"],
+        "CREATE TABLE t AS SELECT md5(CAST(value AS STRING)) || md5(CAST(value AS STRING)) AS s FROM generate_series(1, 400000)",
+    )
+    .ok();
+    let file_bytes: u64 = crate::support::files_under(&lh.path().join("tables/t"))
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "parquet"))
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    lh.run("SELECT max(s) FROM t").ok();
+    let (status, reserved, actual, _, _) = logged(&lh, "SELECT max(s)")[0].clone();
+    assert_eq!(status, "ok");
+    assert!(actual >= file_bytes / 2, "peak actual {actual} takes in the fetched chunks of a {file_bytes}-byte file");
+    assert!(reserved <= actual * 3 / 2, "the scan reserves about what it fetched and decodes: reserved {reserved}, actual {actual}");
+}

@@ -184,6 +184,7 @@ impl AsyncFileReader for ReservedReader {
                 self.reservation.free();
             }
             let fetched = self.inner.get_byte_ranges(ranges).await?;
+            // Read on a thread of no statement (the object store's blocking pool), freed here.
             gobi_memory::allocator::adopt(fetched.iter().map(Bytes::len).sum());
             Ok(fetched)
         }

@@ -179,7 +179,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "actual_margin",
         owner: Owner::Session,
         kind: Kind::SizeOrPercent,
-        default: "64MiB",
+        default: "128MiB",
         doc: "How far past its limit a statement's allocator bytes may go before it is stopped (never past all pools together).",
     },
     Setting {

@@ -124,20 +124,6 @@ impl OpenTables {
         }
     }
 
-    /// The oldest version the table's log still holds a commit or checkpoint of.
-    fn earliest_logged_version(&self, table: &str) -> Option<u64> {
-        let log = self.lakehouse.table_path(table).ok()?.join("_delta_log");
-        std::fs::read_dir(log)
-            .ok()?
-            .flatten()
-            .filter_map(|entry| {
-                let name = entry.file_name().into_string().ok()?;
-                let (version, kind) = name.split_once('.')?;
-                matches!(kind, "json" | "checkpoint.parquet").then(|| version.parse::<u64>().ok()).flatten()
-            })
-            .min()
-    }
-
     pub async fn forget(&self, name: &str) {
         self.open.lock().await.remove(name);
     }
@@ -158,7 +144,8 @@ impl OpenTables {
                         if v > latest {
                             return Err(GobiError::plan(format!("table {} has no version {version} (the latest is {latest})", name.table)));
                         }
-                        match self.earliest_logged_version(&name.table) {
+                        let log = self.lakehouse.table_path(&name.table)?.join("_delta_log");
+                        match log_files(&log).map(|(version, _)| version).min() {
                             Some(earliest) if v < earliest => {
                                 use deltalake::table::config::TablePropertiesExt as _;
                                 let retention = table.snapshot().map(|s| s.table_config().log_retention_duration()).ok();
@@ -359,20 +346,23 @@ impl SchemaProvider for LakehouseSchema {
 
 /// The first commit file in `log` (oldest first) with a line that is not JSON, and its version.
 fn first_log_file_not_json(log: &Path) -> Option<(String, u64)> {
-    let mut commits: Vec<(u64, String)> = std::fs::read_dir(log)
-        .ok()?
-        .flatten()
-        .filter_map(|entry| {
-            let file = entry.file_name().to_str()?.to_string();
-            let version = file.strip_suffix(".json")?.parse().ok()?;
-            Some((version, file))
-        })
-        .collect();
+    let mut commits: Vec<(u64, String)> = log_files(log).filter(|(_, file)| file.ends_with(".json")).collect();
     commits.sort();
     commits.into_iter().find_map(|(version, file)| {
         let text = std::fs::read_to_string(log.join(&file)).ok()?;
         let broken = text.lines().filter(|line| !line.trim().is_empty()).any(|line| serde_json::from_str::<serde_json::Value>(line).is_err());
         broken.then_some((file, version))
+    })
+}
+
+/// The version-named files of a Delta log folder: its commits (`N.json`) and checkpoints
+/// (`N.checkpoint.parquet`), as (version, file name), in no order; none when it cannot be read.
+fn log_files(log: &Path) -> impl Iterator<Item = (u64, String)> {
+    std::fs::read_dir(log).into_iter().flatten().flatten().filter_map(|entry| {
+        let file = entry.file_name().into_string().ok()?;
+        let (version, kind) = file.split_once('.')?;
+        let version = version.parse().ok().filter(|_| matches!(kind, "json" | "checkpoint.parquet"))?;
+        Some((version, file))
     })
 }
 

@@ -699,8 +699,8 @@ impl QueryMemory {
                 format!("{} of query {query} ({}) holds {}", c.name, if c.can_spill { "can spill" } else { "cannot spill" }, ByteSize(c.reserved as u64))
             })
             .collect();
-        let consumer = self.consumers.read().expect("the consumer map is never poisoned").get(&reservation.consumer().id()).cloned();
-        let node = consumer.as_ref().and_then(|c| c.node.as_deref());
+        let node = self.with_consumer(reservation.consumer().id(), |consumer| consumer.node.clone());
+        let node = node.as_deref();
         // A request made before its operator took any input (a sort's merge headroom) is of a
         // fixed size; once the operator has input, even a partition's first request grows
         // with it (another partition may have taken the rows so far).

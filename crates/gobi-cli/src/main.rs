@@ -334,17 +334,17 @@ fn main() -> ExitCode {
 }
 
 /// gobi's own warnings (a log that could not be written, a pool that went past its limit) go
-/// to stderr; `GOBI_LOG` sets another filter (`GOBI_LOG=debug`, `GOBI_LOG=datafusion=trace`).
+/// to stderr; `GOBI_LOG` sets other targets and levels (`GOBI_LOG=debug`,
+/// `GOBI_LOG=datafusion=trace,gobi_engine=debug`).
 fn log_warnings() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GOBI_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("gobi_engine=warn,gobi_cli=warn,gobi_memory=warn"));
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .without_time()
-        .with_target(false)
-        .with_env_filter(filter)
-        .init();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = std::env::var("GOBI_LOG")
+        .ok()
+        .and_then(|targets| targets.parse::<tracing_subscriber::filter::Targets>().ok())
+        .unwrap_or_else(|| "gobi_engine=warn,gobi_cli=warn,gobi_memory=warn".parse().expect("a valid filter"));
+    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).without_time().with_target(false);
+    tracing_subscriber::registry().with(stderr).with(filter).init();
 }
 
 /// An error together with the script it points into, so it can show the offending line.

@@ -33,6 +33,7 @@ mod result_cache;
 mod rewrite;
 mod runner;
 mod scan;
+mod semi_join;
 mod session;
 mod settings;
 mod statements;

@@ -33,6 +33,7 @@ use crate::lakehouse::Lakehouse;
 use crate::logs::LogFunction;
 use crate::output::{Collected, Output, Progress};
 use crate::rewrite;
+use crate::semi_join;
 use crate::variables::{TableValue, Value, Variables};
 use crate::writes;
 
@@ -324,10 +325,12 @@ impl Scope for SessionScope<'_> {
 }
 
 /// DataFusion's optimizer rules, with gobi's decorrelation of non-equality correlated scalar
-/// subqueries first, so DataFusion's own rule finishes the job.
+/// subqueries first, so DataFusion's own rule finishes the job, and semi joins moved below the
+/// join on their key last, once DataFusion has made them and the joins below.
 fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send + Sync>> {
     let mut rules = datafusion::optimizer::Optimizer::new().rules;
     rules.insert(0, Arc::new(rewrite::NonEquiCorrelatedSubquery));
+    rules.push(Arc::new(semi_join::SemiJoinBelowKeyJoin));
     rules
 }
 

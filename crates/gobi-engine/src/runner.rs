@@ -109,7 +109,7 @@ impl Statement {
             // Before dynamic filters are pushed down: they would point at the replaced joins.
             let before_dynamic_filters = rules.iter().position(|rule| rule.name() == "FilterPushdown(Post)").unwrap_or(rules.len());
             if self.engine.spilling_join_on() {
-                rules.insert(before_dynamic_filters, Arc::new(SpillingJoins::new(self.scope.limit())));
+                rules.insert(before_dynamic_filters, Arc::new(SpillingJoins::new(self.scope.limit()).holding_up_to(self.scope.holdable())));
             }
             rules.push(Arc::new(TopKInBudget::new(self.scope.limit())));
             rules.push(Arc::new(ReservedScans::new(runtime)));

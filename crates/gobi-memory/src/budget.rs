@@ -256,7 +256,7 @@ impl Budget {
     /// An upper bound (cache bytes no one can evict, such as memos, are counted as lendable):
     /// it sets the fair share on every growth, so it reads two atomics and takes no lock; a
     /// share the pools cannot give is refused by the pools, and the operator spills.
-    fn elastic_limit(&self) -> usize {
+    pub(crate) fn elastic_limit(&self) -> usize {
         self.pool(PoolKind::Query).limit() + self.pool(PoolKind::Cache).limit()
     }
 

@@ -380,6 +380,12 @@ impl QueryMemory {
         self.limit.unwrap_or_else(|| self.budget.pool(PoolKind::Query).limit())
     }
 
+    /// The most this statement could hold at once: its own limit, else the query pool and the
+    /// cache pool it may borrow from (an upper bound, as in fair shares: `Budget::elastic_limit`).
+    pub fn holdable(&self) -> usize {
+        self.limit.unwrap_or_else(|| self.budget.elastic_limit())
+    }
+
     /// How far past its limit its allocator bytes may go (`memory.actual_margin`).
     pub fn actual_margin(&self) -> Margin {
         self.actual_margin

@@ -39,6 +39,8 @@ pub(super) struct JoinSpec {
     pub null_equality: NullEquality,
     /// `NOT IN`: a NULL on either side changes the answer for every row.
     pub null_aware: bool,
+    /// What the statement could hold: its held builds keep to half (`PartitionJoin::hold_build`).
+    pub holdable: usize,
 }
 
 impl JoinSpec {

@@ -62,12 +62,21 @@ pub struct JoinChoice {
 pub(crate) struct SpillingJoins {
     /// The memory a join's build may take: a quarter of the statement's.
     share: usize,
+    /// What the statement could hold with borrowing: half of it bounds the builds a spilling
+    /// join holds at once (`PartitionJoin::hold_build`).
+    holdable: usize,
 }
 
 impl SpillingJoins {
     /// `statement_memory`: what the statement may reserve (its pool, or its `query_limit`).
     pub(crate) fn new(statement_memory: usize) -> Self {
-        Self { share: statement_memory / 4 }
+        Self { share: statement_memory / 4, holdable: statement_memory }
+    }
+
+    /// Held builds bounded by `holdable` (`QueryMemory::holdable`) rather than the statement's
+    /// pool: a build that fits the room the statement could borrow is joined in one round.
+    pub(crate) fn holding_up_to(self, holdable: usize) -> Self {
+        Self { holdable, ..self }
     }
 
     /// What the rule chooses for a join whose build side is `build`, and why: DataFusion's
@@ -105,6 +114,7 @@ impl SpillingJoins {
             projection: join.projection.as_deref().map(<[usize]>::to_vec),
             null_equality: join.null_equality(),
             null_aware: join.null_aware,
+            holdable: self.holdable,
         };
         let (left, right, layout) = match (join.null_aware, join.partition_mode()) {
             (true, _) => (one_partition(join.left()), one_partition(join.right()), Layout::Single),

@@ -19,7 +19,7 @@ use datafusion::arrow::compute::{filter_record_batch, is_not_null};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::utils::memory::RecordBatchMemoryCounter;
 use datafusion::common::{DataFusionError, JoinType, Result};
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryReservation};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, Gauge, MetricBuilder, SpillMetrics};
 use datafusion::physical_plan::spill::SpillManager;
@@ -187,15 +187,13 @@ impl PartitionJoin {
     }
 
     /// The build held while its reservations are granted, and while it is within its part of
-    /// the statement's memory: `holders` partitions hold builds at once, and together they keep
-    /// to half of it. Builds that took all of it would leave the operators around them (an
-    /// aggregate, another partition's first batch) nothing: a failed query, not a spill.
+    /// what the statement could hold (with what it may borrow): `holders` partitions hold builds
+    /// at once, and together they keep to half of it. Builds that took all of it would leave the
+    /// operators around them (an aggregate, another partition's first batch) nothing: a failed
+    /// query, not a spill.
     async fn hold_build(&self, mut build: SendableRecordBatchStream, holders: usize) -> Result<Holding> {
         let reservation = self.holding_reservation();
-        let part = match self.ctx.memory_pool().memory_limit() {
-            MemoryLimit::Finite(limit) => limit / (2 * holders.max(1)),
-            _ => usize::MAX,
-        };
+        let part = self.spec.holdable / (2 * holders.max(1));
         let mut counted = RecordBatchMemoryCounter::new();
         let mut held = vec![];
         while let Some(batch) = build.next().await {

@@ -7,6 +7,7 @@
 #   bench/versus.sh 8c4d0b7            # at 175 MiB
 #   LIMIT=50MiB bench/versus.sh 8c4d0b7
 #   SETTINGS="SET memory.spilling_join = off;" bench/versus.sh 8c4d0b7   # and this build so
+#   REPEAT=5 bench/versus.sh 8c4d0b7   # best of 5 timed runs per query (default 3)
 #
 # Results: bench/results/versus-<commit>-<limit>.{json,md}; bench/ratios.py prints the ratios.
 set -euo pipefail
@@ -32,7 +33,9 @@ if [ ! -x "$earlier" ]; then
   git worktree add --detach "$tree" "$COMMIT" > /dev/null
   ours="-p gobi-lang -p gobi-memory -p gobi-engine -p gobi-slt -p gobi-cli"
   cargo clean --release $ours
-  (cd "$tree" && cargo build --release --locked --bin gobi)
+  # With this tree's release profile (an older Cargo.toml may lack `strip`), or every
+  # dependency would build again (35 minutes on two cores); stripping changes no speed.
+  (cd "$tree" && CARGO_PROFILE_RELEASE_STRIP=true cargo build --release --locked --bin gobi)
   mkdir -p "$(dirname "$earlier")"
   cp "$CARGO_TARGET_DIR/release/gobi" "$earlier"
   git worktree remove --force "$tree"
@@ -51,5 +54,5 @@ if [ -n "${SETTINGS:-}" ]; then
   name="$name-set"
 fi
 mkdir -p bench/results
-python3 "$PEERS" run --data "$parquet" --runs "${runs[@]}" "${engines[@]}" \
+python3 "$PEERS" run --data "$parquet" --repeat "${REPEAT:-3}" --runs "${runs[@]}" "${engines[@]}" \
   --json "bench/results/$name.json" --markdown "bench/results/$name.md"

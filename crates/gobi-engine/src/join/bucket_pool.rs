@@ -31,6 +31,18 @@ impl BucketPool {
     pub(super) fn new(reservation: MemoryReservation) -> Arc<Self> {
         Arc::new(Self { held: Mutex::new(Held { reservation, granted: 0 }) })
     }
+
+    /// Gives the statement back what was reserved beyond what the join was granted and
+    /// `unreserved`, memory it holds without asking (once its table is built: the reservation
+    /// covered the copy it concatenates the build into, and the batches are gone now).
+    pub(super) fn settle(&self, unreserved: usize) {
+        let held = self.held.lock();
+        let keep = held.granted.saturating_add(unreserved);
+        let size = held.reservation.size();
+        if size > keep {
+            held.reservation.shrink(size - keep);
+        }
+    }
 }
 
 impl std::fmt::Display for BucketPool {

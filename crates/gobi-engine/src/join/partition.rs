@@ -182,7 +182,9 @@ impl PartitionJoin {
     pub async fn run(self: Arc<Self>, build: SendableRecordBatchStream, probe: SendableRecordBatchStream, holders: usize) -> Result<SendableRecordBatchStream> {
         match self.hold_build(build, holders).await? {
             Holding::Fit(held, reservation) => {
-                self.spec.in_memory(self.round_over(held), probe, BucketPool::new(reservation), &self.ctx, self.spec.null_aware, false)
+                let pool = BucketPool::new(reservation);
+                let probe = settling(probe, &pool, &held);
+                self.spec.in_memory(self.round_over(held), probe, pool, &self.ctx, self.spec.null_aware, false)
             }
             Holding::Outgrew(held, rest, reservation) => {
                 let builds = self.scatter_build_rows(held, rest, reservation).await?;
@@ -285,7 +287,9 @@ impl PartitionJoin {
             if !build.skewed {
                 let reservation = self.holding_reservation();
                 if let Some(held) = self.hold(&build, &reservation).await? {
-                    return self.spec.in_memory(self.round_over(held), probe.read(&self.probe_spill)?, BucketPool::new(reservation), &self.ctx, false, false);
+                    let pool = BucketPool::new(reservation);
+                    let probe = settling(probe.read(&self.probe_spill)?, &pool, &held);
+                    return self.spec.in_memory(self.round_over(held), probe, pool, &self.ctx, false, false);
                 }
             }
             if build.skewed || depth >= MAX_DEPTH {
@@ -462,6 +466,22 @@ impl Chunks {
         }
         Ok((!held.is_empty()).then_some((held, reservation)))
     }
+}
+
+/// The probe of DataFusion's join over `held`, which settles the join's memory at its first
+/// poll: DataFusion reads the probe only once its table is built and its concatenated copy of
+/// the build has replaced the held batches, so from then on one copy is held, not the two that
+/// [`HeldCost`] reserved. What stays: what the join was granted, and the chain of equal hashes
+/// it holds without asking.
+fn settling(probe: SendableRecordBatchStream, pool: &Arc<BucketPool>, held: &[RecordBatch]) -> SendableRecordBatchStream {
+    let chain = held.iter().map(RecordBatch::num_rows).sum::<usize>() * size_of::<u32>();
+    let pool = Arc::clone(pool);
+    let settle = futures::stream::once(async move {
+        pool.settle(chain);
+        None
+    })
+    .filter_map(futures::future::ready);
+    Box::pin(RecordBatchStreamAdapter::new(probe.schema(), settle.chain(probe)))
 }
 
 /// Batches in memory as a stream that gives each one away (so the join's copy of them is

@@ -83,3 +83,30 @@ impl MemoryPool for BucketPool {
         self.held.lock().granted
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryConsumer};
+
+    use super::*;
+
+    /// A held build reserved twice its data; once the join has its table, settling keeps what
+    /// the join was granted and what it holds without asking, and gives the rest back.
+    #[test]
+    fn settling_gives_back_all_but_what_the_join_was_granted_and_holds_unasked() {
+        let statement: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1000));
+        let held = MemoryConsumer::new("SpillingHashJoinBuild[0]").register(&statement);
+        held.try_grow(600).unwrap();
+        let pool = BucketPool::new(held);
+        let join: Arc<dyn MemoryPool> = Arc::clone(&pool) as _;
+        let table = MemoryConsumer::new("HashJoinInput").register(&join);
+        table.try_grow(350).unwrap();
+        assert_eq!(statement.reserved(), 600, "granted from what was held");
+        pool.settle(50);
+        assert_eq!(statement.reserved(), 400, "the join's 350 and 50 it holds unasked");
+        table.try_grow(100).unwrap();
+        assert_eq!(statement.reserved(), 450, "past the held bytes, the statement is asked");
+        pool.settle(0);
+        assert_eq!(statement.reserved(), 450, "never below what was granted");
+    }
+}

@@ -84,33 +84,27 @@ fn pushed(semi: &Join) -> Result<Option<LogicalPlan>> {
     if !into_left && !into_right {
         return Ok(None);
     }
-    let below = |side: &Arc<LogicalPlan>| -> Result<Arc<LogicalPlan>> {
-        Ok(Arc::new(LogicalPlan::Join(Join::try_new(
-            Arc::clone(side),
-            Arc::clone(&semi.right),
-            semi.on.clone(),
-            semi.filter.clone(),
-            JoinType::LeftSemi,
-            semi.join_constraint,
-            semi.null_equality,
-            semi.null_aware,
-        )?)))
-    };
+    let below = |side: &Arc<LogicalPlan>| rejoined(semi, Arc::clone(side), Arc::clone(&semi.right)).map(Arc::new);
     let (left, right) = if into_left { (below(&inner.left)?, Arc::clone(&inner.right)) } else { (Arc::clone(&inner.left), below(&inner.right)?) };
-    let joined = LogicalPlan::Join(Join::try_new(
-        left,
-        right,
-        inner.on.clone(),
-        inner.filter.clone(),
-        JoinType::Inner,
-        inner.join_constraint,
-        inner.null_equality,
-        inner.null_aware,
-    )?);
+    let joined = rejoined(inner, left, right)?;
     Ok(Some(match projection {
         Some(projection) => LogicalPlan::Projection(Projection::try_new(projection.expr.clone(), Arc::new(joined))?),
         None => joined,
     }))
+}
+
+/// `join` over other inputs, its schema made anew from theirs.
+fn rejoined(join: &Join, left: Arc<LogicalPlan>, right: Arc<LogicalPlan>) -> Result<LogicalPlan> {
+    Ok(LogicalPlan::Join(Join::try_new(
+        left,
+        right,
+        join.on.clone(),
+        join.filter.clone(),
+        join.join_type,
+        join.join_constraint,
+        join.null_equality,
+        join.null_aware,
+    )?))
 }
 
 /// The columns of the semi join's left side its keys and filter use.

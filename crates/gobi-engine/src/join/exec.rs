@@ -39,7 +39,7 @@ pub(super) struct JoinSpec {
     pub null_equality: NullEquality,
     /// `NOT IN`: a NULL on either side changes the answer for every row.
     pub null_aware: bool,
-    /// What the statement could hold: its held builds keep to half (`PartitionJoin::hold_build`).
+    /// What the statement could hold: the bound of its held builds (`PartitionJoin::hold_build`).
     pub holdable: usize,
 }
 

@@ -62,8 +62,8 @@ pub struct JoinChoice {
 pub(crate) struct SpillingJoins {
     /// The memory a join's build may take: a quarter of the statement's.
     share: usize,
-    /// What the statement could hold with borrowing: half of it bounds the builds a spilling
-    /// join holds at once (`PartitionJoin::hold_build`).
+    /// What the statement could hold with borrowing, which bounds the builds a spilling join
+    /// holds at once (`PartitionJoin::hold_build`).
     holdable: usize,
 }
 

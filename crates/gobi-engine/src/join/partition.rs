@@ -77,7 +77,13 @@ impl HeldCost {
 /// chain of equal hashes (a `u32` per row, which it does not reserve) and the visited-rows
 /// bitmap.
 fn table_bytes(rows: usize) -> usize {
-    estimate_memory_size::<(u32, u64)>(rows, 0).unwrap_or(usize::MAX).saturating_add(rows * size_of::<u32>() + rows.div_ceil(8))
+    estimate_memory_size::<(u32, u64)>(rows, 0).unwrap_or(usize::MAX).saturating_add(hash_chain_bytes(rows) + rows.div_ceil(8))
+}
+
+/// The chain of equal hashes of DataFusion's join table for `rows` build rows (a `u32` per
+/// row), which the join holds without reserving it.
+fn hash_chain_bytes(rows: usize) -> usize {
+    rows * size_of::<u32>()
 }
 
 /// The join's own metrics, beside the spill metrics (`spill_count`, `spilled_bytes`,
@@ -474,7 +480,7 @@ impl Chunks {
 /// [`HeldCost`] reserved. What stays: what the join was granted, and the chain of equal hashes
 /// it holds without asking.
 fn settling(probe: SendableRecordBatchStream, pool: &Arc<BucketPool>, held: &[RecordBatch]) -> SendableRecordBatchStream {
-    let chain = held.iter().map(RecordBatch::num_rows).sum::<usize>() * size_of::<u32>();
+    let chain = hash_chain_bytes(held.iter().map(RecordBatch::num_rows).sum());
     let pool = Arc::clone(pool);
     let settle = futures::stream::once(async move {
         pool.settle(chain);

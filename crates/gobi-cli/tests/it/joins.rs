@@ -78,17 +78,19 @@ fn every_join_type_spills_under_a_small_pool_and_gives_the_unlimited_answer() {
     every_join_type_spills(&two_tables(), "");
 }
 
-/// DataFusion told to collect every build into one partition (its CollectLeft joins): the
-/// inner and right joins share that one build among the probe's partitions, in memory or in
-/// buckets; the others repartition both sides. Either way, the same answers as unlimited.
+/// DataFusion told to collect every build into one partition (its CollectLeft joins): every
+/// join shares that one build among the probe's partitions, in memory or in buckets (the left,
+/// full, semi and anti joins that output build rows join the buckets of every probe partition
+/// once). The same answers as unlimited.
 #[test]
 fn with_one_build_for_every_probe_partition_every_join_type_spills_likewise() {
     let collect_left = "SET datafusion.optimizer.hash_join_single_partition_threshold = 1000000000; \
         SET datafusion.optimizer.hash_join_single_partition_threshold_rows = 1000000000; ";
     let lh = two_tables();
-    let inner = format!("{collect_left}EXPLAIN SELECT count(*) FROM big a JOIN other b ON a.k = b.k");
-    let plan = csv(&lh, &SMALL, &inner);
-    assert!(plan.contains("SpillingHashJoinExec") && plan.contains("build=shared"), "{plan}");
+    for join in ["JOIN", "FULL JOIN"] {
+        let plan = csv(&lh, &SMALL, &format!("{collect_left}EXPLAIN SELECT count(*) FROM big a {join} other b ON a.k = b.k"));
+        assert!(plan.contains("SpillingHashJoinExec") && plan.contains("build=shared"), "{plan}");
+    }
     every_join_type_spills(&lh, collect_left);
 }
 
@@ -110,6 +112,9 @@ fn every_join_type_spills(lh: &Lakehouse, setup: &str) {
         // A mark join: EXISTS under OR.
         format!("{exists} EXISTS (SELECT 1 FROM other b WHERE b.k = a.k) OR a.id % 10 = 0"),
         "SELECT count(*) AS n, sum(b.id) AS ids FROM other b WHERE EXISTS (SELECT 1 FROM big a WHERE a.k = b.k AND a.id % 2 = 0)".to_string(),
+        // Semi and anti joins that output the build's rows (`other`, the smaller in bytes here).
+        "SELECT count(*) AS n, sum(b.id) AS ids, max(b.t) AS t FROM other b WHERE EXISTS (SELECT 1 FROM big a WHERE a.k = b.k AND a.s > b.t)".to_string(),
+        "SELECT count(*) AS n, sum(b.id) AS ids, max(b.t) AS t FROM other b WHERE NOT EXISTS (SELECT 1 FROM big a WHERE a.k = b.k AND a.s > b.t)".to_string(),
     ]);
     for query in queries.iter().map(|query| format!("{setup}{query}")) {
         let query = &query;

@@ -11,8 +11,9 @@ use datafusion::execution::spill_file::SpillFile;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_expr::PhysicalExprRef;
 use datafusion::physical_plan::spill::SpillManager;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::EmptyRecordBatchStream;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 /// The hash that places a row in a bucket at `level` (0 for the first scatter, one more for each
 /// re-split). Its seeds are gobi's own: a hash the repartition before the join (seed 0) or
@@ -22,21 +23,27 @@ fn level_hash(level: usize) -> RandomState {
     RandomState::with_seed(0x6f62_695f_6a6f_696e_u64.wrapping_add((level as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)))
 }
 
-/// One bucket of one side: its rows in a spill file (none when it has no rows).
+/// One bucket of one side: its rows in spill files (none when it has no rows; more than one
+/// when the buckets of several probe partitions were gathered).
 #[derive(Clone)]
 pub(super) struct Bucket {
-    file: Option<Arc<dyn SpillFile>>,
+    files: Vec<Arc<dyn SpillFile>>,
     pub rows: usize,
     /// Split from a bucket whose rows nearly all came here: splitting again will not help.
     pub skewed: bool,
 }
 
 impl Bucket {
-    /// Its rows read back, batch by batch.
-    pub fn read(&self, spill: &SpillManager) -> Result<SendableRecordBatchStream> {
-        match &self.file {
-            Some(file) => spill.read_spill_as_stream_unbuffered(Arc::clone(file), None),
-            None => Ok(Box::pin(EmptyRecordBatchStream::new(Arc::clone(spill.schema())))),
+    /// Its rows read back, batch by batch, one file after the other.
+    pub fn read(&self, spill: &Arc<SpillManager>) -> Result<SendableRecordBatchStream> {
+        match self.files.as_slice() {
+            [] => Ok(Box::pin(EmptyRecordBatchStream::new(Arc::clone(spill.schema())))),
+            [file] => spill.read_spill_as_stream_unbuffered(Arc::clone(file), None),
+            files => {
+                let reader = Arc::clone(spill);
+                let rows = futures::stream::iter(files.to_vec()).map(move |file| reader.read_spill_as_stream_unbuffered(file, None)).try_flatten();
+                Ok(Box::pin(RecordBatchStreamAdapter::new(Arc::clone(spill.schema()), rows)))
+            }
         }
     }
 
@@ -65,7 +72,22 @@ impl Scattered {
 
     /// Buckets with a spill file.
     pub fn written(&self) -> usize {
-        self.buckets.iter().filter(|b| b.file.is_some()).count()
+        self.buckets.iter().filter(|b| !b.files.is_empty()).count()
+    }
+
+    /// The buckets of several partitions' rows scattered alike (the same fanout and level),
+    /// as one side: bucket i of each, together.
+    pub fn gathered(parts: Vec<Scattered>) -> Scattered {
+        let mut parts = parts.into_iter();
+        let Some(mut all) = parts.next() else { return Scattered { buckets: vec![], null_key: false } };
+        for part in parts {
+            all.null_key |= part.null_key;
+            for (bucket, more) in all.buckets.iter_mut().zip(part.buckets) {
+                bucket.files.extend(more.files);
+                bucket.rows += more.rows;
+            }
+        }
+        all
     }
 }
 
@@ -188,7 +210,7 @@ impl Scatter {
                 Some(mut writer) => writer(None)?,
                 None => None,
             };
-            buckets.push(Bucket { file, rows: bucket.rows, skewed: false });
+            buckets.push(Bucket { files: file.into_iter().collect(), rows: bucket.rows, skewed: false });
         }
         Ok(Scattered { buckets, null_key: self.null_key })
     }

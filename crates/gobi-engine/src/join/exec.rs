@@ -72,7 +72,7 @@ impl JoinSpec {
     /// Whether each probe row's output depends on the build alone, not on the other probe rows:
     /// then each partition of the probe can be joined on its own against the whole build, even
     /// when that build is in buckets. (The other joins output build rows by what no probe row
-    /// of any partition matched.)
+    /// of any partition matched: their buckets are joined once, over every partition's probe.)
     pub fn probe_rows_independent(&self) -> bool {
         matches!(self.join_type, JoinType::Inner | JoinType::Right | JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark) && !self.null_aware
     }
@@ -215,8 +215,7 @@ pub(super) enum Layout {
     /// keys.
     Partitioned,
     /// One build partition, read once and shared by every partition of the probe (DataFusion's
-    /// CollectLeft, without repartitioning the probe): for joins whose probe rows are
-    /// independent (see [`JoinSpec::probe_rows_independent`]).
+    /// CollectLeft, without repartitioning the probe; see `shared.rs`).
     SharedBuild,
     /// One partition each: `NOT IN`, where one NULL anywhere changes every row's answer.
     Single,

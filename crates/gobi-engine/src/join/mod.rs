@@ -11,9 +11,7 @@
 //!     HashJoinExec, build estimated to fit its share with room ──► kept (full speed)
 //!     HashJoinExec, any other ──► SpillingHashJoinExec
 //!        Partitioned: same inputs
-//!        CollectLeft, probe rows independent (inner, right joins): same inputs, one build
-//!          shared by every probe partition (`shared.rs`)
-//!        CollectLeft, other joins: both inputs hash-repartitioned on the keys
+//!        CollectLeft: same inputs, one build shared by every probe partition (`shared.rs`)
 //!        NOT IN (null-aware): one partition each
 //! ```
 //!
@@ -32,11 +30,9 @@ use std::sync::Arc;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::Result;
-use datafusion::physical_expr::{Partitioning, PhysicalExprRef};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
-use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, StatisticsArgs, StatisticsContext};
 use gobi_memory::ByteSize;
 
@@ -100,7 +96,7 @@ impl SpillingJoins {
         Ok(JoinChoice { spills, reason: format!("{estimate} {} share {share}", if spills { ">" } else { "≤" }) })
     }
 
-    fn replacement(&self, join: &HashJoinExec, config: &ConfigOptions) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    fn replacement(&self, join: &HashJoinExec) -> Result<Option<Arc<dyn ExecutionPlan>>> {
         if join.fetch().is_some() || !self.choice(join.left())?.spills {
             return Ok(None);
         }
@@ -119,13 +115,7 @@ impl SpillingJoins {
         let (left, right, layout) = match (join.null_aware, join.partition_mode()) {
             (true, _) => (one_partition(join.left()), one_partition(join.right()), Layout::Single),
             (false, PartitionMode::Partitioned) => (Arc::clone(join.left()), Arc::clone(join.right()), Layout::Partitioned),
-            (false, PartitionMode::CollectLeft) if spec.probe_rows_independent() => (Arc::clone(join.left()), Arc::clone(join.right()), Layout::SharedBuild),
-            (false, PartitionMode::CollectLeft) => {
-                let (left_keys, right_keys): (Vec<PhysicalExprRef>, Vec<PhysicalExprRef>) =
-                    join.on().iter().map(|(l, r)| (Arc::clone(l), Arc::clone(r))).unzip();
-                let partitions = config.execution.target_partitions.max(1);
-                (hash_partitioned(join.left(), left_keys, partitions)?, hash_partitioned(join.right(), right_keys, partitions)?, Layout::Partitioned)
-            }
+            (false, PartitionMode::CollectLeft) => (Arc::clone(join.left()), Arc::clone(join.right()), Layout::SharedBuild),
             (false, PartitionMode::Auto) => return Ok(None),
         };
         let spec = JoinSpec { left_schema: left.schema(), right_schema: right.schema(), ..spec };
@@ -134,10 +124,10 @@ impl SpillingJoins {
 }
 
 impl PhysicalOptimizerRule for SpillingJoins {
-    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
+    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
         plan.transform_up(|node| {
             let Some(join) = node.downcast_ref::<HashJoinExec>() else { return Ok(Transformed::no(node)) };
-            Ok(match self.replacement(join, config)? {
+            Ok(match self.replacement(join)? {
                 Some(spilling) => Transformed::yes(spilling),
                 None => Transformed::no(node),
             })
@@ -159,17 +149,4 @@ fn one_partition(input: &Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
         return Arc::clone(input);
     }
     Arc::new(CoalescePartitionsExec::new(Arc::clone(input)))
-}
-
-/// `input` (a collected build's rows, or a probe side partitioned some other way) hash-
-/// partitioned on `keys` into `partitions`.
-fn hash_partitioned(input: &Arc<dyn ExecutionPlan>, keys: Vec<PhysicalExprRef>, partitions: usize) -> Result<Arc<dyn ExecutionPlan>> {
-    let input = match input.downcast_ref::<CoalescePartitionsExec>() {
-        Some(coalesce) => Arc::clone(coalesce.input()),
-        None => Arc::clone(input),
-    };
-    if partitions == 1 {
-        return Ok(one_partition(&input));
-    }
-    Ok(Arc::new(RepartitionExec::try_new(input, Partitioning::Hash(keys, partitions))?))
 }

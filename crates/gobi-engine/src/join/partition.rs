@@ -31,7 +31,7 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use super::bucket_pool::BucketPool;
 use super::buckets::{Bucket, Scatter, Scattered};
 use super::exec::JoinSpec;
-use super::shared::SharedBuild;
+use super::shared::{GatheredProbes, SharedBuild};
 
 /// Buckets of the first scatter, and of each re-split of a bucket too big to hold.
 const FIRST_FANOUT: usize = 16;
@@ -189,12 +189,13 @@ impl PartitionJoin {
         match self.hold_build(build, holders).await? {
             Holding::Fit(held, reservation) => {
                 let pool = BucketPool::new(reservation);
-                let probe = settling(probe, &pool, &held);
+                let probe = settling(probe, &pool, rows_of(&held));
                 self.spec.in_memory(self.round_over(held), probe, pool, &self.ctx, self.spec.null_aware, false)
             }
             Holding::Outgrew(held, rest, reservation) => {
                 let builds = self.scatter_build_rows(held, rest, reservation).await?;
-                self.grace(builds, probe).await
+                let probes = self.scatter_probe_rows(probe).await?;
+                Ok(self.grace(builds, probes))
             }
         }
     }
@@ -204,17 +205,32 @@ impl PartitionJoin {
     pub async fn read_shared_build(self: Arc<Self>, build: SendableRecordBatchStream, partitions: usize) -> Result<SharedBuild> {
         Ok(match self.hold_build(build, 1).await? {
             Holding::Fit(held, reservation) => {
-                SharedBuild::Held(self.spec.shared_in_memory(self.round_over(held), partitions, BucketPool::new(reservation), &self.ctx)?)
+                let (pool, rows) = (BucketPool::new(reservation), rows_of(&held));
+                let join = self.spec.shared_in_memory(self.round_over(held), partitions, Arc::clone(&pool) as _, &self.ctx)?;
+                SharedBuild::Held { join, pool, rows }
             }
-            Holding::Outgrew(held, rest, reservation) => SharedBuild::Scattered(self.scatter_build_rows(held, rest, reservation).await?),
+            Holding::Outgrew(held, rest, reservation) => {
+                SharedBuild::Scattered { builds: self.scatter_build_rows(held, rest, reservation).await?, probes: GatheredProbes::new(partitions) }
+            }
         })
     }
 
-    /// This partition's probe joined with the shared build.
+    /// This partition's probe joined with the shared build. Scattered, a join whose build rows
+    /// are output by what no probe row matched is joined once, over every partition's buckets,
+    /// by the last partition to scatter its probe; the others output nothing.
     pub async fn run_shared(self: Arc<Self>, build: Arc<SharedBuild>, probe: SendableRecordBatchStream) -> Result<SendableRecordBatchStream> {
         match &*build {
-            SharedBuild::Held(join) => join.execute(self.partition, probe),
-            SharedBuild::Scattered(builds) => self.grace(builds.clone(), probe).await,
+            SharedBuild::Held { join, pool, rows } => join.execute(self.partition, settling(probe, pool, *rows)),
+            SharedBuild::Scattered { builds, probes } => {
+                let mine = self.scatter_probe_rows(probe).await?;
+                if self.spec.probe_rows_independent() {
+                    return Ok(self.grace(builds.clone(), mine));
+                }
+                Ok(match probes.hand_in(mine) {
+                    Some(every_partitions) => self.grace(builds.clone(), every_partitions),
+                    None => self.empty(),
+                })
+            }
         }
     }
 
@@ -257,8 +273,8 @@ impl PartitionJoin {
         Ok(builds)
     }
 
-    /// Scatters the probe into buckets beside the build's, then joins them one pair at a time.
-    async fn grace(self: Arc<Self>, builds: Scattered, mut probe: SendableRecordBatchStream) -> Result<SendableRecordBatchStream> {
+    /// Scatters the probe into buckets beside the build's.
+    async fn scatter_probe_rows(&self, mut probe: SendableRecordBatchStream) -> Result<Scattered> {
         let mut probes = self.scatter_probe(FIRST_FANOUT, 0);
         while let Some(batch) = probe.next().await {
             probes.push(&batch?)?;
@@ -266,15 +282,20 @@ impl PartitionJoin {
         let probes = probes.finish()?;
         self.metrics.buckets.add(FIRST_FANOUT);
         self.metrics.spilled_buckets.add(probes.written());
+        Ok(probes)
+    }
+
+    /// Joins the build's buckets with the probe's, one pair at a time.
+    fn grace(self: Arc<Self>, builds: Scattered, probes: Scattered) -> SendableRecordBatchStream {
         if self.spec.null_aware {
             // `x NOT IN (subquery)`: a NULL among the subquery's values makes every row's test
             // unknown, so none is output; any value at all makes a NULL `x` unknown.
             if probes.null_key {
-                return Ok(self.empty());
+                return self.empty();
             }
             self.drop_null_build_keys.store(probes.rows() > 0, Ordering::Relaxed);
         }
-        Ok(self.join_buckets(builds, probes, 0))
+        self.join_buckets(builds, probes, 0)
     }
 
     /// The joins of bucket pairs, one after the other.
@@ -294,7 +315,7 @@ impl PartitionJoin {
                 let reservation = self.holding_reservation();
                 if let Some(held) = self.hold(&build, &reservation).await? {
                     let pool = BucketPool::new(reservation);
-                    let probe = settling(probe.read(&self.probe_spill)?, &pool, &held);
+                    let probe = settling(probe.read(&self.probe_spill)?, &pool, rows_of(&held));
                     return self.spec.in_memory(self.round_over(held), probe, pool, &self.ctx, false, false);
                 }
             }
@@ -474,13 +495,17 @@ impl Chunks {
     }
 }
 
-/// The probe of DataFusion's join over `held`, which settles the join's memory at its first
+fn rows_of(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(RecordBatch::num_rows).sum()
+}
+
+/// The probe of DataFusion's join over a held build of `build_rows`, which settles the join's memory at its first
 /// poll: DataFusion reads the probe only once its table is built and its concatenated copy of
 /// the build has replaced the held batches, so from then on one copy is held, not the two that
 /// [`HeldCost`] reserved. What stays: what the join was granted, and the chain of equal hashes
 /// it holds without asking.
-fn settling(probe: SendableRecordBatchStream, pool: &Arc<BucketPool>, held: &[RecordBatch]) -> SendableRecordBatchStream {
-    let chain = hash_chain_bytes(held.iter().map(RecordBatch::num_rows).sum());
+fn settling(probe: SendableRecordBatchStream, pool: &Arc<BucketPool>, build_rows: usize) -> SendableRecordBatchStream {
+    let chain = hash_chain_bytes(build_rows);
     let pool = Arc::clone(pool);
     let settle = futures::stream::once(async move {
         pool.settle(chain);

@@ -3,9 +3,14 @@
 //!
 //! ```text
 //!   build (one partition) ──► held ──(fit)──► one DataFusion CollectLeft join ◄── probe 0..n
-//!                               │                                (each partition its own stream)
+//!                               │                (each partition its own stream; the last to end
+//!                               │                 outputs the build rows a left join owes)
 //!                               └─(outgrew)──► buckets ◄── each probe partition scatters its own
-//!                                              rows and joins them bucket by bucket
+//!                                              rows, then
+//!         inner, right joins: each partition joins its buckets with the build's
+//!         left, full joins (build rows output by what no probe row of any partition matched):
+//!           the last partition to finish scattering joins every partition's buckets; the
+//!           others output nothing (as DataFusion's join leaves the unmatched rows to its last)
 //! ```
 
 use std::future::Future;
@@ -13,15 +18,44 @@ use std::sync::Arc;
 
 use datafusion::common::{internal_err, DataFusionError, Result};
 
+use super::bucket_pool::BucketPool;
 use super::buckets::Scattered;
 use super::exec::SharedJoin;
 
 /// A shared build, read.
 pub(super) enum SharedBuild {
-    /// It fit: DataFusion's join over it, one table for every probe partition.
-    Held(SharedJoin),
-    /// It did not: its buckets, which each probe partition joins with its own.
-    Scattered(Scattered),
+    /// It fit: DataFusion's join over it, one table for every probe partition, on `pool`
+    /// (which settles once the table is built, as `partition::settling` says); `rows`: the
+    /// build's.
+    Held { join: SharedJoin, pool: Arc<BucketPool>, rows: usize },
+    /// It did not: its buckets, joined with the probe's (see the module's diagram).
+    Scattered { builds: Scattered, probes: GatheredProbes },
+}
+
+/// The probe's buckets from every partition, for a join whose output depends on all of them:
+/// the last partition to hand in its buckets takes everyone's. No partition waits for another.
+pub(super) struct GatheredProbes {
+    state: parking_lot::Mutex<Gathering>,
+}
+
+struct Gathering {
+    /// Partitions that have not handed in their buckets yet.
+    waiting: usize,
+    parts: Vec<Scattered>,
+}
+
+impl GatheredProbes {
+    pub fn new(partitions: usize) -> Self {
+        Self { state: parking_lot::Mutex::new(Gathering { waiting: partitions, parts: vec![] }) }
+    }
+
+    /// Hands in one partition's buckets: every partition's, gathered, if this was the last.
+    pub fn hand_in(&self, probes: Scattered) -> Option<Scattered> {
+        let mut state = self.state.lock();
+        state.parts.push(probes);
+        state.waiting = state.waiting.saturating_sub(1);
+        (state.waiting == 0).then(|| Scattered::gathered(std::mem::take(&mut state.parts)))
+    }
 }
 
 /// Where the join's partitions find the shared build. It is let go once every partition has

@@ -8,8 +8,13 @@
 #   LIMIT=50MiB bench/versus.sh 8c4d0b7
 #   SETTINGS="SET memory.spilling_join = off;" bench/versus.sh 8c4d0b7   # and this build so
 #   REPEAT=5 bench/versus.sh 8c4d0b7   # best of 5 timed runs per query (default 3)
+#   ROUNDS=3 REPEAT=10 bench/versus.sh 8c4d0b7   # three rounds, the first engine alternating
 #
 # Results: bench/results/versus-<commit>-<limit>.{json,md}; bench/ratios.py prints the ratios.
+# With ROUNDS: versus-<commit>-<limit>-round<N>.json each, and each engine's best over all
+# rounds beside every round's ratio (bench/best_of_runs.py) in versus-<commit>-<limit>.md.
+# peers.py runs one engine's repeats of a query together, and this machine's noise lasts
+# minutes: a slow minute can fall on one engine's repeats, so a round alone decides nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,5 +59,18 @@ if [ -n "${SETTINGS:-}" ]; then
   name="$name-set"
 fi
 mkdir -p bench/results
-python3 "$PEERS" run --data "$parquet" --repeat "${REPEAT:-3}" --runs "${runs[@]}" "${engines[@]}" \
-  --json "bench/results/$name.json" --markdown "bench/results/$name.md"
+if [ -z "${ROUNDS:-}" ]; then
+  python3 "$PEERS" run --data "$parquet" --repeat "${REPEAT:-3}" --runs "${runs[@]}" "${engines[@]}" \
+    --json "bench/results/$name.json" --markdown "bench/results/$name.md"
+  exit
+fi
+rounds=()
+for round in $(seq "$ROUNDS"); do
+  # Odd rounds run the earlier build first for each query, even rounds this one.
+  order=("${runs[@]}")
+  [ $((round % 2)) = 0 ] && order=("${runs[1]}" "${runs[0]}" "${runs[@]:2}")
+  python3 "$PEERS" run --data "$parquet" --repeat "${REPEAT:-3}" --runs "${order[@]}" "${engines[@]}" \
+    --json "bench/results/$name-round$round.json" > /dev/null
+  rounds+=("bench/results/$name-round$round.json")
+done
+bench/best_of_runs.py "gobi-$COMMIT" gobi "${rounds[@]}" | tee "bench/results/$name.md"

@@ -180,7 +180,8 @@ struct QueryArgs {
     #[command(flatten)]
     statements: Statements,
     /// After the results, print one line `{"rows": N, "seconds": S}`: N rows in the last
-    /// result, S seconds spent running the statements and writing their rows.
+    /// result, S seconds spent running the statements and formatting their rows (not writing
+    /// them out: a slow reader of the output does not count).
     #[arg(long, value_enum, value_name = "FORMAT")]
     summary: Option<SummaryFormat>,
     /// For benchmarks: run the statements once as a warm-up (its rows printed), then N more
@@ -448,12 +449,12 @@ pub async fn run_statements(session: &Session, source: &str, printer: &Printer) 
     let statements = parse_script(source).map_err(|e| with_source(e.into()))?;
     let mut summary = Summary { rows: 0, seconds: 0.0, reader_left: false };
     for statement in &statements {
-        let started = Instant::now();
+        let (started, writing) = (Instant::now(), printer.writing());
         let progress = session.progress();
         let output = output::showing_progress(&progress, session.execute(statement)).await.map_err(with_source)?;
         let returns_rows = !matches!(output, Output::Done(_));
         let printed = printer.print(output, Some(&progress)).await.map_err(with_source)?;
-        summary.seconds += started.elapsed().as_secs_f64();
+        summary.seconds += started.elapsed().saturating_sub(printer.writing() - writing).as_secs_f64();
         if returns_rows {
             summary.rows = printed.rows;
         }

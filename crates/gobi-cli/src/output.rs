@@ -43,6 +43,8 @@ pub struct Printer {
     pub format: Format,
     pub layout: Layout,
     to: Destination,
+    /// Nanoseconds spent handing rows to the reader (a pipe's reader sets the pace).
+    writing: std::sync::atomic::AtomicU64,
 }
 
 /// Where rows go.
@@ -83,12 +85,17 @@ pub struct Printed {
 
 impl Printer {
     pub fn new(format: Format, layout: Layout) -> Self {
-        Self { format, layout, to: Destination::Stdout }
+        Self { format, layout, to: Destination::Stdout, writing: Default::default() }
     }
 
     /// A printer that reads every row and prints nothing, not even what a statement did.
     pub fn silent() -> Self {
-        Self { format: Format::Csv, layout: Layout { width: None, max_rows: 0 }, to: Destination::Nowhere }
+        Self { format: Format::Csv, layout: Layout { width: None, max_rows: 0 }, to: Destination::Nowhere, writing: Default::default() }
+    }
+
+    /// The time spent so far writing rows out, waiting for the reader to take them included.
+    pub fn writing(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.writing.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     pub fn format(&self) -> Format {
@@ -108,6 +115,7 @@ impl Printer {
         if text.is_empty() {
             return Ok(true);
         }
+        let started = std::time::Instant::now();
         let written = match &self.to {
             Destination::File(file) => {
                 let mut file = file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -119,6 +127,7 @@ impl Printer {
             }
             Destination::Nowhere => Ok(()),
         };
+        self.writing.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
         match written {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),

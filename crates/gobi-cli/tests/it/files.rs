@@ -1,7 +1,10 @@
 //! Querying files: Parquet, CSV, JSON and Delta folders, and `--data` for benchmarks.
 
+use std::io::Read;
+use std::time::{Duration, Instant};
+
 use crate::rows;
-use crate::support::{gobi, parse_json_rows, Lakehouse};
+use crate::support::{gobi, gobi_started, parse_json_rows, Lakehouse};
 
 #[test]
 fn parquet_csv_json_and_delta_folders_are_tables() {
@@ -40,6 +43,29 @@ fn data_mode_reads_parquet_files_without_a_lakehouse_and_prints_a_summary() {
     let results: Vec<&str> = run.stdout.lines().filter(|l| l.starts_with('[')).collect();
     assert_eq!(parse_json_rows(results[0]), rows![[2], [3]]);
     assert!(!data.path().join("gobi.toml").exists());
+}
+
+/// The summary's seconds are the engine's: a reader that takes the rows slowly (here, not at
+/// all for two seconds, with far more than a pipe holds still to come) does not add its pause.
+#[test]
+fn a_slow_reader_of_the_rows_is_not_in_the_summary_seconds() {
+    let lh = Lakehouse::new();
+    let started = Instant::now();
+    let query = "SELECT value, md5(CAST(value AS STRING)) AS h FROM generate_series(1, 100000)";
+    let mut child = gobi_started(&["query", "--format", "csv", "--summary", "json", query], lh.path());
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    stdout.read_exact(&mut first).unwrap();
+    let pause = Duration::from_secs(2);
+    std::thread::sleep(pause);
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert!(child.wait().unwrap().success());
+    let elapsed = started.elapsed();
+    let summary: serde_json::Value = serde_json::from_str(rest.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["rows"], 100000);
+    let seconds = summary["seconds"].as_f64().unwrap();
+    assert!(seconds > 0.0 && seconds < (elapsed - pause * 3 / 4).as_secs_f64(), "{seconds} s in the summary, {elapsed:?} in all with a {pause:?} pause");
 }
 
 #[test]

@@ -61,14 +61,27 @@ struct HeldCost {
 }
 
 impl HeldCost {
-    /// The bytes holding `batch` adds.
+    /// The bytes holding `batch` adds, the join's copy and table for it included.
     fn add(&mut self, batch: &RecordBatch) -> usize {
-        self.bytes += self.counted.count_batch(batch);
-        self.rows += batch.num_rows();
-        let total = (2 * self.bytes).saturating_add(table_bytes(self.rows));
-        let added = total.saturating_sub(self.total);
-        self.total = total;
+        self.hold(batch);
+        let added = self.projected().saturating_sub(self.total);
+        self.total = self.projected();
         added
+    }
+
+    /// The bytes of `batch` not counted yet (what holding it takes now; the join's copy and
+    /// table come with [`HeldCost::projected`]).
+    fn hold(&mut self, batch: &RecordBatch) -> usize {
+        let added = self.counted.count_batch(batch);
+        self.bytes += added;
+        self.rows += batch.num_rows();
+        added
+    }
+
+    /// What the held batches cost once DataFusion's join has them: the batches, the copy it
+    /// concatenates them into, and its table.
+    fn projected(&self) -> usize {
+        (2 * self.bytes).saturating_add(table_bytes(self.rows))
     }
 }
 
@@ -234,8 +247,10 @@ impl PartitionJoin {
         }
     }
 
-    /// The build held while its reservations are granted, and while it is within its part of
-    /// what the statement could hold (with what it may borrow): `holders` partitions hold builds
+    /// The build held while its reservations are granted (each batch as it comes; what
+    /// DataFusion's join will make of them once all are held), and while that projected cost is
+    /// within its part of what the statement could hold (with what it may borrow): `holders`
+    /// partitions hold builds
     /// at once, and together they leave half of it, or [`ROOM_BESIDE_HELD_BUILDS`] when that
     /// is less, to the operators around them (an aggregate, another partition's first batch):
     /// builds that took all of it would leave those nothing, a failed query, not a spill.
@@ -247,12 +262,18 @@ impl PartitionJoin {
         let mut held = vec![];
         while let Some(batch) = build.next().await {
             let batch = batch?;
-            let refused = reservation.try_grow(cost.add(&batch)).is_err() || reservation.size() > part;
+            let refused = reservation.try_grow(cost.hold(&batch)).is_err() || cost.projected() > part;
             held.push(batch);
             if refused {
                 self.metrics.runtime_switches.add(1);
                 return Ok(Holding::Outgrew(held, build, reservation));
             }
+        }
+        // What DataFusion's join will make of them, reserved before it does (so it is not
+        // refused half-way); refused, the build spills as if a batch had been.
+        if reservation.try_grow(cost.projected().saturating_sub(reservation.size())).is_err() {
+            self.metrics.runtime_switches.add(1);
+            return Ok(Holding::Outgrew(held, build, reservation));
         }
         Ok(Holding::Fit(held, reservation))
     }

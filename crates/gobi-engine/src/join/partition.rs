@@ -57,16 +57,14 @@ struct HeldCost {
     counted: RecordBatchMemoryCounter,
     bytes: usize,
     rows: usize,
-    total: usize,
 }
 
 impl HeldCost {
     /// The bytes holding `batch` adds, the join's copy and table for it included.
     fn add(&mut self, batch: &RecordBatch) -> usize {
+        let before = self.projected();
         self.hold(batch);
-        let added = self.projected().saturating_sub(self.total);
-        self.total = self.projected();
-        added
+        self.projected().saturating_sub(before)
     }
 
     /// The bytes of `batch` not counted yet (what holding it takes now; the join's copy and
@@ -250,10 +248,10 @@ impl PartitionJoin {
     /// The build held while its reservations are granted (each batch as it comes; what
     /// DataFusion's join will make of them once all are held), and while that projected cost is
     /// within its part of what the statement could hold (with what it may borrow): `holders`
-    /// partitions hold builds
-    /// at once, and together they leave half of it, or [`ROOM_BESIDE_HELD_BUILDS`] when that
-    /// is less, to the operators around them (an aggregate, another partition's first batch):
-    /// builds that took all of it would leave those nothing, a failed query, not a spill.
+    /// partitions hold builds at once, and together they leave half of it, or
+    /// [`ROOM_BESIDE_HELD_BUILDS`] when that is less, to the operators around them (an
+    /// aggregate, another partition's first batch): builds that took all of it would leave
+    /// those nothing, a failed query, not a spill.
     async fn hold_build(&self, mut build: SendableRecordBatchStream, holders: usize) -> Result<Holding> {
         let reservation = self.holding_reservation();
         let holdable = self.spec.holdable;
@@ -520,8 +518,8 @@ fn rows_of(batches: &[RecordBatch]) -> usize {
     batches.iter().map(RecordBatch::num_rows).sum()
 }
 
-/// The probe of DataFusion's join over a held build of `build_rows`, which settles the join's memory at its first
-/// poll: DataFusion reads the probe only once its table is built and its concatenated copy of
+/// The probe of DataFusion's join over a held build of `build_rows`, which settles the join's
+/// memory at its first poll: DataFusion reads the probe only once its table is built and its concatenated copy of
 /// the build has replaced the held batches, so from then on one copy is held, not the two that
 /// [`HeldCost`] reserved. What stays: what the join was granted, and the chain of equal hashes
 /// it holds without asking.

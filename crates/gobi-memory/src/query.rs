@@ -18,7 +18,7 @@
 //!   from the cache pool) ──► granted += blocks, headroom += blocks, statement/node counters
 //!
 //!   shrink(n): headroom += n; two spare blocks or more ──► give all but one back
-//!   reserved reaches 0 ──► wake who waits for the statement's memory (wait_released)
+//!   reserved and registered consumers reach 0 ──► wake who waits for the statement (wait_released)
 //! ```
 //!
 //! DataFusion operators register a `MemoryConsumer` and grow a `MemoryReservation` before they
@@ -185,7 +185,10 @@ pub struct QueryMemory {
     actual_margin: Margin,
     /// What the pools hold for this statement: its consumers' blocks.
     reserved: AtomicUsize,
-    /// Tasks waiting for `reserved` to reach 0.
+    /// Consumers registered and not yet unregistered: an aborted task's operators keep theirs
+    /// until the task is dropped, and may reserve again after `reserved` read 0.
+    registered: AtomicUsize,
+    /// Tasks waiting for `reserved` and `registered` to reach 0.
     released: Waiters,
     peak: AtomicUsize,
     /// Requests refused (by the pool, the query's limit, an operator's share or a fault).
@@ -310,6 +313,7 @@ impl QueryMemory {
             limit: limits.limit,
             actual_margin: limits.actual_margin,
             reserved: AtomicUsize::new(0),
+            registered: AtomicUsize::new(0),
             released: Waiters::default(),
             peak: AtomicUsize::new(0),
             rejected: AtomicU64::new(0),
@@ -431,11 +435,12 @@ impl QueryMemory {
         self.reserved.load(Ordering::Acquire)
     }
 
-    /// Waits until the pools hold nothing for the statement's operators (its aborted tasks
-    /// have given back what they held), at most `timeout`; whether they hold nothing. Woken by
-    /// the release that reaches 0, never polls. Needs a Tokio runtime with its timer.
+    /// Waits until the pools hold nothing for the statement's operators and none of them is
+    /// still registered (its aborted tasks are gone, not only idle), at most `timeout`; whether
+    /// that holds. Woken by the release or the unregistration that reaches 0, never polls.
+    /// Needs a Tokio runtime with its timer.
     pub async fn wait_released(&self, timeout: Duration) -> bool {
-        self.released.until(|| self.reserved_bytes() == 0, timeout).await
+        self.released.until(|| self.reserved.load(Ordering::SeqCst) == 0 && self.registered.load(Ordering::SeqCst) == 0, timeout).await
     }
 
     pub fn started(&self) -> Instant {
@@ -770,6 +775,7 @@ impl MemoryPool for QueryMemory {
         if consumer.can_spill() {
             self.budget.spillable_registered();
         }
+        self.registered.fetch_add(1, Ordering::SeqCst);
         self.consumers.write().expect("the consumer map is never poisoned").insert(consumer.id(), entry);
     }
 
@@ -778,6 +784,9 @@ impl MemoryPool for QueryMemory {
             self.release(&entry, entry.take_all());
             if entry.can_spill {
                 self.budget.spillable_unregistered();
+            }
+            if self.registered.fetch_sub(1, Ordering::SeqCst) == 1 {
+                self.released.wake();
             }
         }
     }
@@ -995,8 +1004,11 @@ mod wait {
         assert!(!statement.wait_released(Duration::from_millis(20)).await);
         sort.shrink(1);
         assert!(!statement.wait_released(Duration::ZERO).await, "a spare block is held until the consumer goes");
+        let idle = MemoryConsumer::new("AggregateStream[1]").register(&query);
         drop(sort);
-        assert!(statement.wait_released(Duration::ZERO).await, "nothing held: no wait");
+        assert!(!statement.wait_released(Duration::ZERO).await, "an operator still registered may reserve again");
+        drop(idle);
+        assert!(statement.wait_released(Duration::ZERO).await, "nothing held, nobody registered: no wait");
     }
 }
 

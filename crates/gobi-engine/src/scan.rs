@@ -18,8 +18,9 @@
 //!
 //! The reservation cannot spill, so the pool counts it before the statement's spilling
 //! operators: their fair shares shrink and they spill at their next growth. A scan takes the
-//! statement's room only while a quarter of it stays free for the operators that cannot spill
-//! and come later (a sort's merge, a held join build); past that, or when the pool refuses, it
+//! statement's room only while a quarter of what it can hold (with what it may borrow from the
+//! cache pool) stays free for the operators that cannot spill and come later (a sort's merge,
+//! a held join build); past that, or when the pool refuses, it
 //! reads the row group unreserved, as every scan did before scans reserved (it shows as
 //! untracked memory). Failing the statement there made queries fail that finished before.
 //! Making the statement's spilling operators give room back before a scan goes without is the
@@ -41,11 +42,11 @@ use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::parquet::{DefaultParquetFileReaderFactory, ParquetFileReaderFactory};
 use datafusion::datasource::physical_plan::ParquetSource;
 use datafusion::datasource::source::DataSourceExec;
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
-use datafusion::parquet::file::metadata::{ColumnChunkMetaData, ParquetMetaData};
+use datafusion::parquet::file::metadata::ParquetMetaData;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::ExecutionPlan;
@@ -56,13 +57,17 @@ use futures::FutureExt;
 /// [`ReservedReaderFactory`] reserving from the statement's pool.
 pub(crate) struct ReservedScans {
     runtime: Arc<RuntimeEnv>,
+    /// The most the statement could hold at once (`QueryMemory::holdable`: with what it may
+    /// borrow from the cache pool).
+    holdable: usize,
 }
 
 impl ReservedScans {
-    /// Scans planned with this rule reserve from `runtime`'s memory pool and, when their
-    /// source brings no reader factory, read through `runtime`'s object stores.
-    pub(crate) fn new(runtime: Arc<RuntimeEnv>) -> Self {
-        ReservedScans { runtime }
+    /// Scans planned with this rule reserve from `runtime`'s memory pool, of which the
+    /// statement can hold `holdable` bytes, and, when their source brings no reader factory,
+    /// read through `runtime`'s object stores.
+    pub(crate) fn new(runtime: Arc<RuntimeEnv>, holdable: usize) -> Self {
+        ReservedScans { runtime, holdable }
     }
 }
 
@@ -82,7 +87,13 @@ impl PhysicalOptimizerRule for ReservedScans {
                 Some(factory) => Arc::clone(factory),
                 None => Arc::new(DefaultParquetFileReaderFactory::new(self.runtime.object_store(&scan.object_store_url)?)) as _,
             };
-            let factory = ReservedReaderFactory { inner, pool: Arc::clone(&self.runtime.memory_pool), batch_size, metadata: Arc::default() };
+            let factory = ReservedReaderFactory {
+                inner,
+                pool: Arc::clone(&self.runtime.memory_pool),
+                reserved_up_to: self.holdable - self.holdable / 4,
+                batch_size,
+                metadata: Arc::default(),
+            };
             let mut scan = scan.clone();
             scan.file_source = Arc::new(parquet.clone().with_parquet_file_reader_factory(Arc::new(factory)));
             Ok(Transformed::yes(Arc::new(exec.clone().with_data_source(Arc::new(scan))) as _))
@@ -104,6 +115,9 @@ impl PhysicalOptimizerRule for ReservedScans {
 struct ReservedReaderFactory {
     inner: Arc<dyn ParquetFileReaderFactory>,
     pool: Arc<dyn MemoryPool>,
+    /// What the statement may hold, its scans included, before a scan reads a row group
+    /// unreserved: three quarters of what it can hold.
+    reserved_up_to: usize,
     /// Rows per decoded batch, for the decoded share of a fetch.
     batch_size: usize,
     /// Each file's metadata, once one of its readers has read it: DataFusion reads it with one
@@ -129,6 +143,7 @@ impl ParquetFileReaderFactory for ReservedReaderFactory {
             inner,
             reservation,
             pool: Arc::clone(&self.pool),
+            reserved_up_to: self.reserved_up_to,
             metadata: None,
             path,
             files: Arc::clone(&self.metadata),
@@ -144,6 +159,7 @@ struct ReservedReader {
     reservation: MemoryReservation,
     /// The statement's pool, for the room its other holders leave.
     pool: Arc<dyn MemoryPool>,
+    reserved_up_to: usize,
     /// The file's metadata, once read (by this reader or another of the scan's): where each
     /// column chunk lies and what it decodes to.
     metadata: Option<Arc<ParquetMetaData>>,
@@ -159,8 +175,9 @@ const MIN_DECODED_WIDTH: f64 = 16.0;
 impl ReservedReader {
     /// What fetching `ranges` costs: their bytes, and for each column chunk they lie in one
     /// batch decoded from it (the chunk's uncompressed bytes per row, at least
-    /// [`MIN_DECODED_WIDTH`], times a batch's rows) and its dictionary decoded, which the reader
-    /// keeps for the whole chunk ([`decoded_dictionary`]).
+    /// [`MIN_DECODED_WIDTH`], times a batch's rows). A chunk's dictionary decoded, which the
+    /// reader keeps for the whole chunk, is not counted: with it, ten sorts at once under a
+    /// 4 MiB pool failed now and then, their fair shares squeezed below one batch.
     fn cost(&mut self, ranges: &[Range<u64>]) -> usize {
         let fetched: u64 = ranges.iter().map(|r| r.end - r.start).sum();
         let mut decoded = 0.0;
@@ -180,23 +197,12 @@ impl ReservedReader {
                 // A chunk fetched in several ranges (pages) decodes into one batch all the same.
                 if let Some((_, rows, chunk)) = found.filter(|(chunk, ..)| chunks.insert(*chunk)) {
                     let uncompressed = chunk.uncompressed_size().max(0) as f64;
-                    decoded += (uncompressed / rows).max(MIN_DECODED_WIDTH) * rows.min(self.batch_size as f64) + decoded_dictionary(chunk);
+                    decoded += (uncompressed / rows).max(MIN_DECODED_WIDTH) * rows.min(self.batch_size as f64);
                 }
             }
         }
         usize::try_from(fetched).unwrap_or(usize::MAX).saturating_add(decoded as usize)
     }
-}
-
-/// The bytes a column chunk's dictionary page decodes to: the page's stored bytes (it comes
-/// first in the chunk, before the data pages) scaled as the whole chunk decompresses. TPC-H's
-/// `p_name` (scale 1, DuckDB's writer): a dictionary page of 273 KB stored, about 1 MB decoded,
-/// where one batch of 8,192 rows decodes to 0.3 MB.
-fn decoded_dictionary(chunk: &ColumnChunkMetaData) -> f64 {
-    let Some(dictionary) = chunk.dictionary_page_offset() else { return 0.0 };
-    let stored = (chunk.data_page_offset() - dictionary).max(0) as f64;
-    let expansion = chunk.uncompressed_size().max(1) as f64 / chunk.compressed_size().max(1) as f64;
-    stored * expansion.max(1.0)
 }
 
 impl AsyncFileReader for ReservedReader {
@@ -209,11 +215,7 @@ impl AsyncFileReader for ReservedReader {
         let cost = self.cost(&ranges);
         async move {
             let others = self.pool.reserved().saturating_sub(self.reservation.size());
-            let room = match self.pool.memory_limit() {
-                MemoryLimit::Finite(limit) => (limit - limit / 4).saturating_sub(others),
-                _ => usize::MAX,
-            };
-            if cost > room || self.reservation.try_resize(cost).is_err() {
+            if others + cost > self.reserved_up_to || self.reservation.try_resize(cost).is_err() {
                 // Unreserved (see the module's doc).
                 self.reservation.free();
             }
@@ -248,7 +250,7 @@ mod tests {
 
     /// A context whose Parquet scans reserve from a `pool`-byte pool, with `t`: a file of
     /// 200,000 rows in row groups of 50,000.
-    async fn context(dir: &std::path::Path, pool: usize) -> (SessionContext, Arc<dyn MemoryPool>) {
+    async fn context(dir: &std::path::Path, pool_size: usize) -> (SessionContext, Arc<dyn MemoryPool>) {
         let file = dir.join("t.parquet");
         if !file.exists() {
             let writer = SessionContext::new();
@@ -259,13 +261,13 @@ mod tests {
             );
             writer.sql(&sql).await.unwrap().collect().await.unwrap();
         }
-        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(pool));
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(pool_size));
         let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::clone(&pool)).build_arc().unwrap();
         let state = SessionStateBuilder::new()
             .with_default_features()
             .with_config(SessionConfig::new().with_target_partitions(1).with_batch_size(4096))
             .with_runtime_env(Arc::clone(&runtime))
-            .with_physical_optimizer_rule(Arc::new(ReservedScans::new(runtime)))
+            .with_physical_optimizer_rule(Arc::new(ReservedScans::new(runtime, pool_size)))
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_parquet("t", file.to_str().unwrap(), ParquetReadOptions::default()).await.unwrap();

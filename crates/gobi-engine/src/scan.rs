@@ -20,14 +20,13 @@
 //! operators: their fair shares shrink and they spill at their next growth. A scan takes the
 //! statement's room only while a quarter of what it can hold (with what it may borrow from the
 //! cache pool) stays free for the operators that cannot spill and come later (a sort's merge,
-//! a held join build); past that, or when the pool refuses, it
-//! reads the row group unreserved, as every scan did before scans reserved (it shows as
-//! untracked memory). Failing the statement there made queries fail that finished before.
+//! a held join build); past that, or when the pool refuses, it reads the row group unreserved,
+//! as every scan did before scans reserved (it shows as untracked memory). Failing the statement there made queries fail that finished before.
 //! Making the statement's spilling operators give room back before a scan goes without is the
 //! next step (ARCHITECTURE.md, "Not yet true").
 //!
 //! Not tracked: footers and page indexes (read whole by the inner factory, kept in DataFusion's
-//! metadata cache); a second fetch for the same row group (with filters pushed into the
+//! metadata cache, and by the scan's factory until the scan ends); a second fetch for the same row group (with filters pushed into the
 //! reader, the filter's columns come first) replaces the first in the count.
 
 use std::fmt;
@@ -144,7 +143,6 @@ impl ParquetFileReaderFactory for ReservedReaderFactory {
             reservation,
             pool: Arc::clone(&self.pool),
             reserved_up_to: self.reserved_up_to,
-            metadata: None,
             path,
             files: Arc::clone(&self.metadata),
             batch_size: self.batch_size,
@@ -160,10 +158,9 @@ struct ReservedReader {
     /// The statement's pool, for the room its other holders leave.
     pool: Arc<dyn MemoryPool>,
     reserved_up_to: usize,
-    /// The file's metadata, once read (by this reader or another of the scan's): where each
-    /// column chunk lies and what it decodes to.
-    metadata: Option<Arc<ParquetMetaData>>,
     path: String,
+    /// The scan's files' metadata, where this file's is once this reader or another of the
+    /// scan's has read it: where each column chunk lies and what it decodes to.
     files: Arc<FileMetadata>,
     batch_size: usize,
 }
@@ -178,13 +175,11 @@ impl ReservedReader {
     /// [`MIN_DECODED_WIDTH`], times a batch's rows). A chunk's dictionary decoded, which the
     /// reader keeps for the whole chunk, is not counted: with it, ten sorts at once under a
     /// 4 MiB pool failed now and then, their fair shares squeezed below one batch.
-    fn cost(&mut self, ranges: &[Range<u64>]) -> usize {
+    fn cost(&self, ranges: &[Range<u64>]) -> usize {
         let fetched: u64 = ranges.iter().map(|r| r.end - r.start).sum();
         let mut decoded = 0.0;
-        if self.metadata.is_none() {
-            self.metadata = self.files.lock().get(&self.path).cloned();
-        }
-        if let Some(metadata) = self.metadata.as_deref() {
+        let metadata = self.files.lock().get(&self.path).cloned();
+        if let Some(metadata) = metadata.as_deref() {
             let mut chunks = std::collections::HashSet::new();
             for range in ranges {
                 let found = metadata.row_groups().iter().enumerate().find_map(|(g, group)| {
@@ -192,11 +187,10 @@ impl ReservedReader {
                         let (start, length) = c.byte_range();
                         range.start >= start && range.start < start + length
                     })?;
-                    Some(((g, c), group.num_rows().max(1) as f64, chunk))
+                    Some(((g, c), group.num_rows().max(1) as f64, chunk.uncompressed_size().max(0) as f64))
                 });
                 // A chunk fetched in several ranges (pages) decodes into one batch all the same.
-                if let Some((_, rows, chunk)) = found.filter(|(chunk, ..)| chunks.insert(*chunk)) {
-                    let uncompressed = chunk.uncompressed_size().max(0) as f64;
+                if let Some((_, rows, uncompressed)) = found.filter(|(chunk, ..)| chunks.insert(*chunk)) {
                     decoded += (uncompressed / rows).max(MIN_DECODED_WIDTH) * rows.min(self.batch_size as f64);
                 }
             }
@@ -231,7 +225,6 @@ impl AsyncFileReader for ReservedReader {
         async move {
             let metadata = self.inner.get_metadata(options).await?;
             self.files.lock().insert(self.path.clone(), Arc::clone(&metadata));
-            self.metadata = Some(Arc::clone(&metadata));
             Ok(metadata)
         }
         .boxed()

@@ -519,9 +519,9 @@ fn rows_of(batches: &[RecordBatch]) -> usize {
 }
 
 /// The probe of DataFusion's join over a held build of `build_rows`, which settles the join's
-/// memory at its first poll: DataFusion reads the probe only once its table is built and its concatenated copy of
-/// the build has replaced the held batches, so from then on one copy is held, not the two that
-/// [`HeldCost`] reserved. What stays: what the join was granted, and the chain of equal hashes
+/// memory at its first poll: DataFusion reads the probe only once its table is built and its
+/// concatenated copy of the build has replaced the held batches, so from then on one copy is
+/// held, not the two that [`HeldCost`] reserved. What stays: what the join was granted, and the chain of equal hashes
 /// it holds without asking.
 fn settling(probe: SendableRecordBatchStream, pool: &Arc<BucketPool>, build_rows: usize) -> SendableRecordBatchStream {
     let chain = hash_chain_bytes(build_rows);

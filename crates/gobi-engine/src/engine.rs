@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use datafusion::execution::cache::cache_manager::{CacheManagerConfig, FileMetadataCache};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
@@ -26,6 +27,7 @@ use parking_lot::Mutex;
 
 use crate::catalog::OpenTables;
 use crate::error::{ErrorKind, GobiError, Result};
+use crate::footer_cache::FooterCache;
 use crate::lakehouse::{Lakehouse, SpillDir};
 use crate::logs::{events_batch, events_schema, query_log_schema, DeltaLog};
 use crate::result_cache::ResultCache;
@@ -128,8 +130,10 @@ impl Engine {
             Some(dir) => DiskManagerMode::Directories(vec![dir.path().to_path_buf()]),
             None => DiskManagerMode::OsTmpDirectory,
         };
+        let footers: Arc<FileMetadataCache> = FooterCache::new(Arc::clone(&memory));
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::clone(&outside_statements) as _)
+            .with_cache_manager(CacheManagerConfig::default().with_file_metadata_cache(Some(footers)))
             // Merging many spill files at once needs a batch of each in memory: merge in rounds.
             // Spill files count against a disk budget (`memory.spill_limit`): past it, the
             // spilling statement fails instead of filling the disk.

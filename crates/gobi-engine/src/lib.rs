@@ -17,6 +17,7 @@ mod copy;
 mod delta_scan;
 mod engine;
 mod error;
+mod footer_cache;
 mod functions;
 mod governed;
 mod join;

@@ -25,13 +25,15 @@
 //! Making the statement's spilling operators give room back before a scan goes without is the
 //! next step (ARCHITECTURE.md, "Not yet true").
 //!
-//! Not tracked: footers and page indexes (read whole by the inner factory, kept in DataFusion's
-//! metadata cache, and by the scan's factory until the scan ends); a second fetch for the same row group (with filters pushed into the
-//! reader, the filter's columns come first) replaces the first in the count.
+//! Not reserved here: footers and page indexes, read whole by the inner factory and kept in the
+//! footer cache, reserved from the cache pool (`footer_cache.rs`); one the cache has no room
+//! for lives, unreserved, while its file is read. A second fetch for the same row group (with
+//! filters pushed into the reader, the filter's columns come first) replaces the first in the
+//! count.
 
 use std::fmt;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use datafusion::common::config::ConfigOptions;
@@ -120,12 +122,13 @@ struct ReservedReaderFactory {
     /// Rows per decoded batch, for the decoded share of a fetch.
     batch_size: usize,
     /// Each file's metadata, once one of its readers has read it: DataFusion reads it with one
-    /// reader and, when it checks bloom filters, decodes the rows with another.
+    /// reader and, when it checks bloom filters, decodes the rows with another. Not kept alive
+    /// here: the footer cache or the file's open reader keeps it (see the module's doc).
     metadata: Arc<FileMetadata>,
 }
 
 /// The metadata of the files a scan has opened, by path.
-type FileMetadata = parking_lot::Mutex<std::collections::HashMap<String, Arc<ParquetMetaData>>>;
+type FileMetadata = parking_lot::Mutex<std::collections::HashMap<String, Weak<ParquetMetaData>>>;
 
 impl ParquetFileReaderFactory for ReservedReaderFactory {
     fn create_reader(
@@ -178,7 +181,7 @@ impl ReservedReader {
     fn cost(&self, ranges: &[Range<u64>]) -> usize {
         let fetched: u64 = ranges.iter().map(|r| r.end - r.start).sum();
         let mut decoded = 0.0;
-        let metadata = self.files.lock().get(&self.path).cloned();
+        let metadata = self.files.lock().get(&self.path).and_then(Weak::upgrade);
         if let Some(metadata) = metadata.as_deref() {
             let mut chunks = std::collections::HashSet::new();
             for range in ranges {
@@ -224,7 +227,7 @@ impl AsyncFileReader for ReservedReader {
     fn get_metadata<'a>(&'a mut self, options: Option<&'a ArrowReaderOptions>) -> BoxFuture<'a, datafusion::parquet::errors::Result<Arc<ParquetMetaData>>> {
         async move {
             let metadata = self.inner.get_metadata(options).await?;
-            self.files.lock().insert(self.path.clone(), Arc::clone(&metadata));
+            self.files.lock().insert(self.path.clone(), Arc::downgrade(&metadata));
             Ok(metadata)
         }
         .boxed()

@@ -113,11 +113,34 @@ pub fn pass_on(from: &AllocScope, bytes: usize) {
 /// them: without it their frees would take off what was never counted, and the statement's
 /// count would read less than it holds.
 pub fn adopt(bytes: usize) {
+    adopt_signed(i64::try_from(bytes).unwrap_or(i64::MAX));
+}
+
+fn adopt_signed(bytes: i64) {
     let scope = SCOPE.with(Cell::get);
     if !scope.is_null() {
         // SAFETY: a non-null scope is kept alive by the `ScopeGuard` that set it (see `flush`).
-        unsafe { &*scope }.add(i64::try_from(bytes).unwrap_or(i64::MAX));
+        unsafe { &*scope }.add(bytes);
     }
+}
+
+/// Takes `bytes` off the scope this thread works for now: memory it allocated that a cache
+/// keeps from here on (a file's footer), which no statement holds any more. The cache frees it
+/// in [`unscoped`], or gives it back to a scope with [`adopt`].
+pub fn disown(bytes: usize) {
+    adopt_signed(-i64::try_from(bytes).unwrap_or(i64::MAX));
+}
+
+/// Runs `f` working for no scope: what it frees (entries a cache evicts) was [`disown`]ed and
+/// is taken off no statement's count.
+pub fn unscoped<R>(f: impl FnOnce() -> R) -> R {
+    flush();
+    let previous = SCOPE.with(|s| s.replace(ptr::null()));
+    let result = f();
+    // With no scope, what is pending is dropped, not charged.
+    flush();
+    SCOPE.with(|s| s.set(previous));
+    result
 }
 
 thread_local! {

@@ -259,12 +259,12 @@ fn a_query_that_cannot_fit_fails_with_one_clear_message_and_the_session_goes_on(
 }
 
 /// Appended to a REPL script (CSV): the pools, and what is kept in them between statements —
-/// by reservations other than open tables' metadata, and by that metadata.
-const KEPT: &str = "SHOW MEMORY;\nSELECT count(*) FILTER (WHERE consumer NOT LIKE 'metadata of table %') AS others, \
+/// by reservations other than open tables' metadata and their files' footers, and by those.
+const KEPT: &str = "SHOW MEMORY;\nSELECT count(*) FILTER (WHERE consumer NOT LIKE 'metadata of table %' AND consumer <> 'Parquet footers') AS others, \
     coalesce(sum(reserved_bytes), 0) AS metadata FROM gobi_memory_consumers() WHERE query_id IS NULL;\n";
 
 /// After the statements, as [`KEPT`] printed it: the query and temp pools read 0, and the cache
-/// pool holds the open tables' metadata and nothing else.
+/// pool holds the open tables' metadata and their files' footers, nothing else.
 fn assert_only_metadata_kept(stdout: &str, context: &str) {
     let pool = |name: &str| {
         let line = stdout.lines().find(|l| l.starts_with(&format!("{name},"))).unwrap_or_else(|| panic!("{name} pool in {stdout}"));
@@ -273,6 +273,25 @@ fn assert_only_metadata_kept(stdout: &str, context: &str) {
     assert_eq!((pool("query"), pool("temp")), ("0".into(), "0".into()), "{context}: {stdout}");
     let kept = stdout.lines().skip_while(|l| *l != "others,metadata").nth(1).unwrap_or_else(|| panic!("{stdout}"));
     assert_eq!(kept, format!("0,{}", pool("cache")), "{context}: the cache pool holds only open tables' metadata: {stdout}");
+}
+
+/// A Delta table's Parquet footers stay in the cache pool after its scan, reserved as
+/// "Parquet footers" (the next scan of the file reads none); with no cache pool they are not
+/// kept, and the answer is the same.
+#[test]
+fn parquet_footers_are_kept_in_the_cache_pool() {
+    let lh = wide_table();
+    let script = "SELECT count(*) AS n FROM t WHERE id > 10; \
+                  SELECT coalesce(sum(reserved_bytes), 0) AS footers FROM gobi_memory_consumers() WHERE pool = 'cache' AND consumer = 'Parquet footers'";
+    let run = |memory: &[&str]| {
+        let out = gobi(&[memory, &["query", "--format", "csv", script]].concat(), lh.path()).ok().stdout;
+        let lines: Vec<&str> = out.lines().collect();
+        let footers: u64 = lines[lines.iter().position(|l| *l == "footers").unwrap() + 1].parse().unwrap();
+        (lines[1].to_string(), footers)
+    };
+    let (answer, kept) = run(&[]);
+    assert!(kept > 0, "the footers are reserved in the cache pool: {kept}");
+    assert_eq!(run(&["--memory-cache", "0B"]), (answer, 0));
 }
 
 #[test]

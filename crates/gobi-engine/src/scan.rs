@@ -5,25 +5,27 @@
 //! statement (Delta tables and plain files alike) reads through a [`ReservedReaderFactory`]
 //! wrapped around the reader factory it had (delta-rs's or DataFusion's), and each file's
 //! [`ReservedReader`] holds one reservation, sized at every fetch to what that row group
-//! costs: the fetched bytes and an estimate of one batch decoded from them.
+//! costs: the fetched bytes and an estimate of what decoding them holds (each chunk's
+//! dictionary and current page decompressed, and a batch decoded: [`decoding_bytes`]).
 //!
 //! ```text
 //!  DataSourceExec (parquet)
 //!    ParquetSource ── ReservedReaderFactory ── the factory the source had
 //!                        │ one ReservedReader per file, one reservation each
 //!                        ▼
-//!    get_byte_ranges(row group's chunks) ─► reservation := fetched + one batch decoded
+//!    get_byte_ranges(row group's chunks) ─► reservation := fetched + decoding them
 //!                                           (the row group before is done by then)
 //! ```
 //!
 //! The reservation cannot spill, so the pool counts it before the statement's spilling
 //! operators: their fair shares shrink and they spill at their next growth. A scan takes the
-//! statement's room only while a quarter of what it can hold (with what it may borrow from the
-//! cache pool) stays free for the operators that cannot spill and come later (a sort's merge,
-//! a held join build); past that, or when the pool refuses, it reads the row group unreserved,
-//! as every scan did before scans reserved (it shows as untracked memory). Failing the statement there made queries fail that finished before.
-//! Making the statement's spilling operators give room back before a scan goes without is the
-//! next step (ARCHITECTURE.md, "Not yet true").
+//! statement's room only while half of what it can hold (with what it may borrow from the
+//! cache pool) stays free for the operators that come later (a sort's merge, a held join
+//! build, and the spilling operators' shares: with three quarters for scans, ten sorts at once
+//! under a 4 MiB pool were now and then refused one batch); past that, or when the pool
+//! refuses, it reads the row group unreserved, as every scan did before scans reserved (it
+//! shows as untracked memory). Failing the statement there made queries fail that finished
+//! before (ARCHITECTURE.md, "Not yet true").
 //!
 //! Not reserved here: footers and page indexes, read whole by the inner factory and kept in the
 //! footer cache, reserved from the cache pool (`footer_cache.rs`); one the cache has no room
@@ -47,7 +49,7 @@ use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReser
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
-use datafusion::parquet::file::metadata::ParquetMetaData;
+use datafusion::parquet::file::metadata::{ColumnChunkMetaData, ParquetMetaData};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::ExecutionPlan;
@@ -91,7 +93,7 @@ impl PhysicalOptimizerRule for ReservedScans {
             let factory = ReservedReaderFactory {
                 inner,
                 pool: Arc::clone(&self.runtime.memory_pool),
-                reserved_up_to: self.holdable - self.holdable / 4,
+                reserved_up_to: self.holdable / 2,
                 batch_size,
                 metadata: Arc::default(),
             };
@@ -117,7 +119,7 @@ struct ReservedReaderFactory {
     inner: Arc<dyn ParquetFileReaderFactory>,
     pool: Arc<dyn MemoryPool>,
     /// What the statement may hold, its scans included, before a scan reads a row group
-    /// unreserved: three quarters of what it can hold.
+    /// unreserved: half of what it can hold.
     reserved_up_to: usize,
     /// Rows per decoded batch, for the decoded share of a fetch.
     batch_size: usize,
@@ -172,12 +174,29 @@ struct ReservedReader {
 /// dictionary-encoded column's chunk says far less than what it decodes to.
 const MIN_DECODED_WIDTH: f64 = 16.0;
 
+/// Rows in a data page as the usual writers cut them (arrow-rs's `data_page_row_count_limit`,
+/// which DataFusion and delta-rs keep; gobi's tables are written so).
+const PAGE_ROWS: f64 = 20_000.0;
+
+/// What decoding one column chunk of a row group of `rows` holds besides the fetched bytes:
+///
+/// ```text
+///   the dictionary, decompressed, kept for the whole chunk   dictionary page × (uncompressed ÷ compressed)
+/// + the data page being decoded, decompressed                uncompressed × PAGE_ROWS ÷ rows
+/// + one batch of values decoded from it                      max(uncompressed ÷ rows, 16 B) × batch rows
+/// ```
+fn decoding_bytes(chunk: &ColumnChunkMetaData, rows: f64, batch_size: usize) -> f64 {
+    let uncompressed = chunk.uncompressed_size().max(0) as f64;
+    let expansion = uncompressed / chunk.compressed_size().max(1) as f64;
+    let dictionary = chunk.dictionary_page_offset().map_or(0.0, |at| (chunk.data_page_offset() - at).max(0) as f64 * expansion);
+    let page = uncompressed * (PAGE_ROWS / rows).min(1.0);
+    let batch = (uncompressed / rows).max(MIN_DECODED_WIDTH) * rows.min(batch_size as f64);
+    dictionary.min(uncompressed) + page + batch
+}
+
 impl ReservedReader {
-    /// What fetching `ranges` costs: their bytes, and for each column chunk they lie in one
-    /// batch decoded from it (the chunk's uncompressed bytes per row, at least
-    /// [`MIN_DECODED_WIDTH`], times a batch's rows). A chunk's dictionary decoded, which the
-    /// reader keeps for the whole chunk, is not counted: with it, ten sorts at once under a
-    /// 4 MiB pool failed now and then, their fair shares squeezed below one batch.
+    /// What fetching `ranges` costs: their bytes, and for each column chunk they lie in what
+    /// decoding it holds ([`decoding_bytes`]).
     fn cost(&self, ranges: &[Range<u64>]) -> usize {
         let fetched: u64 = ranges.iter().map(|r| r.end - r.start).sum();
         let mut decoded = 0.0;
@@ -190,11 +209,11 @@ impl ReservedReader {
                         let (start, length) = c.byte_range();
                         range.start >= start && range.start < start + length
                     })?;
-                    Some(((g, c), group.num_rows().max(1) as f64, chunk.uncompressed_size().max(0) as f64))
+                    Some(((g, c), group.num_rows().max(1) as f64, chunk))
                 });
-                // A chunk fetched in several ranges (pages) decodes into one batch all the same.
-                if let Some((_, rows, uncompressed)) = found.filter(|(chunk, ..)| chunks.insert(*chunk)) {
-                    decoded += (uncompressed / rows).max(MIN_DECODED_WIDTH) * rows.min(self.batch_size as f64);
+                // A chunk fetched in several ranges (pages) is decoded once all the same.
+                if let Some((_, rows, chunk)) = found.filter(|(at, ..)| chunks.insert(*at)) {
+                    decoded += decoding_bytes(chunk, rows, self.batch_size);
                 }
             }
         }
@@ -270,7 +289,7 @@ mod tests {
         (ctx, pool)
     }
 
-    /// While a scan is inside a row group, what it fetched and one batch decoded from it are
+    /// While a scan is inside a row group, what it fetched and what decoding it holds are
     /// reserved (about the row group's compressed bytes, 1.4 MB here); once it is done, nothing.
     #[tokio::test]
     async fn a_scan_holds_its_row_group_reserved_and_releases_it_at_the_end() {
@@ -307,7 +326,7 @@ mod tests {
         assert!(held[1] >= held[0] * 19 / 20, "reserved without a predicate and with one: {held:?}");
     }
 
-    /// A pool whose three quarters are smaller than one row group's fetch: the scan reads it
+    /// A pool whose half is smaller than one row group's fetch: the scan reads it
     /// unreserved and finishes, holding nothing of the pool.
     #[tokio::test]
     async fn a_scan_refused_its_row_group_reads_it_unreserved() {

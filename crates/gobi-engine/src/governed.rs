@@ -30,8 +30,10 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Result, Statistics};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::metrics::{CustomMetricValue, Metric, MetricValue, MetricsSet, Time};
 use datafusion::physical_plan::{ChildStats, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, StatisticsArgs};
@@ -39,6 +41,7 @@ use futures::Stream;
 use gobi_memory::{allocator, registering_for, AllocScope, ByteSize, NodeMemory, QueryMemory};
 
 use crate::cancel::Stop;
+use crate::topk::owned;
 
 /// Wraps every node of `plan` so its work is charged to `query`. The root hands each batch it
 /// returns over to its reader: the reader (the CLI printing rows, delta-rs's writer tasks)
@@ -170,8 +173,14 @@ impl ExecutionPlan for ScopedExec {
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let _scope = allocator::enter(&self.governed.allocated);
+        let pool = Arc::clone(context.memory_pool());
+        let batch_size = context.session_config().batch_size();
         let inner = registering_for(&self.governed.node, || self.inner.execute(partition, context))?;
-        Ok(Box::pin(ScopedStream { inner, governed: self.governed.clone() }))
+        let held = emits_its_groups_at_once(&self.inner).then(|| HeldOutput {
+            reservation: registering_for(&self.governed.node, || MemoryConsumer::new(format!("{}Output[{partition}]", self.inner.name())).register(&pool)),
+            batch_size,
+        });
+        Ok(Box::pin(ScopedStream { inner, governed: self.governed.clone(), held }))
     }
 
     // Its children are the inner node's (wrapped), so the inner node derives the statistics.
@@ -198,6 +207,48 @@ impl ExecutionPlan for ScopedExec {
 struct ScopedStream {
     inner: SendableRecordBatchStream,
     governed: Governed,
+    /// A grouped aggregate's output while it hands it out (see [`emits_its_groups_at_once`]);
+    /// none for other operators.
+    held: Option<HeldOutput>,
+}
+
+/// Whether `plan` is a grouped aggregation: DataFusion's builds its whole output from its hash
+/// table at once (at the end of its input, or when it emits early), shrinks its reservation to
+/// the emptied table, and hands the output out a batch-sized slice at a time, every slice
+/// holding the whole output's buffers. Without [`HeldOutput`] that output was reserved by no
+/// one (15 MiB of q18's at scale 1), or by every operator that kept a slice, each counting the
+/// whole.
+fn emits_its_groups_at_once(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.downcast_ref::<AggregateExec>().is_some_and(|aggregate| !aggregate.group_expr().is_empty())
+}
+
+/// The output a grouped aggregate holds while it hands it out, reserved as
+/// `…Output[partition]`; each slice goes on in buffers of its own (`topk::owned`), so the
+/// operators above reserve its rows, not the whole output.
+///
+/// ```text
+///   aggregate emits all its groups ─► slice 1 (batch_size rows) ─► copied ─► reader
+///                                     held := the whole output's bytes (the rest is still held)
+///   ...                               slice k (fewer rows: the last) ─► held := 0
+/// ```
+///
+/// Reserved once built, as it cannot be before: refused, the output is left unreserved
+/// (untracked). A full last slice keeps the reservation one poll too long.
+struct HeldOutput {
+    reservation: MemoryReservation,
+    batch_size: usize,
+}
+
+impl HeldOutput {
+    fn hand_out(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
+        let whole = batch.get_array_memory_size();
+        let more_to_come = batch.num_rows() >= self.batch_size;
+        let own = owned(batch)?;
+        if self.reservation.try_resize(if more_to_come { whole } else { 0 }).is_err() {
+            self.reservation.free();
+        }
+        Ok(own)
+    }
 }
 
 thread_local! {
@@ -209,7 +260,7 @@ impl Stream for ScopedStream {
     type Item = Result<RecordBatch>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let ScopedStream { inner, governed } = &mut *self;
+        let ScopedStream { inner, governed, held } = &mut *self;
         let Governed { query, stop, node, reader, allocated, own_time, root } = governed;
         if let Some(cancelled) = stop.check() {
             return Poll::Ready(Some(Err(cancelled)));
@@ -218,7 +269,14 @@ impl Stream for ScopedStream {
         let enclosing = INPUT_NANOS.with(|nanos| nanos.replace(0));
         let polled = {
             let _scope = allocator::enter(allocated);
-            registering_for(node, || inner.as_mut().poll_next(cx))
+            match (registering_for(node, || inner.as_mut().poll_next(cx)), held.as_mut()) {
+                (Poll::Ready(Some(Ok(batch))), Some(held)) => Poll::Ready(Some(held.hand_out(batch))),
+                (Poll::Ready(None), Some(held)) => {
+                    held.reservation.free();
+                    Poll::Ready(None)
+                }
+                (polled, _) => polled,
+            }
         };
         let took = started.elapsed().as_nanos() as u64;
         // This whole poll is input time for the poll enclosing it.
@@ -278,5 +336,41 @@ impl CustomMetricValue for PeakBytes {
 
     fn is_eq(&self, other: &Arc<dyn CustomMetricValue>) -> bool {
         self.as_usize() == other.as_usize()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::execution::memory_pool::MemoryPool;
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    use datafusion::physical_plan::execute_stream;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+    use futures::StreamExt;
+    use gobi_memory::{MemoryManager, PoolLimits, StatementLimits};
+
+    use super::*;
+
+    /// A grouped aggregate's 100,000 groups stay reserved while it hands them out 1,024 at a
+    /// time, each slice in buffers of its own; once it is done, nothing is.
+    #[tokio::test]
+    async fn a_grouped_aggregates_output_is_reserved_while_it_is_handed_out() {
+        let memory = MemoryManager::new(PoolLimits { query: ByteSize::mib(1024), ..PoolLimits::default() });
+        let query = memory.begin_query("test", StatementLimits::default());
+        let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::clone(&query) as Arc<dyn MemoryPool>).build_arc().unwrap();
+        let ctx = SessionContext::new_with_config_rt(SessionConfig::new().with_target_partitions(1).with_batch_size(1024), runtime);
+        let sql = "SELECT value % 100000 AS g, count(*) AS c FROM range(0, 400000) GROUP BY value % 100000";
+        let plan = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
+        let mut stream = execute_stream(scoped(plan, &query, &Stop::default()).unwrap(), ctx.task_ctx()).unwrap();
+        let held = || memory.consumers().iter().filter(|c| c.name.starts_with("AggregateExecOutput")).map(|c| c.reserved).sum::<usize>();
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(first.num_rows(), 1024);
+        assert!(first.get_array_memory_size() < 64 << 10, "a slice in its own buffers: {}", first.get_array_memory_size());
+        assert!(held() >= 100_000 * 16, "the whole output reserved: {}", held());
+        let mut rows = first.num_rows();
+        while let Some(batch) = stream.next().await {
+            rows += batch.unwrap().num_rows();
+        }
+        assert_eq!(rows, 100_000);
+        assert_eq!(held(), 0);
     }
 }

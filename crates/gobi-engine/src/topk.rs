@@ -101,7 +101,7 @@ impl PhysicalOptimizerRule for TopKInBudget {
 }
 
 /// `batch`, in buffers of its own if it is a slice of something much bigger.
-fn owned(batch: RecordBatch) -> Result<RecordBatch> {
+pub(crate) fn owned(batch: RecordBatch) -> Result<RecordBatch> {
     let whole = batch.get_array_memory_size();
     let own: usize = batch.columns().iter().map(|column| column.to_data().get_slice_memory_size().unwrap_or(whole)).sum();
     if whole <= SHARED_FACTOR * own || whole - own < MIN_WASTE {

@@ -11,7 +11,8 @@
 //!   groups as slices of one big batch, so a TopK over a group-by reserved that big batch for
 //!   every slice it kept a row of (5.6 MB for TPC-H q10's 20 rows at scale 1). A batch that is
 //!   a slice of something much bigger is copied into buffers of its own before TopK sees it;
-//!   other batches pass untouched.
+//!   other batches pass untouched. (A grouped aggregate's wrapper now copies its own output,
+//!   `governed.rs`; this still covers other inputs that hand out slices, such as a limit.)
 //!
 //! ```text
 //!   SortExec(fetch=k)                 SortExec(fetch=k)            k rows fit a quarter

@@ -100,7 +100,7 @@ pub const SETTINGS: &[Setting] = &[
         owner: Owner::Engine,
         kind: Kind::Size,
         default: "100MiB",
-        doc: "The cache pool's limit: cached results, open tables' metadata, function memos.",
+        doc: "The cache pool's limit: cached results, open tables' metadata, Parquet footers, function memos.",
     },
     Setting {
         section: "memory",

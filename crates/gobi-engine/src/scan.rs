@@ -6,7 +6,8 @@
 //! wrapped around the reader factory it had (delta-rs's or DataFusion's), and each file's
 //! [`ReservedReader`] holds one reservation, sized at every fetch to what that row group
 //! costs: the fetched bytes and an estimate of what decoding them holds (each chunk's
-//! dictionary and current page decompressed, and a batch decoded: [`decoding_bytes`]).
+//! dictionary and current page decompressed, a batch decoded and the one made of it above:
+//! [`decoding_bytes`]).
 //!
 //! ```text
 //!  DataSourceExec (parquet)
@@ -227,7 +228,7 @@ impl ReservedReader {
 }
 
 impl AsyncFileReader for ReservedReader {
-    /// Single reads are the footer's and the page index's (see the module's "not tracked").
+    /// Single reads are the footer's and the page index's (see the module's "not reserved here").
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, datafusion::parquet::errors::Result<Bytes>> {
         self.inner.get_bytes(range)
     }

@@ -702,7 +702,7 @@ fn a_scans_fetched_column_chunks_count_in_its_statements_allocator_bytes() {
 }
 
 /// A scan reserves what decoding its row group holds besides the fetched chunks — each
-/// chunk's dictionary and current page decompressed, and a batch decoded (`scan.rs`,
+/// chunk's dictionary and current page decompressed, and two batches (`scan.rs`,
 /// `decoding_bytes`) — so a scan with a filter reserves at least 0.85 of its allocator bytes
 /// (0.94 and 0.95 here; 0.75 and 0.82 when only the fetched bytes and a batch were counted).
 #[test]

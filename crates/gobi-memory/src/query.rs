@@ -594,9 +594,16 @@ impl QueryMemory {
     /// A statement that waited in vain waits no more: what holds the room is not growing (an
     /// aggregate emitting, a sort merging in memory). On a current-thread runtime it never
     /// waits: the thread it would block is the one that could give the room back.
+    ///
+    /// When it does not wait, it asks once more: room given back since the refusal (a sibling
+    /// sort's runs freed as they reach its spill file) would otherwise fail the query for
+    /// nothing.
     fn waited_for_room(&self, consumer: &Consumer, reservation: &MemoryReservation, short: usize) -> bool {
-        if consumer.can_spill || self.waited_in_vain.load(Ordering::Relaxed) || self.budget.spillable_held() < short {
+        if consumer.can_spill {
             return false;
+        }
+        if self.waited_in_vain.load(Ordering::Relaxed) || self.budget.spillable_held() < short {
+            return self.try_grant(consumer, reservation, short).is_ok();
         }
         let pool = self.budget.pool(PoolKind::Query);
         let wait = || self.budget.wanting(short, || pool.block_until(|| self.try_grant(consumer, reservation, short).is_ok(), ROOM_WAIT));

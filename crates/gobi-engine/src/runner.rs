@@ -112,7 +112,7 @@ impl Statement {
                 rules.insert(before_dynamic_filters, Arc::new(SpillingJoins::new(self.scope.limit()).holding_up_to(self.scope.holdable())));
             }
             rules.push(Arc::new(TopKInBudget::new(self.scope.limit())));
-            rules.push(Arc::new(ReservedScans::new(runtime, Arc::clone(&self.scope))));
+            rules.push(Arc::new(ReservedScans::new(runtime, self.scope.holdable())));
             rules.push(Arc::new(Govern { scope: Arc::clone(&self.scope), progress: self.progress.clone(), stop: self.stop.clone() }));
             builder = builder.with_physical_optimizer_rules(rules);
         }

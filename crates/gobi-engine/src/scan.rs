@@ -25,10 +25,8 @@
 //! build, and the spilling operators' shares: with three quarters for scans, ten sorts at once
 //! under a 4 MiB pool were now and then refused one batch); past that, or when the pool
 //! refuses, it reads the row group unreserved, as every scan did before scans reserved (it
-//! shows as untracked memory), and leaves its cost out of the spilling operators' fair shares
-//! while it does (`QueryMemory::hold_unreserved`): they spill at their next growth to make
-//! room for it. Failing the statement there made queries fail that finished before
-//! (ARCHITECTURE.md, "Not yet true").
+//! shows as untracked memory). Failing the statement there made queries fail that finished
+//! before (ARCHITECTURE.md, "Not yet true").
 //!
 //! Not reserved here: footers and page indexes, read whole by the inner factory and kept in the
 //! footer cache, reserved from the cache pool (`footer_cache.rs`); one the cache has no room
@@ -58,20 +56,22 @@ use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::ExecutionPlan;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use gobi_memory::{QueryMemory, Wanted};
 
 /// The physical optimizer rule that makes every Parquet scan read through a
-/// [`ReservedReaderFactory`] reserving from the statement's memory.
+/// [`ReservedReaderFactory`] reserving from the statement's pool.
 pub(crate) struct ReservedScans {
     runtime: Arc<RuntimeEnv>,
-    scope: Arc<QueryMemory>,
+    /// The most the statement could hold at once (`QueryMemory::holdable`: with what it may
+    /// borrow from the cache pool).
+    holdable: usize,
 }
 
 impl ReservedScans {
-    /// Scans planned with this rule reserve from the statement's `scope` and, when their
-    /// source brings no reader factory, read through `runtime`'s object stores.
-    pub(crate) fn new(runtime: Arc<RuntimeEnv>, scope: Arc<QueryMemory>) -> Self {
-        ReservedScans { runtime, scope }
+    /// Scans planned with this rule reserve from `runtime`'s memory pool, of which the
+    /// statement can hold `holdable` bytes, and, when their source brings no reader factory,
+    /// read through `runtime`'s object stores.
+    pub(crate) fn new(runtime: Arc<RuntimeEnv>, holdable: usize) -> Self {
+        ReservedScans { runtime, holdable }
     }
 }
 
@@ -93,8 +93,8 @@ impl PhysicalOptimizerRule for ReservedScans {
             };
             let factory = ReservedReaderFactory {
                 inner,
-                scope: Arc::clone(&self.scope),
-                reserved_up_to: self.scope.holdable() / 2,
+                pool: Arc::clone(&self.runtime.memory_pool),
+                reserved_up_to: self.holdable / 2,
                 batch_size,
                 metadata: Arc::default(),
             };
@@ -118,7 +118,7 @@ impl PhysicalOptimizerRule for ReservedScans {
 #[derive(Debug)]
 struct ReservedReaderFactory {
     inner: Arc<dyn ParquetFileReaderFactory>,
-    scope: Arc<QueryMemory>,
+    pool: Arc<dyn MemoryPool>,
     /// What the statement may hold, its scans included, before a scan reads a row group
     /// unreserved: half of what it can hold.
     reserved_up_to: usize,
@@ -143,13 +143,11 @@ impl ParquetFileReaderFactory for ReservedReaderFactory {
     ) -> Result<Box<dyn AsyncFileReader + Send>> {
         let path = file.object_meta.location.to_string();
         let inner = self.inner.create_reader(partition_index, file, metadata_size_hint, metrics)?;
-        let pool = Arc::clone(&self.scope) as Arc<dyn MemoryPool>;
-        let reservation = MemoryConsumer::new(format!("ParquetScan[{partition_index}]")).register(&pool);
+        let reservation = MemoryConsumer::new(format!("ParquetScan[{partition_index}]")).register(&self.pool);
         Ok(Box::new(ReservedReader {
             inner,
             reservation,
-            unreserved: None,
-            scope: Arc::clone(&self.scope),
+            pool: Arc::clone(&self.pool),
             reserved_up_to: self.reserved_up_to,
             path,
             files: Arc::clone(&self.metadata),
@@ -163,11 +161,8 @@ impl ParquetFileReaderFactory for ReservedReaderFactory {
 struct ReservedReader {
     inner: Box<dyn AsyncFileReader + Send>,
     reservation: MemoryReservation,
-    /// What the current row group costs when it could not be reserved: left out of the
-    /// spilling operators' shares instead.
-    unreserved: Option<Wanted>,
-    /// The statement's memory, for the room its other holders leave.
-    scope: Arc<QueryMemory>,
+    /// The statement's pool, for the room its other holders leave.
+    pool: Arc<dyn MemoryPool>,
     reserved_up_to: usize,
     path: String,
     /// The scan's files' metadata, where this file's is once this reader or another of the
@@ -241,12 +236,10 @@ impl AsyncFileReader for ReservedReader {
     fn get_byte_ranges(&mut self, ranges: Vec<Range<u64>>) -> BoxFuture<'_, datafusion::parquet::errors::Result<Vec<Bytes>>> {
         let cost = self.cost(&ranges);
         async move {
-            self.unreserved = None;
-            let others = self.scope.reserved().saturating_sub(self.reservation.size());
+            let others = self.pool.reserved().saturating_sub(self.reservation.size());
             if others + cost > self.reserved_up_to || self.reservation.try_resize(cost).is_err() {
                 // Unreserved (see the module's doc).
                 self.reservation.free();
-                self.unreserved = Some(self.scope.hold_unreserved(cost));
             }
             let fetched = self.inner.get_byte_ranges(ranges).await?;
             // Read on a thread of no statement (the object store's blocking pool), freed here.
@@ -268,17 +261,17 @@ impl AsyncFileReader for ReservedReader {
 
 #[cfg(test)]
 mod tests {
+    use datafusion::execution::memory_pool::GreedyMemoryPool;
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
     use datafusion::execution::session_state::SessionStateBuilder;
     use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
     use futures::StreamExt;
-    use gobi_memory::{ByteSize, MemoryManager, PoolLimits, StatementLimits};
 
     use super::*;
 
-    /// A context whose Parquet scans reserve from a statement of a `pool`-byte query pool (and
-    /// no cache pool to borrow from), with `t`: a file of 200,000 rows in row groups of 50,000.
-    async fn context(dir: &std::path::Path, pool_size: usize) -> (SessionContext, Arc<QueryMemory>) {
+    /// A context whose Parquet scans reserve from a `pool`-byte pool, with `t`: a file of
+    /// 200,000 rows in row groups of 50,000.
+    async fn context(dir: &std::path::Path, pool_size: usize) -> (SessionContext, Arc<dyn MemoryPool>) {
         let file = dir.join("t.parquet");
         if !file.exists() {
             let writer = SessionContext::new();
@@ -289,14 +282,13 @@ mod tests {
             );
             writer.sql(&sql).await.unwrap().collect().await.unwrap();
         }
-        let manager = MemoryManager::new(PoolLimits { query: ByteSize(pool_size as u64), cache: ByteSize(0), ..PoolLimits::default() });
-        let pool = manager.begin_query("SELECT id, s FROM t", StatementLimits::default());
-        let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::clone(&pool) as _).build_arc().unwrap();
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(pool_size));
+        let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::clone(&pool)).build_arc().unwrap();
         let state = SessionStateBuilder::new()
             .with_default_features()
             .with_config(SessionConfig::new().with_target_partitions(1).with_batch_size(4096))
             .with_runtime_env(Arc::clone(&runtime))
-            .with_physical_optimizer_rule(Arc::new(ReservedScans::new(runtime, Arc::clone(&pool))))
+            .with_physical_optimizer_rule(Arc::new(ReservedScans::new(runtime, pool_size)))
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_parquet("t", file.to_str().unwrap(), ParquetReadOptions::default()).await.unwrap();
@@ -341,25 +333,17 @@ mod tests {
     }
 
     /// A pool whose half is smaller than one row group's fetch: the scan reads it
-    /// unreserved and finishes, holding nothing of the pool; while it does, the row group
-    /// is left out of the spilling operators' shares (a spillable consumer of the statement
-    /// is refused what it is granted once the scan is done, so it would spill).
+    /// unreserved and finishes, holding nothing of the pool.
     #[tokio::test]
-    async fn a_scan_refused_its_row_group_reads_it_unreserved_and_spillers_make_room() {
+    async fn a_scan_refused_its_row_group_reads_it_unreserved() {
         let dir = tempfile::tempdir().unwrap();
         let (ctx, pool) = context(dir.path(), 256 << 10).await;
-        let spiller = MemoryConsumer::new("spiller").with_can_spill(true).register(&(Arc::clone(&pool) as Arc<dyn MemoryPool>));
-        spiller.try_grow(1).unwrap();
-        let spillers = pool.reserved();
         let mut stream = ctx.sql("SELECT id, s FROM t").await.unwrap().execute_stream().await.unwrap();
         let mut rows = 0;
         while let Some(batch) = stream.next().await {
             rows += batch.unwrap().num_rows();
-            assert_eq!(pool.reserved(), spillers, "nothing reserved for a refused row group");
-            assert!(spiller.try_grow(64 << 10).is_err(), "the unreserved row group is left out of the spiller's share");
+            assert_eq!(pool.reserved(), 0, "nothing reserved for a refused row group");
         }
         assert_eq!(rows, 200_000);
-        drop(stream);
-        spiller.try_grow(64 << 10).expect("the scan done, its row group is counted no more");
     }
 }

@@ -244,11 +244,12 @@ impl Budget {
         self.pool(PoolKind::Query).reserved().saturating_sub(self.unspillable_reserved.load(Ordering::Acquire))
     }
 
-    /// Leaves `bytes` out of the spillable consumers' shares until the guard drops, so their
-    /// next growth spills to make room for it.
-    pub(crate) fn want(self: &Arc<Self>, bytes: usize) -> Wanted {
+    /// Runs `wait` with `bytes` left out of the spillable consumers' shares.
+    pub(crate) fn wanting<T>(&self, bytes: usize, wait: impl FnOnce() -> T) -> T {
         self.wanted.fetch_add(bytes, Ordering::AcqRel);
-        Wanted { budget: Arc::clone(self), bytes }
+        let result = wait();
+        self.wanted.fetch_sub(bytes, Ordering::AcqRel);
+        result
     }
 
     /// What queries can hold at most: the query pool plus the cache pool they can borrow from.
@@ -548,20 +549,5 @@ mod tests {
         assert_eq!((listed[0].name.as_str(), listed[0].reserved, listed[0].peak, listed[0].query), ("a cached result", 1024, 4096, None));
         drop(kept);
         assert!(budget.kept_consumers().is_empty());
-    }
-}
-
-/// Bytes left out of the spillable consumers' fair shares while it lives: what a refused
-/// request that cannot spill waits for, or what a statement holds outside any reservation
-/// (a scan's row group read unreserved, [`QueryMemory::hold_unreserved`](crate::QueryMemory::hold_unreserved)).
-#[derive(Debug)]
-pub struct Wanted {
-    budget: Arc<Budget>,
-    bytes: usize,
-}
-
-impl Drop for Wanted {
-    fn drop(&mut self) {
-        self.budget.wanted.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }

@@ -46,7 +46,7 @@ mod reservation;
 mod wait;
 
 pub use allocator::{AllocScope, GobiAllocator, ProcessMemory};
-pub use budget::{ConsumerStats, MemoryEvent, PoolLimits, QueryId, Reclaim, Wanted, DEFAULT_LEAK_THRESHOLD};
+pub use budget::{ConsumerStats, MemoryEvent, PoolLimits, QueryId, Reclaim, DEFAULT_LEAK_THRESHOLD};
 pub use byte_size::{ByteSize, ByteSizeError};
 pub use manager::{LeakStats, MemoryManager, Released};
 pub use pool::{Pool, PoolKind, PoolStats, Pressure, CRITICAL_PRESSURE_PERCENT, HIGH_PRESSURE_PERCENT};

@@ -59,7 +59,7 @@ use datafusion_common::{DataFusionError, Result};
 use datafusion_execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation};
 
 use crate::allocator::AllocScope;
-use crate::budget::{Budget, ConsumerStats, Loan, QueryId, Wanted};
+use crate::budget::{Budget, ConsumerStats, Loan, QueryId};
 use crate::byte_size::ByteSize;
 use crate::pool::{raise_peak, surplus, PoolKind, Pressure};
 use crate::wait::Waiters;
@@ -430,13 +430,6 @@ impl QueryMemory {
         )))
     }
 
-    /// Counts `bytes` the statement holds outside any reservation (a scan's row group it could
-    /// not reserve) in the spilling operators' fair shares until the guard drops: they spill
-    /// at their next growth to make room for it, so the process keeps near its budget.
-    pub fn hold_unreserved(&self, bytes: usize) -> Wanted {
-        self.budget.want(bytes)
-    }
-
     /// What the pools hold for the statement's operators now.
     pub fn reserved_bytes(&self) -> usize {
         self.reserved.load(Ordering::Acquire)
@@ -613,10 +606,7 @@ impl QueryMemory {
             return self.try_grant(consumer, reservation, short).is_ok();
         }
         let pool = self.budget.pool(PoolKind::Query);
-        let wait = || {
-            let _wanted = self.budget.want(short);
-            pool.block_until(|| self.try_grant(consumer, reservation, short).is_ok(), ROOM_WAIT)
-        };
+        let wait = || self.budget.wanting(short, || pool.block_until(|| self.try_grant(consumer, reservation, short).is_ok(), ROOM_WAIT));
         let granted = match tokio::runtime::Handle::try_current().map(|runtime| runtime.runtime_flavor()) {
             // Hands the worker's other tasks to another thread first.
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),

@@ -7,14 +7,15 @@
 //! [`ReservedReader`] holds one reservation, sized at every fetch to what that row group
 //! costs: the fetched bytes and an estimate of what decoding them holds (each chunk's
 //! dictionary and current page decompressed, a batch decoded and the one made of it above:
-//! [`decoding_bytes`]).
+//! [`decoding_bytes`]). A local file's chunks are not fetched but read mapped
+//! ([`MappedFile`]): they cost the heap nothing, so only their decoding is reserved.
 //!
 //! ```text
 //!  DataSourceExec (parquet)
 //!    ParquetSource ── ReservedReaderFactory ── the factory the source had
 //!                        │ one ReservedReader per file, one reservation each
 //!                        ▼
-//!    get_byte_ranges(row group's chunks) ─► reservation := fetched + decoding them
+//!    get_byte_ranges(row group's chunks) ─► reservation := fetched (unless mapped) + decoding them
 //!                                           (the row group before is done by then)
 //! ```
 //!
@@ -47,15 +48,18 @@ use datafusion::datasource::physical_plan::parquet::{DefaultParquetFileReaderFac
 use datafusion::datasource::physical_plan::ParquetSource;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::object_store::local::LocalFileSystem;
 use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::file::metadata::{ColumnChunkMetaData, ParquetMetaData};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
-use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use memmap2::Mmap;
 
 /// The physical optimizer rule that makes every Parquet scan read through a
 /// [`ReservedReaderFactory`] reserving from the statement's pool.
@@ -93,6 +97,7 @@ impl PhysicalOptimizerRule for ReservedScans {
             };
             let factory = ReservedReaderFactory {
                 inner,
+                local: scan.object_store_url == ObjectStoreUrl::local_filesystem(),
                 pool: Arc::clone(&self.runtime.memory_pool),
                 reserved_up_to: self.holdable / 2,
                 batch_size,
@@ -118,6 +123,8 @@ impl PhysicalOptimizerRule for ReservedScans {
 #[derive(Debug)]
 struct ReservedReaderFactory {
     inner: Arc<dyn ParquetFileReaderFactory>,
+    /// Whether the scan's files are on the local file system (read mapped).
+    local: bool,
     pool: Arc<dyn MemoryPool>,
     /// What the statement may hold, its scans included, before a scan reads a row group
     /// unreserved: half of what it can hold.
@@ -142,10 +149,19 @@ impl ParquetFileReaderFactory for ReservedReaderFactory {
         metrics: &ExecutionPlanMetricsSet,
     ) -> Result<Box<dyn AsyncFileReader + Send>> {
         let path = file.object_meta.location.to_string();
+        let mapped = match self.local {
+            true => LocalFileSystem::new().path_to_filesystem(&file.object_meta.location).ok().map(|path| {
+                // Beside the inner reader's own (which counts what it fetches): progress reads the sum.
+                let scanned = MetricBuilder::new(metrics).with_new_label("filename", path.display().to_string()).counter("bytes_scanned", partition_index);
+                MappedFile { path, map: None, fetched: Vec::new(), scanned }
+            }),
+            false => None,
+        };
         let inner = self.inner.create_reader(partition_index, file, metadata_size_hint, metrics)?;
         let reservation = MemoryConsumer::new(format!("ParquetScan[{partition_index}]")).register(&self.pool);
         Ok(Box::new(ReservedReader {
             inner,
+            mapped,
             reservation,
             pool: Arc::clone(&self.pool),
             reserved_up_to: self.reserved_up_to,
@@ -160,6 +176,8 @@ impl ParquetFileReaderFactory for ReservedReaderFactory {
 /// the end of the file.
 struct ReservedReader {
     inner: Box<dyn AsyncFileReader + Send>,
+    /// The file on the local disk, whose column chunks are read mapped, not through `inner`.
+    mapped: Option<MappedFile>,
     reservation: MemoryReservation,
     /// The statement's pool, for the room its other holders leave.
     pool: Arc<dyn MemoryPool>,
@@ -201,10 +219,13 @@ fn decoding_bytes(chunk: &ColumnChunkMetaData, rows: f64, batch_size: usize) -> 
 }
 
 impl ReservedReader {
-    /// What fetching `ranges` costs: their bytes, and for each column chunk they lie in what
-    /// decoding it holds ([`decoding_bytes`]).
+    /// What fetching `ranges` costs: their bytes unless they are mapped, and for each column
+    /// chunk they lie in what decoding it holds ([`decoding_bytes`]).
     fn cost(&self, ranges: &[Range<u64>]) -> usize {
-        let fetched: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        let fetched: u64 = match self.mapped {
+            Some(_) => 0,
+            None => ranges.iter().map(|r| r.end - r.start).sum(),
+        };
         let mut decoded = 0.0;
         let metadata = self.files.lock().get(&self.path).and_then(Weak::upgrade);
         if let Some(metadata) = metadata.as_deref() {
@@ -227,6 +248,85 @@ impl ReservedReader {
     }
 }
 
+/// A local file read mapped: the column chunks fetched from it are the kernel's page cache,
+/// shared and dropped under pressure, not the process's heap (the anonymous memory a budget
+/// governs), so they cost a scan only what decoding them holds.
+///
+/// A file is mapped whole at its first fetch and unmapped when its reader and every batch
+/// still pointing into it are dropped; the pages of a row group are dropped from the process's
+/// resident set at the next fetch (a later read of them faults them in again from the page
+/// cache), so its RSS holds one row group's chunks at a time, as it did with fetched copies. A file another process truncates while it is mapped
+/// ends the process (`SIGBUS`) where a read would fail the query: Delta tables never rewrite
+/// a data file, and gobi writes no Parquet file in place (`COPY … TO 'file'` goes through the
+/// object store, which writes a staged file and renames it over).
+struct MappedFile {
+    path: std::path::PathBuf,
+    map: Option<Arc<Mmap>>,
+    /// The ranges of the last fetch, dropped from the resident set at the next.
+    fetched: Vec<Range<usize>>,
+    scanned: Count,
+}
+
+impl MappedFile {
+    /// The bytes of `ranges`, pointing into the mapped file; an error (the file gone, or
+    /// shorter than a range) leaves the fetch to the inner reader, which says what is wrong.
+    fn ranges(&mut self, ranges: &[Range<u64>]) -> std::io::Result<Vec<Bytes>> {
+        self.drop_fetched_pages();
+        let map = match &self.map {
+            Some(map) => Arc::clone(map),
+            None => {
+                let file = std::fs::File::open(&self.path)?;
+                // SAFETY: the mapping is read only, and a file a scan reads is not written in
+                // place (see the type's doc).
+                let map = Arc::new(unsafe { Mmap::map(&file)? });
+                self.map = Some(Arc::clone(&map));
+                map
+            }
+        };
+        let bytes = ranges
+            .iter()
+            .map(|range| {
+                let (start, end) = (usize::try_from(range.start).unwrap_or(usize::MAX), usize::try_from(range.end).unwrap_or(usize::MAX));
+                match start <= end && end <= map.len() {
+                    true => Ok(Bytes::from_owner(MappedRange { map: Arc::clone(&map), range: start..end })),
+                    false => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "a range past the end of the file")),
+                }
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        self.scanned.add(ranges.iter().map(|r| (r.end - r.start) as usize).sum());
+        self.fetched = ranges.iter().map(|r| r.start as usize..r.end as usize).collect();
+        Ok(bytes)
+    }
+
+    fn drop_fetched_pages(&mut self) {
+        let Some(map) = &self.map else { return };
+        for range in self.fetched.drain(..) {
+            // SAFETY: the mapping is shared and read only: pages dropped are read again from
+            // the file at the next access, with the same bytes (nothing was written to them).
+            #[cfg(unix)]
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, range.len()) };
+        }
+    }
+}
+
+impl Drop for MappedFile {
+    fn drop(&mut self) {
+        self.drop_fetched_pages();
+    }
+}
+
+/// A range of a mapped file, owned by the `Bytes` pointing into it.
+struct MappedRange {
+    map: Arc<Mmap>,
+    range: Range<usize>,
+}
+
+impl AsRef<[u8]> for MappedRange {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.range.clone()]
+    }
+}
+
 impl AsyncFileReader for ReservedReader {
     /// Single reads are the footer's and the page index's (see the module's "not reserved here").
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, datafusion::parquet::errors::Result<Bytes>> {
@@ -240,6 +340,9 @@ impl AsyncFileReader for ReservedReader {
             if others + cost > self.reserved_up_to || self.reservation.try_resize(cost).is_err() {
                 // Unreserved (see the module's doc).
                 self.reservation.free();
+            }
+            if let Some(Ok(mapped)) = self.mapped.as_mut().map(|file| file.ranges(&ranges)) {
+                return Ok(mapped);
             }
             let fetched = self.inner.get_byte_ranges(ranges).await?;
             // Read on a thread of no statement (the object store's blocking pool), freed here.

@@ -677,12 +677,13 @@ fn a_cancelled_query_releases_its_memory_and_its_spill_files() {
     assert_eq!(count.last().unwrap().row_count(), 1);
 }
 
-/// A scan's column chunks are fetched on a thread that works for no statement (the object
-/// store reads in tokio's blocking pool) and freed inside the scan: the statement's allocator
-/// count takes them in when they arrive (`allocator::adopt`). Without that, their frees took
-/// off what was never counted and this scan's peak read a fifth of its file.
+/// A scan of a local file reads its column chunks mapped (`scan.rs`, `MappedFile`): they are
+/// the kernel's page cache, not the process's heap, so the statement's allocator bytes never
+/// take them in — its peak stays well under the file it reads (at least half of it when the
+/// chunks were fetched into memory) — and it reserves what decoding them holds, about its
+/// allocator bytes.
 #[test]
-fn a_scans_fetched_column_chunks_count_in_its_statements_allocator_bytes() {
+fn a_scan_of_a_local_file_reads_its_column_chunks_mapped_outside_the_heap() {
     let lh = Lakehouse::new();
     lh.run_with(
         &["--memory-query", "1GiB"],
@@ -694,17 +695,19 @@ fn a_scans_fetched_column_chunks_count_in_its_statements_allocator_bytes() {
         .filter(|f| f.extension().is_some_and(|e| e == "parquet"))
         .map(|f| std::fs::metadata(f).unwrap().len())
         .sum();
-    lh.run("SELECT max(s) FROM t").ok();
+    let answer = lh.run("SELECT max(s) FROM t").ok().stdout;
+    assert!(answer.contains("fffff"), "{answer}");
     let (status, reserved, actual, _, _) = logged(&lh, "SELECT max(s)")[0].clone();
     assert_eq!(status, "ok");
-    assert!(actual >= file_bytes / 2, "peak actual {actual} takes in the fetched chunks of a {file_bytes}-byte file");
-    assert!(reserved <= actual * 3 / 2, "the scan reserves about what it fetched and decodes: reserved {reserved}, actual {actual}");
+    assert!(actual < file_bytes / 3, "peak actual {actual} leaves out the mapped chunks of a {file_bytes}-byte file");
+    assert!(reserved <= actual * 3 / 2, "the scan reserves about what it decodes: reserved {reserved}, actual {actual}");
 }
 
-/// A scan reserves what decoding its row group holds besides the fetched chunks — each
-/// chunk's dictionary and current page decompressed, and two batches (`scan.rs`,
-/// `decoding_bytes`) — so a scan with a filter reserves at least 0.85 of its allocator bytes
-/// (0.94 and 0.95 here; 0.75 and 0.82 when only the fetched bytes and a batch were counted).
+/// A scan reserves what decoding its row group holds — each chunk's dictionary and current
+/// page decompressed, and two batches (`scan.rs`, `decoding_bytes`) — so a scan with a filter
+/// reserves at least 0.7 of its statement's allocator bytes (0.75–0.83 here; the rest is
+/// about 0.8 MiB the statement allocates whatever it scans, unreserved: ARCHITECTURE.md, "Not
+/// yet true"). Counting only a batch, it reserved 0.04 (the chunks are mapped, not fetched).
 #[test]
 fn a_scan_reserves_most_of_what_it_allocates() {
     let lh = Lakehouse::new();
@@ -719,6 +722,6 @@ fn a_scan_reserves_most_of_what_it_allocates() {
         let (status, reserved, actual, _, _) = logged(&lh, query)[0].clone();
         assert_eq!(status, "ok");
         let coverage = reserved as f64 / actual as f64;
-        assert!((0.85..=1.5).contains(&coverage), "{query}: reserved {reserved} of {actual} allocated ({coverage:.2})");
+        assert!((0.7..=1.5).contains(&coverage), "{query}: reserved {reserved} of {actual} allocated ({coverage:.2})");
     }
 }

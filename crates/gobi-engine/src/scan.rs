@@ -219,12 +219,12 @@ fn decoding_bytes(chunk: &ColumnChunkMetaData, rows: f64, batch_size: usize) -> 
 }
 
 impl ReservedReader {
-    /// What fetching `ranges` costs: their bytes unless they are mapped, and for each column
+    /// What fetching `ranges` costs: their bytes unless they are `mapped`, and for each column
     /// chunk they lie in what decoding it holds ([`decoding_bytes`]).
-    fn cost(&self, ranges: &[Range<u64>]) -> usize {
-        let fetched: u64 = match self.mapped {
-            Some(_) => 0,
-            None => ranges.iter().map(|r| r.end - r.start).sum(),
+    fn cost(&self, ranges: &[Range<u64>], mapped: bool) -> usize {
+        let fetched: u64 = match mapped {
+            true => 0,
+            false => ranges.iter().map(|r| r.end - r.start).sum(),
         };
         let mut decoded = 0.0;
         let metadata = self.files.lock().get(&self.path).and_then(Weak::upgrade);
@@ -255,10 +255,12 @@ impl ReservedReader {
 /// A file is mapped whole at its first fetch and unmapped when its reader and every batch
 /// still pointing into it are dropped; the pages of a row group are dropped from the process's
 /// resident set at the next fetch (a later read of them faults them in again from the page
-/// cache), so its RSS holds one row group's chunks at a time, as it did with fetched copies. A file another process truncates while it is mapped
-/// ends the process (`SIGBUS`) where a read would fail the query: Delta tables never rewrite
-/// a data file, and gobi writes no Parquet file in place (`COPY … TO 'file'` goes through the
-/// object store, which writes a staged file and renames it over).
+/// cache), so its RSS holds one row group's chunks at a time, as it did with fetched copies.
+///
+/// A file another process truncates while it is mapped ends the process (`SIGBUS`) where a
+/// read would fail the query: Delta tables never rewrite a data file, and gobi writes no
+/// Parquet file in place (`COPY … TO 'file'` goes through the object store, which writes a
+/// staged file and renames it over).
 struct MappedFile {
     path: std::path::PathBuf,
     map: Option<Arc<Mmap>>,
@@ -334,14 +336,15 @@ impl AsyncFileReader for ReservedReader {
     }
 
     fn get_byte_ranges(&mut self, ranges: Vec<Range<u64>>) -> BoxFuture<'_, datafusion::parquet::errors::Result<Vec<Bytes>>> {
-        let cost = self.cost(&ranges);
+        let mapped = self.mapped.as_mut().and_then(|file| file.ranges(&ranges).ok());
+        let cost = self.cost(&ranges, mapped.is_some());
         async move {
             let others = self.pool.reserved().saturating_sub(self.reservation.size());
             if others + cost > self.reserved_up_to || self.reservation.try_resize(cost).is_err() {
                 // Unreserved (see the module's doc).
                 self.reservation.free();
             }
-            if let Some(Ok(mapped)) = self.mapped.as_mut().map(|file| file.ranges(&ranges)) {
+            if let Some(mapped) = mapped {
                 return Ok(mapped);
             }
             let fetched = self.inner.get_byte_ranges(ranges).await?;

@@ -219,12 +219,16 @@ impl DeltaLog {
         let mut attempt = 0;
         loop {
             let table = DeltaTable::try_from_url(url.clone()).await?;
-            // Merge: a log written by an older gobi gains the newer columns.
+            // Merge: a log written by an older gobi gains the newer columns. The configuration
+            // applies when this write creates the log: checkpointed like gobi's tables, so a
+            // process opening it replays at most that many commits (with delta-rs's default of
+            // 100, replaying 24 of them allocated 18 MB at once).
             let written = table
                 .write(batches.clone())
                 .with_save_mode(SaveMode::Append)
                 .with_schema_mode(deltalake::operations::write::SchemaMode::Merge)
                 .with_table_name(self.name)
+                .with_configuration(crate::writes::CREATED_TABLE_CONFIGURATION)
                 .await;
             match written {
                 Ok(_) => return Ok(()),

@@ -54,8 +54,9 @@ impl Written {
     }
 }
 
-/// The table property other Delta writers honour for how often they write a checkpoint.
-const CHECKPOINT_INTERVAL_KEY: &str = "delta.checkpointInterval";
+/// The configuration of every table gobi creates, its logs included: a checkpoint every
+/// `CHECKPOINT_INTERVAL` commits, in the table property other Delta writers honour too.
+pub(crate) const CREATED_TABLE_CONFIGURATION: [(&str, Option<&str>); 1] = [("delta.checkpointInterval", Some(crate::maintenance::CHECKPOINT_INTERVAL))];
 
 pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create: &CreateMemoryTable) -> Result<Written> {
     let name = create.name.table();
@@ -91,7 +92,7 @@ pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create
             .with_table_name(name)
             .with_commit_properties(commit_properties());
         if !exists {
-            write = write.with_configuration([(CHECKPOINT_INTERVAL_KEY, Some(crate::maintenance::CHECKPOINT_INTERVAL))]);
+            write = write.with_configuration(CREATED_TABLE_CONFIGURATION);
         }
         if exists {
             write = write.with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite);
@@ -103,7 +104,7 @@ pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create
             .create()
             .with_columns(columns)
             .with_table_name(name)
-            .with_configuration([(CHECKPOINT_INTERVAL_KEY, Some(crate::maintenance::CHECKPOINT_INTERVAL))])
+            .with_configuration(CREATED_TABLE_CONFIGURATION)
             .with_commit_properties(commit_properties())
             .await
     };

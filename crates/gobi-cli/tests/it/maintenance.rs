@@ -120,19 +120,33 @@ fn restore_brings_back_a_versions_rows_in_one_commit() {
     assert!(run.stderr.contains("is at version 3"), "{}", run.stderr);
 }
 
+/// The checkpoint files in a Delta log folder, by name.
+fn checkpoints(log: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(log).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.contains(".checkpoint.")).collect();
+    names.sort();
+    names
+}
+
+/// gobi's own logs are checkpointed like its tables: a process appending to the query log
+/// replays at most ten of its commits, not delta-rs's default of a hundred.
+#[test]
+fn the_query_log_is_checkpointed_every_ten_commits() {
+    let lh = Lakehouse::new();
+    for rows in 1..=10 {
+        lh.run(&format!("SELECT count(*) FROM range({rows})")).ok();
+    }
+    assert_eq!(checkpoints(&lh.path().join("_gobi/query_log/_delta_log")).len(), 1);
+    assert_eq!(lh.values("SELECT count(*) FROM gobi_query_log() WHERE starts_with(text, 'SELECT count(*) FROM range(')"), rows![[10]]);
+}
+
 #[test]
 fn a_table_gobi_creates_checkpoints_every_ten_commits_and_opens_from_the_checkpoint() {
     let lh = Lakehouse::new();
     let inserts: Vec<String> = (1..=24).map(|i| format!("INSERT INTO t VALUES ({i})")).collect();
     lh.run(&format!("CREATE TABLE t (id BIGINT); {}", inserts.join("; "))).ok();
     let log = lh.table_log("t");
-    let checkpoints: Vec<String> = {
-        let mut names: Vec<String> =
-            std::fs::read_dir(&log).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.contains(".checkpoint.")).collect();
-        names.sort();
-        names
-    };
-    assert_eq!(checkpoints, ["00000000000000000009.checkpoint.parquet", "00000000000000000019.checkpoint.parquet"]);
+    assert_eq!(checkpoints(&log), ["00000000000000000009.checkpoint.parquet", "00000000000000000019.checkpoint.parquet"]);
     let described = detail(&lh);
     assert_eq!((described["last_checkpoint"].as_u64(), described["checkpoint_interval"].as_u64()), (Some(19), Some(10)));
     let history = lh.values("SHOW HISTORY t");

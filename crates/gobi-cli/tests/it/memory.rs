@@ -706,7 +706,7 @@ fn a_scan_of_a_local_file_reads_its_column_chunks_mapped_outside_the_heap() {
 /// A scan reserves what decoding its row group holds — each chunk's dictionary and current
 /// page decompressed, and two batches (`scan.rs`, `decoding_bytes`) — so a scan with a filter
 /// reserves at least 0.7 of its statement's allocator bytes (0.75–0.83 here; the rest is
-/// about 0.8 MiB the statement allocates whatever it scans, unreserved: ARCHITECTURE.md, "Not
+/// about 0.8 MiB, the same for 2 and 8 million rows, not traced yet: ARCHITECTURE.md, "Not
 /// yet true"). Counting only a batch, it reserved 0.04 (the chunks are mapped, not fetched).
 #[test]
 fn a_scan_reserves_most_of_what_it_allocates() {

@@ -3,9 +3,9 @@
 //! DataFusion reads a Parquet file's metadata (its footer, and its page index when a predicate
 //! may prune pages) once and keeps it in the runtime's file-metadata cache, so the next scan of
 //! the file skips both reads. DataFusion's own cache holds up to 50 MiB per process, reserved
-//! nowhere: lineitem's ten files at scale 1 keep 0.7 MB (1.4 MB with their page indexes), and a lakehouse of thousands of
-//! files would keep the whole 50 MiB outside every pool. gobi gives the runtime this cache
-//! instead, whose entries are reserved from the cache pool:
+//! nowhere: lineitem's ten files at scale 1 keep 0.7 MB (1.4 MB with their page indexes),
+//! and a lakehouse of thousands of files would keep the whole 50 MiB outside every pool. gobi
+//! gives the runtime this cache instead, whose entries are reserved from the cache pool:
 //!
 //! ```text
 //!  scan opens a file ─► get(path) ── hit: its metadata, nothing read

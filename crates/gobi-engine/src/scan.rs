@@ -285,28 +285,29 @@ impl MappedFile {
                 map
             }
         };
-        let bytes = ranges
+        let spans = ranges
             .iter()
-            .map(|range| {
-                let (start, end) = (usize::try_from(range.start).unwrap_or(usize::MAX), usize::try_from(range.end).unwrap_or(usize::MAX));
-                match start <= end && end <= map.len() {
-                    true => Ok(Bytes::from_owner(MappedRange { map: Arc::clone(&map), range: start..end })),
-                    false => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "a range past the end of the file")),
-                }
+            .map(|range| match (usize::try_from(range.start), usize::try_from(range.end)) {
+                (Ok(start), Ok(end)) if start <= end && end <= map.len() => Ok(start..end),
+                _ => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "a range past the end of the file")),
             })
             .collect::<std::io::Result<Vec<_>>>()?;
-        self.scanned.add(ranges.iter().map(|r| (r.end - r.start) as usize).sum());
-        self.fetched = ranges.iter().map(|r| r.start as usize..r.end as usize).collect();
+        let bytes = spans.iter().map(|span| Bytes::from_owner(MappedRange { map: Arc::clone(&map), range: span.clone() })).collect();
+        self.scanned.add(spans.iter().map(ExactSizeIterator::len).sum());
+        self.fetched = spans;
         Ok(bytes)
     }
 
+    /// Drops the last fetch's pages from the resident set (where the system can).
     fn drop_fetched_pages(&mut self) {
-        let Some(map) = &self.map else { return };
-        for range in self.fetched.drain(..) {
-            // SAFETY: the mapping is shared and read only: pages dropped are read again from
-            // the file at the next access, with the same bytes (nothing was written to them).
-            #[cfg(unix)]
-            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, range.len()) };
+        let fetched = std::mem::take(&mut self.fetched);
+        #[cfg(unix)]
+        if let Some(map) = &self.map {
+            for span in fetched {
+                // SAFETY: the mapping is shared and read only: pages dropped are read again
+                // from the file at the next access, with the same bytes (nothing was written).
+                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, span.start, span.len()) };
+            }
         }
     }
 }

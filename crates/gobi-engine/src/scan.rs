@@ -53,6 +53,7 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::object_store::local::LocalFileSystem;
 use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
+use datafusion::parquet::basic::Type as PhysicalType;
 use datafusion::parquet::file::metadata::{ColumnChunkMetaData, ParquetMetaData};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder};
@@ -193,15 +194,22 @@ struct ReservedReader {
 /// dictionary-encoded column's chunk says far less than what it decodes to.
 const MIN_DECODED_WIDTH: f64 = 16.0;
 
-/// Rows in a data page as the usual writers cut them (arrow-rs's `data_page_row_count_limit`,
-/// which DataFusion and delta-rs keep; gobi's tables are written so).
+/// Rows and bytes in a data page as the usual writers cut them, whichever comes first
+/// (arrow-rs's `data_page_row_count_limit` and `data_page_size_limit`, which DataFusion and
+/// delta-rs keep; gobi's tables are written so).
 const PAGE_ROWS: f64 = 20_000.0;
+const PAGE_BYTES: f64 = 1024.0 * 1024.0;
 
 /// What decoding one column chunk of a row group of `rows` holds besides the fetched bytes:
 ///
 /// ```text
-///   the dictionary, decompressed, kept for the whole chunk   dictionary page × (uncompressed ÷ compressed)
-/// + the data page being decoded, decompressed                uncompressed × PAGE_ROWS ÷ rows
+///   the dictionary, decoded, kept for the whole chunk        its page's uncompressed size when
+///                                                            its header can be read (a mapped
+///                                                            file), else the compressed page ×
+///                                                            (uncompressed ÷ compressed) of the chunk
+/// + the data page being decoded, decompressed                min(uncompressed × PAGE_ROWS ÷ rows, PAGE_BYTES)
+///   (strings and binaries: and the page before, which the    × 2
+///   last batch's views still point into)
 /// + a batch of values decoded from it, and the one the       2 × max(uncompressed ÷ rows, 16 B) × batch rows
 ///   operators above make of it before the next is decoded
 ///   (the Delta scan's casts, a filter's output)
@@ -209,22 +217,61 @@ const PAGE_ROWS: f64 = 20_000.0;
 ///
 /// The second batch: with one, a scan under a filter and a small aggregate (TPC-H q6, q19)
 /// reserved 0.79–0.86 of its allocator bytes; with two, 0.91–0.96.
-fn decoding_bytes(chunk: &ColumnChunkMetaData, rows: f64, batch_size: usize) -> f64 {
+///
+/// A dictionary page's values are typically less compressible than the chunk's data pages
+/// (distinct values beside their run-length encoded indexes): a column of 100,003 distinct
+/// integers decodes a dictionary of 800 KB that the chunk's ratio put at 536 KB. String and
+/// binary values are decoded as views into the decompressed pages (DataFusion reads them as
+/// `Utf8View`), so a batch keeps the pages its rows came from.
+fn decoding_bytes(chunk: &ColumnChunkMetaData, rows: f64, batch_size: usize, dictionary_page: Option<usize>) -> f64 {
     let uncompressed = chunk.uncompressed_size().max(0) as f64;
     let expansion = uncompressed / chunk.compressed_size().max(1) as f64;
-    let dictionary = chunk.dictionary_page_offset().map_or(0.0, |at| (chunk.data_page_offset() - at).max(0) as f64 * expansion);
-    let page = uncompressed * (PAGE_ROWS / rows).min(1.0);
+    let dictionary = match dictionary_page {
+        Some(bytes) => bytes as f64,
+        None => chunk.dictionary_page_offset().map_or(0.0, |at| (chunk.data_page_offset() - at).max(0) as f64 * expansion).min(uncompressed),
+    };
+    let pages = match chunk.column_type() {
+        PhysicalType::BYTE_ARRAY | PhysicalType::FIXED_LEN_BYTE_ARRAY => 2.0,
+        _ => 1.0,
+    };
+    let page = pages * (uncompressed * (PAGE_ROWS / rows).min(1.0)).min(PAGE_BYTES);
     let batch = (uncompressed / rows).max(MIN_DECODED_WIDTH) * rows.min(batch_size as f64);
-    dictionary.min(uncompressed) + page + 2.0 * batch
+    dictionary + page + 2.0 * batch
+}
+
+/// The uncompressed size of the dictionary page whose header starts `header`, if it is one.
+///
+/// A Parquet page header is a Thrift struct in the compact protocol whose first two fields are
+/// the page's type and its uncompressed size, both `i32`: a field header byte (the field id's
+/// delta from the last, 1, and the type `i32`, 5) and a zigzag varint each. The parquet crate
+/// reads headers only while decoding pages; this reads those two fields and nothing else.
+fn dictionary_page_size(header: &[u8]) -> Option<usize> {
+    const DICTIONARY_PAGE: i64 = 2;
+    let mut bytes = header.iter().copied();
+    let mut i32_field = || {
+        (bytes.next()? == 0x15).then_some(())?;
+        let mut value = 0u64;
+        for shift in (0..35).step_by(7) {
+            let byte = bytes.next()?;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some((value >> 1) as i64 ^ -((value & 1) as i64));
+            }
+        }
+        None
+    };
+    let page_type = i32_field()?;
+    let size = i32_field()?;
+    (page_type == DICTIONARY_PAGE).then(|| usize::try_from(size).ok()).flatten()
 }
 
 impl ReservedReader {
-    /// What fetching `ranges` costs: their bytes unless they are `mapped`, and for each column
-    /// chunk they lie in what decoding it holds ([`decoding_bytes`]).
-    fn cost(&self, ranges: &[Range<u64>], mapped: bool) -> usize {
+    /// What fetching `ranges` costs: their bytes unless they are read from the `mapped` file,
+    /// and for each column chunk they lie in what decoding it holds ([`decoding_bytes`]).
+    fn cost(&self, ranges: &[Range<u64>], mapped: Option<&[u8]>) -> usize {
         let fetched: u64 = match mapped {
-            true => 0,
-            false => ranges.iter().map(|r| r.end - r.start).sum(),
+            Some(_) => 0,
+            None => ranges.iter().map(|r| r.end - r.start).sum(),
         };
         let mut decoded = 0.0;
         let metadata = self.files.lock().get(&self.path).and_then(Weak::upgrade);
@@ -240,7 +287,8 @@ impl ReservedReader {
                 });
                 // A chunk fetched in several ranges (pages) is decoded once all the same.
                 if let Some((_, rows, chunk)) = found.filter(|(at, ..)| chunks.insert(*at)) {
-                    decoded += decoding_bytes(chunk, rows, self.batch_size);
+                    let header = chunk.dictionary_page_offset().and_then(|at| mapped?.get(usize::try_from(at).ok()?..));
+                    decoded += decoding_bytes(chunk, rows, self.batch_size, header.and_then(dictionary_page_size));
                 }
             }
         }
@@ -298,6 +346,11 @@ impl MappedFile {
         Ok(bytes)
     }
 
+    /// The whole file, once mapped.
+    fn contents(&self) -> Option<&[u8]> {
+        self.map.as_deref().map(|map| &map[..])
+    }
+
     /// Drops the last fetch's pages from the resident set (where the system can).
     fn drop_fetched_pages(&mut self) {
         let fetched = std::mem::take(&mut self.fetched);
@@ -338,7 +391,8 @@ impl AsyncFileReader for ReservedReader {
 
     fn get_byte_ranges(&mut self, ranges: Vec<Range<u64>>) -> BoxFuture<'_, datafusion::parquet::errors::Result<Vec<Bytes>>> {
         let mapped = self.mapped.as_mut().and_then(|file| file.ranges(&ranges).ok());
-        let cost = self.cost(&ranges, mapped.is_some());
+        let file = mapped.is_some().then(|| self.mapped.as_ref().and_then(MappedFile::contents)).flatten();
+        let cost = self.cost(&ranges, file);
         async move {
             let others = self.pool.reserved().saturating_sub(self.reservation.size());
             if others + cost > self.reserved_up_to || self.reservation.try_resize(cost).is_err() {
@@ -437,6 +491,34 @@ mod tests {
             held.push(pool.reserved());
         }
         assert!(held[1] >= held[0] * 19 / 20, "reserved without a predicate and with one: {held:?}");
+    }
+
+    /// The dictionary page sizes read from the headers are the parquet crate's own, for every
+    /// chunk of a file with dictionaries of integers and of strings; a data page is no
+    /// dictionary.
+    #[tokio::test]
+    async fn a_dictionary_page_header_gives_the_size_the_page_decompresses_to() {
+        use datafusion::parquet::column::page::Page;
+        use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+
+        let dir = tempfile::tempdir().unwrap();
+        context(dir.path(), 1 << 30).await;
+        let bytes = Bytes::from(std::fs::read(dir.path().join("t.parquet")).unwrap());
+        let reader = SerializedFileReader::new(bytes.clone()).unwrap();
+        let mut dictionaries = 0;
+        for (g, group) in reader.metadata().row_groups().iter().enumerate() {
+            for (c, chunk) in group.columns().iter().enumerate() {
+                let at = chunk.dictionary_page_offset().unwrap() as usize;
+                let Some(Page::DictionaryPage { buf, .. }) = reader.get_row_group(g).unwrap().get_column_page_reader(c).unwrap().get_next_page().unwrap()
+                else {
+                    panic!("chunk {g}/{c} starts with its dictionary")
+                };
+                assert_eq!(dictionary_page_size(&bytes[at..]), Some(buf.len()), "chunk {g}/{c}");
+                assert_eq!(dictionary_page_size(&bytes[chunk.data_page_offset() as usize..]), None);
+                dictionaries += 1;
+            }
+        }
+        assert_eq!(dictionaries, 8, "four row groups of two columns");
     }
 
     /// A pool whose half is smaller than one row group's fetch: the scan reads it

@@ -194,10 +194,13 @@ struct ReservedReader {
 /// dictionary-encoded column's chunk says far less than what it decodes to.
 const MIN_DECODED_WIDTH: f64 = 16.0;
 
-/// Rows and bytes in a data page as the usual writers cut them, whichever comes first
-/// (arrow-rs's `data_page_row_count_limit` and `data_page_size_limit`, which DataFusion and
-/// delta-rs keep; gobi's tables are written so).
+/// Rows in a data page as the usual writers cut them (arrow-rs's `data_page_row_count_limit`,
+/// which DataFusion and delta-rs keep; gobi's tables are written so), unless [`PAGE_BYTES`]
+/// come first.
 const PAGE_ROWS: f64 = 20_000.0;
+
+/// Bytes in a data page as the same writers cut them (`data_page_size_limit`), unless
+/// [`PAGE_ROWS`] come first.
 const PAGE_BYTES: f64 = 1024.0 * 1024.0;
 
 /// What decoding one column chunk of a row group of `rows` holds besides the fetched bytes:

@@ -394,8 +394,7 @@ impl AsyncFileReader for ReservedReader {
 
     fn get_byte_ranges(&mut self, ranges: Vec<Range<u64>>) -> BoxFuture<'_, datafusion::parquet::errors::Result<Vec<Bytes>>> {
         let mapped = self.mapped.as_mut().and_then(|file| file.ranges(&ranges).ok());
-        let file = mapped.is_some().then(|| self.mapped.as_ref().and_then(MappedFile::contents)).flatten();
-        let cost = self.cost(&ranges, file);
+        let cost = self.cost(&ranges, mapped.as_ref().and(self.mapped.as_ref()).and_then(MappedFile::contents));
         async move {
             let others = self.pool.reserved().saturating_sub(self.reservation.size());
             if others + cost > self.reserved_up_to || self.reservation.try_resize(cost).is_err() {

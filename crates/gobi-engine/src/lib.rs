@@ -37,6 +37,7 @@ mod scan;
 mod semi_join;
 mod session;
 mod settings;
+mod sort;
 mod statements;
 mod stored_types;
 mod topk;

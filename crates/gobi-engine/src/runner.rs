@@ -47,6 +47,7 @@ use crate::logs::{query_log_batch, QueryRecord, Status};
 use crate::output::{Output, Progress, ResultStream};
 use crate::result_cache::Versions;
 use crate::scan::ReservedScans;
+use crate::sort::{set_merge_headroom, SortsInBudget, MIN_HEADROOM};
 use crate::topk::TopKInBudget;
 use crate::writes::Written;
 
@@ -112,6 +113,7 @@ impl Statement {
                 rules.insert(before_dynamic_filters, Arc::new(SpillingJoins::new(self.scope.limit()).holding_up_to(self.scope.holdable())));
             }
             rules.push(Arc::new(TopKInBudget::new(self.scope.limit())));
+            rules.push(Arc::new(SortsInBudget));
             rules.push(Arc::new(ReservedScans::new(runtime, self.scope.holdable())));
             rules.push(Arc::new(Govern { scope: Arc::clone(&self.scope), progress: self.progress.clone(), stop: self.stop.clone() }));
             builder = builder.with_physical_optimizer_rules(rules);
@@ -378,17 +380,13 @@ pub(crate) fn fit_execution_to_pool(options: &mut ConfigOptions, query_pool: u64
 }
 
 /// Shares a quarter of the query pool among the `sorters` that may set merge headroom aside at
-/// once (see [`sorters`]):
-/// - what each sort sets aside to merge its spill files: DataFusion's 10 MiB per partition
-///   would not fit a small pool at all, and ten sorts in a plan would need ten shares; so the
-///   quarter divided among them (at least 64 KiB each);
-/// - below what a sort concatenates its buffered batches into one to sort in place (and so
-///   spills, and later merges, as one batch): a quarter of its merge headroom, at most
-///   DataFusion's 1 MiB, so a run read back while merging fits beside the others.
+/// once (see [`sorters`]): what each sort sets aside to merge its spill files. DataFusion's
+/// 10 MiB per partition would not fit a small pool at all, and ten sorts in a plan would need
+/// ten shares; so the quarter divided among them (at least 64 KiB each). A sort whose input
+/// turns out small sets less aside (`sort.rs`).
 pub(crate) fn fit_sorts_to_pool(options: &mut ConfigOptions, query_pool: u64, sorters: u64) {
-    let headroom = query_pool / (4 * sorters.max(1));
-    options.execution.sort_spill_reservation_bytes = usize::try_from(headroom.clamp(64 << 10, 10 << 20)).unwrap_or(10 << 20);
-    options.execution.sort_in_place_threshold_bytes = usize::try_from((headroom / 4).clamp(16 << 10, 1 << 20)).unwrap_or(1 << 20);
+    let share = usize::try_from(query_pool / (4 * sorters.max(1))).unwrap_or(usize::MAX);
+    set_merge_headroom(options, share.clamp(MIN_HEADROOM, 10 << 20));
 }
 
 /// The sorters of `plan`: one per partition of each sort that can spill (a TopK, a sort with a

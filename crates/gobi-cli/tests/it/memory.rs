@@ -97,6 +97,25 @@ fn ten_sorts_at_once_and_a_top_k_over_a_group_by_finish_under_a_small_pool() {
     }
 }
 
+/// A sort sets its merge headroom aside by what it sorts (`sort.rs`): sorting a group-by's 13
+/// rows sets little aside where its share of a 1 GiB pool is 10 MiB (it held all 10 MiB
+/// before), and sorting the whole table (400 000 rows with md5 strings) still sets the share
+/// aside.
+#[test]
+fn a_sort_sets_merge_headroom_aside_by_what_it_sorts() {
+    let lh = wide_table();
+    let sort_peak = |query: &str| {
+        let run = gobi(&["--memory-query", "1GiB", "--memory-cache", "0B", "plan", "--analyze", "--format", "json", query], lh.path()).ok();
+        let plan: Value = serde_json::from_str(&run.stdout).unwrap();
+        let sorts = crate::plan::operators(&plan).into_iter().filter(|op| op["operator"] == "SortExec");
+        sorts.map(|op| op["actual"]["peak_reserved_bytes"].as_u64().unwrap()).max().unwrap_or_else(|| panic!("{plan:#}"))
+    };
+    let few_rows = sort_peak("SELECT k % 13 AS g, count(*) AS n FROM t GROUP BY k % 13 ORDER BY g");
+    assert!(few_rows < 1 << 20, "a sort of 13 rows reserved {few_rows} bytes");
+    let whole_table = sort_peak("SELECT s, id FROM t ORDER BY s, id");
+    assert!(whole_table >= 10 << 20, "a sort of the whole table reserved {whole_table} bytes");
+}
+
 /// A TopK whose rows cannot fit a quarter of the statement's memory (600 000 of them under an
 /// 8 MiB pool) runs as a sort that spills and a limit, with the unlimited answer; before, the
 /// TopK was refused and the query failed.

@@ -15,7 +15,7 @@ fn tables() -> Lakehouse {
 }
 
 /// The plan's operators, depth first, as `gobi plan --format json` printed them.
-fn operators(plan: &Value) -> Vec<&Value> {
+pub(crate) fn operators(plan: &Value) -> Vec<&Value> {
     let mut all = vec![plan];
     for child in plan["children"].as_array().unwrap() {
         all.extend(operators(child));

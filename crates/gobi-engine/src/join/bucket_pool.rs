@@ -32,15 +32,19 @@ impl BucketPool {
         Arc::new(Self { held: Mutex::new(Held { reservation, granted: 0 }) })
     }
 
-    /// Gives the statement back what was reserved beyond what the join was granted and
-    /// `unreserved`, memory it holds without asking (once its table is built: the reservation
-    /// covered the copy it concatenates the build into, and the batches are gone now).
+    /// Holds what the join was granted and `unreserved`, memory it holds or makes without
+    /// asking: gives the rest back (once its table is built: the reservation covered the copy
+    /// it concatenates the build into, and the batches are gone now), or asks the statement
+    /// for what is missing (before it makes its output at its end). Refused, that output is
+    /// made unreserved, as it was before it was asked for.
     pub(super) fn settle(&self, unreserved: usize) {
         let held = self.held.lock();
         let keep = held.granted.saturating_add(unreserved);
         let size = held.reservation.size();
         if size > keep {
             held.reservation.shrink(size - keep);
+        } else {
+            let _ = held.reservation.try_grow(keep - size);
         }
     }
 }
@@ -91,9 +95,10 @@ mod tests {
     use super::*;
 
     /// A held build reserved twice its data; once the join has its table, settling keeps what
-    /// the join was granted and what it holds without asking, and gives the rest back.
+    /// the join was granted and what it holds without asking, and gives the rest back; before
+    /// its output at its end, it asks for what that output will take.
     #[test]
-    fn settling_gives_back_all_but_what_the_join_was_granted_and_holds_unasked() {
+    fn settling_holds_what_the_join_was_granted_and_what_it_holds_unasked() {
         let statement: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1000));
         let held = MemoryConsumer::new("SpillingHashJoinBuild[0]").register(&statement);
         held.try_grow(600).unwrap();
@@ -108,5 +113,9 @@ mod tests {
         assert_eq!(statement.reserved(), 450, "past the held bytes, the statement is asked");
         pool.settle(0);
         assert_eq!(statement.reserved(), 450, "never below what was granted");
+        pool.settle(500);
+        assert_eq!(statement.reserved(), 950, "what it will make unasked, asked for");
+        pool.settle(600);
+        assert_eq!(statement.reserved(), 950, "refused: held as it was");
     }
 }

@@ -30,7 +30,7 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use super::bucket_pool::BucketPool;
 use super::buckets::{Bucket, Scatter, Scattered};
-use super::exec::JoinSpec;
+use super::exec::{JoinSpec, Unasked};
 use super::shared::{GatheredProbes, SharedBuild};
 
 /// Buckets of the first scatter, and of each re-split of a bucket too big to hold.
@@ -93,7 +93,7 @@ fn table_bytes(rows: usize) -> usize {
 
 /// The chain of equal hashes of DataFusion's join table for `rows` build rows (a `u32` per
 /// row), which the join holds without reserving it.
-fn hash_chain_bytes(rows: usize) -> usize {
+pub(super) fn hash_chain_bytes(rows: usize) -> usize {
     rows * size_of::<u32>()
 }
 
@@ -200,7 +200,7 @@ impl PartitionJoin {
         match self.hold_build(build, holders).await? {
             Holding::Fit(held, reservation) => {
                 let pool = BucketPool::new(reservation);
-                let probe = settling(probe, &pool, rows_of(&held));
+                let probe = settling(probe, &pool, self.spec.unasked(&held));
                 self.spec.in_memory(self.round_over(held), probe, pool, &self.ctx, self.spec.null_aware, false)
             }
             Holding::Outgrew(held, rest, reservation) => {
@@ -216,9 +216,9 @@ impl PartitionJoin {
     pub async fn read_shared_build(self: Arc<Self>, build: SendableRecordBatchStream, partitions: usize) -> Result<SharedBuild> {
         Ok(match self.hold_build(build, 1).await? {
             Holding::Fit(held, reservation) => {
-                let (pool, rows) = (BucketPool::new(reservation), rows_of(&held));
+                let (pool, unasked) = (BucketPool::new(reservation), self.spec.unasked(&held));
                 let join = self.spec.shared_in_memory(self.round_over(held), partitions, Arc::clone(&pool) as _, &self.ctx)?;
-                SharedBuild::Held { join, pool, rows }
+                SharedBuild::Held { join, pool, unasked }
             }
             Holding::Outgrew(held, rest, reservation) => {
                 SharedBuild::Scattered { builds: self.scatter_build_rows(held, rest, reservation).await?, probes: GatheredProbes::new(partitions) }
@@ -231,7 +231,7 @@ impl PartitionJoin {
     /// by the last partition to scatter its probe; the others output nothing.
     pub async fn run_shared(self: Arc<Self>, build: Arc<SharedBuild>, probe: SendableRecordBatchStream) -> Result<SendableRecordBatchStream> {
         match &*build {
-            SharedBuild::Held { join, pool, rows } => join.execute(self.partition, settling(probe, pool, *rows)),
+            SharedBuild::Held { join, pool, unasked } => join.execute(self.partition, settling(probe, pool, *unasked)),
             SharedBuild::Scattered { builds, probes } => {
                 let mine = self.scatter_probe_rows(probe).await?;
                 if self.spec.probe_rows_independent() {
@@ -334,7 +334,7 @@ impl PartitionJoin {
                 let reservation = self.holding_reservation();
                 if let Some(held) = self.hold(&build, &reservation).await? {
                     let pool = BucketPool::new(reservation);
-                    let probe = settling(probe.read(&self.probe_spill)?, &pool, rows_of(&held));
+                    let probe = settling(probe.read(&self.probe_spill)?, &pool, self.spec.unasked(&held));
                     return self.spec.in_memory(self.round_over(held), probe, pool, &self.ctx, false, false);
                 }
             }
@@ -514,24 +514,27 @@ impl Chunks {
     }
 }
 
-fn rows_of(batches: &[RecordBatch]) -> usize {
+pub(super) fn rows_of(batches: &[RecordBatch]) -> usize {
     batches.iter().map(RecordBatch::num_rows).sum()
 }
 
-/// The probe of DataFusion's join over a held build of `build_rows`, which settles the join's
-/// memory at its first poll: DataFusion reads the probe only once its table is built and its
-/// concatenated copy of the build has replaced the held batches, so from then on one copy is
-/// held, not the two that [`HeldCost`] reserved. What stays: what the join was granted, and the chain of equal hashes
-/// it holds without asking.
-fn settling(probe: SendableRecordBatchStream, pool: &Arc<BucketPool>, build_rows: usize) -> SendableRecordBatchStream {
-    let chain = hash_chain_bytes(build_rows);
-    let pool = Arc::clone(pool);
-    let settle = futures::stream::once(async move {
-        pool.settle(chain);
-        None
-    })
-    .filter_map(futures::future::ready);
-    Box::pin(RecordBatchStreamAdapter::new(probe.schema(), settle.chain(probe)))
+/// The probe of DataFusion's join over a held build, which settles the join's memory at its
+/// first poll: DataFusion reads the probe only once its table is built and its concatenated
+/// copy of the build has replaced the held batches, so from then on one copy is held, not the
+/// two that [`HeldCost`] reserved. What stays: what the join was granted and what it holds
+/// without asking while it probes; when the probe ends, what it makes without asking at its
+/// end is reserved too ([`JoinSpec::unasked`]).
+fn settling(probe: SendableRecordBatchStream, pool: &Arc<BucketPool>, unasked: Unasked) -> SendableRecordBatchStream {
+    let settle = |pool: Arc<BucketPool>, unreserved: usize| {
+        futures::stream::once(async move {
+            pool.settle(unreserved);
+            None
+        })
+        .filter_map(futures::future::ready)
+    };
+    let schema = probe.schema();
+    let settled = settle(Arc::clone(pool), unasked.probing).chain(probe).chain(settle(Arc::clone(pool), unasked.ending));
+    Box::pin(RecordBatchStreamAdapter::new(schema, settled))
 }
 
 /// Batches in memory as a stream that gives each one away (so the join's copy of them is

@@ -20,14 +20,14 @@ use datafusion::common::{internal_err, DataFusionError, Result};
 
 use super::bucket_pool::BucketPool;
 use super::buckets::Scattered;
-use super::exec::SharedJoin;
+use super::exec::{SharedJoin, Unasked};
 
 /// A shared build, read.
 pub(super) enum SharedBuild {
     /// It fit: DataFusion's join over it, one table for every probe partition, on `pool`
-    /// (which settles once the table is built, as `partition::settling` says); `rows`: the
-    /// build's.
-    Held { join: SharedJoin, pool: Arc<BucketPool>, rows: usize },
+    /// (which settles once the table is built, as `partition::settling` says, to what the join
+    /// was granted and `unasked`).
+    Held { join: SharedJoin, pool: Arc<BucketPool>, unasked: Unasked },
     /// It did not: its buckets, joined with the probe's (see the module's diagram).
     Scattered { builds: Scattered, probes: GatheredProbes },
 }

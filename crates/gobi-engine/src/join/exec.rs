@@ -414,3 +414,48 @@ impl ExecutionPlan for SpillingHashJoinExec {
         Some(self.metrics.clone_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{ArrayRef, Int64Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::physical_expr::expressions::Column;
+
+    use super::*;
+
+    fn spec(join_type: JoinType) -> JoinSpec {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let key = || Arc::new(Column::new("k", 0)) as Arc<dyn PhysicalExpr>;
+        JoinSpec {
+            left_schema: Arc::clone(&schema),
+            right_schema: Arc::clone(&schema),
+            schema,
+            on: vec![(key(), key())],
+            filter: None,
+            join_type,
+            projection: None,
+            null_equality: NullEquality::NullEqualsNothing,
+            null_aware: false,
+            holdable: 1 << 30,
+        }
+    }
+
+    /// Every join holds its chain of equal hashes unasked; the joins that output build rows
+    /// at their end also make that output unasked: the rows' indices and up to every build
+    /// row, counted once where batches share buffers.
+    #[test]
+    fn joins_that_output_build_rows_at_their_end_make_them_unasked() {
+        let batch = RecordBatch::try_from_iter([("k", Arc::new(Int64Array::from_iter_values(0..1000)) as ArrayRef)]).unwrap();
+        let held = [batch.clone(), batch.slice(0, 500)];
+        let chain = 1500 * size_of::<u32>();
+        for join_type in [JoinType::Inner, JoinType::Right, JoinType::RightSemi, JoinType::RightAnti, JoinType::RightMark] {
+            let unasked = spec(join_type).unasked(&held);
+            assert_eq!((unasked.probing, unasked.ending), (chain, chain), "{join_type}");
+        }
+        let output = 1500 * (size_of::<u64>() + size_of::<u32>()) + 1000 * size_of::<i64>();
+        for join_type in [JoinType::Left, JoinType::Full, JoinType::LeftSemi, JoinType::LeftAnti, JoinType::LeftMark] {
+            let unasked = spec(join_type).unasked(&held);
+            assert_eq!((unasked.probing, unasked.ending), (chain, chain + output), "{join_type}");
+        }
+    }
+}

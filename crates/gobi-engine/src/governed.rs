@@ -196,8 +196,7 @@ impl ExecutionPlan for ScopedExec {
         let peaks = [("peak_reserved", self.governed.node.peak()), ("peak_allocated", self.governed.allocated.peak())];
         let mut metrics = self.inner.metrics().unwrap_or_default();
         for (name, peak) in peaks.into_iter().filter(|(_, peak)| *peak > 0) {
-            let value = Arc::new(PeakBytes(AtomicUsize::new(peak)));
-            metrics.push(Arc::new(Metric::new(MetricValue::Custom { name: name.into(), value }, None)));
+            metrics.push(Arc::new(PeakBytes(AtomicUsize::new(peak))).metric(name));
         }
         metrics.push(Arc::new(Metric::new(MetricValue::Time { name: "elapsed_own".into(), time: self.governed.own_time.clone() }, None)));
         Some(metrics)
@@ -308,8 +307,20 @@ impl RecordBatchStream for ScopedStream {
 
 /// A peak in bytes, shown as the pools show sizes (`24KiB`, `1.5MiB`), where DataFusion's
 /// gauges print decimal-looking `KB`; partitions' peaks combine to the largest.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct PeakBytes(AtomicUsize);
+
+impl PeakBytes {
+    /// Raises the peak to `bytes`, if higher.
+    pub(crate) fn reached(&self, bytes: usize) {
+        self.0.fetch_max(bytes, Ordering::Relaxed);
+    }
+
+    /// This peak as a metric named `name`.
+    pub(crate) fn metric(self: &Arc<Self>, name: &'static str) -> Arc<Metric> {
+        Arc::new(Metric::new(MetricValue::Custom { name: name.into(), value: Arc::clone(self) as _ }, None))
+    }
+}
 
 impl fmt::Display for PeakBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -25,7 +25,8 @@
 //! times the row (an md5's 48 B beside an 8 B value). A sort whose input did not end within the
 //! quarter may well spill, and keeps the whole share.
 //!
-//! The wrapper is invisible in plans: it displays, downcasts and reports metrics as its sort.
+//! The wrapper is invisible in plans: it displays, downcasts and reports metrics as its sort,
+//! with one more: `merge_headroom`, the most a partition set aside.
 //! Not tracked: a batch the reservation refused while reading (the sort reserves it, or spills,
 //! as soon as it takes it).
 
@@ -49,6 +50,8 @@ use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ChildStats, DisplayAs, DisplayFormatType, ExecutionPlan, InputDistributionRequirements, PlanProperties, StatisticsArgs};
 use futures::{StreamExt, TryStreamExt};
+
+use crate::governed::PeakBytes;
 
 /// The least merge headroom a sort sets aside.
 pub(crate) const MIN_HEADROOM: usize = 64 << 10;
@@ -101,6 +104,8 @@ pub(crate) struct SortInBudget {
     /// The sort, reading its input from `handoff` through a [`PeekedInput`].
     sort: Arc<dyn ExecutionPlan>,
     handoff: Arc<Handoff>,
+    /// The most merge headroom a partition's sort set aside.
+    headroom: Arc<PeakBytes>,
 }
 
 impl SortInBudget {
@@ -109,7 +114,7 @@ impl SortInBudget {
         let handoff = Arc::new(Handoff::default());
         let peeked = Arc::new(PeekedInput { properties: Arc::clone(input.properties()), handoff: Arc::clone(&handoff) });
         let sort = sort.replace_children(vec![peeked], ReplaceChildrenOptions::new(mode))?;
-        Ok(Self { input, sort, handoff })
+        Ok(Self { input, sort, handoff, headroom: Arc::default() })
     }
 }
 
@@ -163,11 +168,12 @@ impl ExecutionPlan for SortInBudget {
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, Arc::clone(&context))?;
         let reservation = MemoryConsumer::new(format!("SortInput[{partition}]")).register(context.memory_pool());
-        let (sort, handoff) = (Arc::clone(&self.sort), Arc::clone(&self.handoff));
+        let (sort, handoff, most) = (Arc::clone(&self.sort), Arc::clone(&self.handoff), Arc::clone(&self.headroom));
         let sorted = futures::stream::once(async move {
             let share = context.session_config().options().execution.sort_spill_reservation_bytes;
             let start = Start::read(input, share / 4, reservation).await?;
             let headroom = start.headroom(share);
+            most.reached(headroom);
             handoff.put(partition, start.into_stream());
             sort.execute(partition, with_merge_headroom(&context, headroom))
         })
@@ -176,7 +182,9 @@ impl ExecutionPlan for SortInBudget {
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
-        self.sort.metrics()
+        let mut metrics = self.sort.metrics().unwrap_or_default();
+        metrics.push(self.headroom.metric("merge_headroom"));
+        Some(metrics)
     }
 
     fn statistics_from_inputs(&self, input_stats: &[Arc<Statistics>], args: &StatisticsArgs) -> Result<Arc<Statistics>> {

@@ -100,7 +100,7 @@ fn ten_sorts_at_once_and_a_top_k_over_a_group_by_finish_under_a_small_pool() {
 /// A sort sets its merge headroom aside by what it sorts (`sort.rs`): sorting a group-by's 13
 /// rows sets little aside where its share of a 1 GiB pool is 10 MiB (it held all 10 MiB
 /// before), and sorting the whole table (400 000 rows with md5 strings) still sets the share
-/// aside.
+/// aside; `EXPLAIN ANALYZE` shows each sort's `merge_headroom`.
 #[test]
 fn a_sort_sets_merge_headroom_aside_by_what_it_sorts() {
     let lh = wide_table();
@@ -110,10 +110,17 @@ fn a_sort_sets_merge_headroom_aside_by_what_it_sorts() {
         let sorts = crate::plan::operators(&plan).into_iter().filter(|op| op["operator"] == "SortExec");
         sorts.map(|op| op["actual"]["peak_reserved_bytes"].as_u64().unwrap()).max().unwrap_or_else(|| panic!("{plan:#}"))
     };
-    let few_rows = sort_peak("SELECT k % 13 AS g, count(*) AS n FROM t GROUP BY k % 13 ORDER BY g");
+    let (few, whole) = ("SELECT k % 13 AS g, count(*) AS n FROM t GROUP BY k % 13 ORDER BY g", "SELECT s, id FROM t ORDER BY s, id");
+    let few_rows = sort_peak(few);
     assert!(few_rows < 1 << 20, "a sort of 13 rows reserved {few_rows} bytes");
-    let whole_table = sort_peak("SELECT s, id FROM t ORDER BY s, id");
+    let whole_table = sort_peak(whole);
     assert!(whole_table >= 10 << 20, "a sort of the whole table reserved {whole_table} bytes");
+    // EXPLAIN ANALYZE shows what each sort set aside.
+    for (query, headroom) in [(few, "merge_headroom=64KiB"), (whole, "merge_headroom=10MiB")] {
+        let analyzed = gobi(&["--memory-query", "1GiB", "--memory-cache", "0B", "query", &format!("EXPLAIN ANALYZE {query}")], lh.path()).ok().stdout;
+        let sort_line = analyzed.lines().find(|l| l.contains("SortExec")).unwrap_or_else(|| panic!("{analyzed}"));
+        assert!(sort_line.contains(headroom), "{sort_line}");
+    }
 }
 
 /// A TopK whose rows cannot fit a quarter of the statement's memory (600 000 of them under an

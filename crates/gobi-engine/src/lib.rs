@@ -40,6 +40,7 @@ mod settings;
 mod sort;
 mod statements;
 mod stored_types;
+mod task_context;
 mod topk;
 mod variables;
 mod writes;

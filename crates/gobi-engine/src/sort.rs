@@ -200,16 +200,7 @@ impl ExecutionPlan for SortInBudget {
 fn with_merge_headroom(context: &TaskContext, headroom: usize) -> Arc<TaskContext> {
     let mut config = context.session_config().clone();
     set_merge_headroom(config.options_mut(), headroom);
-    Arc::new(TaskContext::new(
-        context.task_id(),
-        context.session_id(),
-        config,
-        context.scalar_functions().clone(),
-        context.higher_order_functions().clone(),
-        context.aggregate_functions().clone(),
-        context.window_functions().clone(),
-        context.runtime_env(),
-    ))
+    Arc::new(crate::task_context::copied(context).with_session_config(config))
 }
 
 /// The start of a sort's input, read before the sort starts.

@@ -165,16 +165,7 @@ impl JoinSpec {
 /// `ctx` with its memory from `pool`.
 fn pooled_context(ctx: &Arc<TaskContext>, pool: Arc<dyn MemoryPool>) -> Result<Arc<TaskContext>> {
     let runtime = RuntimeEnvBuilder::from_runtime_env(&ctx.runtime_env()).with_memory_pool(pool).build_arc()?;
-    Ok(Arc::new(TaskContext::new(
-        ctx.task_id(),
-        ctx.session_id(),
-        ctx.session_config().clone(),
-        ctx.scalar_functions().clone(),
-        ctx.higher_order_functions().clone(),
-        ctx.aggregate_functions().clone(),
-        ctx.window_functions().clone(),
-        runtime,
-    )))
+    Ok(Arc::new(crate::task_context::copied(ctx).with_runtime(runtime)))
 }
 
 /// DataFusion's join over a shared build that fit (see [`JoinSpec::shared_in_memory`]).

@@ -175,7 +175,8 @@ impl ExecutionPlan for SortInBudget {
             let headroom = start.headroom(share);
             most.reached(headroom);
             handoff.put(partition, start.into_stream());
-            sort.execute(partition, with_merge_headroom(&context, headroom))
+            // A sort that fails to start leaves its input (and what was read) to no one.
+            sort.execute(partition, with_merge_headroom(&context, headroom)).inspect_err(|_| drop(handoff.take(partition)))
         })
         .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema(), sorted)))

@@ -35,10 +35,6 @@ use crate::writes::{batch_output, commit_properties, commit_timestamp, writable_
 /// Files under this share of OPTIMIZE's target size count as small in DESCRIBE DETAIL.
 const SMALL_FILE_SHARE: u64 = 4;
 
-/// The interval between checkpoints of the tables gobi creates, as Spark's Delta default:
-/// opening a table reads its last checkpoint and at most this many JSON commits.
-pub const CHECKPOINT_INTERVAL: &str = "10";
-
 pub async fn optimize(state: &SessionState, schema: &LakehouseSchema, name: &str, zorder: &[String]) -> Result<Written> {
     // Before the snapshot it compacts is read: no other OPTIMIZE, DELETE or UPDATE meanwhile.
     let _lock = schema.lakehouse().lock_table(name, true).await?;

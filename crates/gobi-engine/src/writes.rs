@@ -54,9 +54,13 @@ impl Written {
     }
 }
 
+/// The interval between checkpoints of the tables gobi creates, as Spark's Delta default:
+/// opening a table reads its last checkpoint and at most this many JSON commits.
+const CHECKPOINT_INTERVAL: &str = "10";
+
 /// The configuration of every table gobi creates, its logs included: a checkpoint every
 /// `CHECKPOINT_INTERVAL` commits, in the table property other Delta writers honour too.
-pub(crate) const CREATED_TABLE_CONFIGURATION: [(&str, Option<&str>); 1] = [("delta.checkpointInterval", Some(crate::maintenance::CHECKPOINT_INTERVAL))];
+pub(crate) const CREATED_TABLE_CONFIGURATION: [(&str, Option<&str>); 1] = [("delta.checkpointInterval", Some(CHECKPOINT_INTERVAL))];
 
 pub async fn create_table(state: &SessionState, schema: &LakehouseSchema, create: &CreateMemoryTable) -> Result<Written> {
     let name = create.name.table();

@@ -24,6 +24,7 @@ mod buckets;
 mod exec;
 mod partition;
 mod shared;
+mod spec;
 
 use std::sync::Arc;
 
@@ -36,8 +37,9 @@ use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, StatisticsArgs, StatisticsContext};
 use gobi_memory::ByteSize;
 
+use exec::Layout;
 pub use exec::SpillingHashJoinExec;
-use exec::{JoinSpec, Layout};
+use spec::JoinSpec;
 
 /// How far an inexact estimate (after a filter, an aggregate, another join) is trusted: such a
 /// build keeps DataFusion's join only if it would still fit its share when 128 times the

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{new_null_array, ArrayRef, RecordBatch};
 use datafusion::arrow::compute::{filter_record_batch, is_not_null};
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::common::utils::memory::{estimate_memory_size, RecordBatchMemoryCounter};
+use datafusion::common::utils::memory::RecordBatchMemoryCounter;
 use datafusion::common::{DataFusionError, JoinType, Result};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -30,8 +30,8 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use super::bucket_pool::BucketPool;
 use super::buckets::{Bucket, Scatter, Scattered};
-use super::exec::{JoinSpec, Unasked};
 use super::shared::{GatheredProbes, SharedBuild};
+use super::spec::{table_bytes, JoinSpec, Unasked};
 
 /// Buckets of the first scatter, and of each re-split of a bucket too big to hold.
 const FIRST_FANOUT: usize = 16;
@@ -81,20 +81,6 @@ impl HeldCost {
     fn projected(&self) -> usize {
         (2 * self.bytes).saturating_add(table_bytes(self.rows))
     }
-}
-
-/// DataFusion's join table for `rows` build rows: the hash map as DataFusion estimates it
-/// (`estimate_memory_size::<(u32, u64)>`: its buckets, rounded up to a power of two), the
-/// chain of equal hashes (a `u32` per row, which it does not reserve) and the visited-rows
-/// bitmap.
-fn table_bytes(rows: usize) -> usize {
-    estimate_memory_size::<(u32, u64)>(rows, 0).unwrap_or(usize::MAX).saturating_add(hash_chain_bytes(rows) + rows.div_ceil(8))
-}
-
-/// The chain of equal hashes of DataFusion's join table for `rows` build rows (a `u32` per
-/// row), which the join holds without reserving it.
-pub(super) fn hash_chain_bytes(rows: usize) -> usize {
-    rows * size_of::<u32>()
 }
 
 /// The join's own metrics, beside the spill metrics (`spill_count`, `spilled_bytes`,
@@ -512,10 +498,6 @@ impl Chunks {
         }
         Ok((!held.is_empty()).then_some((held, reservation)))
     }
-}
-
-pub(super) fn rows_of(batches: &[RecordBatch]) -> usize {
-    batches.iter().map(RecordBatch::num_rows).sum()
 }
 
 /// The probe of DataFusion's join over a held build, which settles the join's memory at its

@@ -20,7 +20,7 @@ use datafusion::common::{internal_err, DataFusionError, Result};
 
 use super::bucket_pool::BucketPool;
 use super::buckets::Scattered;
-use super::exec::{SharedJoin, Unasked};
+use super::spec::{SharedJoin, Unasked};
 
 /// A shared build, read.
 pub(super) enum SharedBuild {

@@ -33,7 +33,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -50,6 +50,7 @@ use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ChildStats, DisplayAs, DisplayFormatType, ExecutionPlan, InputDistributionRequirements, PlanProperties, StatisticsArgs};
 use futures::{StreamExt, TryStreamExt};
+use parking_lot::Mutex;
 
 use crate::governed::PeakBytes;
 
@@ -207,7 +208,8 @@ fn with_merge_headroom(context: &TaskContext, headroom: usize) -> Arc<TaskContex
 /// The start of a sort's input, read before the sort starts.
 struct Start {
     schema: SchemaRef,
-    batches: Vec<RecordBatch>,
+    /// Each batch read and what the reservation holds for it (0 for the one it refused).
+    batches: Vec<(RecordBatch, usize)>,
     bytes: usize,
     /// What is left of the input; `None` when it ended.
     rest: Option<SendableRecordBatchStream>,
@@ -228,7 +230,7 @@ impl Start {
             let size = batch.get_array_memory_size();
             let reserved = reservation.try_grow(size).is_ok();
             bytes += size;
-            batches.push(batch);
+            batches.push((batch, if reserved { size } else { 0 }));
             if !reserved {
                 break;
             }
@@ -247,9 +249,8 @@ impl Start {
     /// The batches read, each let go of as the sort takes it, then the rest of the input.
     fn into_stream(self) -> SendableRecordBatchStream {
         let Start { schema, batches, rest, reservation, .. } = self;
-        let read = futures::stream::iter(batches).map(move |batch| {
-            // The last batch read may be the one the reservation refused.
-            reservation.shrink(batch.get_array_memory_size().min(reservation.size()));
+        let read = futures::stream::iter(batches).map(move |(batch, reserved)| {
+            reservation.shrink(reserved);
             Ok(batch)
         });
         Box::pin(RecordBatchStreamAdapter::new(schema, read.chain(futures::stream::iter(rest).flatten())))
@@ -262,11 +263,11 @@ struct Handoff(Mutex<HashMap<usize, SendableRecordBatchStream>>);
 
 impl Handoff {
     fn put(&self, partition: usize, input: SendableRecordBatchStream) {
-        self.0.lock().expect("no panic while holding the handoff").insert(partition, input);
+        self.0.lock().insert(partition, input);
     }
 
     fn take(&self, partition: usize) -> Option<SendableRecordBatchStream> {
-        self.0.lock().expect("no panic while holding the handoff").remove(&partition)
+        self.0.lock().remove(&partition)
     }
 }
 

@@ -79,8 +79,7 @@ impl JoinSpec {
     /// beside what it reserves (its batches and map).
     pub fn unasked(&self, held: &[RecordBatch]) -> Unasked {
         let rows = rows_of(held);
-        let build_rows_at_end = matches!(self.join_type, JoinType::Left | JoinType::Full | JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark);
-        let output = match build_rows_at_end {
+        let output = match self.outputs_build_rows_at_end() {
             true => {
                 let mut counted = RecordBatchMemoryCounter::default();
                 rows * (size_of::<u64>() + size_of::<u32>()) + held.iter().map(|batch| counted.count_batch(batch)).sum::<usize>()
@@ -95,7 +94,13 @@ impl JoinSpec {
     /// when that build is in buckets. (The other joins output build rows by what no probe row
     /// of any partition matched: their buckets are joined once, over every partition's probe.)
     pub fn probe_rows_independent(&self) -> bool {
-        matches!(self.join_type, JoinType::Inner | JoinType::Right | JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark) && !self.null_aware
+        !self.outputs_build_rows_at_end() && !self.null_aware
+    }
+
+    /// Whether the join outputs build rows after its whole probe, by what the probe matched or
+    /// did not (left, full, left semi, anti and mark joins).
+    fn outputs_build_rows_at_end(&self) -> bool {
+        matches!(self.join_type, JoinType::Left | JoinType::Full | JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark)
     }
 
     /// DataFusion's in-memory hash join of `left` and `right` (streams of the two inputs'

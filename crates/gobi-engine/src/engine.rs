@@ -261,6 +261,12 @@ impl Engine {
         self.deliberate_leaks.lock().push(leak);
     }
 
+    /// How long a statement waits for others to give memory back (`memory.admission_wait`):
+    /// to start, and when a scan is short.
+    pub(crate) fn admission_wait(&self) -> Duration {
+        *self.admission_wait.lock()
+    }
+
     /// Admission: while the query pool is under critical pressure, a new statement waits (up
     /// to `memory.admission_wait`) for running ones to give memory back rather than fail at
     /// once.
@@ -284,7 +290,7 @@ impl Engine {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let wait = *self.admission_wait.lock();
+        let wait = self.admission_wait();
         let admitted = memory.wait_for_pressure_below(PoolKind::Query, Pressure::Critical, wait).await;
         let waited = started.elapsed();
         if !admitted {

@@ -114,7 +114,7 @@ impl Statement {
             }
             rules.push(Arc::new(TopKInBudget::new(self.scope.limit())));
             rules.push(Arc::new(SortsInBudget));
-            rules.push(Arc::new(ReservedScans::new(runtime, self.scope.holdable())));
+            rules.push(Arc::new(ReservedScans::new(runtime, Arc::clone(&self.scope), self.engine.admission_wait())));
             rules.push(Arc::new(Govern { scope: Arc::clone(&self.scope), progress: self.progress.clone(), stop: self.stop.clone() }));
             builder = builder.with_physical_optimizer_rules(rules);
         }

@@ -24,10 +24,15 @@
 //! statement's room only while half of what it can hold (with what it may borrow from the
 //! cache pool) stays free for the operators that come later (a sort's merge, a held join
 //! build, and the spilling operators' shares: with three quarters for scans, ten sorts at once
-//! under a 4 MiB pool were now and then refused one batch); past that, or when the pool
-//! refuses, it reads the row group unreserved, as every scan did before scans reserved (it
-//! shows as untracked memory). Failing the statement there made queries fail that finished
-//! before (ARCHITECTURE.md, "Not yet true").
+//! under a 4 MiB pool were now and then refused one batch). When the pool refuses, the
+//! statement's spillable operators are made to spill first (`QueryMemory`'s wait for room);
+//! still short while other statements hold the room, the scan waits for them (up to
+//! `memory.admission_wait`) and fails the query cleanly if it does not come. Past the half, or
+//! refused while its own statement holds the room, it reads the row group unreserved, as every
+//! scan did before scans reserved (it shows as untracked memory): waiting there could wait on
+//! itself (a sort merging in memory, a held join build, give room back only once they finish,
+//! and they may need this scan's rows), and failing made queries fail that finished before
+//! (ARCHITECTURE.md, "Not yet true").
 //!
 //! Not reserved here: footers and page indexes, read whole by the inner factory and kept in the
 //! footer cache, reserved from the cache pool (`footer_cache.rs`); one the cache has no room
@@ -38,11 +43,12 @@
 use std::fmt;
 use std::ops::Range;
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
-use datafusion::common::Result;
+use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::parquet::{DefaultParquetFileReaderFactory, ParquetFileReaderFactory};
 use datafusion::datasource::physical_plan::ParquetSource;
@@ -54,29 +60,34 @@ use datafusion::object_store::local::LocalFileSystem;
 use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::basic::Type as PhysicalType;
+use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::metadata::{ColumnChunkMetaData, ParquetMetaData};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use gobi_memory::{ByteSize, OtherStatements, QueryMemory};
 use memmap2::Mmap;
+
+use crate::settings;
 
 /// The physical optimizer rule that makes every Parquet scan read through a
 /// [`ReservedReaderFactory`] reserving from the statement's pool.
 pub(crate) struct ReservedScans {
     runtime: Arc<RuntimeEnv>,
-    /// The most the statement could hold at once (`QueryMemory::holdable`: with what it may
-    /// borrow from the cache pool).
-    holdable: usize,
+    statement: Arc<QueryMemory>,
+    /// How long a scan waits for other statements to give back the room it lacks
+    /// (`memory.admission_wait`).
+    wait: Duration,
 }
 
 impl ReservedScans {
-    /// Scans planned with this rule reserve from `runtime`'s memory pool, of which the
-    /// statement can hold `holdable` bytes, and, when their source brings no reader factory,
-    /// read through `runtime`'s object stores.
-    pub(crate) fn new(runtime: Arc<RuntimeEnv>, holdable: usize) -> Self {
-        ReservedScans { runtime, holdable }
+    /// Scans planned with this rule reserve from `statement` (`runtime`'s memory pool), wait
+    /// up to `wait` for other statements when they hold the room, and, when their source brings
+    /// no reader factory, read through `runtime`'s object stores.
+    pub(crate) fn new(runtime: Arc<RuntimeEnv>, statement: Arc<QueryMemory>, wait: Duration) -> Self {
+        ReservedScans { runtime, statement, wait }
     }
 }
 
@@ -99,8 +110,9 @@ impl PhysicalOptimizerRule for ReservedScans {
             let factory = ReservedReaderFactory {
                 inner,
                 local: scan.object_store_url == ObjectStoreUrl::local_filesystem(),
-                pool: Arc::clone(&self.runtime.memory_pool),
-                reserved_up_to: self.holdable / 2,
+                statement: Arc::clone(&self.statement),
+                wait: self.wait,
+                reserved_up_to: self.statement.holdable() / 2,
                 batch_size,
                 metadata: Arc::default(),
             };
@@ -126,7 +138,8 @@ struct ReservedReaderFactory {
     inner: Arc<dyn ParquetFileReaderFactory>,
     /// Whether the scan's files are on the local file system (read mapped).
     local: bool,
-    pool: Arc<dyn MemoryPool>,
+    statement: Arc<QueryMemory>,
+    wait: Duration,
     /// What the statement may hold, its scans included, before a scan reads a row group
     /// unreserved: half of what it can hold.
     reserved_up_to: usize,
@@ -159,12 +172,14 @@ impl ParquetFileReaderFactory for ReservedReaderFactory {
             false => None,
         };
         let inner = self.inner.create_reader(partition_index, file, metadata_size_hint, metrics)?;
-        let reservation = MemoryConsumer::new(format!("ParquetScan[{partition_index}]")).register(&self.pool);
+        let pool: Arc<dyn MemoryPool> = Arc::clone(&self.statement) as _;
+        let reservation = MemoryConsumer::new(format!("ParquetScan[{partition_index}]")).register(&pool);
         Ok(Box::new(ReservedReader {
             inner,
             mapped,
             reservation,
-            pool: Arc::clone(&self.pool),
+            statement: Arc::clone(&self.statement),
+            wait: self.wait,
             reserved_up_to: self.reserved_up_to,
             path,
             files: Arc::clone(&self.metadata),
@@ -180,8 +195,9 @@ struct ReservedReader {
     /// The file on the local disk, whose column chunks are read mapped, not through `inner`.
     mapped: Option<MappedFile>,
     reservation: MemoryReservation,
-    /// The statement's pool, for the room its other holders leave.
-    pool: Arc<dyn MemoryPool>,
+    /// The statement, for the room its other holders leave and to wait for other statements.
+    statement: Arc<QueryMemory>,
+    wait: Duration,
     reserved_up_to: usize,
     path: String,
     /// The scan's files' metadata, where this file's is once this reader or another of the
@@ -386,6 +402,41 @@ impl AsRef<[u8]> for MappedRange {
     }
 }
 
+impl ReservedReader {
+    /// Reserves `cost` for the row group, whether it could: the pool is asked (the statement's
+    /// spillable consumers spill for it), and while other statements hold the room it lacks,
+    /// the scan waits for them, up to `wait`. Refused with its own statement holding the room,
+    /// it is not reserved; still refused after the wait, the query fails.
+    async fn reserve(&mut self, cost: usize) -> datafusion::parquet::errors::Result<bool> {
+        let mut deadline = None;
+        loop {
+            let Err(refused) = self.reservation.try_resize(cost) else { return Ok(true) };
+            let more = cost.saturating_sub(self.reservation.size());
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.wait);
+            let left = deadline.saturating_duration_since(Instant::now());
+            let name = self.reservation.consumer().name().to_string();
+            match self.statement.wait_for_other_statements(&name, more, left).await {
+                OtherStatements::GaveRoom => continue,
+                OtherStatements::NotTheirs => return Ok(false),
+                OtherStatements::HeldOn => {
+                    let refused = match refused {
+                        DataFusionError::ResourcesExhausted(message) => message,
+                        other => other.to_string(),
+                    };
+                    let waited = format!(
+                        "{name} (query {}) waited {} for other statements to give the query pool back {}; they held on \
+                         (SET memory.admission_wait to wait longer). {refused}",
+                        self.statement.id(),
+                        settings::format_duration(self.wait),
+                        ByteSize(more as u64),
+                    );
+                    return Err(ParquetError::External(Box::new(DataFusionError::ResourcesExhausted(waited))));
+                }
+            }
+        }
+    }
+}
+
 impl AsyncFileReader for ReservedReader {
     /// Single reads are the footer's and the page index's (see the module's "not reserved here").
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, datafusion::parquet::errors::Result<Bytes>> {
@@ -396,8 +447,8 @@ impl AsyncFileReader for ReservedReader {
         let mapped = self.mapped.as_mut().and_then(|file| file.ranges(&ranges).ok());
         let cost = self.cost(&ranges, mapped.as_ref().and(self.mapped.as_ref()).and_then(MappedFile::contents));
         async move {
-            let others = self.pool.reserved().saturating_sub(self.reservation.size());
-            if others + cost > self.reserved_up_to || self.reservation.try_resize(cost).is_err() {
+            let others = self.statement.reserved_bytes().saturating_sub(self.reservation.size());
+            if others + cost > self.reserved_up_to || !self.reserve(cost).await? {
                 // Unreserved (see the module's doc).
                 self.reservation.free();
             }
@@ -424,11 +475,11 @@ impl AsyncFileReader for ReservedReader {
 
 #[cfg(test)]
 mod tests {
-    use datafusion::execution::memory_pool::GreedyMemoryPool;
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
     use datafusion::execution::session_state::SessionStateBuilder;
     use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
     use futures::StreamExt;
+    use gobi_memory::{MemoryManager, PoolLimits, StatementLimits};
 
     use super::*;
 
@@ -445,13 +496,15 @@ mod tests {
             );
             writer.sql(&sql).await.unwrap().collect().await.unwrap();
         }
-        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(pool_size));
+        let limits = PoolLimits { query: ByteSize(pool_size as u64), cache: ByteSize(0), temp: ByteSize(0) };
+        let statement = MemoryManager::new(limits).begin_query("scan", StatementLimits::default());
+        let pool: Arc<dyn MemoryPool> = Arc::clone(&statement) as _;
         let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::clone(&pool)).build_arc().unwrap();
         let state = SessionStateBuilder::new()
             .with_default_features()
             .with_config(SessionConfig::new().with_target_partitions(1).with_batch_size(4096))
             .with_runtime_env(Arc::clone(&runtime))
-            .with_physical_optimizer_rule(Arc::new(ReservedScans::new(runtime, pool_size)))
+            .with_physical_optimizer_rule(Arc::new(ReservedScans::new(runtime, statement, Duration::ZERO)))
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_parquet("t", file.to_str().unwrap(), ParquetReadOptions::default()).await.unwrap();

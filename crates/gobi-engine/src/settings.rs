@@ -124,7 +124,7 @@ pub const SETTINGS: &[Setting] = &[
         owner: Owner::Engine,
         kind: Kind::Duration,
         default: "10s",
-        doc: "How long a new statement waits while the query pool is under critical pressure before it is refused.",
+        doc: "How long a new statement waits while the query pool is under critical pressure, and a scan for room other statements hold, before it is refused.",
     },
     Setting {
         section: "memory",

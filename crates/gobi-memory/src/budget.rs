@@ -118,6 +118,8 @@ pub(crate) struct Budget {
     /// Registered consumers that can spill, over all statements: they share what the
     /// unspillable ones leave of the query pool.
     spillable: AtomicUsize,
+    /// What statements' consumers hold, by whether they can spill.
+    spillable_reserved: AtomicUsize,
     unspillable_reserved: AtomicUsize,
     /// What refused requests that cannot spill wait for: the shares leave it out, so the next
     /// growth of a spillable consumer holding it spills and gives it back.
@@ -194,6 +196,7 @@ impl Budget {
                 Pool::new(PoolKind::Temp, bytes(limits.temp)),
             ],
             spillable: AtomicUsize::new(0),
+            spillable_reserved: AtomicUsize::new(0),
             unspillable_reserved: AtomicUsize::new(0),
             wanted: AtomicUsize::new(0),
             fault_probability: AtomicU64::new(0f64.to_bits()),
@@ -239,9 +242,11 @@ impl Budget {
         self.elastic_limit().saturating_sub(unspillable) / self.spillable.load(Ordering::Acquire).max(1)
     }
 
-    /// What spillable consumers hold of the query pool: room they give back when they spill.
+    /// What spillable consumers hold: room they give back when they spill. (Not the query
+    /// pool less the unspillable: the pool also holds what no statement's consumer does, such
+    /// as the cache's borrowed room.)
     pub(crate) fn spillable_held(&self) -> usize {
-        self.pool(PoolKind::Query).reserved().saturating_sub(self.unspillable_reserved.load(Ordering::Acquire))
+        self.spillable_reserved.load(Ordering::Acquire)
     }
 
     /// Runs `wait` with `bytes` left out of the spillable consumers' shares.
@@ -269,14 +274,22 @@ impl Budget {
         self.spillable.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Bytes granted to a consumer that cannot spill.
-    pub(crate) fn unspillable_granted(&self, bytes: usize) {
-        self.unspillable_reserved.fetch_add(bytes, Ordering::AcqRel);
+    /// Bytes granted to a statement's consumer, which can spill or not.
+    pub(crate) fn consumer_granted(&self, can_spill: bool, bytes: usize) {
+        self.held_by(can_spill).fetch_add(bytes, Ordering::AcqRel);
     }
 
-    /// Bytes a consumer that cannot spill gave back.
-    pub(crate) fn unspillable_released(&self, bytes: usize) {
-        self.unspillable_reserved.fetch_sub(bytes, Ordering::AcqRel);
+    /// Bytes a statement's consumer gave back.
+    pub(crate) fn consumer_released(&self, can_spill: bool, bytes: usize) {
+        self.held_by(can_spill).fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    fn held_by(&self, can_spill: bool) -> &AtomicUsize {
+        if can_spill {
+            &self.spillable_reserved
+        } else {
+            &self.unspillable_reserved
+        }
     }
 
     // Elastic borrowing.
@@ -532,9 +545,12 @@ mod tests {
         assert_eq!(budget.spill_share(), 1200, "query and cache pools, no one to share with");
         budget.spillable_registered();
         budget.spillable_registered();
-        budget.unspillable_granted(400);
+        budget.consumer_granted(false, 400);
+        budget.consumer_granted(true, 300);
         assert_eq!(budget.spill_share(), 400);
-        budget.unspillable_released(400);
+        assert_eq!(budget.spillable_held(), 300);
+        budget.consumer_released(false, 400);
+        budget.consumer_released(true, 300);
         budget.spillable_unregistered();
         assert_eq!(budget.spill_share(), 1200);
     }

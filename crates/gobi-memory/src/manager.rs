@@ -206,7 +206,8 @@ impl MemoryManager {
         self.budget.fault_probability()
     }
 
-    /// How many new statements wait for the query pool's pressure to fall (admission).
+    /// How many tasks wait for the query pool to give room back: new statements (admission),
+    /// and scans short of room other statements hold.
     pub fn admission_waiters(&self) -> usize {
         self.pool(PoolKind::Query).waiting()
     }

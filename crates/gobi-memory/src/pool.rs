@@ -94,15 +94,16 @@ impl Pressure {
     }
 }
 
-/// What to give back of `headroom` bytes held beyond a reservation's need: nothing below two
-/// blocks, else all but one block (and the odd bytes), so a reservation that shrinks and grows
-/// around a block boundary does not go back to the pool each time.
-pub(crate) fn surplus(headroom: isize, block: usize) -> usize {
+/// What to give back of `headroom` bytes held beyond a reservation's need, keeping `keep`
+/// (one block, or a consumer's lead): nothing below `keep` and a block more, else whole blocks
+/// down to `keep` (and the odd bytes), so a reservation that shrinks and grows around a block
+/// boundary does not go back to the pool each time.
+pub(crate) fn surplus(headroom: isize, keep: usize, block: usize) -> usize {
     let headroom = headroom.max(0) as usize;
-    if headroom < 2 * block {
+    if headroom < keep + block {
         0
     } else {
-        (headroom / block - 1) * block
+        (headroom - keep) / block * block
     }
 }
 
@@ -187,7 +188,7 @@ impl Pool {
     /// there), at most `timeout`; whether it is. Woken by releases, never polls. Needs a Tokio
     /// runtime with its timer.
     pub async fn wait_for_pressure_below(&self, level: Pressure, timeout: Duration) -> bool {
-        self.waiters.until(|| self.pressure() < level, timeout).await
+        self.until(|| self.pressure() < level, timeout).await
     }
 
     /// Reserves `bytes` if the pool has room; otherwise returns the bytes still available.
@@ -241,6 +242,12 @@ impl Pool {
         self.waiters.wake();
     }
 
+    /// Waits until `ready()` holds, checked again after every release of this pool; at most
+    /// `timeout`. Whether it holds. Needs a Tokio runtime with its timer.
+    pub(crate) async fn until(&self, ready: impl Fn() -> bool, timeout: Duration) -> bool {
+        self.waiters.until(ready, timeout).await
+    }
+
     /// Blocks this thread until `ready()` holds (a refused request was granted), checked again
     /// after every release of this pool; at most `timeout`. Whether it holds.
     pub(crate) fn block_until(&self, ready: impl FnMut() -> bool, timeout: Duration) -> bool {
@@ -277,11 +284,13 @@ mod tests {
     use crate::wait::once_waiting;
 
     #[test]
-    fn surplus_keeps_one_spare_block() {
-        assert_eq!(surplus(-5, 1024), 0);
-        assert_eq!(surplus(2047, 1024), 0);
-        assert_eq!(surplus(2048, 1024), 1024);
-        assert_eq!(surplus(5000, 1024), 3072, "keeps 1024 + 904");
+    fn surplus_keeps_what_it_is_told_and_a_spare_block_at_most() {
+        assert_eq!(surplus(-5, 1024, 1024), 0);
+        assert_eq!(surplus(2047, 1024, 1024), 0);
+        assert_eq!(surplus(2048, 1024, 1024), 1024);
+        assert_eq!(surplus(5000, 1024, 1024), 3072, "keeps 1024 + 904");
+        assert_eq!(surplus(5000, 3000, 1024), 1024, "keeps 3000 + 976");
+        assert_eq!(surplus(3999, 3000, 1024), 0);
     }
 
     #[test]

@@ -89,7 +89,7 @@ impl Reservation {
     /// Shrinks by `bytes`, giving spare blocks back (all of them once nothing is held).
     pub fn shrink(&mut self, bytes: usize) {
         self.bytes -= bytes;
-        let spare = if self.bytes == 0 { self.granted } else { surplus((self.granted - self.bytes) as isize, self.kind.block()) };
+        let spare = if self.bytes == 0 { self.granted } else { surplus((self.granted - self.bytes) as isize, self.kind.block(), self.kind.block()) };
         self.budget.pool(self.kind).release(spare);
         self.granted -= spare;
         self.kept.show(self.granted);

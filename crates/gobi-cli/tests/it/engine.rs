@@ -7,16 +7,10 @@ use std::time::{Duration, Instant};
 use gobi_engine::{Collected, Engine, Session, SETTINGS};
 use gobi_memory::PoolKind;
 
-use crate::support::{gobi, gobi_piped, wait_sampling_anonymous, Lakehouse};
+use crate::support::{gobi, gobi_piped, strings, wait_sampling_anonymous, Lakehouse};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
-
-/// The rows of a one-column result as strings.
-fn strings(output: &Collected) -> Vec<String> {
-    let Collected::Rows { batches, .. } = output else { panic!("no rows: {output:?}") };
-    batches.iter().flat_map(|b| (0..b.num_rows()).map(move |row| datafusion::arrow::util::display::array_value_to_string(b.column(0), row).unwrap())).collect()
 }
 
 /// A setting's value as `SHOW memory.name` gives it.

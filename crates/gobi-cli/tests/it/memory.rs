@@ -661,6 +661,59 @@ fn under_critical_pressure_a_new_query_waits_for_memory() {
     }
 }
 
+/// A scan short of a row group's room while another statement holds it (here: a reservation
+/// in the query pool, as a running query's hash table) waits for it rather than reading
+/// unreserved; it reads once the room comes back, and if it does not come back within
+/// `memory.admission_wait`, the query fails with a memory error naming the wait. Both are
+/// events, and afterwards the pools read 0.
+#[test]
+fn a_scan_short_of_room_other_statements_hold_waits_for_them_or_fails_cleanly() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use gobi_engine::{ErrorKind, Session};
+    use gobi_memory::PoolKind;
+
+    let lh = wide_table();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let session = Arc::new(Session::open(gobi_engine::Lakehouse::open(lh.path()).unwrap()));
+    runtime.block_on(session.run_script("SET memory.query_pool = '4MiB'; SET memory.cache_pool = '0B'")).unwrap();
+    let memory = Arc::clone(session.engine().memory());
+    let query = "SELECT sum(length(s)) AS total FROM t";
+    // 3.5 of 4 MiB held: below critical pressure (the query is admitted), but less room than
+    // a row group's (about 1 MiB).
+    let hold = || memory.reserve(PoolKind::Query, 3584 << 10, "another statement's hash table").unwrap();
+
+    let other = hold();
+    let waiting = runtime.spawn({
+        let session = Arc::clone(&session);
+        async move { session.run_script(query).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while memory.pool(PoolKind::Query).waiting() == 0 {
+        assert!(Instant::now() < deadline && !waiting.is_finished(), "the scan should wait for the other statement");
+        std::thread::yield_now();
+    }
+    assert!(!waiting.is_finished(), "the scan waits while the other statement holds the room");
+    drop(other);
+    let outputs = runtime.block_on(waiting).unwrap().unwrap_or_else(|e| panic!("it reads once the room is back: {}", e.message));
+    let total = outputs.last().unwrap();
+    assert_eq!(crate::support::strings(total), ["12800000"], "400 000 md5 strings of 32 characters");
+
+    let other = hold();
+    let error = runtime.block_on(session.run_script(&format!("SET memory.admission_wait = '300ms'; {query}"))).unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Memory, "{}", error.message);
+    assert!(error.message.contains("ParquetScan") && error.message.contains("waited 0.3s for other statements"), "{}", error.message);
+    drop(other);
+    assert_eq!(memory.pool(PoolKind::Query).reserved(), 0, "the failed query gave its memory back");
+
+    for action in ["% waited %s for other statements to give back % and they gave it", "% waited %s for other statements to give back % and none came"] {
+        let events = runtime.block_on(session.run_script(&format!("SELECT * FROM gobi_memory_events() WHERE action LIKE '{action}'"))).unwrap();
+        let all = runtime.block_on(session.run_script("SELECT action FROM gobi_memory_events()")).unwrap();
+        assert!(events.last().unwrap().row_count() >= 1, "{action}: {:?}", crate::support::strings(all.last().unwrap()));
+    }
+}
+
 /// A query cancelled while it holds memory and spill files (as Ctrl-C in the REPL drops it)
 /// gives everything back: every pool reads 0, its spill files are removed, nothing is reported
 /// as leaked, and the session goes on.

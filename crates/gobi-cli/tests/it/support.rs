@@ -334,3 +334,9 @@ pub fn wait_sampling_anonymous(child: &mut std::process::Child) -> (std::process
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// The rows of a one-column result as strings.
+pub fn strings(output: &gobi_engine::Collected) -> Vec<String> {
+    let gobi_engine::Collected::Rows { batches, .. } = output else { panic!("no rows: {output:?}") };
+    batches.iter().flat_map(|b| (0..b.num_rows()).map(move |row| datafusion::arrow::util::display::array_value_to_string(b.column(0), row).unwrap())).collect()
+}

@@ -403,7 +403,7 @@ impl AsRef<[u8]> for MappedRange {
 }
 
 impl ReservedReader {
-    /// Reserves `cost` for the row group, whether it could: the pool is asked (the statement's
+    /// Reserves `cost` for the row group; whether it did. The pool is asked (the statement's
     /// spillable consumers spill for it), and while other statements hold the room it lacks,
     /// the scan waits for them, up to `wait`. Refused with its own statement holding the room,
     /// it is not reserved; still refused after the wait, the query fails.

@@ -29,7 +29,8 @@
 //! still short while other statements hold the room, the scan waits for them (up to
 //! `memory.admission_wait`) and fails the query cleanly if it does not come. Past the half, or
 //! refused while its own statement holds the room, it reads the row group unreserved, as every
-//! scan did before scans reserved (it shows as untracked memory): waiting there could wait on
+//! scan did before scans reserved (it shows as untracked memory, and the first such read of a
+//! scan is an event, with its reason, so it is never silent): waiting there could wait on
 //! itself (a sort merging in memory, a held join build, give room back only once they finish,
 //! and they may need this scan's rows), and failing made queries fail that finished before
 //! (ARCHITECTURE.md, "Not yet true").
@@ -42,6 +43,7 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -113,6 +115,7 @@ impl PhysicalOptimizerRule for ReservedScans {
                 statement: Arc::clone(&self.statement),
                 wait: self.wait,
                 reserved_up_to: self.statement.holdable() / 2,
+                read_unreserved: Arc::default(),
                 batch_size,
                 metadata: Arc::default(),
             };
@@ -143,6 +146,8 @@ struct ReservedReaderFactory {
     /// What the statement may hold, its scans included, before a scan reads a row group
     /// unreserved: half of what it can hold.
     reserved_up_to: usize,
+    /// Set once one of the scan's readers read a row group unreserved (an event says so once).
+    read_unreserved: Arc<AtomicBool>,
     /// Rows per decoded batch, for the decoded share of a fetch.
     batch_size: usize,
     /// Each file's metadata, once one of its readers has read it: DataFusion reads it with one
@@ -181,6 +186,7 @@ impl ParquetFileReaderFactory for ReservedReaderFactory {
             statement: Arc::clone(&self.statement),
             wait: self.wait,
             reserved_up_to: self.reserved_up_to,
+            read_unreserved: Arc::clone(&self.read_unreserved),
             path,
             files: Arc::clone(&self.metadata),
             batch_size: self.batch_size,
@@ -199,6 +205,7 @@ struct ReservedReader {
     statement: Arc<QueryMemory>,
     wait: Duration,
     reserved_up_to: usize,
+    read_unreserved: Arc<AtomicBool>,
     path: String,
     /// The scan's files' metadata, where this file's is once this reader or another of the
     /// scan's has read it: where each column chunk lies and what it decodes to.
@@ -448,9 +455,22 @@ impl AsyncFileReader for ReservedReader {
         let cost = self.cost(&ranges, mapped.as_ref().and(self.mapped.as_ref()).and_then(MappedFile::contents));
         async move {
             let others = self.statement.reserved_bytes().saturating_sub(self.reservation.size());
-            if others + cost > self.reserved_up_to || !self.reserve(cost).await? {
-                // Unreserved (see the module's doc).
+            let past_half = others + cost > self.reserved_up_to;
+            if past_half || !self.reserve(cost).await? {
+                // Unreserved (see the module's doc), and said so: never silently.
                 self.reservation.free();
+                if !self.read_unreserved.swap(true, Ordering::Relaxed) {
+                    let why = match past_half {
+                        true => "it would take more than half of what the statement can hold",
+                        false => "its own statement's operators hold the room",
+                    };
+                    self.statement.record_event(format!(
+                        "{} of query {} read a row group of {} unreserved: {why} (counted as untracked; said once per scan)",
+                        self.reservation.consumer().name(),
+                        self.statement.id(),
+                        ByteSize(cost as u64)
+                    ));
+                }
             }
             if let Some(mapped) = mapped {
                 return Ok(mapped);
@@ -483,9 +503,9 @@ mod tests {
 
     use super::*;
 
-    /// A context whose Parquet scans reserve from a `pool`-byte pool, with `t`: a file of
-    /// 200,000 rows in row groups of 50,000.
-    async fn context(dir: &std::path::Path, pool_size: usize) -> (SessionContext, Arc<dyn MemoryPool>) {
+    /// A context whose Parquet scans reserve from a statement of a `pool`-byte pool (and the
+    /// manager, for its events), with `t`: a file of 200,000 rows in row groups of 50,000.
+    async fn context(dir: &std::path::Path, pool_size: usize) -> (SessionContext, Arc<dyn MemoryPool>, Arc<MemoryManager>) {
         let file = dir.join("t.parquet");
         if !file.exists() {
             let writer = SessionContext::new();
@@ -497,7 +517,8 @@ mod tests {
             writer.sql(&sql).await.unwrap().collect().await.unwrap();
         }
         let limits = PoolLimits { query: ByteSize(pool_size as u64), cache: ByteSize(0), temp: ByteSize(0) };
-        let statement = MemoryManager::new(limits).begin_query("scan", StatementLimits::default());
+        let memory = MemoryManager::new(limits);
+        let statement = memory.begin_query("scan", StatementLimits::default());
         let pool: Arc<dyn MemoryPool> = Arc::clone(&statement) as _;
         let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::clone(&pool)).build_arc().unwrap();
         let state = SessionStateBuilder::new()
@@ -508,7 +529,7 @@ mod tests {
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_parquet("t", file.to_str().unwrap(), ParquetReadOptions::default()).await.unwrap();
-        (ctx, pool)
+        (ctx, pool, memory)
     }
 
     /// While a scan is inside a row group, what it fetched and what decoding it holds are
@@ -516,7 +537,7 @@ mod tests {
     #[tokio::test]
     async fn a_scan_holds_its_row_group_reserved_and_releases_it_at_the_end() {
         let dir = tempfile::tempdir().unwrap();
-        let (ctx, pool) = context(dir.path(), 1 << 30).await;
+        let (ctx, pool, _) = context(dir.path(), 1 << 30).await;
         let mut stream = ctx.sql("SELECT id, s FROM t").await.unwrap().execute_stream().await.unwrap();
         let first = stream.next().await.unwrap().unwrap();
         assert_eq!(first.num_rows(), 4096);
@@ -538,7 +559,7 @@ mod tests {
     #[tokio::test]
     async fn a_scan_with_a_predicate_reserves_what_its_rows_decode_to_as_well() {
         let dir = tempfile::tempdir().unwrap();
-        let (ctx, pool) = context(dir.path(), 1 << 30).await;
+        let (ctx, pool, _) = context(dir.path(), 1 << 30).await;
         let mut held = vec![];
         for query in ["SELECT id, s FROM t", "SELECT id, s FROM t WHERE id >= 0"] {
             let mut stream = ctx.sql(query).await.unwrap().execute_stream().await.unwrap();
@@ -577,11 +598,11 @@ mod tests {
     }
 
     /// A pool whose half is smaller than one row group's fetch: the scan reads it
-    /// unreserved and finishes, holding nothing of the pool.
+    /// unreserved and finishes, holding nothing of the pool, and an event says so once.
     #[tokio::test]
     async fn a_scan_refused_its_row_group_reads_it_unreserved() {
         let dir = tempfile::tempdir().unwrap();
-        let (ctx, pool) = context(dir.path(), 256 << 10).await;
+        let (ctx, pool, memory) = context(dir.path(), 256 << 10).await;
         let mut stream = ctx.sql("SELECT id, s FROM t").await.unwrap().execute_stream().await.unwrap();
         let mut rows = 0;
         while let Some(batch) = stream.next().await {
@@ -589,5 +610,8 @@ mod tests {
             assert_eq!(pool.reserved(), 0, "nothing reserved for a refused row group");
         }
         assert_eq!(rows, 200_000);
+        let said: Vec<_> = memory.take_events().into_iter().map(|e| e.action).filter(|a| a.contains("unreserved")).collect();
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].starts_with("ParquetScan[0] of query 1 read a row group of") && said[0].contains("more than half"), "{}", said[0]);
     }
 }

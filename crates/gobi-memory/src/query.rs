@@ -526,6 +526,12 @@ impl QueryMemory {
         outcome
     }
 
+    /// Records what happened to this statement's memory as a query-pool event
+    /// (`gobi_memory_events()`, `gobi memory pressure --history`).
+    pub fn record_event(&self, action: impl Into<String>) {
+        self.budget.record_event(PoolKind::Query, action, 0);
+    }
+
     pub fn started(&self) -> Instant {
         self.started
     }
@@ -755,9 +761,12 @@ impl QueryMemory {
         }
         if consumer.can_spill {
             let held = consumer.granted.load(Ordering::Acquire);
-            // Holding nothing, it has nothing to spill: only the pool's own limit applies.
+            // Holding nothing but the spare blocks a spill leaves it (less than two), it has
+            // nothing to spill: only the pool's own limit applies. (With a share below that, a
+            // sort that had just spilled was refused its next batch, and DataFusion fails a
+            // sort refused after a spill.)
             let share = match held {
-                0 => usize::MAX,
+                held if held < 2 * BLOCK => usize::MAX,
                 _ if consumer.spills_early => self.budget.spill_share() / 2,
                 _ => self.budget.spill_share(),
             };
@@ -1024,6 +1033,23 @@ mod tests {
         aggregate.try_grow(1 << 20).unwrap();
         aggregate.try_grow(512 << 10).unwrap();
         assert_eq!(pool.reserved() - before, (1 << 20) + (512 << 10) - BLOCK, "no lead under high pressure (its spare block went first)");
+    }
+
+    /// A spillable consumer that spilled keeps a spare block; with a fair share smaller than
+    /// that (many consumers), it still gets its next batch, as it would holding nothing.
+    #[test]
+    fn a_consumer_holding_only_its_spare_block_is_held_to_the_pool_not_its_share() {
+        let (budget, _, query) = statement(PoolLimits { query: ByteSize::mib(1), cache: ByteSize(0), ..PoolLimits::default() }, StatementLimits::default());
+        let others: Vec<_> = (0..200).map(|i| MemoryConsumer::new(format!("ExternalSorter[{i}]")).with_can_spill(true).register(&query)).collect();
+        assert!(budget.spill_share() < BLOCK, "a share of {} bytes", budget.spill_share());
+        let sorter = MemoryConsumer::new("ExternalSorter[200]").with_can_spill(true).register(&query);
+        sorter.try_grow(12 << 10).unwrap();
+        sorter.free();
+        assert_eq!(budget.pool(PoolKind::Query).reserved(), BLOCK, "one spare block kept after the spill");
+        sorter.try_grow(BLOCK).unwrap();
+        sorter.try_grow(BLOCK).unwrap();
+        sorter.try_grow(BLOCK).expect_err("holding two blocks, its share applies");
+        drop(others);
     }
 
     #[test]

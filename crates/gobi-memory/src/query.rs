@@ -14,10 +14,12 @@
 //!   consumer.headroom -= n  ── still ≥ 0 ──► done: one atomic on the consumer's own line
 //!        │ short
 //!        ▼
-//!   grant whole 8 KiB blocks: query limit? operator's fair share? query pool (else borrow
-//!   from the cache pool) ──► granted += blocks, headroom += blocks, statement/node counters
+//!   grant whole 8 KiB blocks (and a lead, for an operator that grows before it reserves):
+//!   query limit? operator's fair share? query pool (else borrow from the cache pool)
+//!   ──► granted += blocks, headroom += blocks, statement/node counters
 //!
-//!   shrink(n): headroom += n; two spare blocks or more ──► give all but one back
+//!   shrink(n): headroom += n; a block past what it keeps (one block, or its lead) ──► give
+//!   the rest back
 //!   reserved and registered consumers reach 0 ──► wake who waits for the statement (wait_released)
 //! ```
 //!

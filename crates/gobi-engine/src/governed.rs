@@ -56,7 +56,8 @@ pub fn scoped(plan: Arc<dyn ExecutionPlan>, query: &Arc<QueryMemory>, stop: &Sto
 /// `reader`: the node that reads this one's batches.
 fn wrap(plan: Arc<dyn ExecutionPlan>, query: &Arc<QueryMemory>, stop: &Stop, reader: Option<&Arc<NodeMemory>>) -> Result<ScopedExec> {
     // A grouped aggregate reserves what its table holds after each batch, grown inside it.
-    let node = Arc::new(if emits_its_groups_at_once(&plan) { NodeMemory::growing_before_reserving() } else { NodeMemory::default() });
+    let node = NodeMemory::read_by(reader);
+    let node = Arc::new(if emits_its_groups_at_once(&plan) { node.growing_before_reserving() } else { node });
     let children =
         plan.children().into_iter().map(|child| wrap(Arc::clone(child), query, stop, Some(&node)).map(|c| Arc::new(c) as _)).collect::<Result<Vec<_>>>()?;
     let inner = if children.is_empty() {
@@ -70,7 +71,6 @@ fn wrap(plan: Arc<dyn ExecutionPlan>, query: &Arc<QueryMemory>, stop: &Stop, rea
         query: Arc::clone(query),
         stop: stop.clone(),
         node,
-        reader: reader.cloned(),
         allocated: Arc::new(AllocScope::part_of(query.actual())),
         own_time: Time::new(),
         root: false,
@@ -103,9 +103,8 @@ pub struct ScopedExec {
 struct Governed {
     query: Arc<QueryMemory>,
     stop: Stop,
+    /// Its node, whose reader is told how many rows it took.
     node: Arc<NodeMemory>,
-    /// The node its batches go to, told how many rows it took.
-    reader: Option<Arc<NodeMemory>>,
     /// What this operator itself holds from the allocator.
     allocated: Arc<AllocScope>,
     /// Time in its streams' polls, its inputs' polls inside them subtracted.
@@ -271,7 +270,7 @@ impl Stream for ScopedStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let ScopedStream { inner, governed, held } = &mut *self;
-        let Governed { query, stop, node, reader, allocated, own_time, root } = governed;
+        let Governed { query, stop, node, allocated, own_time, root } = governed;
         if let Some(cancelled) = stop.check() {
             return Poll::Ready(Some(Err(cancelled)));
         }
@@ -294,7 +293,7 @@ impl Stream for ScopedStream {
         own_time.add_duration(Duration::from_nanos(took.saturating_sub(inputs)));
         match polled {
             Poll::Ready(Some(Ok(batch))) => {
-                if let Some(reader) = reader {
+                if let Some(reader) = node.reader() {
                     reader.took_rows(batch.num_rows());
                 }
                 let checked = query.check_actual();

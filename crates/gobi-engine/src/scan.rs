@@ -22,18 +22,19 @@
 //! The reservation cannot spill, so the pool counts it before the statement's spilling
 //! operators: their fair shares shrink and they spill at their next growth. A scan takes the
 //! statement's room only while half of what it can hold (with what it may borrow from the
-//! cache pool) stays free for the operators that come later (a sort's merge, a held join
-//! build, and the spilling operators' shares: with three quarters for scans, ten sorts at once
-//! under a 4 MiB pool were now and then refused one batch). When the pool refuses, the
-//! statement's spillable operators are made to spill first (`QueryMemory`'s wait for room);
-//! still short while other statements hold the room, the scan waits for them (up to
-//! `memory.admission_wait`) and fails the query cleanly if it does not come. Past the half, or
-//! refused while its own statement holds the room, it reads the row group unreserved, as every
-//! scan did before scans reserved (it shows as untracked memory, and the first such read of a
-//! scan is an event, with its reason, so it is never silent): waiting there could wait on
-//! itself (a sort merging in memory, a held join build, give room back only once they finish,
-//! and they may need this scan's rows), and failing made queries fail that finished before
-//! (ARCHITECTURE.md, "Not yet true").
+//! cache pool) stays free for the operators that come later; past the half it reads the row
+//! group unreserved, as every scan did before scans reserved (untracked memory, and the first
+//! such read of a scan is an event, so it is never silent): with the scans free to take the
+//! whole pool, a sort's next batch after a spill or a merge was refused and ten sorts at once
+//! under a 4 MiB pool failed (ARCHITECTURE.md, "Not yet true"). When the pool
+//! refuses, the statement's spillable operators are made to spill first (`QueryMemory`'s wait
+//! for room); still short, the scan waits, up to `memory.admission_wait`, for room held where
+//! it comes back without this scan's rows — other statements, and the parts of its own that do
+//! not read its batches (another partition of the scan, a branch beside it) — and fails the
+//! query cleanly, naming the largest holders, if it does not come. It never waits for the
+//! operators that read its batches (a held join build, a sort merging what it took): they give
+//! their room back only once they finish, and they may need this scan's rows to finish, so
+//! such a scan fails at once (`QueryMemory::wait_for_room`).
 //!
 //! Not reserved here: footers and page indexes, read whole by the inner factory and kept in the
 //! footer cache, reserved from the cache pool (`footer_cache.rs`); one the cache has no room
@@ -69,7 +70,7 @@ use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricB
 use datafusion::physical_plan::ExecutionPlan;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use gobi_memory::{ByteSize, OtherStatements, QueryMemory};
+use gobi_memory::{ByteSize, QueryMemory, RoomWait};
 use memmap2::Mmap;
 
 use crate::settings;
@@ -410,36 +411,41 @@ impl AsRef<[u8]> for MappedRange {
 }
 
 impl ReservedReader {
-    /// Reserves `cost` for the row group; whether it did. The pool is asked (the statement's
-    /// spillable consumers spill for it), and while other statements hold the room it lacks,
-    /// the scan waits for them, up to `wait`. Refused with its own statement holding the room,
-    /// it is not reserved; still refused after the wait, the query fails.
-    async fn reserve(&mut self, cost: usize) -> datafusion::parquet::errors::Result<bool> {
-        let mut deadline = None;
+    /// Reserves `cost` for the row group (the statement's spillable consumers spill for it),
+    /// waiting for room held where it comes back without this scan's rows; else an error that
+    /// fails the query: what it needed, why it did not come, and who holds the pool.
+    async fn reserve(&mut self, cost: usize) -> datafusion::parquet::errors::Result<()> {
+        let deadline = Instant::now() + self.wait;
         loop {
-            let Err(refused) = self.reservation.try_resize(cost) else { return Ok(true) };
+            let Err(refused) = self.reservation.try_resize(cost) else { return Ok(()) };
             let more = cost.saturating_sub(self.reservation.size());
-            let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.wait);
             let left = deadline.saturating_duration_since(Instant::now());
-            let name = self.reservation.consumer().name().to_string();
-            match self.statement.wait_for_other_statements(&name, more, left).await {
-                OtherStatements::GaveRoom => continue,
-                OtherStatements::NotTheirs => return Ok(false),
-                OtherStatements::HeldOn => {
-                    let refused = match refused {
-                        DataFusionError::ResourcesExhausted(message) => message,
-                        other => other.to_string(),
-                    };
-                    let waited = format!(
-                        "{name} (query {}) waited {} for other statements to give the query pool back {}; they held on \
-                         (SET memory.admission_wait to wait longer). {refused}",
-                        self.statement.id(),
-                        settings::format_duration(self.wait),
-                        ByteSize(more as u64),
-                    );
-                    return Err(ParquetError::External(Box::new(DataFusionError::ResourcesExhausted(waited))));
-                }
-            }
+            let why = match self.statement.wait_for_room(&self.reservation, more, left).await {
+                RoomWait::Room if !left.is_zero() => continue,
+                RoomWait::Room => String::new(),
+                RoomWait::WouldNotCome { readers: 0 } => ": the statement's memory cannot hold it".to_string(),
+                RoomWait::WouldNotCome { readers } => format!(
+                    ": the operators reading its rows hold {} of the room and give it back only once they finish, which may need these rows",
+                    ByteSize(readers as u64)
+                ),
+                RoomWait::HeldOn => format!(
+                    ": it waited {} for other statements and the parts of its own that do not read its rows to give room back; \
+                     they held on (SET memory.admission_wait to wait longer)",
+                    settings::format_duration(self.wait)
+                ),
+            };
+            let refused = match refused {
+                DataFusionError::ResourcesExhausted(message) => message,
+                other => other.to_string(),
+            };
+            let message = format!(
+                "{} (query {}) could not reserve {} to read a row group of {}{why}. {refused}",
+                self.reservation.consumer().name(),
+                self.statement.id(),
+                ByteSize(cost as u64),
+                self.path,
+            );
+            return Err(ParquetError::External(Box::new(DataFusionError::ResourcesExhausted(message))));
         }
     }
 }
@@ -455,17 +461,15 @@ impl AsyncFileReader for ReservedReader {
         let cost = self.cost(&ranges, mapped.as_ref().and(self.mapped.as_ref()).and_then(MappedFile::contents));
         async move {
             let others = self.statement.reserved_bytes().saturating_sub(self.reservation.size());
-            let past_half = others + cost > self.reserved_up_to;
-            if past_half || !self.reserve(cost).await? {
+            if others + cost <= self.reserved_up_to {
+                self.reserve(cost).await?;
+            } else {
                 // Unreserved (see the module's doc), and said so: never silently.
                 self.reservation.free();
                 if !self.read_unreserved.swap(true, Ordering::Relaxed) {
-                    let why = match past_half {
-                        true => "it would take more than half of what the statement can hold",
-                        false => "its own statement's operators hold the room",
-                    };
                     self.statement.record_event(format!(
-                        "{} of query {} read a row group of {} unreserved: {why} (counted as untracked; said once per scan)",
+                        "{} of query {} read a row group of {} unreserved: it would take more than half of what the statement can hold \
+                         (counted as untracked; said once per scan)",
                         self.reservation.consumer().name(),
                         self.statement.id(),
                         ByteSize(cost as u64)

@@ -50,5 +50,5 @@ pub use budget::{ConsumerStats, MemoryEvent, PoolLimits, QueryId, Reclaim, DEFAU
 pub use byte_size::{ByteSize, ByteSizeError};
 pub use manager::{LeakStats, MemoryManager, Released};
 pub use pool::{Pool, PoolKind, PoolStats, Pressure, CRITICAL_PRESSURE_PERCENT, HIGH_PRESSURE_PERCENT};
-pub use query::{registered_for, registering_for, Margin, NodeMemory, OtherStatements, QueryMemory, StatementLimits, DEFAULT_ACTUAL_MARGIN};
+pub use query::{registered_for, registering_for, Margin, NodeMemory, QueryMemory, RoomWait, StatementLimits, DEFAULT_ACTUAL_MARGIN};
 pub use reservation::{PoolFull, Reservation};

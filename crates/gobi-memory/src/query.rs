@@ -143,14 +143,31 @@ pub struct NodeMemory {
     rows_in: AtomicU64,
     /// Its operator grows its buffers before it reserves them (see [`LEAD`]).
     grows_before_reserving: bool,
+    /// The node its batches go to (none at the plan's root).
+    reader: Option<Arc<NodeMemory>>,
 }
 
 impl NodeMemory {
-    /// A node whose operator grows its buffers first and reserves what they hold after (a
-    /// DataFusion grouped aggregate, after each batch): its consumers' grants lead what they
+    /// A node whose batches go to `reader`.
+    pub fn read_by(reader: Option<&Arc<NodeMemory>>) -> Self {
+        Self { reader: reader.cloned(), ..Self::default() }
+    }
+
+    /// The same node, its operator growing its buffers first and reserving what they hold after
+    /// (a DataFusion grouped aggregate, after each batch): its consumers' grants lead what they
     /// hold by [`LEAD`].
-    pub fn growing_before_reserving() -> Self {
-        Self { grows_before_reserving: true, ..Self::default() }
+    pub fn growing_before_reserving(self) -> Self {
+        Self { grows_before_reserving: true, ..self }
+    }
+
+    /// The node its batches go to.
+    pub fn reader(&self) -> Option<&Arc<NodeMemory>> {
+        self.reader.as_ref()
+    }
+
+    /// Whether this node reads `node`'s batches, directly or through the nodes between.
+    fn reads_from(&self, node: &NodeMemory) -> bool {
+        std::iter::successors(node.reader.as_deref(), |below| below.reader.as_deref()).any(|reader| std::ptr::eq(reader, self))
     }
 
     pub fn peak(&self) -> usize {
@@ -477,21 +494,34 @@ impl QueryMemory {
         self.released.until(|| self.reserved.load(Ordering::SeqCst) == 0 && self.registered.load(Ordering::SeqCst) == 0, timeout).await
     }
 
-    /// For `bytes` more that a consumer of this statement cannot spill for and was refused:
-    /// whether other statements hold the room (the query pool would have it without them, and
-    /// this statement's own limit allows it), and if so, waits for them, at most `timeout`,
-    /// after the cache gives back what it borrowed from the query pool. Never waits for this
-    /// statement's own consumers: one may be waiting on the asker's output. Woken by the query
+    /// For `bytes` more that `reservation`'s consumer cannot spill for and was refused: waits,
+    /// at most `timeout`, for the room, where those who hold it give it back without the
+    /// asker's rows: other statements (the cache's borrowed room is given back first), and
+    /// this statement's operators that do not read the asker's batches (another partition of
+    /// the same scan, a branch of a union beside it). Never waits for the operators that read
+    /// them (a held join build, a sort merging what it took): they give their room back only
+    /// when they finish, and they may need the asker's rows to finish. Woken by the query
     /// pool's releases, never polls; the wait and its outcome are events.
-    pub async fn wait_for_other_statements(&self, consumer: &str, bytes: usize, timeout: Duration) -> OtherStatements {
+    ///
+    /// ```text
+    ///   limit ─┬─ held by the asker's readers ─┐
+    ///          ├─ held by the asker             ├─ + bytes > limit: WouldNotCome, at once
+    ///          ├─ held by the rest ─ waited for ┘
+    ///          └─ free
+    /// ```
+    pub async fn wait_for_room(&self, reservation: &MemoryReservation, bytes: usize, timeout: Duration) -> RoomWait {
         let pool = self.budget.pool(PoolKind::Query);
-        let within_own_limit = self.limit.is_none_or(|limit| self.reserved_bytes() + bytes <= limit);
-        let theirs = || within_own_limit && pool.limit().saturating_sub(self.reserved_bytes().saturating_sub(self.borrowed.bytes())) >= bytes;
-        let room = || pool.limit().saturating_sub(pool.reserved()) >= bytes;
-        // With room in the pool now, what refused it was no shortage of the pool's.
-        if room() || !theirs() {
-            return OtherStatements::NotTheirs;
+        let limit = self.limit.map_or(pool.limit(), |limit| limit.min(pool.limit()));
+        let room = || pool.limit().saturating_sub(pool.reserved()) >= bytes && self.reserved_bytes() + bytes <= limit;
+        if room() {
+            return RoomWait::Room;
         }
+        let (asker, node) = self.with_consumer(reservation.consumer().id(), |c| (c.granted.load(Ordering::Acquire), c.node.clone()));
+        let readers = node.map_or(0, |node| self.held_where(|other| other.reads_from(&node)));
+        if readers + asker + bytes > limit {
+            return RoomWait::WouldNotCome { readers };
+        }
+        let consumer = reservation.consumer().name();
         let freed = self.budget.reclaim(PoolKind::Query, bytes);
         if freed > 0 {
             self.budget.record_event(
@@ -501,31 +531,28 @@ impl QueryMemory {
             );
         }
         let started = Instant::now();
-        pool.until(|| room() || !theirs(), timeout).await;
-        let waited = started.elapsed();
-        let outcome = if room() {
-            OtherStatements::GaveRoom
-        } else if theirs() {
-            OtherStatements::HeldOn
-        } else {
-            OtherStatements::NotTheirs
-        };
-        let action = match outcome {
-            OtherStatements::GaveRoom => "and they gave it",
-            OtherStatements::HeldOn => "and none came",
-            OtherStatements::NotTheirs => "until its own statement held what it lacked",
+        let outcome = match pool.until(&room, timeout).await {
+            true => RoomWait::Room,
+            false => RoomWait::HeldOn,
         };
         self.budget.record_event(
             PoolKind::Query,
             format!(
-                "{consumer} of query {} waited {:.1}s for other statements to give back {} {action}",
+                "{consumer} of query {} waited {:.1}s for {} of room held by other statements or parts of its own {}",
                 self.id,
-                waited.as_secs_f64(),
-                ByteSize(bytes as u64)
+                started.elapsed().as_secs_f64(),
+                ByteSize(bytes as u64),
+                if outcome == RoomWait::Room { "and it came" } else { "and none came" },
             ),
             0,
         );
         outcome
+    }
+
+    /// What the pools hold for the consumers of the nodes `which` picks.
+    fn held_where(&self, which: impl Fn(&NodeMemory) -> bool) -> usize {
+        let consumers = self.consumers.read().expect("the consumer map is never poisoned");
+        consumers.values().filter(|c| c.node.as_deref().is_some_and(&which)).map(|c| c.granted.load(Ordering::Acquire)).sum()
     }
 
     /// Records what happened to this statement's memory as a query-pool event
@@ -843,15 +870,15 @@ impl QueryMemory {
     }
 }
 
-/// What [`QueryMemory::wait_for_other_statements`] found.
+/// What became of a wait for room ([`QueryMemory::wait_for_room`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OtherStatements {
-    /// Not theirs to give: without them the room would still be short (this statement holds
-    /// it, or its own limit refuses), or the pool has room and something else refused.
-    NotTheirs,
-    /// They gave the room back (ask again: another may take it first).
-    GaveRoom,
-    /// They held it for the whole wait.
+pub enum RoomWait {
+    /// The room is there (ask again: another may take it first).
+    Room,
+    /// Not waited for: it would not come while the operators reading the asker's batches hold
+    /// what they hold (`readers` bytes; with none, the statement's limit is too small for it).
+    WouldNotCome { readers: usize },
+    /// Those who hold it held on for the whole wait.
     HeldOn,
 }
 
@@ -1012,7 +1039,7 @@ mod tests {
         let (budget, statement, query) =
             statement(PoolLimits { query: ByteSize::mib(10), cache: ByteSize(0), ..PoolLimits::default() }, StatementLimits::default());
         let pool = budget.pool(PoolKind::Query);
-        let node = Arc::new(NodeMemory::growing_before_reserving());
+        let node = Arc::new(NodeMemory::default().growing_before_reserving());
         let aggregate = registering_for(&node, || MemoryConsumer::new("GroupedHashAggregateStream[0]").with_can_spill(true).register(&query));
         aggregate.try_grow(1 << 20).unwrap();
         assert_eq!(pool.reserved(), 1 << 20, "holding nothing, it leads by nothing");
@@ -1170,6 +1197,35 @@ mod wait {
         assert!(merge.try_grow(400 << 10).is_err());
         assert!(started.elapsed() < ROOM_WAIT, "no second wait");
         assert_eq!(statement.rejected(), 2);
+    }
+
+    /// A scan's request, refused: room held by the join reading its batches is not waited for
+    /// (the join gives it back only once it finishes); room held by a branch beside the scan
+    /// is, and the scan is told when it comes back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_request_waits_for_a_branch_beside_it_never_for_its_readers() {
+        let (budget, statement, query) =
+            statement(PoolLimits { query: ByteSize::mib(4), cache: ByteSize(0), ..PoolLimits::default() }, StatementLimits::default());
+        let join = Arc::new(NodeMemory::read_by(None));
+        let (scan, beside) = (Arc::new(NodeMemory::read_by(Some(&join))), Arc::new(NodeMemory::read_by(Some(&join))));
+        let build = registering_for(&join, || MemoryConsumer::new("HashJoinInput").register(&query));
+        let read = registering_for(&scan, || MemoryConsumer::new("ParquetScan[0]").register(&query));
+        let branch = registering_for(&beside, || MemoryConsumer::new("ParquetScan[1]").register(&query));
+        build.try_grow(3 << 20).unwrap();
+        assert!(read.try_grow(2 << 20).is_err());
+        let started = Instant::now();
+        assert_eq!(statement.wait_for_room(&read, 2 << 20, Duration::from_secs(60)).await, RoomWait::WouldNotCome { readers: 3 << 20 });
+        assert!(started.elapsed() < Duration::from_secs(60), "no wait");
+
+        drop(build);
+        branch.try_grow(3 << 20).unwrap();
+        assert!(read.try_grow(2 << 20).is_err());
+        let releaser = once_waiting(&budget, |budget| budget.pool(PoolKind::Query).waiting(), move |_| drop(branch));
+        assert_eq!(statement.wait_for_room(&read, 2 << 20, Duration::from_secs(60)).await, RoomWait::Room, "woken by the branch's release");
+        releaser.join().unwrap();
+        read.try_grow(2 << 20).unwrap();
+        assert_eq!(statement.wait_for_room(&read, 3 << 20, Duration::from_millis(20)).await, RoomWait::WouldNotCome { readers: 0 }, "past the pool");
+        assert!(budget.take_events().iter().any(|e| e.action.contains("ParquetScan[0] of query 1 waited") && e.action.ends_with("and it came")));
     }
 
     #[tokio::test]

@@ -707,7 +707,7 @@ fn a_scan_short_of_room_other_statements_hold_waits_for_them_or_fails_cleanly() 
     drop(other);
     assert_eq!(memory.pool(PoolKind::Query).reserved(), 0, "the failed query gave its memory back");
 
-    for action in ["% waited %s for other statements to give back % and they gave it", "% waited %s for other statements to give back % and none came"] {
+    for action in ["% waited %s for % of room held by other statements % and it came", "% waited %s for % of room held by other statements % and none came"] {
         let events = runtime.block_on(session.run_script(&format!("SELECT * FROM gobi_memory_events() WHERE action LIKE '{action}'"))).unwrap();
         let all = runtime.block_on(session.run_script("SELECT action FROM gobi_memory_events()")).unwrap();
         assert!(events.last().unwrap().row_count() >= 1, "{action}: {:?}", crate::support::strings(all.last().unwrap()));

@@ -20,9 +20,9 @@
 //! ```
 //!
 //! The reservation cannot spill, so the pool counts it before the statement's spilling
-//! operators: their fair shares shrink and they spill at their next growth. A scan takes the
-//! statement's room only while half of what it can hold (with what it may borrow from the
-//! cache pool) stays free for the operators that come later; past the half it reads the row
+//! operators: their fair shares shrink and they spill at their next growth. The scans of a
+//! statement take at most half of what it can hold (with what it may borrow from the cache
+//! pool) together, the rest staying for its operators; a scan past that half reads the row
 //! group unreserved, as every scan did before scans reserved (untracked memory, and the first
 //! such read of a scan is an event, so it is never silent): with the scans free to take the
 //! whole pool, a sort's next batch after a spill or a merge was refused and ten sorts at once
@@ -44,7 +44,7 @@
 
 use std::fmt;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -83,6 +83,8 @@ pub(crate) struct ReservedScans {
     /// How long a scan waits for other statements to give back the room it lacks
     /// (`memory.admission_wait`).
     wait: Duration,
+    /// What the statement's scans hold together.
+    scans: Arc<AtomicUsize>,
 }
 
 impl ReservedScans {
@@ -90,7 +92,7 @@ impl ReservedScans {
     /// up to `wait` for other statements when they hold the room, and, when their source brings
     /// no reader factory, read through `runtime`'s object stores.
     pub(crate) fn new(runtime: Arc<RuntimeEnv>, statement: Arc<QueryMemory>, wait: Duration) -> Self {
-        ReservedScans { runtime, statement, wait }
+        ReservedScans { runtime, statement, wait, scans: Arc::default() }
     }
 }
 
@@ -117,6 +119,7 @@ impl PhysicalOptimizerRule for ReservedScans {
                 wait: self.wait,
                 reserved_up_to: self.statement.holdable() / 2,
                 read_unreserved: Arc::default(),
+                scans: Arc::clone(&self.scans),
                 batch_size,
                 metadata: Arc::default(),
             };
@@ -144,11 +147,13 @@ struct ReservedReaderFactory {
     local: bool,
     statement: Arc<QueryMemory>,
     wait: Duration,
-    /// What the statement may hold, its scans included, before a scan reads a row group
-    /// unreserved: half of what it can hold.
+    /// What the statement's scans may hold together before a scan reads a row group
+    /// unreserved: half of what the statement can hold.
     reserved_up_to: usize,
     /// Set once one of the scan's readers read a row group unreserved (an event says so once).
     read_unreserved: Arc<AtomicBool>,
+    /// What the statement's scans hold together.
+    scans: Arc<AtomicUsize>,
     /// Rows per decoded batch, for the decoded share of a fetch.
     batch_size: usize,
     /// Each file's metadata, once one of its readers has read it: DataFusion reads it with one
@@ -188,6 +193,7 @@ impl ParquetFileReaderFactory for ReservedReaderFactory {
             wait: self.wait,
             reserved_up_to: self.reserved_up_to,
             read_unreserved: Arc::clone(&self.read_unreserved),
+            scans: Arc::clone(&self.scans),
             path,
             files: Arc::clone(&self.metadata),
             batch_size: self.batch_size,
@@ -207,6 +213,7 @@ struct ReservedReader {
     wait: Duration,
     reserved_up_to: usize,
     read_unreserved: Arc<AtomicBool>,
+    scans: Arc<AtomicUsize>,
     path: String,
     /// The scan's files' metadata, where this file's is once this reader or another of the
     /// scan's has read it: where each column chunk lies and what it decodes to.
@@ -450,6 +457,12 @@ impl ReservedReader {
     }
 }
 
+impl Drop for ReservedReader {
+    fn drop(&mut self) {
+        self.scans.fetch_sub(self.reservation.size(), Ordering::AcqRel);
+    }
+}
+
 impl AsyncFileReader for ReservedReader {
     /// Single reads are the footer's and the page index's (see the module's "not reserved here").
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, datafusion::parquet::errors::Result<Bytes>> {
@@ -460,21 +473,27 @@ impl AsyncFileReader for ReservedReader {
         let mapped = self.mapped.as_mut().and_then(|file| file.ranges(&ranges).ok());
         let cost = self.cost(&ranges, mapped.as_ref().and(self.mapped.as_ref()).and_then(MappedFile::contents));
         async move {
-            let others = self.statement.reserved_bytes().saturating_sub(self.reservation.size());
-            if others + cost <= self.reserved_up_to {
-                self.reserve(cost).await?;
-            } else {
-                // Unreserved (see the module's doc), and said so: never silently.
-                self.reservation.free();
-                if !self.read_unreserved.swap(true, Ordering::Relaxed) {
-                    self.statement.record_event(format!(
-                        "{} of query {} read a row group of {} unreserved: it would take more than half of what the statement can hold \
-                         (counted as untracked; said once per scan)",
-                        self.reservation.consumer().name(),
-                        self.statement.id(),
-                        ByteSize(cost as u64)
-                    ));
+            let before = self.reservation.size();
+            let fits = self.scans.load(Ordering::Acquire).saturating_sub(before) + cost <= self.reserved_up_to;
+            let reserved = match fits {
+                true => self.reserve(cost).await,
+                false => {
+                    self.reservation.free();
+                    Ok(())
                 }
+            };
+            self.scans.fetch_add(self.reservation.size(), Ordering::AcqRel);
+            self.scans.fetch_sub(before, Ordering::AcqRel);
+            reserved?;
+            // Unreserved (see the module's doc), and said so: never silently.
+            if !fits && !self.read_unreserved.swap(true, Ordering::Relaxed) {
+                self.statement.record_event(format!(
+                    "{} of query {} read a row group of {} unreserved: the statement's scans would hold more than half of what it \
+                     can hold (counted as untracked; said once per scan)",
+                    self.reservation.consumer().name(),
+                    self.statement.id(),
+                    ByteSize(cost as u64)
+                ));
             }
             if let Some(mapped) = mapped {
                 return Ok(mapped);
@@ -509,7 +528,7 @@ mod tests {
 
     /// A context whose Parquet scans reserve from a statement of a `pool`-byte pool (and the
     /// manager, for its events), with `t`: a file of 200,000 rows in row groups of 50,000.
-    async fn context(dir: &std::path::Path, pool_size: usize) -> (SessionContext, Arc<dyn MemoryPool>, Arc<MemoryManager>) {
+    async fn context(dir: &std::path::Path, pool_size: usize) -> (SessionContext, Arc<QueryMemory>, Arc<MemoryManager>) {
         let file = dir.join("t.parquet");
         if !file.exists() {
             let writer = SessionContext::new();
@@ -523,17 +542,16 @@ mod tests {
         let limits = PoolLimits { query: ByteSize(pool_size as u64), cache: ByteSize(0), temp: ByteSize(0) };
         let memory = MemoryManager::new(limits);
         let statement = memory.begin_query("scan", StatementLimits::default());
-        let pool: Arc<dyn MemoryPool> = Arc::clone(&statement) as _;
-        let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::clone(&pool)).build_arc().unwrap();
+        let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::clone(&statement) as _).build_arc().unwrap();
         let state = SessionStateBuilder::new()
             .with_default_features()
             .with_config(SessionConfig::new().with_target_partitions(1).with_batch_size(4096))
             .with_runtime_env(Arc::clone(&runtime))
-            .with_physical_optimizer_rule(Arc::new(ReservedScans::new(runtime, statement, Duration::ZERO)))
+            .with_physical_optimizer_rule(Arc::new(ReservedScans::new(runtime, Arc::clone(&statement), Duration::ZERO)))
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_parquet("t", file.to_str().unwrap(), ParquetReadOptions::default()).await.unwrap();
-        (ctx, pool, memory)
+        (ctx, statement, memory)
     }
 
     /// While a scan is inside a row group, what it fetched and what decoding it holds are
@@ -599,6 +617,37 @@ mod tests {
             }
         }
         assert_eq!(dictionaries, 8, "four row groups of two columns");
+    }
+
+    /// Two scans of one statement hold at most half its memory together: in a pool of three
+    /// row groups' cost, the two sides of a union never hold more than one and a half between
+    /// them, and the answer is whole. What the statement's operators hold is theirs: a scan
+    /// beside a build holding more than half still reserves its row group.
+    #[tokio::test]
+    async fn the_scans_of_a_statement_hold_at_most_half_of_it_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, pool, _) = context(dir.path(), 1 << 30).await;
+        let mut stream = ctx.sql("SELECT id, s FROM t").await.unwrap().execute_stream().await.unwrap();
+        stream.next().await.unwrap().unwrap();
+        let row_group = pool.reserved();
+        drop(stream);
+
+        let (ctx, statement, _) = context(dir.path(), 3 * row_group).await;
+        let union = "SELECT sum(length(s)) AS n FROM (SELECT s FROM t UNION ALL SELECT s FROM t WHERE id >= 0)";
+        let counted = ctx.sql(union).await.unwrap().collect().await.unwrap();
+        assert_eq!(counted[0].column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap().value(0), 12_800_000);
+        // The scans' reservations, in whole blocks, and the count's.
+        let peak = statement.peak();
+        assert!((row_group..=3 * row_group / 2 + (1 << 20)).contains(&peak), "peak {peak}, a row group {row_group}");
+        assert_eq!(statement.reserved(), 0);
+
+        // What its operators hold does not count against the scans' half.
+        let (ctx, statement, _) = context(dir.path(), 4 * row_group).await;
+        let build = MemoryConsumer::new("HashJoinInput").register(&(Arc::clone(&statement) as Arc<dyn MemoryPool>));
+        build.try_grow(9 * row_group / 4).unwrap();
+        let mut stream = ctx.sql("SELECT id, s FROM t").await.unwrap().execute_stream().await.unwrap();
+        stream.next().await.unwrap().unwrap();
+        assert!(statement.reserved() >= build.size() + row_group, "the scan reserved beside the build: {}", statement.reserved());
     }
 
     /// A pool whose half is smaller than one row group's fetch: the scan reads it

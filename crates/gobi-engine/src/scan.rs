@@ -32,9 +32,11 @@
 //! it comes back without this scan's rows — other statements, and the parts of its own that do
 //! not read its batches (another partition of the scan, a branch beside it) — and fails the
 //! query cleanly, naming the largest holders, if it does not come. It never waits for the
-//! operators that read its batches (a held join build, a sort merging what it took): they give
-//! their room back only once they finish, and they may need this scan's rows to finish, so
-//! such a scan fails at once (`QueryMemory::wait_for_room`).
+//! operators that read its batches: they give their room back only once they finish or spill,
+//! and they may need this scan's rows for that (`QueryMemory::wait_for_room`). When the room
+//! would come only if they spilled (a sort taking its input spills at its next growth, after
+//! this scan's rows) it reads the row group unreserved, with an event; when it would not come
+//! even then (a held join build, a sort merging what it took), the query fails at once.
 //!
 //! Not reserved here: footers and page indexes, read whole by the inner factory and kept in the
 //! footer cache, reserved from the cache pool (`footer_cache.rs`); one the cache has no room
@@ -419,16 +421,21 @@ impl AsRef<[u8]> for MappedRange {
 
 impl ReservedReader {
     /// Reserves `cost` for the row group (the statement's spillable consumers spill for it),
-    /// waiting for room held where it comes back without this scan's rows; else an error that
-    /// fails the query: what it needed, why it did not come, and who holds the pool.
-    async fn reserve(&mut self, cost: usize) -> datafusion::parquet::errors::Result<()> {
+    /// waiting for room held where it comes back without this scan's rows. Not reserved when
+    /// only the spilling of the operators reading its rows would make the room (they spill at
+    /// their next growth, after these rows); else an error that fails the query: what it
+    /// needed, why it did not come, and who holds the pool.
+    async fn reserve(&mut self, cost: usize) -> datafusion::parquet::errors::Result<Reserved> {
         let deadline = Instant::now() + self.wait;
         loop {
-            let Err(refused) = self.reservation.try_resize(cost) else { return Ok(()) };
+            let Err(refused) = self.reservation.try_resize(cost) else { return Ok(Reserved::Yes) };
             let more = cost.saturating_sub(self.reservation.size());
             let left = deadline.saturating_duration_since(Instant::now());
             let why = match self.statement.wait_for_room(&self.reservation, more, left).await {
                 RoomWait::Room if !left.is_zero() => continue,
+                RoomWait::AfterReadersSpill => {
+                    return Ok(Reserved::No("the operators reading its rows hold the room and spill only at their next growth, after these rows"))
+                }
                 RoomWait::Room => String::new(),
                 RoomWait::WouldNotCome { readers: 0 } => ": the statement's memory cannot hold it".to_string(),
                 RoomWait::WouldNotCome { readers } => format!(
@@ -457,6 +464,12 @@ impl ReservedReader {
     }
 }
 
+/// Whether a row group was read reserved, and if not, why.
+enum Reserved {
+    Yes,
+    No(&'static str),
+}
+
 impl Drop for ReservedReader {
     fn drop(&mut self) {
         self.scans.fetch_sub(self.reservation.size(), Ordering::AcqRel);
@@ -474,26 +487,25 @@ impl AsyncFileReader for ReservedReader {
         let cost = self.cost(&ranges, mapped.as_ref().and(self.mapped.as_ref()).and_then(MappedFile::contents));
         async move {
             let before = self.reservation.size();
-            let fits = self.scans.load(Ordering::Acquire).saturating_sub(before) + cost <= self.reserved_up_to;
-            let reserved = match fits {
+            let reserved = match self.scans.load(Ordering::Acquire).saturating_sub(before) + cost <= self.reserved_up_to {
                 true => self.reserve(cost).await,
-                false => {
-                    self.reservation.free();
-                    Ok(())
-                }
+                false => Ok(Reserved::No("the statement's scans would hold more than half of what it can hold")),
             };
+            if let Ok(Reserved::No(_)) = reserved {
+                self.reservation.free();
+            }
             self.scans.fetch_add(self.reservation.size(), Ordering::AcqRel);
             self.scans.fetch_sub(before, Ordering::AcqRel);
-            reserved?;
             // Unreserved (see the module's doc), and said so: never silently.
-            if !fits && !self.read_unreserved.swap(true, Ordering::Relaxed) {
-                self.statement.record_event(format!(
-                    "{} of query {} read a row group of {} unreserved: the statement's scans would hold more than half of what it \
-                     can hold (counted as untracked; said once per scan)",
-                    self.reservation.consumer().name(),
-                    self.statement.id(),
-                    ByteSize(cost as u64)
-                ));
+            if let Reserved::No(why) = reserved? {
+                if !self.read_unreserved.swap(true, Ordering::Relaxed) {
+                    self.statement.record_event(format!(
+                        "{} of query {} read a row group of {} unreserved: {why} (counted as untracked; said once per scan)",
+                        self.reservation.consumer().name(),
+                        self.statement.id(),
+                        ByteSize(cost as u64)
+                    ));
+                }
             }
             if let Some(mapped) = mapped {
                 return Ok(mapped);

@@ -499,27 +499,37 @@ impl QueryMemory {
     /// asker's rows: other statements (the cache's borrowed room is given back first), and
     /// this statement's operators that do not read the asker's batches (another partition of
     /// the same scan, a branch of a union beside it). Never waits for the operators that read
-    /// them (a held join build, a sort merging what it took): they give their room back only
-    /// when they finish, and they may need the asker's rows to finish. Woken by the query
-    /// pool's releases, never polls; the wait and its outcome are events.
+    /// them (a held join build, a sort merging what it took, a sort taking its input): they
+    /// give their room back only when they finish or spill, and they may need the asker's rows
+    /// for that. Woken by the query and cache pools' releases, never polls; the wait and its
+    /// outcome are events.
     ///
     /// ```text
-    ///   limit ─┬─ held by the asker's readers ─┐
-    ///          ├─ held by the asker             ├─ + bytes > limit: WouldNotCome, at once
-    ///          ├─ held by the rest ─ waited for ┘
-    ///          └─ free
+    ///   holdable ─┬─ held by the asker's readers that cannot spill ─┐ + bytes > holdable:
+    ///   (with the ├─ held by the asker                               ┘ WouldNotCome, at once
+    ///   cache's)  ├─ held by its readers that can spill ── + the above + bytes > holdable:
+    ///             │                                        AfterReadersSpill, at once
+    ///             ├─ held by the rest ─ waited for
+    ///             └─ free
     /// ```
     pub async fn wait_for_room(&self, reservation: &MemoryReservation, bytes: usize, timeout: Duration) -> RoomWait {
-        let pool = self.budget.pool(PoolKind::Query);
-        let limit = self.limit.map_or(pool.limit(), |limit| limit.min(pool.limit()));
-        let room = || pool.limit().saturating_sub(pool.reserved()) >= bytes && self.reserved_bytes() + bytes <= limit;
+        // A request the query pool cannot take may borrow from the cache pool (`Budget::borrow`).
+        let (pool, cache) = (self.budget.pool(PoolKind::Query), self.budget.pool(PoolKind::Cache));
+        let free = |pool: &crate::pool::Pool| pool.limit().saturating_sub(pool.reserved()) >= bytes;
+        let room = || (free(pool) || free(cache)) && self.limit.is_none_or(|limit| self.reserved_bytes() + bytes <= limit);
         if room() {
             return RoomWait::Room;
         }
         let (asker, node) = self.with_consumer(reservation.consumer().id(), |c| (c.granted.load(Ordering::Acquire), c.node.clone()));
-        let readers = node.map_or(0, |node| self.held_where(|other| other.reads_from(&node)));
-        if readers + asker + bytes > limit {
-            return RoomWait::WouldNotCome { readers };
+        let readers = |spillable_too: bool| {
+            node.as_ref().map_or(0, |node| self.held_where(|c| (spillable_too || !c.can_spill) && c.node.as_deref().is_some_and(|n| n.reads_from(node))))
+        };
+        let unspillable = readers(false);
+        if unspillable + asker + bytes > self.holdable() {
+            return RoomWait::WouldNotCome { readers: unspillable };
+        }
+        if readers(true) + asker + bytes > self.holdable() {
+            return RoomWait::AfterReadersSpill;
         }
         let consumer = reservation.consumer().name();
         let freed = self.budget.reclaim(PoolKind::Query, bytes);
@@ -531,10 +541,12 @@ impl QueryMemory {
             );
         }
         let started = Instant::now();
-        let outcome = match pool.until(&room, timeout).await {
-            true => RoomWait::Room,
-            false => RoomWait::HeldOn,
+        // Woken by either pool's releases: borrowed room goes back to the cache pool.
+        let came = tokio::select! {
+            came = pool.until(&room, timeout) => came,
+            came = cache.until(&room, timeout) => came,
         };
+        let outcome = if came { RoomWait::Room } else { RoomWait::HeldOn };
         self.budget.record_event(
             PoolKind::Query,
             format!(
@@ -549,10 +561,10 @@ impl QueryMemory {
         outcome
     }
 
-    /// What the pools hold for the consumers of the nodes `which` picks.
-    fn held_where(&self, which: impl Fn(&NodeMemory) -> bool) -> usize {
+    /// What the pools hold for the consumers `which` picks.
+    fn held_where(&self, which: impl Fn(&Consumer) -> bool) -> usize {
         let consumers = self.consumers.read().expect("the consumer map is never poisoned");
-        consumers.values().filter(|c| c.node.as_deref().is_some_and(&which)).map(|c| c.granted.load(Ordering::Acquire)).sum()
+        consumers.values().filter(|c| which(c)).map(|c| c.granted.load(Ordering::Acquire)).sum()
     }
 
     /// Records what happened to this statement's memory as a query-pool event
@@ -875,9 +887,14 @@ impl QueryMemory {
 pub enum RoomWait {
     /// The room is there (ask again: another may take it first).
     Room,
-    /// Not waited for: it would not come while the operators reading the asker's batches hold
-    /// what they hold (`readers` bytes; with none, the statement's limit is too small for it).
+    /// Not waited for: it would not come while the operators reading the asker's batches that
+    /// cannot spill hold what they hold (`readers` bytes; with none, the statement's limit is
+    /// too small for it).
     WouldNotCome { readers: usize },
+    /// Not waited for: it would come only once the operators reading the asker's batches spill,
+    /// which they do at their next growth, after the asker's next rows (DataFusion's operators
+    /// cannot be told to spill).
+    AfterReadersSpill,
     /// Those who hold it held on for the whole wait.
     HeldOn,
 }
@@ -1200,8 +1217,9 @@ mod wait {
     }
 
     /// A scan's request, refused: room held by the join reading its batches is not waited for
-    /// (the join gives it back only once it finishes); room held by a branch beside the scan
-    /// is, and the scan is told when it comes back.
+    /// (the join gives it back only once it finishes), nor room a sort reading them holds (it
+    /// spills only at its next growth); room held by a branch beside the scan is, and the scan
+    /// is told when it comes back.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refused_request_waits_for_a_branch_beside_it_never_for_its_readers() {
         let (budget, statement, query) =
@@ -1216,8 +1234,15 @@ mod wait {
         let started = Instant::now();
         assert_eq!(statement.wait_for_room(&read, 2 << 20, Duration::from_secs(60)).await, RoomWait::WouldNotCome { readers: 3 << 20 });
         assert!(started.elapsed() < Duration::from_secs(60), "no wait");
-
         drop(build);
+
+        // A sort reading the scan spills only at its next growth, after the scan's rows.
+        let sort = registering_for(&join, || MemoryConsumer::new("ExternalSorter[0]").with_can_spill(true).register(&query));
+        sort.try_grow(3 << 20).unwrap();
+        assert!(read.try_grow(2 << 20).is_err());
+        assert_eq!(statement.wait_for_room(&read, 2 << 20, Duration::from_secs(60)).await, RoomWait::AfterReadersSpill);
+        drop(sort);
+
         branch.try_grow(3 << 20).unwrap();
         assert!(read.try_grow(2 << 20).is_err());
         let releaser = once_waiting(&budget, |budget| budget.pool(PoolKind::Query).waiting(), move |_| drop(branch));

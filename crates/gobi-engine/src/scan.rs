@@ -20,9 +20,9 @@
 //! ```
 //!
 //! The reservation cannot spill, so the pool counts it before the statement's spilling
-//! operators: their fair shares shrink and they spill at their next growth. The scans of a
-//! statement take at most half of what it can hold (with what it may borrow from the cache
-//! pool) together, the rest staying for its operators; a scan past that half reads the row
+//! operators: their fair shares shrink and they spill at their next growth. A scan takes the
+//! statement's room only while half of what it can hold (with what it may borrow from the
+//! cache pool) stays free for the operators that come later; past the half it reads the row
 //! group unreserved, as every scan did before scans reserved (untracked memory, and the first
 //! such read of a scan is an event, so it is never silent): with the scans free to take the
 //! whole pool, a sort's next batch after a spill or a merge was refused and ten sorts at once
@@ -46,7 +46,7 @@
 
 use std::fmt;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -85,8 +85,6 @@ pub(crate) struct ReservedScans {
     /// How long a scan waits for other statements to give back the room it lacks
     /// (`memory.admission_wait`).
     wait: Duration,
-    /// What the statement's scans hold together.
-    scans: Arc<AtomicUsize>,
 }
 
 impl ReservedScans {
@@ -94,7 +92,7 @@ impl ReservedScans {
     /// up to `wait` for other statements when they hold the room, and, when their source brings
     /// no reader factory, read through `runtime`'s object stores.
     pub(crate) fn new(runtime: Arc<RuntimeEnv>, statement: Arc<QueryMemory>, wait: Duration) -> Self {
-        ReservedScans { runtime, statement, wait, scans: Arc::default() }
+        ReservedScans { runtime, statement, wait }
     }
 }
 
@@ -121,7 +119,6 @@ impl PhysicalOptimizerRule for ReservedScans {
                 wait: self.wait,
                 reserved_up_to: self.statement.holdable() / 2,
                 read_unreserved: Arc::default(),
-                scans: Arc::clone(&self.scans),
                 batch_size,
                 metadata: Arc::default(),
             };
@@ -149,13 +146,11 @@ struct ReservedReaderFactory {
     local: bool,
     statement: Arc<QueryMemory>,
     wait: Duration,
-    /// What the statement's scans may hold together before a scan reads a row group
-    /// unreserved: half of what the statement can hold.
+    /// What the statement may hold, its scans included, before a scan reads a row group
+    /// unreserved: half of what it can hold.
     reserved_up_to: usize,
     /// Set once one of the scan's readers read a row group unreserved (an event says so once).
     read_unreserved: Arc<AtomicBool>,
-    /// What the statement's scans hold together.
-    scans: Arc<AtomicUsize>,
     /// Rows per decoded batch, for the decoded share of a fetch.
     batch_size: usize,
     /// Each file's metadata, once one of its readers has read it: DataFusion reads it with one
@@ -195,7 +190,6 @@ impl ParquetFileReaderFactory for ReservedReaderFactory {
             wait: self.wait,
             reserved_up_to: self.reserved_up_to,
             read_unreserved: Arc::clone(&self.read_unreserved),
-            scans: Arc::clone(&self.scans),
             path,
             files: Arc::clone(&self.metadata),
             batch_size: self.batch_size,
@@ -215,7 +209,6 @@ struct ReservedReader {
     wait: Duration,
     reserved_up_to: usize,
     read_unreserved: Arc<AtomicBool>,
-    scans: Arc<AtomicUsize>,
     path: String,
     /// The scan's files' metadata, where this file's is once this reader or another of the
     /// scan's has read it: where each column chunk lies and what it decodes to.
@@ -470,12 +463,6 @@ enum Reserved {
     No(&'static str),
 }
 
-impl Drop for ReservedReader {
-    fn drop(&mut self) {
-        self.scans.fetch_sub(self.reservation.size(), Ordering::AcqRel);
-    }
-}
-
 impl AsyncFileReader for ReservedReader {
     /// Single reads are the footer's and the page index's (see the module's "not reserved here").
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, datafusion::parquet::errors::Result<Bytes>> {
@@ -486,16 +473,14 @@ impl AsyncFileReader for ReservedReader {
         let mapped = self.mapped.as_mut().and_then(|file| file.ranges(&ranges).ok());
         let cost = self.cost(&ranges, mapped.as_ref().and(self.mapped.as_ref()).and_then(MappedFile::contents));
         async move {
-            let before = self.reservation.size();
-            let reserved = match self.scans.load(Ordering::Acquire).saturating_sub(before) + cost <= self.reserved_up_to {
+            let others = self.statement.reserved_bytes().saturating_sub(self.reservation.size());
+            let reserved = match others + cost <= self.reserved_up_to {
                 true => self.reserve(cost).await,
-                false => Ok(Reserved::No("the statement's scans would hold more than half of what it can hold")),
+                false => Ok(Reserved::No("it would take more than half of what the statement can hold")),
             };
             if let Ok(Reserved::No(_)) = reserved {
                 self.reservation.free();
             }
-            self.scans.fetch_add(self.reservation.size(), Ordering::AcqRel);
-            self.scans.fetch_sub(before, Ordering::AcqRel);
             // Unreserved (see the module's doc), and said so: never silently.
             if let Reserved::No(why) = reserved? {
                 if !self.read_unreserved.swap(true, Ordering::Relaxed) {
@@ -633,8 +618,7 @@ mod tests {
 
     /// Two scans of one statement hold at most half its memory together: in a pool of three
     /// row groups' cost, the two sides of a union never hold more than one and a half between
-    /// them, and the answer is whole. What the statement's operators hold is theirs: a scan
-    /// beside a build holding more than half still reserves its row group.
+    /// them, and the answer is whole.
     #[tokio::test]
     async fn the_scans_of_a_statement_hold_at_most_half_of_it_together() {
         let dir = tempfile::tempdir().unwrap();
@@ -652,14 +636,6 @@ mod tests {
         let peak = statement.peak();
         assert!((row_group..=3 * row_group / 2 + (1 << 20)).contains(&peak), "peak {peak}, a row group {row_group}");
         assert_eq!(statement.reserved(), 0);
-
-        // What its operators hold does not count against the scans' half.
-        let (ctx, statement, _) = context(dir.path(), 4 * row_group).await;
-        let build = MemoryConsumer::new("HashJoinInput").register(&(Arc::clone(&statement) as Arc<dyn MemoryPool>));
-        build.try_grow(9 * row_group / 4).unwrap();
-        let mut stream = ctx.sql("SELECT id, s FROM t").await.unwrap().execute_stream().await.unwrap();
-        stream.next().await.unwrap().unwrap();
-        assert!(statement.reserved() >= build.size() + row_group, "the scan reserved beside the build: {}", statement.reserved());
     }
 
     /// A pool whose half is smaller than one row group's fetch: the scan reads it

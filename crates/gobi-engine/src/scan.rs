@@ -478,11 +478,9 @@ impl AsyncFileReader for ReservedReader {
                 true => self.reserve(cost).await,
                 false => Ok(Reserved::No("it would take more than half of what the statement can hold")),
             };
-            if let Ok(Reserved::No(_)) = reserved {
-                self.reservation.free();
-            }
             // Unreserved (see the module's doc), and said so: never silently.
             if let Reserved::No(why) = reserved? {
+                self.reservation.free();
                 if !self.read_unreserved.swap(true, Ordering::Relaxed) {
                     self.statement.record_event(format!(
                         "{} of query {} read a row group of {} unreserved: {why} (counted as untracked; said once per scan)",

@@ -521,14 +521,11 @@ impl QueryMemory {
             return RoomWait::Room;
         }
         let (asker, node) = self.with_consumer(reservation.consumer().id(), |c| (c.granted.load(Ordering::Acquire), c.node.clone()));
-        let readers = |spillable_too: bool| {
-            node.as_ref().map_or(0, |node| self.held_where(|c| (spillable_too || !c.can_spill) && c.node.as_deref().is_some_and(|n| n.reads_from(node))))
-        };
-        let unspillable = readers(false);
+        let (unspillable, spillable) = node.map_or((0, 0), |node| self.held_by_readers_of(&node));
         if unspillable + asker + bytes > self.holdable() {
             return RoomWait::WouldNotCome { readers: unspillable };
         }
-        if readers(true) + asker + bytes > self.holdable() {
+        if unspillable + spillable + asker + bytes > self.holdable() {
             return RoomWait::AfterReadersSpill;
         }
         let consumer = reservation.consumer().name();
@@ -561,10 +558,15 @@ impl QueryMemory {
         outcome
     }
 
-    /// What the pools hold for the consumers `which` picks.
-    fn held_where(&self, which: impl Fn(&Consumer) -> bool) -> usize {
+    /// What the pools hold for the consumers of the nodes that read `node`'s batches: those
+    /// that cannot spill, and those that can.
+    fn held_by_readers_of(&self, node: &NodeMemory) -> (usize, usize) {
         let consumers = self.consumers.read().expect("the consumer map is never poisoned");
-        consumers.values().filter(|c| which(c)).map(|c| c.granted.load(Ordering::Acquire)).sum()
+        let readers = consumers.values().filter(|c| c.node.as_deref().is_some_and(|n| n.reads_from(node)));
+        readers.fold((0, 0), |(unspillable, spillable), c| match c.can_spill {
+            false => (unspillable + c.granted.load(Ordering::Acquire), spillable),
+            true => (unspillable, spillable + c.granted.load(Ordering::Acquire)),
+        })
     }
 
     /// Records what happened to this statement's memory as a query-pool event
